@@ -1,0 +1,162 @@
+"""The one exception hierarchy of modelrunner, shared by the control service, the runtime and
+the client.
+
+Every error knows its gRPC status code. The control service maps them in one interceptor, the
+runtime raises the matching Flight error through :func:`modelrunner.runtime_flight.flight_errors`,
+and the client turns both back into these types, so callers never see ``grpc.RpcError`` or
+``pyarrow.flight.FlightError``::
+
+    ModelRunnerError                    UNKNOWN
+    ├── NotFoundError                   NOT_FOUND
+    │   ├── ModelNotFoundError
+    │   └── SourceNotFoundError
+    ├── InvalidArgumentError            INVALID_ARGUMENT
+    │   ├── InvalidSourceError
+    │   ├── InvalidPackageError         (unsafe or malformed zip, not a model description)
+    │   └── InvalidTensorError          (missing/unknown tensor, rank, dtype, size, NaN)
+    ├── FailedPreconditionError         FAILED_PRECONDITION
+    │   ├── ModelInUseError
+    │   ├── CorruptModelError
+    │   └── DeviceNotAvailableError
+    ├── ResourceExhaustedError          RESOURCE_EXHAUSTED
+    ├── UnavailableError                UNAVAILABLE
+    ├── DeadlineExceededError           DEADLINE_EXCEEDED
+    ├── CancelledError                  CANCELLED
+    └── InternalError                   INTERNAL
+
+Validation and test outcomes are reports (data), never exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import grpc
+
+
+class ModelRunnerError(Exception):
+    """Base of every modelrunner error. ``details`` carries context such as tensor and axis."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, details: Mapping[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, str] = {k: str(v) for k, v in (details or {}).items()}
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class NotFoundError(ModelRunnerError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelNotFoundError(NotFoundError):
+    """No model with this id (or prefix, or bioimage.io id) in the registry."""
+
+
+class SourceNotFoundError(NotFoundError):
+    """The path, URL or bioimage.io id to add a model from does not exist."""
+
+
+class InvalidArgumentError(ModelRunnerError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidSourceError(InvalidArgumentError):
+    """The model source cannot be understood (e.g. neither a path, a URL nor an id)."""
+
+
+class InvalidPackageError(InvalidArgumentError):
+    """The package is unsafe (path traversal, absolute paths, links) or not a valid model."""
+
+
+class InvalidTensorError(InvalidArgumentError):
+    """An input tensor does not fit the model: names the tensor, axis, expectation and value."""
+
+
+class FailedPreconditionError(ModelRunnerError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ModelInUseError(FailedPreconditionError):
+    """The model is in use (loaded or being served) and cannot be removed or evicted now."""
+
+
+class CorruptModelError(FailedPreconditionError):
+    """A cache entry's content does not match its hash."""
+
+
+class DeviceNotAvailableError(FailedPreconditionError):
+    """The requested device does not exist on the runtime."""
+
+
+class ResourceExhaustedError(ModelRunnerError):
+    """A size limit was hit: upload size, unpacked size, cache budget, memory budget."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnavailableError(ModelRunnerError):
+    """A server, runtime or remote source cannot be reached right now; retrying may help."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(ModelRunnerError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class CancelledError(ModelRunnerError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class InternalError(ModelRunnerError):
+    """A bug or an unexpected failure on the server; the message says what failed."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+_ALL_ERRORS: tuple[type[ModelRunnerError], ...] = (
+    ModelRunnerError,
+    NotFoundError,
+    ModelNotFoundError,
+    SourceNotFoundError,
+    InvalidArgumentError,
+    InvalidSourceError,
+    InvalidPackageError,
+    InvalidTensorError,
+    FailedPreconditionError,
+    ModelInUseError,
+    CorruptModelError,
+    DeviceNotAvailableError,
+    ResourceExhaustedError,
+    UnavailableError,
+    DeadlineExceededError,
+    CancelledError,
+    InternalError,
+)
+ERRORS_BY_NAME: dict[str, type[ModelRunnerError]] = {e.__name__: e for e in _ALL_ERRORS}
+_ERRORS_BY_CODE: dict[grpc.StatusCode, type[ModelRunnerError]] = {
+    ModelRunnerError.code: ModelRunnerError,
+    NotFoundError.code: NotFoundError,
+    InvalidArgumentError.code: InvalidArgumentError,
+    FailedPreconditionError.code: FailedPreconditionError,
+    ResourceExhaustedError.code: ResourceExhaustedError,
+    UnavailableError.code: UnavailableError,
+    DeadlineExceededError.code: DeadlineExceededError,
+    CancelledError.code: CancelledError,
+    InternalError.code: InternalError,
+}
+
+
+def error_class_for(code: grpc.StatusCode, type_name: str = "") -> type[ModelRunnerError]:
+    """The exception class for a type name sent by a server, else the one for its status code."""
+    if type_name in ERRORS_BY_NAME:
+        return ERRORS_BY_NAME[type_name]
+    return _ERRORS_BY_CODE.get(code, ModelRunnerError)

@@ -1,0 +1,399 @@
+"""The tensor wire format, shared by the client and the runtime (see ``docs/wire-format.md``).
+
+A *sample* is a set of named tensors (one per model input or output). It travels as Arrow
+record batches with one column per tensor, of type ``arrow.fixed_shape_tensor``:
+
+* Small samples: one record batch, one row per sample, the column's shape is the tensor's shape
+  and its dim names are the axis ids (when known). Several samples of the same shapes may share a
+  batch, one row each.
+* Large samples: ``n`` record batches of one row each. A tensor of shape ``(s0, ..., sd)`` is
+  viewed in C order as ``L = s0*...*sk`` *lines* of shape ``(s(k+1), ..., sd)``; batch ``i`` holds
+  lines ``[i*m, (i+1)*m)`` as a ``(m, s(k+1), ..., sd)`` tensor, the last one zero-padded. The
+  field metadata ``modelrunner.shape`` (JSON list) gives the full shape and
+  ``modelrunner.dim_names`` (JSON list) its axis ids.
+
+Arrays are wrapped without copies when they are C-contiguous; received columns are read as numpy
+views of the received buffers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from modelrunner.errors import InvalidTensorError
+
+MiB = 1024**2
+DEFAULT_BATCH_BYTES = 8 * MiB
+"""Target size of one record batch: Flight moves 4-16 MiB batches fastest."""
+MAX_BATCH_BYTES = 1024 * MiB
+"""Hard cap for one batch: Flight refuses batches over 2 GiB."""
+
+SHAPE_KEY = b"modelrunner.shape"
+DIM_NAMES_KEY = b"modelrunner.dim_names"
+DTYPE_KEY = b"modelrunner.dtype"
+"""Set to ``bool`` for boolean tensors, which travel as uint8 (Arrow packs booleans to bits)."""
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "float16": pa.float16(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+}
+
+
+def arrow_value_type(dtype: np.dtype) -> pa.DataType:
+    """The Arrow value type that carries ``dtype`` (booleans travel as uint8)."""
+    if dtype == np.bool_:
+        return pa.uint8()
+    try:
+        return _ARROW_TYPES[dtype.name]
+    except KeyError:
+        raise InvalidTensorError(
+            f"data type {dtype.name} cannot be sent; use one of bool, "
+            + ", ".join(_ARROW_TYPES),
+            details={"got": dtype.name},
+        ) from None
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """How one tensor of a sample travels."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    dim_names: tuple[str, ...]
+    split_axis: int
+    """Lines are the tensor viewed as ``(prod(shape[:split_axis+1]), *shape[split_axis+1:])``."""
+    lines_per_chunk: int
+
+    @property
+    def lines(self) -> int:
+        return math.prod(self.shape[: self.split_axis + 1])
+
+    @property
+    def line_shape(self) -> tuple[int, ...]:
+        return self.shape[self.split_axis + 1 :]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class SampleLayout:
+    """How a sample's tensors travel: whole (``chunks == 1``) or in ``chunks`` record batches."""
+
+    tensors: tuple[TensorLayout, ...]
+    chunks: int
+
+    @property
+    def chunked(self) -> bool:
+        return self.chunks > 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def schema(self) -> pa.Schema:
+        fields = []
+        for t in self.tensors:
+            metadata: dict[bytes, bytes] = {}
+            if t.dtype == np.bool_:
+                metadata[DTYPE_KEY] = b"bool"
+            if self.chunked:
+                shape = (t.lines_per_chunk, *t.line_shape)
+                dim_names: Sequence[str] | None = None
+                metadata[SHAPE_KEY] = json.dumps(list(t.shape)).encode()
+                metadata[DIM_NAMES_KEY] = json.dumps(list(t.dim_names)).encode()
+            else:
+                shape = t.shape
+                dim_names = t.dim_names or None
+            fields.append(
+                pa.field(
+                    t.name,
+                    pa.fixed_shape_tensor(arrow_value_type(t.dtype), list(shape), dim_names),
+                    nullable=False,
+                    metadata=metadata or None,
+                )
+            )
+        return pa.schema(fields)
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema) -> SampleLayout:
+        """The layout a peer announced with ``schema``."""
+        tensors = []
+        chunked = any(f.metadata and SHAPE_KEY in f.metadata for f in schema)
+        for f in schema:
+            if not isinstance(f.type, pa.FixedShapeTensorType):
+                raise InvalidTensorError(
+                    f"column {f.name!r} has type {f.type}; every column must be an "
+                    "arrow.fixed_shape_tensor (see docs/wire-format.md)",
+                    details={"tensor": f.name, "got": str(f.type)},
+                )
+            md = f.metadata or {}
+            value_type: pa.DataType = f.type.value_type
+            dtype = np.dtype("bool") if md.get(DTYPE_KEY) == b"bool" else np.dtype(
+                value_type.to_pandas_dtype()
+            )
+            col_shape = tuple(int(s) for s in f.type.shape)
+            if chunked:
+                if SHAPE_KEY not in md:
+                    raise InvalidTensorError(
+                        f"column {f.name!r} lacks {SHAPE_KEY.decode()} metadata while other "
+                        "columns are chunked",
+                        details={"tensor": f.name},
+                    )
+                shape = tuple(int(s) for s in json.loads(md[SHAPE_KEY]))
+                dim_names = tuple(str(d) for d in json.loads(md.get(DIM_NAMES_KEY, b"[]")))
+                split_axis = len(shape) - len(col_shape)
+                if split_axis < 0 or tuple(shape[split_axis + 1 :]) != col_shape[1:]:
+                    raise InvalidTensorError(
+                        f"column {f.name!r}: chunk shape {list(col_shape)} does not fit the full "
+                        f"shape {list(shape)}",
+                        details={"tensor": f.name},
+                    )
+                lines_per_chunk = col_shape[0]
+            else:
+                shape = col_shape
+                dim_names = tuple(f.type.dim_names or ())
+                split_axis = len(shape) - 1
+                lines_per_chunk = math.prod(shape[: split_axis + 1]) if shape else 1
+            tensors.append(
+                TensorLayout(f.name, dtype, shape, dim_names, split_axis, lines_per_chunk)
+            )
+        chunks = 1
+        if chunked:
+            chunks = max(math.ceil(t.lines / t.lines_per_chunk) for t in tensors)
+        return cls(tuple(tensors), chunks)
+
+    @classmethod
+    def plan(
+        cls,
+        arrays: Mapping[str, np.ndarray],
+        dim_names: Mapping[str, Sequence[str]] | None = None,
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> SampleLayout:
+        """Choose how ``arrays`` travel: whole when they fit ``batch_bytes``, else in chunks."""
+        if not arrays:
+            raise InvalidTensorError("no tensors given")
+        dim_names = dim_names or {}
+        for name, a in arrays.items():
+            if a.ndim == 0:
+                raise InvalidTensorError(
+                    f"tensor {name!r} is a scalar; send at least a 1-d array",
+                    details={"tensor": name},
+                )
+            names = tuple(dim_names.get(name, ()))
+            if names and len(names) != a.ndim:
+                raise InvalidTensorError(
+                    f"tensor {name!r} has {a.ndim} axes but {len(names)} dim names {list(names)}",
+                    details={"tensor": name},
+                )
+            arrow_value_type(a.dtype)
+        total = sum(a.nbytes for a in arrays.values())
+        if total <= batch_bytes:
+            return cls(
+                tuple(
+                    TensorLayout(
+                        n,
+                        a.dtype,
+                        tuple(a.shape),
+                        tuple(dim_names.get(n, ())),
+                        a.ndim - 1,
+                        math.prod(a.shape[:-1]) if a.ndim else 1,
+                    )
+                    for n, a in arrays.items()
+                ),
+                1,
+            )
+        # Every tensor is cut into the same number of chunks, so each record batch holds one
+        # chunk of each tensor and the batches together stay near batch_bytes.
+        chunks = max(1, math.ceil(total / batch_bytes))
+        tensors = []
+        for n, a in arrays.items():
+            split_axis = _split_axis(a.shape, a.dtype.itemsize, chunks, batch_bytes)
+            lines = math.prod(a.shape[: split_axis + 1])
+            line_bytes = math.prod(a.shape[split_axis + 1 :]) * a.dtype.itemsize
+            if line_bytes > MAX_BATCH_BYTES:
+                raise InvalidTensorError(
+                    f"tensor {n!r} of shape {list(a.shape)} cannot be split into record batches "
+                    f"under {MAX_BATCH_BYTES // MiB} MiB",
+                    details={"tensor": n},
+                )
+            tensors.append(
+                TensorLayout(
+                    n,
+                    a.dtype,
+                    tuple(a.shape),
+                    tuple(dim_names.get(n, ())),
+                    split_axis,
+                    max(1, math.ceil(lines / chunks)),
+                )
+            )
+        chunks = max(math.ceil(t.lines / t.lines_per_chunk) for t in tensors)
+        return cls(tuple(tensors), chunks)
+
+    def matches(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Whether ``arrays`` can travel in this layout (same names, dtypes and shapes)."""
+        if len(arrays) != len(self.tensors):
+            return False
+        for t in self.tensors:
+            a = arrays.get(t.name)
+            if a is None or a.dtype != t.dtype or tuple(a.shape) != t.shape:
+                return False
+        return True
+
+
+def _split_axis(shape: tuple[int, ...], itemsize: int, chunks: int, batch_bytes: int) -> int:
+    """The first axis k where lines (axes after k) are small and there are enough lines."""
+    per_chunk = max(itemsize, batch_bytes // max(chunks, 1))
+    for k in range(len(shape)):
+        line_bytes = math.prod(shape[k + 1 :]) * itemsize
+        if line_bytes <= per_chunk and math.prod(shape[: k + 1]) >= chunks:
+            return k
+    return len(shape) - 1
+
+
+def encode_sample(
+    layout: SampleLayout, arrays: Mapping[str, np.ndarray]
+) -> Iterator[pa.RecordBatch]:
+    """Record batches carrying one sample. Zero-copy for C-contiguous arrays, except the padded
+    last chunk of a chunked tensor."""
+    schema = layout.schema()
+    prepared = {t.name: _as_wire_array(arrays[t.name], t) for t in layout.tensors}
+    if not layout.chunked:
+        columns = [
+            pa.FixedShapeTensorArray.from_storage(
+                schema.field(t.name).type,
+                _storage(prepared[t.name].reshape((1, *t.shape)), schema.field(t.name).type),
+            )
+            for t in layout.tensors
+        ]
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+        return
+    for i in range(layout.chunks):
+        columns = []
+        for t in layout.tensors:
+            flat = prepared[t.name].reshape((t.lines, *t.line_shape))
+            part = flat[i * t.lines_per_chunk : (i + 1) * t.lines_per_chunk]
+            if part.shape[0] < t.lines_per_chunk:
+                padded = np.zeros((t.lines_per_chunk, *t.line_shape), dtype=part.dtype)
+                padded[: part.shape[0]] = part
+                part = padded
+            ftype = schema.field(t.name).type
+            columns.append(
+                pa.FixedShapeTensorArray.from_storage(
+                    ftype, _storage(part.reshape((1, *part.shape)), ftype)
+                )
+            )
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def encode_rows(layout: SampleLayout, samples: Sequence[Mapping[str, np.ndarray]]) -> pa.RecordBatch:
+    """One record batch with one row per sample (unchunked layouts only); copies to stack."""
+    if layout.chunked:
+        raise ValueError("encode_rows needs an unchunked layout")
+    schema = layout.schema()
+    columns = []
+    for t in layout.tensors:
+        stacked = np.stack([_as_wire_array(s[t.name], t) for s in samples])
+        ftype = schema.field(t.name).type
+        columns.append(pa.FixedShapeTensorArray.from_storage(ftype, _storage(stacked, ftype)))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _as_wire_array(a: np.ndarray, t: TensorLayout) -> np.ndarray:
+    if a.dtype == np.bool_:
+        a = a.view(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def _storage(stacked: np.ndarray, ftype: pa.FixedShapeTensorType) -> pa.FixedSizeListArray:
+    """Wrap a C-contiguous ``(rows, *shape)`` array as fixed-size-list storage without copying."""
+    values = pa.Array.from_buffers(
+        ftype.value_type, stacked.size, [None, pa.py_buffer(stacked)]
+    )
+    return pa.FixedSizeListArray.from_arrays(values, list_size=math.prod(stacked.shape[1:]))
+
+
+def column_view(column: pa.Array, row: int) -> np.ndarray:
+    """A numpy view of one row of a fixed_shape_tensor column (no copy)."""
+    ftype = column.type
+    shape = tuple(int(s) for s in ftype.shape)
+    values = column.storage.values
+    size = math.prod(shape)
+    start = (column.offset + row) * size
+    buf = values.buffers()[1]
+    dtype = np.dtype(ftype.value_type.to_pandas_dtype())
+    arr = np.frombuffer(buf, dtype=dtype, count=size, offset=(values.offset + start) * dtype.itemsize)
+    return arr.reshape(shape)
+
+
+class SampleDecoder:
+    """Turns received record batches back into samples (dicts of numpy arrays).
+
+    Unchunked layouts give numpy views of the received buffers (no copy). Chunked layouts fill
+    one preallocated array per tensor, so memory stays at one sample plus one batch.
+    """
+
+    def __init__(self, layout: SampleLayout) -> None:
+        self.layout = layout
+        self._partial: dict[str, np.ndarray] | None = None
+        self._chunk = 0
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether a chunked sample has started but not finished."""
+        return self._partial is not None
+
+    def feed(self, batch: pa.RecordBatch) -> list[dict[str, np.ndarray]]:
+        """Add one received batch; returns the samples it completes (zero or more)."""
+        if not self.layout.chunked:
+            return [
+                {
+                    t.name: _from_wire(column_view(batch.column(i), row), t)
+                    for i, t in enumerate(self.layout.tensors)
+                }
+                for row in range(batch.num_rows)
+            ]
+        done: list[dict[str, np.ndarray]] = []
+        for row in range(batch.num_rows):
+            if self._partial is None:
+                self._partial = {
+                    t.name: np.empty(t.shape, dtype=t.dtype) for t in self.layout.tensors
+                }
+                self._chunk = 0
+            for i, t in enumerate(self.layout.tensors):
+                start = self._chunk * t.lines_per_chunk
+                stop = min(start + t.lines_per_chunk, t.lines)
+                if start >= stop:
+                    continue
+                target = self._partial[t.name]
+                flat = (target.view(np.uint8) if t.dtype == np.bool_ else target).reshape(
+                    (t.lines, *t.line_shape)
+                )
+                flat[start:stop] = column_view(batch.column(i), row)[: stop - start]
+            self._chunk += 1
+            if self._chunk == self.layout.chunks:
+                done.append(self._partial)
+                self._partial = None
+        return done
+
+
+def _from_wire(a: np.ndarray, t: TensorLayout) -> np.ndarray:
+    return a.view(np.bool_) if t.dtype == np.bool_ else a
