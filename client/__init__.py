@@ -1,1 +1,96 @@
-"""placeholder"""
+"""The typed Python client of modelrunner.
+
+>>> from modelrunner.client import ModelRunnerClient
+>>> with ModelRunnerClient("localhost:50051") as client:
+...     model = client.add_model("affable-shark")
+...     outputs = client.predict(model.id, image)
+
+Exceptions (all from :mod:`modelrunner.errors`; callers never see ``grpc.RpcError`` or
+``pyarrow.flight.FlightError``)::
+
+    ModelRunnerError
+    ├── NotFoundError (ModelNotFoundError, SourceNotFoundError)
+    ├── InvalidArgumentError (InvalidSourceError, InvalidPackageError, InvalidTensorError)
+    ├── FailedPreconditionError (ModelInUseError, CorruptModelError, DeviceNotAvailableError)
+    ├── ResourceExhaustedError
+    ├── UnavailableError
+    ├── DeadlineExceededError
+    ├── CancelledError
+    ├── InternalError
+    └── FrameError (one failed frame of a stream; carries .frame and .cause)
+"""
+
+from modelrunner.errors import (
+    CancelledError,
+    CorruptModelError,
+    DeadlineExceededError,
+    DeviceNotAvailableError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidPackageError,
+    InvalidSourceError,
+    InvalidTensorError,
+    ModelInUseError,
+    ModelNotFoundError,
+    ModelRunnerError,
+    NotFoundError,
+    ResourceExhaustedError,
+    SourceNotFoundError,
+    UnavailableError,
+)
+from modelrunner.types import (
+    AxisSpec,
+    DataDependentSize,
+    LoadInfo,
+    ModelInfo,
+    ParameterizedSize,
+    Progress,
+    RuntimeInfo,
+    ServerInfo,
+    SizeReference,
+    TensorSpec,
+    ValidationReport,
+)
+
+from ._async import AsyncFrameStream, AsyncModelRunnerClient
+from ._stream import FrameError, FrameStream
+from ._sync import ModelRunnerClient
+from ._timeouts import USE_CLIENT_DEFAULT
+
+__all__ = [
+    "USE_CLIENT_DEFAULT",
+    "AsyncFrameStream",
+    "AsyncModelRunnerClient",
+    "AxisSpec",
+    "CancelledError",
+    "CorruptModelError",
+    "DataDependentSize",
+    "DeadlineExceededError",
+    "DeviceNotAvailableError",
+    "FailedPreconditionError",
+    "FrameError",
+    "FrameStream",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidPackageError",
+    "InvalidSourceError",
+    "InvalidTensorError",
+    "LoadInfo",
+    "ModelInUseError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ModelRunnerClient",
+    "ModelRunnerError",
+    "NotFoundError",
+    "ParameterizedSize",
+    "Progress",
+    "ResourceExhaustedError",
+    "RuntimeInfo",
+    "ServerInfo",
+    "SizeReference",
+    "SourceNotFoundError",
+    "TensorSpec",
+    "UnavailableError",
+    "ValidationReport",
+]

@@ -29,8 +29,9 @@ import pyarrow as pa
 from modelrunner.errors import InvalidTensorError
 
 MiB = 1024**2
-DEFAULT_BATCH_BYTES = 8 * MiB
-"""Target size of one record batch: Flight moves 4-16 MiB batches fastest."""
+DEFAULT_BATCH_BYTES = 16 * MiB
+"""Samples up to this size travel whole (zero copy on both sides); larger ones in chunks of
+about this size. Flight moves 4-16 MiB batches fastest."""
 MAX_BATCH_BYTES = 1024 * MiB
 """Hard cap for one batch: Flight refuses batches over 2 GiB."""
 
@@ -62,8 +63,7 @@ def arrow_value_type(dtype: np.dtype) -> pa.DataType:
         return _ARROW_TYPES[dtype.name]
     except KeyError:
         raise InvalidTensorError(
-            f"data type {dtype.name} cannot be sent; use one of bool, "
-            + ", ".join(_ARROW_TYPES),
+            f"data type {dtype.name} cannot be sent; use one of bool, " + ", ".join(_ARROW_TYPES),
             details={"got": dtype.name},
         ) from None
 
@@ -146,8 +146,10 @@ class SampleLayout:
                 )
             md = f.metadata or {}
             value_type: pa.DataType = f.type.value_type
-            dtype = np.dtype("bool") if md.get(DTYPE_KEY) == b"bool" else np.dtype(
-                value_type.to_pandas_dtype()
+            dtype = (
+                np.dtype("bool")
+                if md.get(DTYPE_KEY) == b"bool"
+                else np.dtype(value_type.to_pandas_dtype())
             )
             col_shape = tuple(int(s) for s in f.type.shape)
             if chunked:
@@ -304,7 +306,9 @@ def encode_sample(
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def encode_rows(layout: SampleLayout, samples: Sequence[Mapping[str, np.ndarray]]) -> pa.RecordBatch:
+def encode_rows(
+    layout: SampleLayout, samples: Sequence[Mapping[str, np.ndarray]]
+) -> pa.RecordBatch:
     """One record batch with one row per sample (unchunked layouts only); copies to stack."""
     if layout.chunked:
         raise ValueError("encode_rows needs an unchunked layout")
@@ -325,9 +329,7 @@ def _as_wire_array(a: np.ndarray, t: TensorLayout) -> np.ndarray:
 
 def _storage(stacked: np.ndarray, ftype: pa.FixedShapeTensorType) -> pa.FixedSizeListArray:
     """Wrap a C-contiguous ``(rows, *shape)`` array as fixed-size-list storage without copying."""
-    values = pa.Array.from_buffers(
-        ftype.value_type, stacked.size, [None, pa.py_buffer(stacked)]
-    )
+    values = pa.Array.from_buffers(ftype.value_type, stacked.size, [None, pa.py_buffer(stacked)])
     return pa.FixedSizeListArray.from_arrays(values, list_size=math.prod(stacked.shape[1:]))
 
 
@@ -340,7 +342,9 @@ def column_view(column: pa.Array, row: int) -> np.ndarray:
     start = (column.offset + row) * size
     buf = values.buffers()[1]
     dtype = np.dtype(ftype.value_type.to_pandas_dtype())
-    arr = np.frombuffer(buf, dtype=dtype, count=size, offset=(values.offset + start) * dtype.itemsize)
+    arr = np.frombuffer(
+        buf, dtype=dtype, count=size, offset=(values.offset + start) * dtype.itemsize
+    )
     return arr.reshape(shape)
 
 

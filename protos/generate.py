@@ -50,7 +50,9 @@ def stale_files() -> list[str]:
     """Names of generated files that differ from what the protos produce now."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = {p.name: p for p in generate(Path(tmp))}
-        checked_in = {p.name: p for p in PACKAGE_DIR.iterdir() if p.name.endswith(GENERATED_SUFFIXES)}
+        checked_in = {
+            p.name: p for p in PACKAGE_DIR.iterdir() if p.name.endswith(GENERATED_SUFFIXES)
+        }
         names = sorted(set(fresh) | set(checked_in))
         return [
             n

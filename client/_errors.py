@@ -1,0 +1,30 @@
+"""Where the client turns transport exceptions into modelrunner's typed errors: the one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from modelrunner import errors
+from modelrunner.transport_errors import from_flight_error, from_rpc_error
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise ``grpc.RpcError`` and Flight/Arrow errors as :class:`ModelRunnerError`."""
+    try:
+        yield
+    except errors.ModelRunnerError:
+        raise
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from None
+    except flight.FlightError as e:
+        raise from_flight_error(e) from None
+    except pa.ArrowInvalid as e:
+        raise errors.InvalidArgumentError(str(e)) from None
+    except pa.ArrowException as e:
+        raise errors.ModelRunnerError(str(e)) from None

@@ -1,0 +1,184 @@
+"""Calls to a runtime's Arrow Flight server: one exchange per prediction, actions for the rest."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+from google.protobuf.message import Message
+
+from modelrunner import converters, errors, types
+from modelrunner.v1 import models_pb2, runtime_pb2
+from modelrunner.wire import SampleDecoder, SampleLayout, encode_sample
+
+from ._errors import translated_errors
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[types.Progress], None]
+READ_OPTIONS = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.DataTypeSpecific)
+_WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
+
+
+def reachable_uri(flight_uri: str, control_address: str) -> str:
+    """A runtime listening on every interface announces a wildcard host: reach it through the
+    host the client used for the control service."""
+    parts = urlsplit(flight_uri)
+    if parts.hostname not in _WILDCARD_HOSTS:
+        return flight_uri
+    control_host = control_address.rsplit(":", 1)[0] if ":" in control_address else control_address
+    return urlunsplit(parts._replace(netloc=f"{control_host}:{parts.port}"))
+
+
+class RuntimeConnections:
+    """One Flight client per runtime URI, created on first use and shared by all calls."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, flight.FlightClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, uri: str) -> flight.FlightClient:
+        with self._lock:
+            client = self._clients.get(uri)
+            if client is None:
+                with translated_errors():
+                    client = flight.connect(uri)
+                self._clients[uri] = client
+            return client
+
+    def drop(self, uri: str) -> None:
+        with self._lock:
+            client = self._clients.pop(uri, None)
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            c.close()
+
+
+def call_options(timeout: float | None) -> flight.FlightCallOptions:
+    return flight.FlightCallOptions(timeout=timeout, read_options=READ_OPTIONS)
+
+
+def parse_frame_result(metadata: pa.Buffer | None) -> runtime_pb2.FrameResult:
+    result = runtime_pb2.FrameResult()
+    if metadata is not None and metadata.size:
+        result.ParseFromString(metadata.to_pybytes())
+    return result
+
+
+def exchange_predict(
+    client: flight.FlightClient,
+    command: runtime_pb2.PredictCommand,
+    arrays: Mapping[str, np.ndarray],
+    dim_names: Mapping[str, tuple[str, ...]],
+    *,
+    timeout: float | None,
+    batch_bytes: int,
+    progress: ProgressCallback | None,
+) -> dict[str, np.ndarray]:
+    """Send one sample, return its outputs (views of the received buffers when unchunked)."""
+    layout = SampleLayout.plan(arrays, dim_names, batch_bytes=batch_bytes)
+    descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
+    with translated_errors():
+        writer, reader = client.do_exchange(descriptor, call_options(timeout))
+        with writer:
+            writer.begin(layout.schema())
+            if layout.chunked:
+                # A big input goes from a thread so that reading outputs can start any time
+                # (the runtime may stream tiles back before the upload ends).
+                upload = _Uploader(writer, layout, arrays, progress)
+                upload.start()
+                try:
+                    return _read_outputs(reader, progress)
+                finally:
+                    upload.join()
+            for batch in encode_sample(layout, arrays):
+                writer.write_batch(batch)
+            writer.done_writing()
+            return _read_outputs(reader, progress)
+
+
+class _Uploader(threading.Thread):
+    def __init__(
+        self,
+        writer: flight.FlightStreamWriter,
+        layout: SampleLayout,
+        arrays: Mapping[str, np.ndarray],
+        progress: ProgressCallback | None,
+    ) -> None:
+        super().__init__(name="modelrunner-upload", daemon=True)
+        self.writer, self.layout, self.arrays, self.progress = writer, layout, arrays, progress
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        total, done = self.layout.nbytes, 0
+        try:
+            for batch in encode_sample(self.layout, self.arrays):
+                self.writer.write_batch(batch)
+                done = min(total, done + batch.nbytes)
+                if self.progress is not None:
+                    self.progress(types.Progress(stage="upload", done=done, total=total))
+            self.writer.done_writing()
+        except BaseException as e:  # noqa: BLE001 - the reader side reports the call's error
+            self.error = e
+            logger.debug("upload stopped: %s", e)
+
+
+def _read_outputs(
+    reader: flight.FlightStreamReader, progress: ProgressCallback | None
+) -> dict[str, np.ndarray]:
+    decoder: SampleDecoder | None = None
+    received = 0
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            break
+        meta = parse_frame_result(chunk.app_metadata)
+        if meta.HasField("error"):
+            raise converters.from_pb_error(meta.error)
+        if meta.HasField("progress") and progress is not None:
+            progress(converters.from_pb_progress(meta.progress))
+        if chunk.data is None:
+            continue
+        if decoder is None:
+            decoder = SampleDecoder(SampleLayout.from_schema(reader.schema))
+        received += chunk.data.nbytes
+        samples = decoder.feed(chunk.data)
+        if decoder.layout.chunked and progress is not None:
+            progress(types.Progress(stage="download", done=received, total=decoder.layout.nbytes))
+        if samples:
+            return samples[0]
+    raise errors.InternalError("the runtime ended the prediction without outputs")
+
+
+def do_action(
+    client: flight.FlightClient,
+    action_type: str,
+    body: Message | None,
+    response: Message,
+    *,
+    timeout: float | None,
+) -> None:
+    """Run an action and parse its one result into ``response``."""
+    payload = b"" if body is None else body.SerializeToString()
+    with translated_errors():
+        results = list(client.do_action(flight.Action(action_type, payload), call_options(timeout)))
+    if not results:
+        raise errors.InternalError(f"action {action_type!r} returned no result")
+    response.ParseFromString(results[0].body.to_pybytes())
+
+
+def runtime_info(client: flight.FlightClient, *, timeout: float | None) -> types.RuntimeInfo:
+    info = models_pb2.RuntimeInfo()
+    do_action(client, "runtime_info", None, info, timeout=timeout)
+    return converters.from_pb_runtime(info)

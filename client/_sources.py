@@ -1,0 +1,88 @@
+"""What ``add_model``/``validate`` were given: a URL, a bioimage.io id, a local path or bytes."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelrunner.errors import InvalidSourceError, SourceNotFoundError
+from modelrunner.types import ModelSourceSpec
+
+SourceLike = str | os.PathLike[str] | bytes
+_BIOIMAGEIO_ID = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*(?:/[0-9.]+|/draft)?$")
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A package the client streams to the server."""
+
+    filename: str
+    data: bytes | None = None
+    path: Path | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else self.path.stat().st_size  # type: ignore[union-attr]
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.data is not None:
+            view = memoryview(self.data)
+            for start in range(0, len(view), CHUNK_BYTES):
+                yield bytes(view[start : start + CHUNK_BYTES])
+            return
+        assert self.path is not None
+        with self.path.open("rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                yield chunk
+
+
+def interpret_source(
+    source: SourceLike, *, upload: bool | None, server_is_local: bool
+) -> ModelSourceSpec | Upload:
+    """Decide how the server gets the package.
+
+    URLs and bioimage.io ids are fetched by the server. A local path is read by the server when it
+    runs on this host (``upload`` unset) and uploaded otherwise; bytes are always uploaded.
+    """
+    if isinstance(source, bytes):
+        return Upload("package.zip" if source[:2] == b"PK" else "bioimageio.yaml", data=source)
+    text = os.fspath(source)
+    if re.match(r"^https?://", text):
+        return ModelSourceSpec(kind="url", value=text)
+    path = Path(text).expanduser()
+    if path.exists():
+        if upload is None:
+            upload = not server_is_local
+        if not upload:
+            return ModelSourceSpec(kind="path", value=str(path.resolve()))
+        return _upload_for(path)
+    if _BIOIMAGEIO_ID.match(text) and "." not in text.split("/")[0]:
+        return ModelSourceSpec(kind="bioimageio_id", value=text)
+    if "/" in text or text.endswith((".zip", ".yaml", ".yml")):
+        raise SourceNotFoundError(f"no such file or folder: {text}", details={"source": text})
+    raise InvalidSourceError(
+        f"cannot tell what {text!r} is: give a path, an http(s) URL or a bioimage.io id",
+        details={"source": text},
+    )
+
+
+def _upload_for(path: Path) -> Upload:
+    if path.is_file():
+        return Upload(path.name, path=path)
+    # A folder travels as a zip built in memory: packages are small next to the tensors.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            zf.write(file, file.relative_to(path).as_posix())
+    return Upload(f"{path.name}.zip", data=buffer.getvalue())
+
+
+def is_local_address(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    return host in {"localhost", "127.0.0.1", "::1", "0.0.0.0", ""} or address.startswith("unix:")

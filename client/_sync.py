@@ -1,0 +1,321 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import numpy as np
+
+from modelrunner import errors, types
+from modelrunner.v1 import runtime_pb2
+from modelrunner.wire import DEFAULT_BATCH_BYTES
+
+from . import _flight
+from ._control import ControlClient, Route
+from ._inputs import Inputs, normalise_inputs
+from ._progress import ProgressOption, progress_callback
+from ._sources import SourceLike, Upload, interpret_source, is_local_address
+from ._stream import FrameStream, OnError
+from ._timeouts import USE_CLIENT_DEFAULT, Timeout, resolve_timeout
+
+NanPolicy = Literal["reject", "allow"]
+_NAN_POLICIES = {"reject": runtime_pb2.NAN_POLICY_REJECT, "allow": runtime_pb2.NAN_POLICY_ALLOW}
+
+
+class ModelRunnerClient:
+    """Talks to a modelrunner server: the control service (gRPC) and its runtimes (Arrow Flight).
+
+    >>> with ModelRunnerClient("localhost:50051") as client:
+    ...     model = client.add_model("path/to/bioimageio.yaml")
+    ...     outputs = client.predict(model.id, image)
+
+    Every method takes ``timeout`` in seconds: ``None`` waits forever, and by default the client's
+    own ``timeout`` applies. Errors are :class:`modelrunner.errors.ModelRunnerError` subclasses.
+    """
+
+    def __init__(
+        self,
+        address: str = "localhost:50051",
+        *,
+        timeout: float | None = 300.0,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.batch_bytes = batch_bytes
+        self._control = ControlClient(address)
+        self._runtimes = _flight.RuntimeConnections()
+        self._closed = False
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._runtimes.close()
+            self._control.close()
+
+    def __enter__(self) -> ModelRunnerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _timeout(self, timeout: Timeout) -> float | None:
+        return resolve_timeout(timeout, self.timeout)
+
+    # -- registry ------------------------------------------------------------------------------
+
+    def add_model(
+        self,
+        source: SourceLike,
+        *,
+        upload: bool | None = None,
+        progress: ProgressOption = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> types.ModelInfo:
+        """Add a model from a folder, a ``bioimageio.yaml``/``rdf.yaml``, a ``.zip``, an http(s)
+        URL, a bioimage.io id (e.g. ``"affable-shark"``) or package bytes.
+
+        Local paths are read by the server when it runs on this host and uploaded otherwise
+        (``upload=True`` forces an upload). Adding the same content again returns the same model.
+        """
+        spec = self._source_spec(source, upload, progress, timeout)
+        with progress_callback(progress, "add model") as report:
+            info, _ = self._control.add_model(spec, timeout=self._timeout(timeout), progress=report)
+        return info
+
+    def validate(
+        self,
+        source: SourceLike,
+        *,
+        perform_io_checks: bool = True,
+        upload: bool | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> types.ValidationReport:
+        """Validate a model description without adding it. An invalid description gives a report
+        with ``status == "failed"``, not an exception."""
+        spec = self._source_spec(source, upload, False, timeout)
+        return self._control.validate(
+            spec, perform_io_checks=perform_io_checks, timeout=self._timeout(timeout)
+        )
+
+    def _source_spec(
+        self, source: SourceLike, upload: bool | None, progress: ProgressOption, timeout: Timeout
+    ) -> types.ModelSourceSpec:
+        interpreted = interpret_source(
+            source, upload=upload, server_is_local=is_local_address(self.address)
+        )
+        if isinstance(interpreted, Upload):
+            with progress_callback(progress, "upload") as report:
+                upload_id = self._control.upload(
+                    interpreted, timeout=self._timeout(timeout), progress=report
+                )
+            return types.ModelSourceSpec(kind="upload_id", value=upload_id)
+        return interpreted
+
+    def list_models(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[types.ModelInfo]:
+        return self._control.list_models(timeout=self._timeout(timeout))
+
+    def describe(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> types.ModelInfo:
+        """Full metadata of a model: tensor specs, weight formats and the description (``rdf``)."""
+        return self._control.describe(model_id, timeout=self._timeout(timeout))
+
+    def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        self._control.remove(model_id, timeout=self._timeout(timeout))
+
+    def server_info(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> types.ServerInfo:
+        return self._control.server_info(timeout=self._timeout(timeout))
+
+    # -- runtime -------------------------------------------------------------------------------
+
+    def test(
+        self,
+        model_id: str,
+        weight_format: str | None = None,
+        *,
+        device: str | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> types.ValidationReport:
+        """Run bioimageio.core's model test on the server; the outcome is a report."""
+        return self._control.test(
+            model_id, weight_format or "", device or "", timeout=self._timeout(timeout)
+        )
+
+    def load(
+        self,
+        model_id: str,
+        *,
+        weight_format: str | None = None,
+        device: str | None = None,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> types.LoadInfo:
+        """Warm the model up on its runtime, so the first prediction does not pay for loading."""
+        route, client = self._runtime_for(model_id, weight_format, device, timeout)
+        response = runtime_pb2.LoadModelResponse()
+        _flight.do_action(
+            client,
+            "load_model",
+            runtime_pb2.LoadModelRequest(
+                model_id=route.model_id, weight_format=weight_format or "", device=device or ""
+            ),
+            response,
+            timeout=self._timeout(timeout),
+        )
+        from modelrunner.converters import from_pb_loaded_model
+
+        return types.LoadInfo(
+            model=from_pb_loaded_model(response.model), load_seconds=response.load_seconds
+        )
+
+    def predict(
+        self,
+        model_id: str,
+        inputs: Inputs,
+        *,
+        weight_format: str | None = None,
+        device: str | None = None,
+        blocksize: int | None = None,
+        nan_policy: NanPolicy = "reject",
+        skip_preprocessing: bool = False,
+        skip_postprocessing: bool = False,
+        progress: ProgressOption = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> dict[str, np.ndarray]:
+        """Run the model on one sample; returns its outputs by output id.
+
+        ``inputs`` is one array (single-input models) or a dict by input id; arrays may have
+        fewer axes than the model (e.g. a 2-D image for a ``bcyx`` model) and any spatial size.
+        ``blocksize`` is bioimageio.core's blocksize parameter for tiled prediction. Outputs
+        arrive as read-only views of the received buffers: ``.copy()`` one to change it.
+        """
+        arrays, dims = normalise_inputs(inputs, None)
+        command = self._command(
+            model_id,
+            weight_format,
+            device,
+            blocksize=blocksize,
+            nan_policy=nan_policy,
+            skip_preprocessing=skip_preprocessing,
+            skip_postprocessing=skip_postprocessing,
+            report_progress=bool(progress),
+            timeout=timeout,
+        )
+        route, client = self._runtime_for(model_id, weight_format, device, timeout)
+        command.model_id = route.model_id
+        with progress_callback(progress, "predict") as report, self._forget_route_if_gone(route):
+            return _flight.exchange_predict(
+                client,
+                command,
+                arrays,
+                dims,
+                timeout=self._timeout(timeout),
+                batch_bytes=self.batch_bytes,
+                progress=report,
+            )
+
+    def predict_stream(
+        self,
+        model_id: str,
+        frames: Iterable[Inputs],
+        *,
+        weight_format: str | None = None,
+        device: str | None = None,
+        max_in_flight: int = 8,
+        max_batch_size: int = 1,
+        nan_policy: NanPolicy = "reject",
+        on_error: OnError = "raise",
+        timeout: Timeout = None,
+    ) -> FrameStream:
+        """Run the model on a sequence of frames over one stream; yields each frame's outputs in
+        order. At most ``max_in_flight`` frames travel unanswered (back-pressure); the runtime may
+        stack up to ``max_batch_size`` waiting frames along the model's batch axis.
+
+        A failed frame raises :class:`FrameError` (``on_error="raise"``; the stream goes on with
+        the next ``next()``) or is yielded as one (``on_error="yield"``). Closing the stream, or
+        leaving a ``for`` loop over it, stops the work on the server. ``timeout`` bounds the whole
+        stream and is off by default.
+        """
+        command = self._command(
+            model_id,
+            weight_format,
+            device,
+            nan_policy=nan_policy,
+            stream=True,
+            max_batch_size=max_batch_size,
+            timeout=timeout,
+        )
+        route, client = self._runtime_for(model_id, weight_format, device, timeout)
+        command.model_id = route.model_id
+        return FrameStream(
+            client,
+            command,
+            frames,
+            max_in_flight=max_in_flight,
+            timeout=self._timeout(timeout),
+            batch_bytes=self.batch_bytes,
+            on_error=on_error,
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _command(
+        self,
+        model_id: str,
+        weight_format: str | None,
+        device: str | None,
+        *,
+        nan_policy: NanPolicy,
+        timeout: Timeout,
+        blocksize: int | None = None,
+        stream: bool = False,
+        max_batch_size: int = 1,
+        skip_preprocessing: bool = False,
+        skip_postprocessing: bool = False,
+        report_progress: bool = False,
+    ) -> runtime_pb2.PredictCommand:
+        if nan_policy not in _NAN_POLICIES:
+            raise errors.InvalidArgumentError(
+                f"nan_policy must be one of {sorted(_NAN_POLICIES)}, got {nan_policy!r}"
+            )
+        if blocksize is not None and blocksize < 0:
+            raise errors.InvalidArgumentError(f"blocksize must be >= 0, got {blocksize}")
+        command = runtime_pb2.PredictCommand(
+            model_id=model_id,
+            weight_format=weight_format or "",
+            device=device or "",
+            stream=stream,
+            max_batch_size=max_batch_size,
+            nan_policy=_NAN_POLICIES[nan_policy],
+            skip_preprocessing=skip_preprocessing,
+            skip_postprocessing=skip_postprocessing,
+            report_progress=report_progress,
+        )
+        if blocksize is not None:
+            command.blocksize = blocksize
+        return command
+
+    def _runtime_for(
+        self, model_id: str, weight_format: str | None, device: str | None, timeout: Timeout
+    ) -> tuple[Route, _flight.flight.FlightClient]:
+        route = self._control.route(
+            model_id, weight_format or "", device or "", timeout=self._timeout(timeout)
+        )
+        if not route.flight_uris:
+            raise errors.UnavailableError(f"no runtime serves model {model_id!r}")
+        uri = _flight.reachable_uri(route.flight_uris[0], self.address)
+        return route, self._runtimes.get(uri)
+
+    @contextmanager
+    def _forget_route_if_gone(self, route: Route) -> Iterator[None]:
+        try:
+            yield
+        except errors.UnavailableError:
+            # The runtime went away (restart, scale-down): forget the cached route and
+            # connection, so the next call asks the control service again.
+            self._control.forget_routes()
+            for uri in route.flight_uris:
+                self._runtimes.drop(_flight.reachable_uri(uri, self.address))
+            raise

@@ -1,0 +1,290 @@
+"""``modelrunner``: the command line.
+
+``serve`` starts the control service with one embedded runtime; ``runtime`` starts a runtime
+alone; the other commands are clients of a running server (``--server``, default
+``$MODELRUNNER_SERVER`` or ``localhost:50051``). Server settings come from flags, then
+``MODELRUNNER_*`` environment variables, then defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelrunner import __version__, errors
+
+if TYPE_CHECKING:
+    from modelrunner.client import ModelRunnerClient
+    from modelrunner.settings import Settings
+
+logger = logging.getLogger("modelrunner")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except errors.ModelRunnerError as e:
+        print(f"error ({e.code.name}): {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelrunner",
+        description="Serve, validate, test and run bioimage.io models.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelrunner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="start the control service and an embedded runtime")
+    _server_flags(serve)
+    serve.add_argument("--no-runtime", action="store_true", help="control service only")
+    serve.set_defaults(run=_serve)
+
+    runtime = sub.add_parser("runtime", help="start a runtime that registers with a control service")
+    _server_flags(runtime)
+    runtime.add_argument(
+        "--control", dest="control_address", help="control service address, e.g. host:50051"
+    )
+    runtime.set_defaults(run=_runtime)
+
+    models = sub.add_parser("models", help="list the models on the server")
+    _client_flags(models)
+    models.set_defaults(run=_models)
+
+    add = sub.add_parser("add", help="add a model (path, .zip, URL or bioimage.io id)")
+    _client_flags(add)
+    add.add_argument("source")
+    add.add_argument("--upload", action="store_true", help="upload a local package")
+    add.set_defaults(run=_add)
+
+    describe = sub.add_parser("describe", help="show a model's metadata")
+    _client_flags(describe)
+    describe.add_argument("model")
+    describe.set_defaults(run=_describe)
+
+    validate = sub.add_parser("validate", help="validate a model description (exit 1 if invalid)")
+    _client_flags(validate)
+    validate.add_argument("source")
+    validate.add_argument("--no-io-checks", action="store_true", help="skip file checks")
+    validate.add_argument("--upload", action="store_true", help="upload a local package")
+    validate.set_defaults(run=_validate)
+
+    remove = sub.add_parser("remove", help="remove a model from the server")
+    _client_flags(remove)
+    remove.add_argument("model")
+    remove.set_defaults(run=_remove)
+
+    info = sub.add_parser("info", help="server versions, devices and runtimes")
+    _client_flags(info)
+    info.set_defaults(run=_info)
+
+    test = sub.add_parser("test", help="run a model's bioimage.io test on the server (exit 1 if it fails)")
+    _client_flags(test)
+    test.add_argument("model", help="model id, or a package path (added first)")
+    test.add_argument("--weight-format")
+    test.add_argument("--device")
+    test.set_defaults(run=_test)
+
+    predict = sub.add_parser(
+        "predict",
+        help="run a model on image files (.npy, .tif, .png); without --server on an embedded runner",
+    )
+    predict.add_argument("model", help="model id, or a package path (added first)")
+    predict.add_argument("inputs", nargs="+", help="one file per model input, in input order")
+    predict.add_argument("-o", "--output", required=True, help="output file (or folder)")
+    predict.add_argument(
+        "--server", default=os.environ.get("MODELRUNNER_SERVER"), help="server address"
+    )
+    predict.add_argument("--weight-format")
+    predict.add_argument("--device")
+    predict.add_argument("--blocksize", type=int, help="bioimageio.core blocksize parameter")
+    predict.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    predict.add_argument("--no-progress", action="store_true", help="no progress bars")
+    predict.set_defaults(run=_predict)
+    return parser
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="control service interface (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="control service port (default 50051; 0: any free)")
+    p.add_argument("--flight-host", help="runtime interface (default: --host)")
+    p.add_argument("--flight-port", type=int, help="runtime port (default 8815; 0: any free)")
+    p.add_argument("--cache-dir", type=Path, help="model cache (default ~/.cache/modelrunner)")
+    p.add_argument("--device", help="default device (default: cuda if available, else cpu)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        default=os.environ.get("MODELRUNNER_SERVER", "localhost:50051"),
+        help="server address (default $MODELRUNNER_SERVER or localhost:50051)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags override ``MODELRUNNER_*`` variables, which override defaults."""
+    from modelrunner.settings import Settings
+
+    names = (
+        "host",
+        "port",
+        "flight_host",
+        "flight_port",
+        "cache_dir",
+        "device",
+        "log_level",
+        "control_address",
+    )
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return Settings(**overrides)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from modelrunner.serving import serve_forever
+
+    settings = settings_from_args(args)
+    _configure_logging(settings)
+    serve_forever(settings, with_runtime=not args.no_runtime)
+    return 0
+
+
+def _runtime(args: argparse.Namespace) -> int:
+    from modelrunner.serving import run_runtime_forever
+
+    settings = settings_from_args(args)
+    _configure_logging(settings)
+    if not settings.control_address:
+        raise errors.InvalidArgumentError(
+            "modelrunner runtime needs --control (or MODELRUNNER_CONTROL_ADDRESS)"
+        )
+    run_runtime_forever(settings)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> ModelRunnerClient:
+    from modelrunner.client import ModelRunnerClient
+
+    return ModelRunnerClient(args.server)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _models(args: argparse.Namespace) -> int:
+    from modelrunner.cli_output import model_table
+
+    with _client(args) as client:
+        models = client.list_models()
+    if args.json:
+        _print_json([m.model_dump(mode="json") for m in models])
+    else:
+        print(model_table(models))
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from modelrunner.cli_output import model_summary
+
+    with _client(args) as client:
+        info = client.add_model(args.source, upload=args.upload or None, progress=not args.json)
+    if args.json:
+        _print_json(info.model_dump(mode="json"))
+    else:
+        print(model_summary(info))
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from modelrunner.cli_output import model_details
+
+    with _client(args) as client:
+        info = client.describe(args.model)
+    if args.json:
+        _print_json(info.model_dump(mode="json"))
+    else:
+        print(model_details(info))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = client.validate(
+            args.source, perform_io_checks=not args.no_io_checks, upload=args.upload or None
+        )
+    if args.json:
+        _print_json(report.model_dump(mode="json"))
+    else:
+        print(report.markdown or f"status: {report.status}")
+    return 0 if report.passed else 1
+
+
+def _remove(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.remove_model(args.model)
+    print(f"removed {args.model}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from modelrunner.cli_output import server_info_text
+
+    with _client(args) as client:
+        info = client.server_info()
+    if args.json:
+        _print_json(info.model_dump(mode="json"))
+    else:
+        print(server_info_text(info))
+    return 0
+
+
+def _model_id(client: ModelRunnerClient, model: str) -> str:
+    """A package path is added first; anything else is taken as a model id."""
+    if Path(model).exists():
+        return client.add_model(model).id
+    return model
+
+
+def _test(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = client.test(
+            _model_id(client, args.model), args.weight_format, device=args.device
+        )
+    if args.json:
+        _print_json(report.model_dump(mode="json"))
+    else:
+        print(report.markdown or f"status: {report.status}")
+    return 0 if report.passed else 1
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from modelrunner.cli_predict import run_predict
+
+    return run_predict(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The runtime's Arrow Flight server: a thin transport over :class:`RuntimeService`.
+
+``do_exchange`` runs predictions (one sample, or a stream of frames); ``do_action`` loads,
+unloads and tests models and reports the runtime's state. Every error leaves through
+:func:`flight_errors`, as a Flight error carrying a serialized ``ErrorDetail``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+from google.protobuf.message import DecodeError
+
+from modelrunner import converters, errors, types
+from modelrunner.transport_errors import to_flight_error
+from modelrunner.v1 import control_pb2, runtime_pb2
+from modelrunner.wire import DEFAULT_BATCH_BYTES, SampleDecoder, SampleLayout, encode_sample
+
+from .service import Outputs, RuntimeService
+
+logger = logging.getLogger(__name__)
+
+_ACTIONS = {
+    "load_model": "Load a model: LoadModelRequest -> LoadModelResponse",
+    "unload_model": "Unload a model: UnloadModelRequest -> UnloadModelResponse",
+    "test_model": "Run bioimageio.core's model test: TestModelRequest -> TestModelResponse",
+    "runtime_info": "Devices, warm models and versions: (empty) -> RuntimeInfo",
+}
+_END = object()
+
+
+@contextmanager
+def flight_errors(what: str) -> Iterator[None]:
+    """Let modelrunner errors leave as Flight errors; anything else is an INTERNAL error."""
+    try:
+        yield
+    except errors.ModelRunnerError as e:
+        raise to_flight_error(e) from None
+    except flight.FlightError:
+        raise
+    except Exception as e:
+        logger.exception("%s failed", what)
+        raise to_flight_error(
+            errors.InternalError(f"{what} failed: {type(e).__name__}: {e}")
+        ) from None
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """Received buffers can be misaligned for their data type; frameworks want aligned ones."""
+    return a if a.flags.aligned else a.copy()
+
+
+class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
+    def __init__(
+        self,
+        location: str,
+        service: RuntimeService,
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(location, **kwargs)
+        self.service = service
+        self.batch_bytes = batch_bytes
+
+    # -- predictions ---------------------------------------------------------------------------
+
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        with flight_errors("prediction"):
+            command = _parse_command(descriptor)
+            if command.stream:
+                self._serve_stream(context, command, reader, writer)
+            else:
+                self._serve_one(context, command, reader, writer)
+
+    def _serve_one(
+        self,
+        context: flight.ServerCallContext,
+        command: runtime_pb2.PredictCommand,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        layout = SampleLayout.from_schema(reader.schema)
+        decoder = SampleDecoder(layout)
+        sample: dict[str, np.ndarray] | None = None
+        for chunk in reader:
+            if context.is_cancelled():
+                raise errors.CancelledError("the client cancelled the prediction")
+            if chunk.data is None:
+                continue
+            done = decoder.feed(chunk.data)
+            if done:
+                if sample is not None or len(done) > 1:
+                    raise errors.InvalidArgumentError(
+                        "a prediction takes one sample; use stream mode for several"
+                    )
+                sample = done[0]
+        if sample is None:
+            raise errors.InvalidArgumentError("the prediction stream ended before a whole sample")
+        dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
+
+        def report(progress: types.Progress) -> None:
+            if command.report_progress and not context.is_cancelled():
+                writer.write_metadata(
+                    runtime_pb2.FrameResult(
+                        frame=0, progress=converters.to_pb_progress(progress)
+                    ).SerializeToString()
+                )
+
+        outputs = self.service.predict(
+            command,
+            {k: aligned(v) for k, v in sample.items()},
+            dims,
+            progress=report,
+            cancelled=context.is_cancelled,
+        )
+        self._write_outputs(writer, None, outputs, frame=0)
+
+    def _write_outputs(
+        self,
+        writer: flight.MetadataRecordBatchWriter,
+        layout: SampleLayout | None,
+        outputs: Outputs,
+        *,
+        frame: int,
+    ) -> SampleLayout:
+        if layout is None:
+            layout = SampleLayout.plan(outputs.arrays, outputs.dim_names, batch_bytes=self.batch_bytes)
+            writer.begin(layout.schema())
+        elif not layout.matches(outputs.arrays):
+            raise errors.InternalError(
+                f"frame {frame}: output shapes changed within a stream: "
+                f"{ {k: list(v.shape) for k, v in outputs.arrays.items()} }"
+            )
+        metadata = pa.py_buffer(
+            runtime_pb2.FrameResult(
+                frame=frame, weight_format=outputs.weight_format, device=outputs.device
+            ).SerializeToString()
+        )
+        for batch in encode_sample(layout, outputs.arrays):
+            writer.write_with_metadata(batch, metadata)
+        return layout
+
+    def _serve_stream(
+        self,
+        context: flight.ServerCallContext,
+        command: runtime_pb2.PredictCommand,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        layout = SampleLayout.from_schema(reader.schema)
+        dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
+        max_batch = max(1, command.max_batch_size)
+        # Frames are read and decoded on a thread while the model runs, bounded so a fast
+        # client cannot make the server buffer more than a few frames.
+        frames: queue.Queue[object] = queue.Queue(maxsize=max(2, 2 * max_batch))
+        reading = _FrameReader(context, reader, layout, frames)
+        reading.start()
+        out_layout: SampleLayout | None = None
+        try:
+            while True:
+                batch = _take_batch(frames, max_batch)
+                if not batch:
+                    break
+                if context.is_cancelled():
+                    logger.info("stream cancelled by the client")
+                    return
+                indices = [i for i, _ in batch]
+                results = self.service.predict_frames(
+                    command,
+                    [{k: aligned(v) for k, v in s.items()} for _, s in batch],
+                    dims,
+                )
+                for index, result in zip(indices, results, strict=True):
+                    if isinstance(result, errors.ModelRunnerError):
+                        writer.write_metadata(
+                            runtime_pb2.FrameResult(
+                                frame=index, error=converters.to_pb_error(result)
+                            ).SerializeToString()
+                        )
+                    else:
+                        out_layout = self._write_outputs(writer, out_layout, result, frame=index)
+        finally:
+            reading.stop()
+        if reading.error is not None and not context.is_cancelled():
+            raise reading.error
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return list(_ACTIONS.items())
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        with flight_errors(f"action {action.type!r}"):
+            body = action.body.to_pybytes() if action.body is not None else b""
+            handler = self._action_handlers().get(action.type)
+            if handler is None:
+                raise errors.InvalidArgumentError(
+                    f"unknown action {action.type!r}; actions: {sorted(_ACTIONS)}"
+                )
+            result = handler(body)
+        return iter([result])
+
+    def _action_handlers(self) -> dict[str, Callable[[bytes], bytes]]:
+        return {
+            "load_model": self._load,
+            "unload_model": self._unload,
+            "test_model": self._test,
+            "runtime_info": self._info,
+        }
+
+    def _load(self, body: bytes) -> bytes:
+        request = _parse(runtime_pb2.LoadModelRequest(), body)
+        info = self.service.load(request.model_id, request.weight_format, request.device)
+        return runtime_pb2.LoadModelResponse(
+            model=converters.to_pb_loaded_model(info.model), load_seconds=info.load_seconds
+        ).SerializeToString()
+
+    def _unload(self, body: bytes) -> bytes:
+        request = _parse(runtime_pb2.UnloadModelRequest(), body)
+        count = self.service.unload(request.model_id, request.weight_format, request.device)
+        return runtime_pb2.UnloadModelResponse(unloaded=count).SerializeToString()
+
+    def _test(self, body: bytes) -> bytes:
+        request = _parse(control_pb2.TestModelRequest(), body)
+        report = self.service.test(request.model_id, request.weight_format, request.device)
+        return control_pb2.TestModelResponse(
+            report=converters.to_pb_report(report)
+        ).SerializeToString()
+
+    def _info(self, body: bytes) -> bytes:
+        return converters.to_pb_runtime(self.service.info()).SerializeToString()
+
+
+def _parse(message: Any, body: bytes) -> Any:
+    try:
+        message.ParseFromString(body)
+    except DecodeError as e:
+        raise errors.InvalidArgumentError(
+            f"cannot parse {type(message).__name__}: {e}"
+        ) from None
+    return message
+
+
+def _parse_command(descriptor: flight.FlightDescriptor) -> runtime_pb2.PredictCommand:
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        raise errors.InvalidArgumentError(
+            "a prediction needs a CMD descriptor holding a serialized PredictCommand"
+        )
+    command = _parse(runtime_pb2.PredictCommand(), descriptor.command)
+    if not command.model_id:
+        raise errors.InvalidArgumentError("PredictCommand.model_id is empty")
+    return command
+
+
+class _FrameReader(threading.Thread):
+    """Reads and decodes a stream's frames into a bounded queue as (index, sample)."""
+
+    def __init__(
+        self,
+        context: flight.ServerCallContext,
+        reader: flight.MetadataRecordBatchReader,
+        layout: SampleLayout,
+        frames: queue.Queue[object],
+    ) -> None:
+        super().__init__(name="modelrunner-frame-reader", daemon=True)
+        self.context, self.reader, self.frames = context, reader, frames
+        self.decoder = SampleDecoder(layout)
+        self.error: BaseException | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        index = 0
+        try:
+            for chunk in self.reader:
+                if self._stopped.is_set():
+                    return
+                if chunk.data is None:
+                    continue
+                for sample in self.decoder.feed(chunk.data):
+                    if not self._put((index, sample)):
+                        return
+                    index += 1
+        except BaseException as e:  # noqa: BLE001 - reported by the handler thread
+            if not self.context.is_cancelled():
+                self.error = e
+        finally:
+            self._put(_END)
+
+    def _put(self, item: object) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self.frames.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self.context.is_cancelled():
+                    return False
+        return False
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+
+
+def _take_batch(frames: queue.Queue[object], max_batch: int) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Wait for one frame, then take whatever else is already waiting, up to ``max_batch``."""
+    first = frames.get()
+    if first is _END:
+        frames.put(_END)
+        return []
+    batch = [first]
+    while len(batch) < max_batch:
+        try:
+            item = frames.get_nowait()
+        except queue.Empty:
+            break
+        if item is _END:
+            frames.put(_END)
+            break
+        batch.append(item)
+    return batch  # type: ignore[return-value]
