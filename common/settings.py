@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     """Timeout for connecting and for each read of an HTTP download."""
     download_retries: int = Field(3, ge=0)
     """Retries of a failed HTTP download (connection errors and 5xx answers)."""
+    download_backoff_s: float = Field(0.5, ge=0)
+    """Wait before the first retry of a download; each further retry waits twice as long."""
     bioimageio_base_url: str = "https://hypha.aicell.io/bioimage-io/artifacts"
     """A bioimage.io id ``X`` resolves to ``{bioimageio_base_url}/X/files/rdf.yaml``."""
 
@@ -69,6 +71,9 @@ class Settings(BaseSettings):
     """Memory the runtime's warm pipelines may take; least recently used ones are unloaded."""
     heartbeat_interval_s: float = Field(10.0, gt=0)
     """How often a runtime repeats its registration."""
+    runtime_call_timeout_s: float = Field(900.0, gt=0)
+    """Longest the control service waits for a runtime to answer a forwarded call (a model test
+    loads the model and runs it, which can take minutes for large models)."""
     max_tile_input_bytes: int = Field(256 * MiB, gt=0)
     """Inputs larger than this are predicted tile by tile when no blocksize is given."""
 

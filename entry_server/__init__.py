@@ -1,1 +1,42 @@
-"""placeholder"""
+"""The control service of modelrunner (gRPC): model registry and cache, metadata, validation,
+test orchestration and routing to runtimes.
+
+Modules, one responsibility each::
+
+    server            start_control_server(settings) -> ControlServer (health, reflection)
+    servicer          the thin gRPC ControlService: proto <-> control_plane
+    error_interceptor ModelRunnerError -> gRPC status + ErrorDetail trailer
+    control_plane     ControlPlane: the transport-free logic layer (registry + runtimes)
+    registry          ModelRegistry: add, list, describe, validate, remove, package folders
+    sources           ModelSourceSpec -> staged package folder (path, URL, bioimage.io id, upload)
+    package_staging   copying, unpacking and finding the description, with package limits
+    downloads         streaming HTTP downloads with limits, timeouts and retries
+    safe_zip          unpacking untrusted zips
+    uploads           UploadPackage storage with size/sha256 checks and expiry
+    cache             content-addressed models/<id> folders, LRU budget, pins, corruption checks
+    cache_index       the sqlite index of the cache
+    content_hash      package ids and manifests (sha256 of the file tree)
+    descriptions      reading descriptions with bioimageio.spec (imported lazily)
+    metadata          bioimageio ModelDescr -> types.ModelInfo
+    validation        ValidateModel: description -> ValidationReport
+    runtimes          RuntimeDirectory: registered runtimes, heartbeats, route choice
+    runtime_actions   calls to a runtime's Arrow Flight actions (test_model)
+    package_zips      zipped packages for FetchModelPackage
+    server_info       versions, platform, cache and runtimes for GetServerInfo
+"""
+
+from modelrunner.entry_server.control_plane import ControlPlane, Route
+from modelrunner.entry_server.registry import ModelPackage, ModelRegistry
+from modelrunner.entry_server.runtimes import Registration, RuntimeDirectory
+from modelrunner.entry_server.server import ControlServer, start_control_server
+
+__all__ = [
+    "ControlPlane",
+    "ControlServer",
+    "ModelPackage",
+    "ModelRegistry",
+    "Registration",
+    "Route",
+    "RuntimeDirectory",
+    "start_control_server",
+]

@@ -1,0 +1,97 @@
+"""The one place where exceptions of the control service become gRPC statuses.
+
+``ModelRunnerError``: its status code and message, with the serialized ``ErrorDetail`` as trailing
+metadata (``modelrunner-error-bin``), so clients rebuild the typed exception. Anything else is a
+bug: INTERNAL with a message naming the method and the exception; the traceback is logged here.
+Unary and streaming handlers alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+
+from modelrunner import errors
+from modelrunner.transport_errors import error_trailer
+
+logger = logging.getLogger(__name__)
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        codecs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary, method), **codecs
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _streaming(handler.unary_stream, method), **codecs
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _unary(handler.stream_unary, method), **codecs
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _streaming(handler.stream_stream, method), **codecs
+            )
+        return handler
+
+
+def _unary(behavior: Behavior, method: str) -> Behavior:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as exc:  # noqa: BLE001 - every failure must become a status
+            abort(context, exc, method)
+
+    return wrapper
+
+
+def _streaming(
+    behavior: Behavior, method: str
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except Exception as exc:  # noqa: BLE001 - every failure must become a status
+            abort(context, exc, method)
+
+    return wrapper
+
+
+def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> NoReturn:
+    """End the call with the status for ``exc`` (``context.abort`` raises)."""
+    if isinstance(exc, errors.ModelRunnerError):
+        logger.info("%s: %s: %s", method, type(exc).__name__, exc.message)
+        error = exc
+    elif context.code() is not None:
+        # Already aborted (context.abort raises a bare Exception): let grpc finish the call.
+        raise exc
+    elif not context.is_active():
+        # The client cancelled or its deadline passed; what broke is the missing peer, no bug.
+        logger.info("%s ended early (%s: %s)", method, type(exc).__name__, exc)
+        error = errors.CancelledError(f"{method} was cancelled by the client")
+    else:
+        logger.error("%s failed unexpectedly", method, exc_info=exc)
+        error = errors.InternalError(f"{method} failed: {type(exc).__name__}: {exc}")
+    context.set_trailing_metadata(error_trailer(error))
+    context.abort(error.code, error.message)
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

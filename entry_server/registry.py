@@ -1,0 +1,250 @@
+"""The model registry: the transport-free logic behind adding, listing, describing, validating
+and removing models, and handing packages to runtimes.
+
+It speaks ``modelrunner.types`` only; the gRPC servicer converts. Adding imports bioimageio.spec
+(lazily) but never an ML framework.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from modelrunner import cache_layout, errors, types
+from modelrunner.entry_server import descriptions, metadata
+from modelrunner.entry_server.cache import ModelCache, short_id
+from modelrunner.entry_server.content_hash import hash_package
+from modelrunner.entry_server.downloads import Downloader
+from modelrunner.entry_server.package_zips import PackageZip, PackageZips
+from modelrunner.entry_server.progress import ProgressCallback, no_progress
+from modelrunner.entry_server.sources import SourceStager
+from modelrunner.entry_server.uploads import StoredUpload, UploadHeader, UploadStore
+from modelrunner.entry_server.validation import validate_description
+from modelrunner.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MIN_PREFIX_LENGTH = 6
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A verified package folder in the cache."""
+
+    model_id: str
+    path: Path
+
+
+class ModelRegistry:
+    """Models in the cache of ``settings.cache_dir``. Safe to use from many threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        loaded_models: Callable[[], Collection[str]] = frozenset,
+        downloader: Downloader | None = None,
+    ) -> None:
+        """``loaded_models`` returns the ids of models runtimes report loaded (never evicted)."""
+        self.settings = settings
+        self.cache = ModelCache(settings, in_use_elsewhere=loaded_models)
+        self.uploads = UploadStore(settings)
+        self._downloader = downloader or Downloader(settings)
+        self._stager = SourceStager(
+            settings,
+            new_staging_dir=self.cache.staging_dir,
+            downloader=self._downloader,
+            uploads=self.uploads,
+        )
+        self._zips = PackageZips(settings.cache_dir, self.cache.staging_dir)
+        self._reindex()
+
+    def close(self) -> None:
+        self._downloader.close()
+        self.cache.close()
+
+    # -- adding -----------------------------------------------------------------------------------
+
+    def add(
+        self, source: types.ModelSourceSpec, progress: ProgressCallback = no_progress
+    ) -> tuple[types.ModelInfo, bool]:
+        """Add a model; returns its info and False when the same content was already there."""
+        staged = self._stager.stage(source, progress)
+        try:
+            model_id, manifest = hash_package(staged.package_dir, progress)
+            existing = self.cache.find(model_id)
+            if existing is not None and existing.corrupt is None:
+                self.cache.touch(model_id)
+                info, created = self.cache.get(model_id).info, False
+            else:
+                progress(types.Progress(stage="validate", unit="files", total=len(manifest)))
+                loaded = descriptions.load_model(staged.rdf_path, manifest)
+                info = metadata.model_info(
+                    loaded.descr,
+                    model_id=model_id,
+                    package_dir=staged.package_dir,
+                    format_version=loaded.format_version,
+                    source=staged.source,
+                    size_bytes=sum(r.size for r in manifest),
+                )
+                aliases = {info.bioimageio_id}
+                if source.kind == "bioimageio_id":
+                    aliases.add(source.value.strip())
+                progress(types.Progress(stage="store", total=info.size_bytes))
+                info, created = self.cache.store(
+                    staged.package_dir, info, loaded.rdf, manifest, aliases
+                )
+        finally:
+            self._stager.discard(staged)
+        if source.kind == "upload_id":
+            self.uploads.discard(source.value.strip())
+        logger.info(
+            "%s model %s (%s) from %s",
+            "added" if created else "already had",
+            short_id(info.id),
+            info.name,
+            staged.source,
+        )
+        return info, created
+
+    def receive_upload(self, header: UploadHeader, chunks: Iterable[bytes]) -> StoredUpload:
+        return self.uploads.receive(header, chunks)
+
+    def _reindex(self) -> None:
+        """Index folders of ``models/`` the index does not know (lost index, crash)."""
+        for folder in self.cache.unindexed_folders():
+            try:
+                model_id, manifest = hash_package(folder)
+                if model_id != folder.name:
+                    raise errors.CorruptModelError(f"its content hashes to {model_id}")
+                rdf_path = cache_layout.find_rdf(folder)
+                if rdf_path is None:
+                    raise errors.InvalidPackageError("it holds no bioimageio.yaml or rdf.yaml")
+                loaded = descriptions.load_model(rdf_path, manifest)
+                info = metadata.model_info(
+                    loaded.descr,
+                    model_id=model_id,
+                    package_dir=folder,
+                    format_version=loaded.format_version,
+                    source="",
+                    size_bytes=sum(r.size for r in manifest),
+                )
+            except errors.ModelRunnerError as exc:
+                self.cache.discard_folder(folder, exc.message)
+                continue
+            except Exception:  # one odd folder must not keep the service from starting
+                logger.exception("cannot re-index %s; leaving it unindexed", folder)
+                continue
+            when = datetime.fromtimestamp(folder.stat().st_mtime, tz=timezone.utc)
+            info = info.model_copy(update={"added_at": when, "last_used_at": when})
+            self.cache.adopt(info, loaded.rdf, manifest, {info.bioimageio_id})
+            logger.info("re-indexed model %s (%s)", short_id(model_id), info.name)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def list_models(self) -> list[types.ModelInfo]:
+        return [entry.info for entry in self.cache.entries()]
+
+    def resolve(self, model_ref: str) -> str:
+        """The full id of a model given by id, unique id prefix (>= 6 characters) or alias."""
+        ref = model_ref.strip()
+        if not ref:
+            raise errors.InvalidArgumentError(
+                "no model given: pass a model id, a unique prefix of one (at least "
+                f"{MIN_PREFIX_LENGTH} characters) or a bioimage.io id"
+            )
+        lowered = ref.lower()
+        if _HEX.match(lowered) and len(lowered) >= MIN_PREFIX_LENGTH:
+            matches = self.cache.ids_with_prefix(lowered)
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise _ambiguous(ref, "model id prefix", matches)
+        matches = self.cache.ids_with_alias(ref)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise _ambiguous(ref, "bioimage.io id", matches)
+        raise errors.ModelNotFoundError(
+            f"no model {ref!r} in the registry (looked for a model id, a unique prefix of one "
+            f"of at least {MIN_PREFIX_LENGTH} characters, and a bioimage.io id)",
+            details={"model_id": ref},
+        )
+
+    def describe(self, model_ref: str) -> types.ModelInfo:
+        """Full metadata, with the description (RDF) as JSON-able data."""
+        model_id = self.resolve(model_ref)
+        self.cache.touch(model_id)
+        info = self.cache.get(model_id).info
+        return info.model_copy(update={"rdf": self.cache.rdf(model_id)})
+
+    def cache_info(self) -> types.CacheInfo:
+        return self.cache.info()
+
+    # -- validating and removing ------------------------------------------------------------------
+
+    def validate(
+        self,
+        source: types.ModelSourceSpec,
+        *,
+        perform_io_checks: bool = False,
+        progress: ProgressCallback = no_progress,
+    ) -> types.ValidationReport:
+        """Validate a description without adding it; an invalid one gives a failed report."""
+        staged = self._stager.stage(source, progress, in_place=True)
+        try:
+            return validate_description(
+                staged.rdf_path, perform_io_checks=perform_io_checks, source=staged.source
+            )
+        finally:
+            self._stager.discard(staged)
+
+    def remove(self, model_ref: str) -> tuple[str, int]:
+        """Remove a model; returns its id and the bytes freed. ModelInUseError while in use."""
+        model_id = self.resolve(model_ref)
+        freed = self.cache.remove(model_id)
+        logger.info("removed model %s (%d bytes)", short_id(model_id), freed)
+        return model_id, freed
+
+    def verify(self, model_ref: str) -> str:
+        """Hash every file of the model against its manifest; CorruptModelError on a mismatch."""
+        model_id = self.resolve(model_ref)
+        self.cache.verify(model_id, full=True)
+        return model_id
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    def package_dir(self, model_ref: str) -> Path:
+        """The verified package folder, for a runtime on this host (see :meth:`use`)."""
+        with self.use(model_ref) as package:
+            return package.path
+
+    @contextmanager
+    def use(self, model_ref: str) -> Iterator[ModelPackage]:
+        """Pin the model (no eviction or removal) and yield its verified package folder."""
+        model_id = self.resolve(model_ref)
+        with self.cache.pinned(model_id):
+            path = self.cache.ensure_servable(model_id)
+            self.cache.touch(model_id)
+            yield ModelPackage(model_id=model_id, path=path)
+
+    @contextmanager
+    def package_zip(self, model_ref: str) -> Iterator[PackageZip]:
+        """The model's package as a zip, pinned while the block runs (FetchModelPackage)."""
+        with self.use(model_ref) as package:
+            yield self._zips.get(package.model_id, package.path)
+
+
+def _ambiguous(ref: str, what: str, matches: list[str]) -> errors.InvalidArgumentError:
+    listed = ", ".join(short_id(m) for m in sorted(matches))
+    return errors.InvalidArgumentError(
+        f"{what} {ref!r} is ambiguous: it matches {len(matches)} models ({listed}); "
+        "give the full model id",
+        details={"model_id": ref, "matches": ",".join(sorted(matches))},
+    )

@@ -1,0 +1,59 @@
+"""Calls from the control service to a runtime's Arrow Flight actions (see ``runtime.proto``).
+
+This is a transport edge: protobuf bodies go in and out here, ``types`` leave. Flight errors are
+mapped with :func:`modelrunner.transport_errors.from_flight_error`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from modelrunner import errors, types
+from modelrunner.converters import from_pb_report
+from modelrunner.transport_errors import from_flight_error
+from modelrunner.v1 import control_pb2
+
+TEST_MODEL_ACTION = "test_model"
+
+
+def run_model_test_on_runtime(
+    flight_uri: str,
+    *,
+    model_id: str,
+    weight_format: str = "",
+    device: str = "",
+    timeout_s: float,
+) -> types.ValidationReport:
+    """Run bioimageio.core's model test on the runtime at ``flight_uri``; returns its report."""
+    request = control_pb2.TestModelRequest(
+        model_id=model_id, weight_format=weight_format, device=device
+    )
+    body = _do_action(flight_uri, TEST_MODEL_ACTION, request.SerializeToString(), timeout_s)
+    response = control_pb2.TestModelResponse()
+    try:
+        response.ParseFromString(body)
+    except Exception as exc:
+        raise errors.InternalError(
+            f"runtime at {flight_uri} answered {TEST_MODEL_ACTION} with an unreadable body: {exc}"
+        ) from exc
+    return from_pb_report(response.report)
+
+
+def _do_action(flight_uri: str, action: str, body: bytes, timeout_s: float) -> bytes:
+    try:
+        client = flight.FlightClient(flight_uri)
+    except (pa.ArrowException, ValueError) as exc:
+        raise errors.UnavailableError(
+            f"runtime address {flight_uri!r} is unusable: {exc}", details={"flight_uri": flight_uri}
+        ) from exc
+    try:
+        options = flight.FlightCallOptions(timeout=timeout_s)
+        results = list(client.do_action(flight.Action(action, body), options=options))
+    except (flight.FlightError, OSError) as exc:
+        raise from_flight_error(exc) from exc
+    finally:
+        client.close()
+    if not results:
+        raise errors.InternalError(f"runtime at {flight_uri} answered {action} with no result")
+    return results[0].body.to_pybytes()

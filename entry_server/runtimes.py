@@ -1,0 +1,166 @@
+"""The directory of registered runtimes and the choice of runtime for a model.
+
+A runtime registers with ``RegisterRuntime`` and repeats the call every ``heartbeat_interval_s``;
+one silent for three intervals is dropped. For a model, runtimes that report it loaded come
+first, then the least loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from modelrunner import errors, types
+from modelrunner.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MISSED_HEARTBEATS = 3
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The answer to a registration."""
+
+    heartbeat_interval_s: float
+    shared_cache_dir: str
+    """The control service's cache directory when the runtime reads the same one, else ""."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: types.RuntimeInfo
+    seen_at: float
+
+
+class RuntimeDirectory:
+    """Registered runtimes; safe to use from many threads."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self._cache_dir = settings.cache_dir
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+
+    def register(self, info: types.RuntimeInfo, cache_dir: str = "") -> Registration:
+        """Add or refresh a runtime. ``cache_dir``: the cache directory it reads, if any."""
+        if not info.runtime_id.strip():
+            raise errors.InvalidArgumentError("runtime registration without a runtime_id")
+        if not info.flight_uri.strip():
+            raise errors.InvalidArgumentError(
+                f"runtime {info.runtime_id!r} registered without a flight_uri"
+            )
+        info = info.model_copy(update={"last_seen_at": datetime.now(timezone.utc)})
+        with self._lock:
+            self._prune()
+            known = info.runtime_id in self._entries
+            self._entries[info.runtime_id] = _Entry(info=info, seen_at=self._clock())
+        if not known:
+            logger.info("runtime %s registered at %s", info.runtime_id, info.flight_uri)
+        return Registration(
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            shared_cache_dir=self._shared_cache_dir(cache_dir),
+        )
+
+    def unregister(self, runtime_id: str) -> bool:
+        with self._lock:
+            return self._entries.pop(runtime_id, None) is not None
+
+    def runtimes(self) -> list[types.RuntimeInfo]:
+        """The live runtimes, by id."""
+        with self._lock:
+            self._prune()
+            return [self._entries[k].info for k in sorted(self._entries)]
+
+    def loaded_model_ids(self) -> set[str]:
+        """Models any live runtime reports loaded."""
+        return {m.model_id for r in self.runtimes() for m in r.loaded_models}
+
+    def candidates(
+        self,
+        model_id: str,
+        *,
+        model_weight_formats: Collection[str],
+        weight_format: str = "",
+        device: str = "",
+    ) -> list[types.RuntimeInfo]:
+        """Runtimes that can serve the model, best first; UnavailableError when none can."""
+        runtimes = self.runtimes()
+        if not runtimes:
+            raise errors.UnavailableError("no runtime registered")
+        available = [r for r in runtimes if r.available]
+        if not available:
+            reasons = "; ".join(
+                f"{r.runtime_id}: {r.unavailable_reason or 'unavailable'}" for r in runtimes
+            )
+            raise errors.UnavailableError(f"no runtime available ({reasons})")
+        wanted = {weight_format} if weight_format else set(model_weight_formats)
+        fitting = [r for r in available if _runs_any(r, wanted) and _has_device(r, device)]
+        if not fitting:
+            offered = "; ".join(
+                f"{r.runtime_id} runs {', '.join(r.weight_formats) or 'any format'} on "
+                f"{', '.join(d.name for d in r.devices) or 'any device'}"
+                for r in available
+            )
+            raise errors.UnavailableError(
+                f"no registered runtime can run model {model_id[:12]} with weight format(s) "
+                f"{', '.join(sorted(wanted))}{f' on {device}' if device else ''} ({offered})",
+                details={"model_id": model_id},
+            )
+        return sorted(
+            fitting,
+            key=lambda r: (
+                not _has_loaded(r, model_id, weight_format, device),
+                len(r.loaded_models),
+                r.runtime_id,
+            ),
+        )
+
+    def _prune(self) -> None:
+        deadline = self._clock() - MISSED_HEARTBEATS * self.heartbeat_interval_s
+        for runtime_id in [k for k, e in self._entries.items() if e.seen_at < deadline]:
+            logger.warning(
+                "runtime %s missed %d heartbeats; dropping it", runtime_id, MISSED_HEARTBEATS
+            )
+            del self._entries[runtime_id]
+
+    def _shared_cache_dir(self, cache_dir: str) -> str:
+        if not cache_dir:
+            return ""
+        try:
+            same = os.path.samefile(Path(cache_dir).expanduser(), self._cache_dir)
+        except OSError:
+            same = False
+        return str(self._cache_dir) if same else ""
+
+
+def _runs_any(runtime: types.RuntimeInfo, formats: set[str]) -> bool:
+    # A runtime that lists no formats did not say: let it try.
+    return not runtime.weight_formats or bool(formats & set(runtime.weight_formats))
+
+
+def _device_matches(name: str, wanted: str) -> bool:
+    """ "cuda" matches "cuda" and "cuda:N"; "cuda:1" only "cuda:1"."""
+    return name == wanted or (":" not in wanted and name.split(":", 1)[0] == wanted)
+
+
+def _has_device(runtime: types.RuntimeInfo, device: str) -> bool:
+    if not device or not runtime.devices:
+        return True
+    return any(_device_matches(d.name, device) for d in runtime.devices)
+
+
+def _has_loaded(runtime: types.RuntimeInfo, model_id: str, weight_format: str, device: str) -> bool:
+    return any(
+        m.model_id == model_id
+        and (not weight_format or m.weight_format == weight_format)
+        and (not device or _device_matches(m.device, device))
+        for m in runtime.loaded_models
+    )

@@ -1,0 +1,139 @@
+"""Start and stop the control service: gRPC ``ControlService`` with standard health checking and
+server reflection, so ``grpcurl`` and clients in any language work from the ``.proto`` files.
+
+``start_control_server(settings)`` returns a running :class:`ControlServer`. An embedded runtime
+in the same process registers through ``server.control.register_runtime(...)`` (or over gRPC like
+any other runtime) and reads packages from ``server.registry.use(model_id)``.
+
+Nothing here imports bioimageio.spec: the service starts in about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from modelrunner import errors
+from modelrunner.entry_server.control_plane import ControlPlane
+from modelrunner.entry_server.error_interceptor import ErrorInterceptor
+from modelrunner.entry_server.registry import ModelRegistry
+from modelrunner.entry_server.runtimes import RuntimeDirectory
+from modelrunner.entry_server.servicer import ControlServicer
+from modelrunner.settings import Settings
+from modelrunner.v1 import control_pb2, control_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024**2
+"""Upload and package chunks are about 1 MiB; model lists and descriptions can be larger."""
+DEFAULT_MAX_WORKERS = 16
+
+
+@dataclass
+class ControlServer:
+    """A running control service. Use as a context manager, or call :meth:`stop`."""
+
+    settings: Settings
+    server: grpc.Server
+    port: int
+    """The bound port (the chosen one when ``settings.port`` is 0)."""
+    control: ControlPlane
+    health: health.HealthServicer
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.control.registry
+
+    @property
+    def runtimes(self) -> RuntimeDirectory:
+        return self.control.runtimes
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for clients (a wildcard host is replaced by localhost)."""
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "localhost"
+        return f"{host}:{self.port}"
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.server.wait_for_termination(timeout)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let calls in flight finish for ``grace`` seconds (default
+        ``settings.grace_period_s``), then close the registry."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        period = self.settings.grace_period_s if grace is None else grace
+        self.server.stop(period).wait()
+        self.registry.close()
+        logger.info("control service on port %d stopped", self.port)
+
+    def __enter__(self) -> ControlServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_control_server(
+    settings: Settings,
+    *,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+) -> ControlServer:
+    """Open the cache, bind ``settings.host:settings.port`` and start serving."""
+    runtimes = RuntimeDirectory(settings)
+    registry = ModelRegistry(settings, loaded_models=runtimes.loaded_model_ids)
+    try:
+        control = ControlPlane(settings, registry, runtimes)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="control"),
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # grpc enables SO_REUSEPORT by default: a second server on a busy port would
+                # start silently and share its calls. Failing to bind is what users expect.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(control), server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        target = f"{settings.host}:{settings.port}"
+        try:
+            port = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise errors.UnavailableError(f"cannot listen on {target}: {exc}") from exc
+        if port == 0:
+            raise errors.UnavailableError(f"cannot listen on {target}")
+        server.start()
+    except BaseException:
+        registry.close()
+        raise
+    logger.info(
+        "control service listening on %s:%d (cache %s)", settings.host, port, settings.cache_dir
+    )
+    return ControlServer(
+        settings=settings, server=server, port=port, control=control, health=health_servicer
+    )

@@ -1,0 +1,164 @@
+"""The gRPC ``ControlService``: proto in, the logic layer (:class:`ControlPlane`), proto out.
+
+Errors are raised as ``ModelRunnerError`` and mapped by the error interceptor.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from modelrunner import converters, errors, types
+from modelrunner.entry_server.control_plane import ControlPlane
+from modelrunner.entry_server.uploads import UploadHeader
+from modelrunner.v1 import control_pb2, control_pb2_grpc, models_pb2
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    def __init__(self, control: ControlPlane) -> None:
+        self._control = control
+        self._registry = control.registry
+
+    def AddModel(
+        self, request: control_pb2.AddModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[control_pb2.AddModelResponse]:
+        source = converters.from_pb_source(request.source)
+        # The add runs in its own thread so its progress events can be streamed while it works.
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        finished = threading.Event()
+        context.add_callback(finished.set)
+
+        def progress(event: types.Progress) -> None:
+            if finished.is_set():
+                raise errors.CancelledError("AddModel was cancelled by the client")
+            events.put(("progress", event))
+
+        def work() -> None:
+            try:
+                events.put(("result", self._registry.add(source, progress)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the RPC thread, which raises it
+                events.put(("error", exc))
+
+        threading.Thread(target=work, name="add-model", daemon=True).start()
+        while True:
+            kind, value = events.get()
+            if kind == "progress":
+                yield control_pb2.AddModelResponse(progress=converters.to_pb_progress(value))
+            elif kind == "result":
+                info, created = value
+                yield control_pb2.AddModelResponse(
+                    result=control_pb2.AddModelResult(
+                        model=converters.to_pb_model_info(info), created=created
+                    )
+                )
+                return
+            else:
+                raise value
+
+    def UploadPackage(
+        self,
+        request_iterator: Iterator[control_pb2.UploadPackageRequest],
+        context: grpc.ServicerContext,
+    ) -> control_pb2.UploadPackageResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise errors.InvalidArgumentError(
+                "the first UploadPackageRequest must carry the header (file name, size, sha256)"
+            )
+        header = UploadHeader(
+            filename=first.header.filename,
+            size_bytes=first.header.size_bytes,
+            sha256=first.header.sha256,
+        )
+
+        def chunks() -> Iterator[bytes]:
+            for message in request_iterator:
+                if message.WhichOneof("part") == "header":
+                    raise errors.InvalidArgumentError(
+                        "only the first UploadPackageRequest may carry a header"
+                    )
+                yield message.chunk
+
+        stored = self._registry.receive_upload(header, chunks())
+        return control_pb2.UploadPackageResponse(
+            upload_id=stored.upload_id, size_bytes=stored.size_bytes, sha256=stored.sha256
+        )
+
+    def ListModels(
+        self, request: control_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ListModelsResponse:
+        models = self._registry.list_models()
+        return control_pb2.ListModelsResponse(
+            models=[converters.to_pb_model_info(m) for m in models]
+        )
+
+    def DescribeModel(
+        self, request: control_pb2.DescribeModelRequest, context: grpc.ServicerContext
+    ) -> control_pb2.DescribeModelResponse:
+        info = self._registry.describe(request.model_id)
+        return control_pb2.DescribeModelResponse(model=converters.to_pb_model_info(info))
+
+    def ValidateModel(
+        self, request: control_pb2.ValidateModelRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ValidateModelResponse:
+        source = converters.from_pb_source(request.source)
+        report = self._registry.validate(source, perform_io_checks=request.perform_io_checks)
+        return control_pb2.ValidateModelResponse(report=converters.to_pb_report(report))
+
+    def RemoveModel(
+        self, request: control_pb2.RemoveModelRequest, context: grpc.ServicerContext
+    ) -> control_pb2.RemoveModelResponse:
+        model_id, freed = self._registry.remove(request.model_id)
+        return control_pb2.RemoveModelResponse(model_id=model_id, freed_bytes=freed)
+
+    def GetServerInfo(
+        self, request: control_pb2.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> control_pb2.GetServerInfoResponse:
+        return converters.to_pb_server_info(self._control.server_info())
+
+    def TestModel(
+        self, request: control_pb2.TestModelRequest, context: grpc.ServicerContext
+    ) -> control_pb2.TestModelResponse:
+        report = self._control.test_model(
+            request.model_id,
+            request.weight_format,
+            request.device,
+            timeout_s=context.time_remaining(),
+        )
+        return control_pb2.TestModelResponse(report=converters.to_pb_report(report))
+
+    def GetModelRoute(
+        self, request: control_pb2.GetModelRouteRequest, context: grpc.ServicerContext
+    ) -> control_pb2.GetModelRouteResponse:
+        route = self._control.route(request.model_id, request.weight_format, request.device)
+        return control_pb2.GetModelRouteResponse(
+            model_id=route.model_id,
+            flight_uris=list(route.flight_uris),
+            runtime_id=route.runtime_id,
+        )
+
+    def RegisterRuntime(
+        self, request: control_pb2.RegisterRuntimeRequest, context: grpc.ServicerContext
+    ) -> control_pb2.RegisterRuntimeResponse:
+        runtime = request.runtime if request.HasField("runtime") else models_pb2.RuntimeInfo()
+        registration = self._control.register_runtime(
+            converters.from_pb_runtime(runtime), request.cache_dir
+        )
+        return control_pb2.RegisterRuntimeResponse(
+            heartbeat_interval_s=registration.heartbeat_interval_s,
+            shared_cache_dir=registration.shared_cache_dir,
+        )
+
+    def FetchModelPackage(
+        self, request: control_pb2.FetchModelPackageRequest, context: grpc.ServicerContext
+    ) -> Iterator[control_pb2.FetchModelPackageResponse]:
+        with self._registry.package_zip(request.model_id) as package:
+            yield control_pb2.FetchModelPackageResponse(
+                size_bytes=package.size_bytes, sha256=package.sha256
+            )
+            for chunk in package.chunks():
+                yield control_pb2.FetchModelPackageResponse(chunk=chunk)

@@ -1,0 +1,144 @@
+"""The service itself: health checking, reflection, server info, start-up, error mapping."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from modelrunner import __version__, errors
+from modelrunner.entry_server import start_control_server
+from modelrunner.entry_server.server import SERVICE_NAME
+from modelrunner.v1 import control_pb2, control_pb2_grpc
+from tests.entry_server.conftest import Running, ServerFactory, make_settings
+from tests.entry_server.helpers import NUCLEI, add_model, expect_rpc_error
+
+
+def test_health_check_reports_serving_for_the_server_and_the_service(control: Running) -> None:
+    health = health_pb2_grpc.HealthStub(control.channel)
+    for service in ("", "modelrunner.v1.ControlService"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_check_of_an_unknown_service_is_not_found(control: Running) -> None:
+    health = health_pb2_grpc.HealthStub(control.channel)
+    with pytest.raises(grpc.RpcError) as info:
+        health.Check(health_pb2.HealthCheckRequest(service="nope.Service"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_the_control_service(control: Running) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(control.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    answer = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+    assert SERVICE_NAME == "modelrunner.v1.ControlService"
+
+
+def test_reflection_describes_the_service_from_its_proto(control: Running) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(control.channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME)
+    answer = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
+    assert answer.file_descriptor_response.file_descriptor_proto
+
+
+def test_server_info_reports_versions_cache_and_runtimes(control: Running) -> None:
+    add_model(control.stub, path=str(NUCLEI))
+    info = control.stub.GetServerInfo(control_pb2.GetServerInfoRequest(), timeout=5)
+    assert info.modelrunner_version == __version__
+    assert {"bioimageio.core", "bioimageio.spec", "grpcio", "pyarrow"} <= set(info.package_versions)
+    assert info.python_version == ".".join(map(str, sys.version_info[:3]))
+    assert info.platform
+    assert info.cache.directory == str(control.cache_dir)
+    assert info.cache.models == 1
+    assert info.cache.used_bytes == sum(f.stat().st_size for f in NUCLEI.iterdir())
+    assert info.cache.budget_bytes == control.server.settings.cache_budget_bytes
+    assert list(info.runtimes) == []
+
+
+def test_the_server_binds_a_free_port_and_starts_fast(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    server = start_control_server(make_settings(tmp_path / "cache"))
+    try:
+        assert time.perf_counter() - started < 1.0
+        assert server.port > 0
+        assert server.address == f"127.0.0.1:{server.port}"
+    finally:
+        server.stop(0)
+
+
+def test_a_busy_port_is_refused(control: Running, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "other", port=control.server.port)
+    with pytest.raises(
+        errors.UnavailableError, match=f"cannot listen on 127.0.0.1:{settings.port}"
+    ):
+        start_control_server(settings)
+
+
+def test_starting_the_server_imports_no_bioimageio_and_no_framework() -> None:
+    code = (
+        "import sys, modelrunner.entry_server.server\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('bioimageio', 'torch', 'tensorflow', 'onnxruntime')]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_an_unexpected_exception_is_internal_and_names_what_failed(
+    control: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(control.server.registry, "list_models", broken)
+    with caplog.at_level(logging.ERROR, logger="modelrunner.entry_server.error_interceptor"):
+        message = expect_rpc_error(
+            lambda: control.stub.ListModels(control_pb2.ListModelsRequest(), timeout=5),
+            grpc.StatusCode.INTERNAL,
+            "InternalError",
+        )
+    assert message == "/modelrunner.v1.ControlService/ListModels failed: KeyError: 'boom'"
+    assert [r.exc_info is not None for r in caplog.records] == [True]
+    monkeypatch.undo()
+
+
+def test_an_unexpected_exception_in_a_stream_is_internal(
+    control: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(control.server.registry, "add", broken)
+    message = expect_rpc_error(
+        lambda: list(
+            control.stub.AddModel(
+                control_pb2.AddModelRequest(source={"path": str(NUCLEI)}), timeout=5
+            )
+        ),
+        grpc.StatusCode.INTERNAL,
+        "InternalError",
+    )
+    assert message == "/modelrunner.v1.ControlService/AddModel failed: RuntimeError: disk on fire"
+    monkeypatch.undo()
+
+
+def test_stop_is_graceful_and_idempotent(start_server: ServerFactory) -> None:
+    running = start_server()
+    address = running.server.address
+    start_server.stop(running)
+    running.server.stop()  # a second stop does nothing
+    with grpc.insecure_channel(address) as channel:
+        stub = control_pb2_grpc.ControlServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListModels(control_pb2.ListModelsRequest(), timeout=1)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
