@@ -1,0 +1,302 @@
+"""Inference with a warm bioimageio.core ``PredictionPipeline``, for images of any size.
+
+Same semantics as bioimageio.core with the same weights. An input that is valid for the model as
+given runs exactly as bioimageio.core's own model test runs it::
+
+    pipeline.predict_sample_without_blocking(
+        sample, skip_input_padding=True, skip_output_cropping=True
+    )
+
+(bioimageio.core's plain ``predict()`` instead pads inputs by the output halo, which breaks
+fixed-size models: it feeds 576x576 to the 512x512 ``unet2d_nuclei_broad``.) Other sizes are
+padded or tiled (:mod:`.size_fitting`). Tiling an image at least one block large is exactly
+bioimageio.core's blockwise prediction. When padding is needed, preprocessing runs on the
+original sample first (so sample statistics are those of the image, not of the padding), and
+postprocessing on the cropped output.
+
+Nothing here locks: callers serialise calls per pipeline (:class:`.pipelines.WarmPipeline`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from bioimageio.core import PredictionPipeline, Sample, Tensor
+from bioimageio.core.sample import LinearSampleAxisTransform
+from bioimageio.spec.model import v0_5
+
+from modelrunner.errors import (
+    CancelledError,
+    FailedPreconditionError,
+    InternalError,
+    ModelRunnerError,
+    ResourceExhaustedError,
+)
+
+from .input_mapping import DimNames, Inputs, build_sample
+from .options import PredictOptions
+from .size_fitting import FitPlan, axis_scales, implied_references, plan_fit
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""Called with (blocks done, blocks in total) during tiled prediction."""
+Cancelled = Callable[[], bool]
+"""Returns True once the client has gone: the prediction stops at the next block or sample."""
+Outputs = dict[str, np.ndarray]
+
+
+def predict(
+    pipeline: PredictionPipeline,
+    inputs: Inputs,
+    dim_names: DimNames | None = None,
+    options: PredictOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    cancelled: Cancelled | None = None,
+) -> Outputs:
+    """Predict one sample.
+
+    Args:
+        pipeline: a loaded pipeline of a v0.5 model description.
+        inputs: arrays by input id, or one array for a single-input model.
+        dim_names: axis ids of each array (e.g. from the wire); None: arrays are in the model's
+            axis order, possibly without singleton axes.
+        options: pre/postprocessing, tiling and NaN handling.
+        progress: called after each block of a tiled prediction.
+        cancelled: polled before the prediction and after each block; when it returns True the
+            prediction stops with CancelledError.
+
+    Returns:
+        C-contiguous arrays by output id, in each output's axis order.
+
+    Raises:
+        InvalidTensorError: an input does not fit the model (the message says how).
+        ResourceExhaustedError: out of memory.
+        CancelledError: ``cancelled`` said so.
+        InternalError: the model failed.
+    """
+    options = options or PredictOptions()
+    descr = model_descr(pipeline)
+    sample = build_sample(descr, inputs, dim_names, nan_policy=options.nan_policy)
+    check_cancelled(cancelled)
+    return predict_sample(pipeline, descr, sample, options, _polling(progress, cancelled))
+
+
+def check_cancelled(cancelled: Cancelled | None) -> None:
+    if cancelled is not None and cancelled():
+        raise CancelledError("the prediction was cancelled")
+
+
+def _polling(progress: Progress | None, cancelled: Cancelled | None) -> Progress | None:
+    """``progress``, checking ``cancelled`` first (called after each block)."""
+    if cancelled is None:
+        return progress
+
+    def report(done: int, total: int) -> None:
+        check_cancelled(cancelled)
+        if progress is not None:
+            progress(done, total)
+
+    return report
+
+
+def model_descr(pipeline: PredictionPipeline) -> v0_5.ModelDescr:
+    descr = pipeline.model_description
+    if not isinstance(descr, v0_5.ModelDescr):
+        raise FailedPreconditionError(
+            f"model description format {descr.format_version} is not supported: load it with "
+            + "format_version='latest' to convert it to 0.5",
+        )
+    return descr
+
+
+def network_dtype(t: v0_5.InputTensorDescr) -> str:
+    """The dtype the network takes: that of the last ``ensure_dtype`` preprocessing step."""
+    for step in reversed(t.preprocessing):
+        if isinstance(step, v0_5.EnsureDtypeDescr):
+            return str(step.kwargs.dtype)
+    data = t.data if not isinstance(t.data, Sequence) else t.data[0]
+    return str(data.type)
+
+
+def predict_sample(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    sample: Sample,
+    options: PredictOptions,
+    progress: Progress | None,
+) -> Outputs:
+    dtypes = {t.id: network_dtype(t) for t in descr.inputs}
+    if options.skip_preprocessing:
+        sample.members = {
+            m: t.astype(dtypes[m]) if str(t.data.dtype) != dtypes[m] else t  # type: ignore[arg-type]
+            for m, t in sample.members.items()
+        }
+    plan = plan_fit(
+        descr,
+        sample.shape,
+        blocksize=options.blocksize,
+        max_tile_input_bytes=options.max_tile_input_bytes,
+        itemsize={m: np.dtype(d).itemsize for m, d in dtypes.items()},
+    )
+    logger.debug("predicting %s as %s", dict(sample.shape), plan)
+    try:
+        output = _run(pipeline, descr, sample, plan, options, progress)
+    except ModelRunnerError:
+        raise
+    except Exception as e:
+        raise _translate(e, descr) from e
+    return _arrays(descr, output)
+
+
+def _run(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    sample: Sample,
+    plan: FitPlan,
+    options: PredictOptions,
+    progress: Progress | None,
+) -> Sample:
+    if plan.mode == "whole":
+        return pipeline.predict_sample_without_blocking(
+            sample,
+            skip_preprocessing=options.skip_preprocessing,
+            skip_postprocessing=options.skip_postprocessing,
+            skip_input_padding=True,
+            skip_output_cropping=True,
+        )
+    if plan.mode == "tiled" and not plan.pad:
+        # exactly bioimageio.core's blockwise prediction, processing included
+        return _predict_tiles(
+            pipeline,
+            descr,
+            sample,
+            plan,
+            progress,
+            skip_preprocessing=options.skip_preprocessing,
+            skip_postprocessing=options.skip_postprocessing,
+        )
+    # Preprocessing runs before padding, so sample statistics are those of the image; pad
+    # values are thus in the network's input space (bioimageio.core's blockwise path applies
+    # element-wise steps after padding: the same, except for constant padding).
+    if not options.skip_preprocessing:
+        pipeline.apply_preprocessing(sample)
+    padded = Sample(
+        members={
+            m: t.pad(plan.pad[m], mode=pipeline.pad_mode.get(m, "symmetric"))
+            if m in plan.pad
+            else t
+            for m, t in sample.members.items()
+        },
+        stat=sample.stat,
+        id=sample.id,
+    )
+    if plan.mode == "padded":
+        raw = pipeline.predict_sample_without_blocking(
+            padded,
+            skip_preprocessing=True,
+            skip_postprocessing=True,
+            skip_input_padding=True,
+            skip_output_cropping=True,
+        )
+    else:
+        raw = _predict_tiles(
+            pipeline,
+            descr,
+            padded,
+            plan,
+            progress,
+            skip_preprocessing=True,
+            skip_postprocessing=True,
+        )
+    output = Sample(
+        members={m: _crop(t, plan.output_sizes.get(m, {})) for m, t in raw.members.items()},
+        stat=sample.stat,
+        id=sample.id,
+    )
+    if not options.skip_postprocessing:
+        pipeline.apply_postprocessing(output)
+    return output
+
+
+def _predict_tiles(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    sample: Sample,
+    plan: FitPlan,
+    progress: Progress | None,
+    *,
+    skip_preprocessing: bool,
+    skip_postprocessing: bool,
+) -> Sample:
+    _follow_implied_references(pipeline, descr)
+    total, intermediates = pipeline.predict_sample_with_blocking_yield_intermediates(
+        sample,
+        skip_preprocessing=skip_preprocessing,
+        skip_postprocessing=skip_postprocessing,
+        ns=plan.ns,
+        batch_size=plan.block_batch,
+    )
+    last = None
+    for done, intermediate in enumerate(intermediates, start=1):
+        last = intermediate
+        if progress is not None:
+            progress(done, total)
+    assert last is not None, "bioimageio.core predicted no blocks"
+    return last.sample
+
+
+def _follow_implied_references(pipeline: PredictionPipeline, descr: v0_5.ModelDescr) -> None:
+    """Tell bioimageio.core that fixed-size outputs which mirror a fixed-size input follow it.
+
+    bioimageio.core places output blocks by the outputs' size references; an output axis with a
+    plain size would make every block overwrite the whole output. Idempotent.
+    """
+    transform: Any = getattr(pipeline, "_block_transform", None)
+    if not isinstance(transform, dict):
+        return
+    scales = axis_scales(descr)
+    for (out, axis), (inp, in_axis) in implied_references(descr).items():
+        axes = transform.get(out)
+        if axes is not None and isinstance(axes.get(axis), int):
+            axes[axis] = LinearSampleAxisTransform(
+                axis=in_axis,
+                scale=scales[inp][in_axis] / scales[out][axis],
+                offset=0,
+                member=inp,
+            )
+
+
+def _crop(tensor: Tensor, sizes: Mapping[v0_5.AxisId, int]) -> Tensor:
+    slices = {a: slice(0, s) for a, s in sizes.items() if a in tensor.sizes and tensor.sizes[a] > s}
+    return tensor[slices] if slices else tensor
+
+
+def _arrays(descr: v0_5.ModelDescr, sample: Sample) -> Outputs:
+    arrays: Outputs = {}
+    for out in descr.outputs:
+        tensor = sample.members.get(out.id)
+        if tensor is None:
+            continue
+        data = tensor.data
+        order = [a.id for a in out.axes]
+        if list(data.dims) != order and set(data.dims) == set(order):
+            data = data.transpose(*order)
+        arrays[str(out.id)] = np.ascontiguousarray(data.to_numpy())
+    return arrays
+
+
+def _translate(error: Exception, descr: v0_5.ModelDescr) -> ModelRunnerError:
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
+        return ResourceExhaustedError(
+            f"out of memory while predicting with '{descr.name}': {text}",
+            details={"model": descr.name},
+        )
+    return InternalError(
+        f"prediction with '{descr.name}' failed: {text}", details={"model": descr.name}
+    )

@@ -1,0 +1,316 @@
+"""Turn the arrays a client sent into a bioimageio.core ``Sample`` in the model's axis order,
+or refuse them with an :class:`~modelrunner.errors.InvalidTensorError` that names the tensor,
+the axis, what the model expects and what came.
+
+Mapping rules, in this order:
+
+* A single array is the input of a single-input model.
+* Dim names (from the wire) are model axis ids (``b``/``c``/``t``/``i`` are accepted for batch,
+  channel, time and index); model axes that are missing from them are added as singletons when
+  size 1 is valid for them; then the array is transposed to the model's axis order.
+* Without dim names, an array of the model's rank is taken in the model's axis order. A lower
+  rank gets singleton axes inserted where size 1 is valid, in axis order, as bioimageio.core's
+  ``Tensor.from_numpy`` does (so a YX image becomes BCYX ``(1, 1, Y, X)``); a higher rank loses
+  leading singleton axes.
+
+Arrays are only viewed (expanded, transposed), never copied. Any integer, unsigned, float or
+boolean dtype is accepted: the model's preprocessing (``ensure_dtype``) converts it, as in
+bioimageio.core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from bioimageio.core import Sample, Tensor
+from bioimageio.core.common import MemberId
+from bioimageio.spec.model import v0_5
+
+from modelrunner.errors import InvalidTensorError
+
+from .options import NanPolicy
+
+Inputs = Mapping[str, Any] | np.ndarray
+"""Arrays by input id, or one array for a single-input model."""
+DimNames = Mapping[str, Sequence[str]]
+
+_ALIASES = {"b": "batch", "c": "channel", "t": "time", "i": "index"}
+_ACCEPTED_KINDS = frozenset("biuf")
+
+
+def tensor_error(
+    tensor: str, axis: str, expected: object, got: object, message: str
+) -> InvalidTensorError:
+    return InvalidTensorError(
+        message, details={"tensor": tensor, "axis": axis, "expected": expected, "got": got}
+    )
+
+
+def build_sample(
+    descr: v0_5.ModelDescr,
+    inputs: Inputs,
+    dim_names: DimNames | None = None,
+    *,
+    nan_policy: NanPolicy = "reject",
+) -> Sample:
+    """A sample of the model's inputs, validated and in the model's axis order."""
+    arrays = _arrays_by_id(descr, inputs)
+    # dim names that are all empty (a wire format without names) count as not given
+    names = {str(k): tuple(v) for k, v in (dim_names or {}).items() if any(v)}
+    known = {str(t.id) for t in descr.inputs}
+    for tensor in names:
+        if tensor not in known:
+            raise tensor_error(
+                tensor,
+                "",
+                sorted(known),
+                tensor,
+                f"dim names given for unknown input '{tensor}'; the model's inputs are "
+                + ", ".join(sorted(known)),
+            )
+    members: dict[MemberId, Tensor] = {}
+    for t in descr.inputs:
+        tensor = str(t.id)
+        if tensor not in arrays:
+            continue
+        array = _check_dtype(tensor, arrays[tensor], t)
+        array = _map_axes(tensor, array, t, names.get(tensor))
+        _check_sizes(tensor, array, t)
+        if nan_policy == "reject":
+            _check_nan(tensor, array)
+        members[t.id] = Tensor(array, dims=[a.id for a in t.axes])
+    return Sample(members=members, stat={}, id=None)
+
+
+def _arrays_by_id(descr: v0_5.ModelDescr, inputs: Inputs) -> dict[str, Any]:
+    ids = [str(t.id) for t in descr.inputs]
+    if not isinstance(inputs, Mapping):
+        if len(ids) != 1:
+            raise tensor_error(
+                "",
+                "",
+                ids,
+                "one unnamed array",
+                "the model has inputs " + ", ".join(ids) + ": name each array",
+            )
+        inputs = {ids[0]: inputs}
+    arrays = {str(k): v for k, v in inputs.items()}
+    for name in arrays:
+        if name not in ids:
+            raise tensor_error(
+                name,
+                "",
+                ids,
+                name,
+                f"unknown input '{name}'; the model's inputs are " + ", ".join(ids),
+            )
+    for t in descr.inputs:
+        if str(t.id) not in arrays and not t.optional:
+            raise tensor_error(
+                str(t.id),
+                "",
+                "an array",
+                "nothing",
+                f"missing input '{t.id}'; the model needs " + ", ".join(_required(descr)),
+            )
+    return arrays
+
+
+def _required(descr: v0_5.ModelDescr) -> list[str]:
+    return [str(t.id) for t in descr.inputs if not t.optional]
+
+
+def _dtype_name(t: v0_5.InputTensorDescr) -> str:
+    data = t.data if not isinstance(t.data, Sequence) else t.data[0]
+    return str(data.type)
+
+
+def _check_dtype(tensor: str, value: Any, t: v0_5.InputTensorDescr) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except Exception as e:  # anything not array-like is a client error
+            raise tensor_error(
+                tensor,
+                "",
+                _dtype_name(t),
+                type(value).__name__,
+                f"input '{tensor}' is not an array: {e}",
+            ) from e
+    if value.dtype.kind not in _ACCEPTED_KINDS:
+        raise tensor_error(
+            tensor,
+            "",
+            _dtype_name(t),
+            value.dtype.name,
+            f"input '{tensor}' has dtype {value.dtype.name}, which the model cannot take: it "
+            + f"expects {_dtype_name(t)} (any bool, int, uint or float array is converted)",
+        )
+    return value
+
+
+def _axis_ids(t: v0_5.InputTensorDescr) -> list[str]:
+    return [str(a.id) for a in t.axes]
+
+
+def _axes_text(t: v0_5.InputTensorDescr) -> str:
+    return "(" + ", ".join(_axis_ids(t)) + ")"
+
+
+def _singleton_ok(a: v0_5.InputAxis) -> bool:
+    """Size 1 is valid for this axis as it is, so a missing axis may become a singleton."""
+    if isinstance(a, v0_5.BatchAxis):
+        return True
+    if isinstance(a, v0_5.ChannelAxis):
+        return len(a.channel_names) == 1
+    size = a.size
+    if isinstance(size, int):
+        return size == 1
+    if isinstance(size, v0_5.ParameterizedSize):
+        return size.min == 1
+    return False
+
+
+def _map_axes(
+    tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr, names: tuple[str, ...] | None
+) -> np.ndarray:
+    if names is not None:
+        return _map_named(tensor, array, t, names)
+    rank = len(t.axes)
+    if array.ndim > rank:
+        while array.ndim > rank and 1 in array.shape:
+            array = array.reshape(_drop_first_singleton(array.shape))
+    elif array.ndim < rank:
+        for i, a in enumerate(t.axes):
+            if array.ndim >= rank:
+                break
+            if _singleton_ok(a):
+                array = np.expand_dims(array, i)
+    if array.ndim != rank:
+        raise tensor_error(
+            tensor,
+            "",
+            f"{rank} axes {_axes_text(t)}",
+            f"{array.ndim} axes {tuple(array.shape)}",
+            f"input '{tensor}' has shape {tuple(array.shape)}, which cannot be mapped to the "
+            + f"model's axes {_axes_text(t)}: pass dim names, or an array with "
+            + f"{rank} axes (or fewer, leaving out singleton axes)",
+        )
+    return array
+
+
+def _drop_first_singleton(shape: tuple[int, ...]) -> tuple[int, ...]:
+    i = shape.index(1)
+    return shape[:i] + shape[i + 1 :]
+
+
+def _map_named(
+    tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr, names: tuple[str, ...]
+) -> np.ndarray:
+    model_axes = _axis_ids(t)
+    if len(names) != array.ndim:
+        raise tensor_error(
+            tensor,
+            "",
+            f"{array.ndim} dim names",
+            f"{len(names)} dim names {names}",
+            f"input '{tensor}' has {array.ndim} axes but {len(names)} dim names {names}",
+        )
+    resolved: list[str] = []
+    for name in names:
+        axis = name if name in model_axes else _ALIASES.get(name, name)
+        if axis not in model_axes:
+            raise tensor_error(
+                tensor,
+                name,
+                f"one of {_axes_text(t)}",
+                name,
+                f"input '{tensor}' has an axis '{name}' that the model does not have; "
+                + f"its axes are {_axes_text(t)}",
+            )
+        if axis in resolved:
+            raise tensor_error(
+                tensor,
+                axis,
+                "each axis once",
+                f"{names}",
+                f"input '{tensor}' names axis '{axis}' twice in {names}",
+            )
+        resolved.append(axis)
+    for a in t.axes:
+        if str(a.id) in resolved:
+            continue
+        if not _singleton_ok(a):
+            raise tensor_error(
+                tensor,
+                str(a.id),
+                f"axis '{a.id}'",
+                "missing",
+                f"input '{tensor}' lacks axis '{a.id}' (dim names {names}), which cannot be "
+                + f"a singleton; the model's axes are {_axes_text(t)}",
+            )
+        array = np.expand_dims(array, -1)
+        resolved.append(str(a.id))
+    return array.transpose([resolved.index(a) for a in model_axes])
+
+
+def _check_sizes(tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr) -> None:
+    for a, size in zip(t.axes, array.shape, strict=True):
+        axis = str(a.id)
+        if isinstance(a, v0_5.ChannelAxis):
+            if size != len(a.channel_names):
+                raise tensor_error(
+                    tensor,
+                    axis,
+                    len(a.channel_names),
+                    size,
+                    f"input '{tensor}' has {size} channel(s) on axis '{axis}', the model "
+                    + f"expects {len(a.channel_names)} ({', '.join(map(str, a.channel_names))})",
+                )
+        elif size < 1:
+            raise tensor_error(
+                tensor,
+                axis,
+                "at least 1",
+                size,
+                f"input '{tensor}' axis '{axis}' has size {size}, below the minimum of 1",
+            )
+        elif isinstance(a, v0_5.IndexInputAxis):
+            _check_index_axis(tensor, a, size)
+
+
+def _check_index_axis(tensor: str, a: v0_5.IndexInputAxis, size: int) -> None:
+    """Index axes (e.g. a list of features) are neither padded nor tiled: the size must be valid."""
+    rule = a.size
+    if isinstance(rule, int) and size != rule:
+        raise tensor_error(
+            tensor, str(a.id), rule, size, f"input '{tensor}' axis '{a.id}' must be {rule}"
+        )
+    if isinstance(rule, v0_5.ParameterizedSize) and (
+        size < rule.min or (size - rule.min) % rule.step
+    ):
+        expected = f"{rule.min} + n*{rule.step}"
+        message = f"input '{tensor}' axis '{a.id}' has size {size}, " + (
+            f"below the model's minimum of {rule.min}"
+            if size < rule.min
+            else f"not of the form {expected}"
+        )
+        raise tensor_error(tensor, str(a.id), expected, size, message)
+
+
+def _check_nan(tensor: str, array: np.ndarray) -> None:
+    if array.dtype.kind != "f":
+        return
+    nans = np.isnan(array)
+    if nans.any():
+        count = int(np.count_nonzero(nans))
+        raise tensor_error(
+            tensor,
+            "",
+            "no NaN values",
+            f"{count} NaN values",
+            f"input '{tensor}' contains {count} NaN value(s); send nan_policy=allow to pass "
+            + "them to the model",
+        )

@@ -1,0 +1,56 @@
+"""Per-request inference options: the transport-free form of ``PredictCommand``'s options.
+
+The weight format and device choose the pipeline (see :mod:`.pipelines`); everything here
+changes how one pipeline predicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from modelrunner.errors import InvalidArgumentError
+
+MiB = 1024**2
+
+NanPolicy = Literal["reject", "allow"]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    blocksize: int | None = None
+    """bioimageio.core's block size parameter ``n`` (block = min + n * step on every
+    parameterized axis, capped at the image): predict tile by tile. None: the whole image when
+    it fits the model and ``max_tile_input_bytes``, else tiles chosen by the runtime."""
+    nan_policy: NanPolicy = "reject"
+    """``reject``: inputs with NaN values are refused (InvalidTensorError); ``allow``: passed on."""
+    skip_preprocessing: bool = False
+    """Skip the model's preprocessing; inputs are only cast to the dtype the network takes."""
+    skip_postprocessing: bool = False
+    """Return the network's raw outputs."""
+    max_batch_size: int = 0
+    """``predict_batch``: the most samples stacked along the batch axis; 0: no limit."""
+    max_tile_input_bytes: int = 256 * MiB
+    """Inputs whose (padded) network input exceeds this are predicted tile by tile."""
+
+    def __post_init__(self) -> None:
+        if self.blocksize is not None and self.blocksize < 0:
+            raise InvalidArgumentError(
+                f"blocksize must be 0 or more, got {self.blocksize}",
+                details={"blocksize": self.blocksize},
+            )
+        if self.max_batch_size < 0:
+            raise InvalidArgumentError(
+                f"max_batch_size must be 0 (no limit) or more, got {self.max_batch_size}",
+                details={"max_batch_size": self.max_batch_size},
+            )
+        if self.nan_policy not in ("reject", "allow"):
+            raise InvalidArgumentError(
+                f"nan_policy must be 'reject' or 'allow', got {self.nan_policy!r}",
+                details={"nan_policy": self.nan_policy},
+            )
+        if self.max_tile_input_bytes <= 0:
+            raise InvalidArgumentError(
+                f"max_tile_input_bytes must be positive, got {self.max_tile_input_bytes}",
+                details={"max_tile_input_bytes": self.max_tile_input_bytes},
+            )

@@ -1,0 +1,63 @@
+"""On a machine with a GPU: pipelines on cuda, their measured memory, results as on the CPU.
+Skipped without CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelrunner.runtime_flight import devices
+from modelrunner.runtime_flight.descriptions import weights_bytes
+from modelrunner.runtime_flight.model_tests import run_model_test
+from modelrunner.runtime_flight.pipelines import PipelinePool
+from modelrunner.runtime_flight.weight_formats import onnx_has_cuda
+
+from .conftest import NUCLEI, descr, needs_zoo
+
+pytestmark = [
+    needs_zoo,
+    pytest.mark.skipif(devices.cuda_device_count() == 0, reason="no CUDA device"),
+]
+
+
+@pytest.fixture
+def pool() -> PipelinePool:
+    packages = {"nuclei": NUCLEI}
+    return PipelinePool(packages.__getitem__)
+
+
+def test_the_default_device_is_the_first_gpu(pool: PipelinePool) -> None:
+    assert pool.default_device == "cuda:0"
+    info = pool.load("nuclei")
+    assert (info.model.weight_format, info.model.device) == ("torchscript", "cuda:0")
+    assert info.model.memory_bytes >= weights_bytes(descr(NUCLEI), "torchscript")
+    pool.close()
+
+
+def test_cuda_gives_the_cpu_results(pool: PipelinePool) -> None:
+    image = np.load(NUCLEI / "test_input.npy")
+    with pool.use("nuclei", "torchscript", "cuda") as gpu:
+        assert gpu.device == "cuda:0"
+        on_gpu = gpu.predict(image)["probability"]
+        tiled = gpu.predict(np.tile(image, (1, 1, 2, 2)))["probability"]
+    with pool.use("nuclei", "torchscript", "cpu") as cpu:
+        on_cpu = cpu.predict(image)["probability"]
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-3)
+    assert tiled.shape == (1, 1, 1024, 1024)
+    assert len(pool.loaded()) == 2
+    pool.close()
+
+
+def test_onnx_on_the_gpu_only_with_the_cuda_provider(pool: PipelinePool) -> None:
+    if onnx_has_cuda():
+        assert pool.load("nuclei", "onnx", "cuda").model.device == "cuda:0"
+    else:
+        assert pool.load("nuclei", "onnx").model.device == "cpu"
+    pool.close()
+
+
+def test_model_test_on_the_gpu(tmp_path: Path) -> None:
+    report = run_model_test(NUCLEI, weight_format="torchscript", device="cuda")
+    assert report.status == "passed", report.markdown
