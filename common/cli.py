@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-runtime", action="store_true", help="control service only")
     serve.set_defaults(run=_serve)
 
-    runtime = sub.add_parser("runtime", help="start a runtime that registers with a control service")
+    runtime = sub.add_parser(
+        "runtime", help="start a runtime that registers with a control service"
+    )
     _server_flags(runtime)
     runtime.add_argument(
         "--control", dest="control_address", help="control service address, e.g. host:50051"
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(info)
     info.set_defaults(run=_info)
 
-    test = sub.add_parser("test", help="run a model's bioimage.io test on the server (exit 1 if it fails)")
+    test = sub.add_parser(
+        "test", help="run a model's bioimage.io test on the server (exit 1 if it fails)"
+    )
     _client_flags(test)
     test.add_argument("model", help="model id, or a package path (added first)")
     test.add_argument("--weight-format")
@@ -270,9 +274,7 @@ def _model_id(client: ModelRunnerClient, model: str) -> str:
 
 def _test(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        report = client.test(
-            _model_id(client, args.model), args.weight_format, device=args.device
-        )
+        report = client.test(_model_id(client, args.model), args.weight_format, device=args.device)
     if args.json:
         _print_json(report.model_dump(mode="json"))
     else:

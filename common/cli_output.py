@@ -46,7 +46,9 @@ def _axes(spec: types.TensorSpec) -> str:
         elif isinstance(size, types.ParameterizedSize):
             text = f"{size.min}+n*{size.step}"
         elif isinstance(size, types.SizeReference):
-            text = f"={size.tensor_id}.{size.axis_id}" + (f"{size.offset:+d}" if size.offset else "")
+            text = f"={size.tensor_id}.{size.axis_id}" + (
+                f"{size.offset:+d}" if size.offset else ""
+            )
         else:
             text = "?"
         halo = f" halo {a.halo}" if a.halo else ""
@@ -80,7 +82,9 @@ def model_details(info: types.ModelInfo) -> str:
 
 
 def server_info_text(info: types.ServerInfo) -> str:
-    lines = [f"modelrunner {info.modelrunner_version} (python {info.python_version}, {info.platform})"]
+    lines = [
+        f"modelrunner {info.modelrunner_version} (python {info.python_version}, {info.platform})"
+    ]
     for name, version in sorted(info.package_versions.items()):
         lines.append(f"  {name} {version}")
     if info.cache is not None:
@@ -92,7 +96,9 @@ def server_info_text(info: types.ServerInfo) -> str:
         lines.append("runtimes: none registered")
     for r in info.runtimes:
         state = "available" if r.available else f"unavailable ({r.unavailable_reason})"
-        devices = ", ".join(d.name + (f" ({d.description})" if d.description else "") for d in r.devices)
+        devices = ", ".join(
+            d.name + (f" ({d.description})" if d.description else "") for d in r.devices
+        )
         lines.append(f"runtime {r.runtime_id} at {r.flight_uri}: {state}; devices: {devices}")
         for m in r.loaded_models:
             lines.append(f"  warm: {m.model_id[:12]} {m.weight_format} on {m.device}")

@@ -139,7 +139,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         frame: int,
     ) -> SampleLayout:
         if layout is None:
-            layout = SampleLayout.plan(outputs.arrays, outputs.dim_names, batch_bytes=self.batch_bytes)
+            layout = SampleLayout.plan(
+                outputs.arrays, outputs.dim_names, batch_bytes=self.batch_bytes
+            )
             writer.begin(layout.schema())
         elif not layout.matches(outputs.arrays):
             raise errors.InternalError(
@@ -184,6 +186,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     command,
                     [{k: aligned(v) for k, v in s.items()} for _, s in batch],
                     dims,
+                    cancelled=context.is_cancelled,
                 )
                 for index, result in zip(indices, results, strict=True):
                     if isinstance(result, errors.ModelRunnerError):
@@ -204,7 +207,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return list(_ACTIONS.items())
 
-    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+    def do_action(
+        self, context: flight.ServerCallContext, action: flight.Action
+    ) -> Iterator[bytes]:
         with flight_errors(f"action {action.type!r}"):
             body = action.body.to_pybytes() if action.body is not None else b""
             handler = self._action_handlers().get(action.type)
@@ -250,9 +255,7 @@ def _parse(message: Any, body: bytes) -> Any:
     try:
         message.ParseFromString(body)
     except DecodeError as e:
-        raise errors.InvalidArgumentError(
-            f"cannot parse {type(message).__name__}: {e}"
-        ) from None
+        raise errors.InvalidArgumentError(f"cannot parse {type(message).__name__}: {e}") from None
     return message
 
 
@@ -316,7 +319,9 @@ class _FrameReader(threading.Thread):
         self.join(timeout=5)
 
 
-def _take_batch(frames: queue.Queue[object], max_batch: int) -> list[tuple[int, dict[str, np.ndarray]]]:
+def _take_batch(
+    frames: queue.Queue[object], max_batch: int
+) -> list[tuple[int, dict[str, np.ndarray]]]:
     """Wait for one frame, then take whatever else is already waiting, up to ``max_batch``."""
     first = frames.get()
     if first is _END:

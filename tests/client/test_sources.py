@@ -42,7 +42,7 @@ def test_bytes_are_uploaded() -> None:
 
 
 def test_missing_paths_and_nonsense_are_clear_errors() -> None:
-    with pytest.raises(SourceNotFoundError, match="no such file or folder: ./nope/model.zip"):
+    with pytest.raises(SourceNotFoundError, match=r"no such file or folder: \./nope/model\.zip"):
         interpret_source("./nope/model.zip", upload=None, server_is_local=True)
     with pytest.raises(InvalidSourceError, match="cannot tell what 'Not An Id!' is"):
         interpret_source("Not An Id!", upload=None, server_is_local=True)

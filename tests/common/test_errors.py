@@ -38,11 +38,15 @@ def flight_server() -> Iterator[_RaisingFlight]:
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
-def test_flight_round_trip(flight_server: _RaisingFlight, cls: type[errors.ModelRunnerError]) -> None:
+def test_flight_round_trip(
+    flight_server: _RaisingFlight, cls: type[errors.ModelRunnerError]
+) -> None:
     flight_server.error = cls("input 'raw' axis 'y': expected >= 64, got 3", details={"axis": "y"})
-    with flight.connect(f"grpc://127.0.0.1:{flight_server.port}") as client:
-        with pytest.raises(flight.FlightError) as caught:
-            list(client.do_action(flight.Action("x", b"")))
+    with (
+        flight.connect(f"grpc://127.0.0.1:{flight_server.port}") as client,
+        pytest.raises(flight.FlightError) as caught,
+    ):
+        list(client.do_action(flight.Action("x", b"")))
     back = from_flight_error(caught.value)
     assert type(back) is cls
     assert back.message == "input 'raw' axis 'y': expected >= 64, got 3"
@@ -58,7 +62,11 @@ def _grpc_server(error: errors.ModelRunnerError) -> tuple[grpc.Server, int]:
 
     server = grpc.server(futures.ThreadPoolExecutor(2))
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("t.T", {"M": grpc.unary_unary_rpc_method_handler(handler)})]
+        [
+            grpc.method_handlers_generic_handler(
+                "t.T", {"M": grpc.unary_unary_rpc_method_handler(handler)}
+            )
+        ]
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

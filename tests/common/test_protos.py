@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_generated_code_is_fresh() -> None:
     pytest.importorskip("grpc_tools")
-    spec = importlib.util.spec_from_file_location("generate_protos", ROOT / "protos" / "generate.py")
+    spec = importlib.util.spec_from_file_location(
+        "generate_protos", ROOT / "protos" / "generate.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["generate_protos"] = module

@@ -38,7 +38,19 @@ def _round_trip(arrays: dict[str, np.ndarray], **plan: object) -> tuple[SampleLa
 
 
 @pytest.mark.parametrize(
-    "dtype", ["float16", "float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint64", "bool"]
+    "dtype",
+    [
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint64",
+        "bool",
+    ],
 )
 def test_small_sample_round_trips_every_dtype(dtype: str) -> None:
     a = (np.random.default_rng(0).random((1, 2, 5, 7)) * 100).astype(dtype)
@@ -134,5 +146,5 @@ def test_scalar_and_wrong_dim_names_are_refused() -> None:
 
 def test_non_tensor_column_is_refused() -> None:
     schema = pa.schema([pa.field("x", pa.float32())])
-    with pytest.raises(InvalidTensorError, match="must be an arrow.fixed_shape_tensor"):
+    with pytest.raises(InvalidTensorError, match=r"must be an arrow\.fixed_shape_tensor"):
         SampleLayout.from_schema(schema)

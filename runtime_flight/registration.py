@@ -1,0 +1,75 @@
+"""A runtime announces itself to the control service and repeats it as a heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from modelrunner import converters, types
+from modelrunner.transport_errors import from_rpc_error
+from modelrunner.v1 import control_pb2, control_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class Registration:
+    """Keeps a runtime registered: one call now (so failures show at start), then a thread."""
+
+    def __init__(
+        self,
+        control_address: str,
+        info: Callable[[], types.RuntimeInfo],
+        *,
+        cache_dir: Path | None,
+        interval_s: float,
+    ) -> None:
+        self.control_address = control_address
+        self._info = info
+        self._cache_dir = cache_dir
+        self.interval_s = interval_s
+        self.channel = grpc.insecure_channel(control_address)
+        self._stub = control_pb2_grpc.ControlServiceStub(self.channel)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.shared_cache_dir: Path | None = None
+
+    def register_once(self, timeout: float = 10.0) -> None:
+        request = control_pb2.RegisterRuntimeRequest(
+            runtime=converters.to_pb_runtime(self._info()),
+            cache_dir=str(self._cache_dir or ""),
+        )
+        try:
+            response = self._stub.RegisterRuntime(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        if response.heartbeat_interval_s > 0:
+            self.interval_s = response.heartbeat_interval_s
+        shared = Path(response.shared_cache_dir) if response.shared_cache_dir else None
+        # The control service's cache is only usable when it is on this host's disk.
+        self.shared_cache_dir = (
+            shared if shared is not None and (shared / "models").is_dir() else None
+        )
+
+    def start(self) -> None:
+        self.register_once()
+        self._thread = threading.Thread(
+            target=self._beat, name="modelrunner-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.register_once()
+            except Exception as e:  # noqa: BLE001 - keep beating: the control service may come back
+                logger.warning("heartbeat to %s failed: %s", self.control_address, e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.channel.close()

@@ -1,0 +1,146 @@
+"""The ``modelrunner`` command line, against a real server (and ``serve`` as a real process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelrunner.cli import main
+from modelrunner.client import ModelInfo, ModelRunnerClient
+from modelrunner.serving import RunningServer
+from tests.zoo import MULTI, NUCLEI
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_add_describe(
+    server: RunningServer, nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "add", str(MULTI), "--server", server.address, "--json")
+    assert code == 0 and json.loads(out)["name"] == "Multi-tensor"
+    code, out, _ = _run(capsys, "models", "--server", server.address)
+    assert code == 0 and nuclei.id[:12] in out and "UNet 2D Nuclei Broad" in out
+    code, out, _ = _run(capsys, "describe", nuclei.id[:12], "--server", server.address)
+    assert code == 0
+    assert "input raw: float32 (batch:1, channel:1, y:512, x:512)" in out
+    assert (
+        "output probability: float32 (batch:*, channel:1, y:=raw.y halo 32, x:=raw.x halo 32)"
+        in out
+    )
+
+
+def test_validate_exit_codes(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "validate", str(NUCLEI), "--server", server.address)
+    assert code == 0
+    broken = tmp_path / "bioimageio.yaml"
+    broken.write_text((NUCLEI / "bioimageio.yaml").read_text().replace("type: batch", "type: bat"))
+    code, out, _ = _run(
+        capsys, "validate", str(broken), "--server", server.address, "--no-io-checks"
+    )
+    assert code == 1 and "failed" in out
+
+
+def test_errors_print_their_code_not_a_traceback(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(capsys, "describe", "0123456789abcdef", "--server", server.address)
+    assert code == 1
+    assert err.startswith("error (NOT_FOUND): no model '0123456789abcdef'")
+
+
+def test_info_and_test(
+    server: RunningServer, nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "info", "--server", server.address)
+    assert code == 0 and "bioimageio.core 0.11.0" in out and "devices: cpu" in out
+    code, out, _ = _run(
+        capsys, "test", nuclei.id, "--weight-format", "onnx", "--server", server.address, "--json"
+    )
+    assert code == 0 and json.loads(out)["status"] == "passed"
+
+
+def test_predict_files(
+    server: RunningServer, nuclei: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = np.load(NUCLEI / "test_input.npy")
+    np.save(tmp_path / "in.npy", x[0, 0])
+    code, _, err = _run(
+        capsys,
+        "predict",
+        nuclei.id,
+        str(tmp_path / "in.npy"),
+        "-o",
+        str(tmp_path / "out.tif"),
+        "--server",
+        server.address,
+        "--weight-format",
+        "onnx",
+        "--no-progress",
+    )
+    assert code == 0, err
+    import tifffile
+
+    y = tifffile.imread(tmp_path / "out.tif")
+    expected = np.load(NUCLEI / "test_output.npy")
+    np.testing.assert_allclose(y, expected, atol=1e-4)
+
+
+def test_serve_starts_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    env = dict(os.environ, MODELRUNNER_CACHE_DIR=str(tmp_path / "cache"))
+    port, flight_port = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelrunner.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--flight-port",
+            str(flight_port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with ModelRunnerClient(f"127.0.0.1:{port}", timeout=2) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    info = client.server_info()
+                    if info.runtimes:
+                        break
+                except Exception:  # noqa: BLE001 - not up yet
+                    pass
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert info.runtimes[0].flight_uri.endswith(f":{flight_port}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert f"modelrunner control service at 127.0.0.1:{port}" in out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
