@@ -93,6 +93,7 @@ def start_runtime(settings: Settings, control_address: str) -> RunningRuntime:
         )
         locator_ref.append(locator)
         service.set_resolver(locator.resolve)
+        service.set_on_change(registration.poke)
         registration.start()
         locator.shared_cache_dir = registration.shared_cache_dir
     except BaseException:

@@ -84,6 +84,25 @@ class ControlPlane:
             details={"model_id": package.model_id},
         )
 
+    def remove_model(self, model_ref: str) -> tuple[str, int]:
+        """Remove a model: runtimes that have it warm unload it first (a runtime serving it
+        right now refuses with ModelInUseError, and nothing is removed)."""
+        model_id = self.registry.resolve(model_ref)
+        for runtime in self.runtimes.runtimes():
+            if not any(m.model_id == model_id for m in runtime.loaded_models):
+                continue
+            try:
+                runtime_actions.unload_model_on_runtime(
+                    runtime.flight_uri, model_id=model_id, timeout_s=30.0
+                )
+            except errors.UnavailableError as exc:
+                # a vanished runtime holds nothing; its registration expires on its own
+                logger.warning(
+                    "runtime %s unreachable while unloading: %s", runtime.runtime_id, exc
+                )
+            self.runtimes.forget_loaded(runtime.runtime_id, model_id)
+        return self.registry.remove(model_id)
+
     def _candidates(
         self, model_id: str, weight_format: str, device: str
     ) -> list[types.RuntimeInfo]:

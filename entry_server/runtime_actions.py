@@ -12,9 +12,10 @@ import pyarrow.flight as flight
 from modelrunner import errors, types
 from modelrunner.converters import from_pb_report
 from modelrunner.transport_errors import from_flight_error
-from modelrunner.v1 import control_pb2
+from modelrunner.v1 import control_pb2, runtime_pb2
 
 TEST_MODEL_ACTION = "test_model"
+UNLOAD_MODEL_ACTION = "unload_model"
 
 
 def run_model_test_on_runtime(
@@ -38,6 +39,17 @@ def run_model_test_on_runtime(
             f"runtime at {flight_uri} answered {TEST_MODEL_ACTION} with an unreadable body: {exc}"
         ) from exc
     return from_pb_report(response.report)
+
+
+def unload_model_on_runtime(flight_uri: str, *, model_id: str, timeout_s: float) -> int:
+    """Unload every pipeline of the model on the runtime; returns how many it unloaded.
+
+    Raises ModelInUseError when one of them is serving a request."""
+    request = runtime_pb2.UnloadModelRequest(model_id=model_id)
+    body = _do_action(flight_uri, UNLOAD_MODEL_ACTION, request.SerializeToString(), timeout_s)
+    response = runtime_pb2.UnloadModelResponse()
+    response.ParseFromString(body)
+    return response.unloaded
 
 
 def _do_action(flight_uri: str, action: str, body: bytes, timeout_s: float) -> bytes:

@@ -79,6 +79,16 @@ class RuntimeDirectory:
             self._prune()
             return [self._entries[k].info for k in sorted(self._entries)]
 
+    def forget_loaded(self, runtime_id: str, model_id: str) -> None:
+        """Note that a runtime unloaded a model (before its next heartbeat says so)."""
+        with self._lock:
+            entry = self._entries.get(runtime_id)
+            if entry is None:
+                return
+            kept = tuple(m for m in entry.info.loaded_models if m.model_id != model_id)
+            info = entry.info.model_copy(update={"loaded_models": kept})
+            self._entries[runtime_id] = _Entry(info=info, seen_at=entry.seen_at)
+
     def loaded_model_ids(self) -> set[str]:
         """Models any live runtime reports loaded."""
         return {m.model_id for r in self.runtimes() for m in r.loaded_models}

@@ -112,7 +112,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def RemoveModel(
         self, request: control_pb2.RemoveModelRequest, context: grpc.ServicerContext
     ) -> control_pb2.RemoveModelResponse:
-        model_id, freed = self._registry.remove(request.model_id)
+        model_id, freed = self._control.remove_model(request.model_id)
         return control_pb2.RemoveModelResponse(model_id=model_id, freed_bytes=freed)
 
     def GetServerInfo(

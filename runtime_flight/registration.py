@@ -34,6 +34,7 @@ class Registration:
         self.channel = grpc.insecure_channel(control_address)
         self._stub = control_pb2_grpc.ControlServiceStub(self.channel)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.shared_cache_dir: Path | None = None
 
@@ -61,8 +62,17 @@ class Registration:
         )
         self._thread.start()
 
+    def poke(self) -> None:
+        """Send the next heartbeat now (the runtime loaded or unloaded a model: routing and the
+        cache's eviction should know at once)."""
+        self._wake.set()
+
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.register_once()
             except Exception as e:  # noqa: BLE001 - keep beating: the control service may come back
@@ -70,6 +80,7 @@ class Registration:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.channel.close()

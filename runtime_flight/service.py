@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class RuntimeService:
         self._package_dir = package_dir
         self.pool = PipelinePool.from_settings(settings, package_dir)
         self._resolve: Callable[[str], str] = lambda model_id: model_id
+        self._on_change: Callable[[], None] = lambda: None
         self.runtime_id = ""
         self.flight_uri = ""
 
@@ -63,6 +65,10 @@ class RuntimeService:
     def set_resolver(self, resolve: Callable[[str], str]) -> None:
         """How to turn a prefix or bioimage.io id into a full model id (the control service)."""
         self._resolve = resolve
+
+    def set_on_change(self, callback: Callable[[], None]) -> None:
+        """Called after a model is loaded or unloaded (the registration sends a heartbeat)."""
+        self._on_change = callback
 
     def close(self) -> None:
         self.pool.close()
@@ -132,17 +138,27 @@ class RuntimeService:
         except errors.ModelRunnerError as e:
             return [e] * len(frames)
 
-    def _use(self, command: runtime_pb2.PredictCommand):  # type: ignore[no-untyped-def]
+    @contextmanager
+    def _use(self, command: runtime_pb2.PredictCommand) -> Iterator[WarmPipeline]:
         model_id = self._resolve(command.model_id)
-        return self.pool.use(model_id, command.weight_format or None, command.device or None)
+        loads = self.pool.loads
+        with self.pool.use(model_id, command.weight_format or None, command.device or None) as warm:
+            if self.pool.loads != loads:
+                self._on_change()
+            yield warm
 
     # -- actions -------------------------------------------------------------------------------
 
     def load(self, model_id: str, weight_format: str, device: str) -> types.LoadInfo:
-        return self.pool.load(self._resolve(model_id), weight_format or None, device or None)
+        info = self.pool.load(self._resolve(model_id), weight_format or None, device or None)
+        self._on_change()
+        return info
 
     def unload(self, model_id: str, weight_format: str, device: str) -> int:
-        return self.pool.unload(self._resolve(model_id), weight_format or None, device or None)
+        count = self.pool.unload(self._resolve(model_id), weight_format or None, device or None)
+        if count:
+            self._on_change()
+        return count
 
     def test(self, model_id: str, weight_format: str, device: str) -> types.ValidationReport:
         full_id = self._resolve(model_id)

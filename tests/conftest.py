@@ -1,16 +1,22 @@
 """Shared fixtures: a real ``modelrunner serve`` (control service + embedded runtime) on free
-ports for the whole session, a client connected to it, and the zoo's nuclei model added."""
+ports for the whole session, a client connected to it, the zoo's nuclei model added, tiny model
+packages built on first use, and in-process bioimageio.core pipelines to compare with."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.serving import RunningServer, start_embedded
 from modelrunner.settings import Settings
-from tests.zoo import NUCLEI
+from tests.reference import Pipelines
+from tests.tiny_models import BUILDERS
+from tests.zoo import CAREAMICS_ZIP, NUCLEI
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +43,58 @@ def client(server: RunningServer) -> Iterator[ModelRunnerClient]:
 @pytest.fixture(scope="session")
 def nuclei(client: ModelRunnerClient) -> ModelInfo:
     return client.add_model(NUCLEI)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Tiny model package by name (see ``tests.tiny_models.BUILDERS``), built on first use."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = BUILDERS[name](root / name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def n2v_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CAREamics package, unzipped (the zoo folder is read-only)."""
+    pytest.importorskip("careamics")
+    if not CAREAMICS_ZIP.is_file():
+        pytest.skip(f"no {CAREAMICS_ZIP}")
+    target = tmp_path_factory.mktemp("careamics-n2v")
+    with zipfile.ZipFile(CAREAMICS_ZIP) as zf:
+        zf.extractall(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def zoo_copy(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """A writable copy of a zoo package (for tests that break it)."""
+
+    def copy(package: Path) -> Path:
+        target = tmp_path_factory.mktemp(package.name)
+        shutil.copytree(package, target, dirs_exist_ok=True)
+        for path in target.iterdir():
+            path.chmod(0o644)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def pipelines() -> Pipelines:
+    # not unloaded at the end: the process exit frees them, and bioimageio.core's unload runs
+    # gc.collect() per pipeline (about 0.3 s each)
+    return Pipelines()
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in a temporary working directory: bioimageio.core unzips TensorFlow weights into
+    ``./bioimageio_unzipped_tf_weights``."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

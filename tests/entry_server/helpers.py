@@ -14,11 +14,9 @@ import pytest
 
 from modelrunner.transport_errors import from_rpc_error
 from modelrunner.v1 import control_pb2, control_pb2_grpc, models_pb2
+from tests.zoo import CAREAMICS_ZIP, MULTI, NUCLEI, ZOO
 
-ZOO = Path(__file__).resolve().parents[2].parent / "shared" / "zoo"
-NUCLEI = ZOO / "unet2d_nuclei_broad"
-MULTI = ZOO / "unet2d_multi_tensor"
-CAREAMICS_ZIP = ZOO / "careamics_n2v_tiny.zip"
+__all__ = ["CAREAMICS_ZIP", "MULTI", "NUCLEI", "ZOO"]
 
 
 def source(**kind: str) -> models_pb2.ModelSource:

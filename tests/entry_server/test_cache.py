@@ -257,19 +257,6 @@ def _register(control: Running, loaded: list[str]) -> None:
     )
 
 
-def test_removing_a_model_a_runtime_has_loaded_fails(control: Running) -> None:
-    model = add_model(control.stub, path=str(NUCLEI))[0].model
-    _register(control, loaded=[model.id])
-    message = expect_rpc_error(
-        lambda: control.stub.RemoveModel(control_pb2.RemoveModelRequest(model_id=model.id)),
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "ModelInUseError",
-    )
-    assert message == f"model {model.id} cannot be removed now: a runtime has it loaded"
-    _register(control, loaded=[])
-    control.stub.RemoveModel(control_pb2.RemoveModelRequest(model_id=model.id))
-
-
 def test_removing_a_model_an_operation_uses_fails(control: Running) -> None:
     model = add_model(control.stub, path=str(NUCLEI))[0].model
     in_use = threading.Event()

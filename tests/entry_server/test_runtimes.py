@@ -18,17 +18,18 @@ from modelrunner import errors, types
 from modelrunner.entry_server import RuntimeDirectory
 from modelrunner.entry_server.content_hash import hash_package
 from modelrunner.transport_errors import to_flight_error
-from modelrunner.v1 import control_pb2, models_pb2
+from modelrunner.v1 import control_pb2, models_pb2, runtime_pb2
 from tests.entry_server.conftest import Running, ServerFactory, make_settings
 from tests.entry_server.helpers import NUCLEI, add_model, expect_rpc_error
 
 
 class FakeRuntime(flight.FlightServerBase):
-    """Answers ``test_model`` like a runtime: a passing report, or a scripted error."""
+    """Answers ``test_model`` and ``unload_model`` like a runtime, or with a scripted error."""
 
     def __init__(self) -> None:
         super().__init__("grpc://127.0.0.1:0")
         self.requests: list[control_pb2.TestModelRequest] = []
+        self.unloads: list[runtime_pb2.UnloadModelRequest] = []
         self.error: errors.ModelRunnerError | None = None
 
     @property
@@ -36,6 +37,11 @@ class FakeRuntime(flight.FlightServerBase):
         return f"grpc://127.0.0.1:{self.port}"
 
     def do_action(self, context: Any, action: flight.Action) -> Iterator[bytes]:
+        if action.type == "unload_model":
+            self.unloads.append(runtime_pb2.UnloadModelRequest.FromString(action.body.to_pybytes()))
+            if self.error is not None:
+                raise to_flight_error(self.error)
+            return iter([runtime_pb2.UnloadModelResponse(unloaded=1).SerializeToString()])
         assert action.type == "test_model"
         request = control_pb2.TestModelRequest.FromString(action.body.to_pybytes())
         self.requests.append(request)
@@ -309,3 +315,32 @@ def test_an_embedded_runtime_registers_in_process(start_server: ServerFactory) -
         assert package.model_id == model.id
         assert package.path == control.cache_dir / "models" / model.id
     assert _route(control, model.id).flight_uris == ["grpc://127.0.0.1:8815"]
+
+
+def test_removing_a_model_a_runtime_has_warm_unloads_it_there_first(
+    control: Running, runtime: FakeRuntime
+) -> None:
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    _register(control, _runtime_info("r", runtime.uri, loaded=(model.id,)))
+    control.stub.RemoveModel(control_pb2.RemoveModelRequest(model_id=model.id[:10]))
+    assert [u.model_id for u in runtime.unloads] == [model.id]
+    expect_rpc_error(
+        lambda: control.stub.DescribeModel(control_pb2.DescribeModelRequest(model_id=model.id)),
+        grpc.StatusCode.NOT_FOUND,
+        "ModelNotFoundError",
+    )
+
+
+def test_removing_a_model_a_runtime_is_serving_fails(
+    control: Running, runtime: FakeRuntime
+) -> None:
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    _register(control, _runtime_info("r", runtime.uri, loaded=(model.id,)))
+    runtime.error = errors.ModelInUseError(f"model {model.id} is in use on cpu")
+    expect_rpc_error(
+        lambda: control.stub.RemoveModel(control_pb2.RemoveModelRequest(model_id=model.id)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ModelInUseError",
+        f"model {model.id} is in use on cpu",
+    )
+    control.stub.DescribeModel(control_pb2.DescribeModelRequest(model_id=model.id))  # still there

@@ -15,8 +15,8 @@ from modelrunner.errors import CancelledError, InvalidTensorError
 from modelrunner.runtime_flight.batching import predict_batch, stackable
 from modelrunner.runtime_flight.inference import predict
 from modelrunner.runtime_flight.options import PredictOptions
-
-from .conftest import NUCLEI, Pipelines, descr, needs_zoo
+from tests.reference import Pipelines, descr
+from tests.zoo import NUCLEI, needs_zoo
 
 Tiny = Callable[[str], Path]
 

@@ -13,8 +13,8 @@ from modelrunner.runtime_flight.descriptions import weights_bytes
 from modelrunner.runtime_flight.model_tests import run_model_test
 from modelrunner.runtime_flight.pipelines import PipelinePool
 from modelrunner.runtime_flight.weight_formats import onnx_has_cuda
-
-from .conftest import NUCLEI, descr, needs_zoo
+from tests.reference import descr
+from tests.zoo import NUCLEI, needs_zoo
 
 pytestmark = [
     needs_zoo,

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bioimageio.core import Sample, Tensor, create_prediction_pipeline
-from bioimageio.core.digest_spec import get_test_input_sample, get_test_output_sample
+from bioimageio.core import Sample, Tensor
+from bioimageio.core.digest_spec import get_test_output_sample
 
 from modelrunner.errors import CancelledError, InvalidTensorError
 from modelrunner.runtime_flight.inference import predict
 from modelrunner.runtime_flight.options import PredictOptions
-from modelrunner.runtime_flight.weight_formats import core_devices, model_formats
-
-from .conftest import Pipelines, descr
+from modelrunner.runtime_flight.weight_formats import model_formats
+from tests.reference import Pipelines, core_prediction, descr, sample_inputs
 
 Tiny = Callable[[str], Path]
 BCYX = ("batch", "channel", "y", "x")
@@ -24,34 +23,6 @@ BCYX = ("batch", "channel", "y", "x")
 TORCH_AND_ONNX = ["pytorch_state_dict", "torchscript", "onnx", "halo", "parameterized"]
 TORCH_AND_ONNX += ["two_inputs", "fixed_output"]
 TENSORFLOW = ["tensorflow_saved_model_bundle", "keras_v3", "keras_hdf5"]
-
-
-def sample_inputs(package: Path) -> dict[str, np.ndarray]:
-    sample = get_test_input_sample(descr(package))
-    return {str(m): t.data.to_numpy() for m, t in sample.members.items()}
-
-
-def core_prediction(package: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What bioimageio.core computes with a fresh pipeline, the way its model test runs."""
-    model = descr(package)
-    fmt = model_formats(model)[0]
-    pipeline = create_prediction_pipeline(
-        model, devices=core_devices(fmt, "cpu"), weights_format=fmt
-    )
-    try:
-        sample = Sample(
-            members={
-                t.id: Tensor(inputs[str(t.id)], dims=[a.id for a in t.axes]) for t in model.inputs
-            },
-            stat={},
-            id=None,
-        )
-        out = pipeline.predict_sample_without_blocking(
-            sample, skip_input_padding=True, skip_output_cropping=True
-        )
-    finally:
-        pipeline.unload()
-    return {str(m): t.data.to_numpy() for m, t in out.members.items()}
 
 
 def check_same_as_core(package: Path, pipelines: Pipelines) -> None:

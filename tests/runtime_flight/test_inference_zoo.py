@@ -14,8 +14,8 @@ from bioimageio.core.digest_spec import get_test_input_sample, get_test_output_s
 from modelrunner.runtime_flight.inference import predict
 from modelrunner.runtime_flight.options import PredictOptions
 from modelrunner.runtime_flight.pipelines import create_pipeline
-
-from .conftest import MULTI, NUCLEI, Pipelines, descr, needs_zoo
+from tests.reference import Pipelines, descr
+from tests.zoo import MULTI, NUCLEI, needs_zoo
 
 pytestmark = needs_zoo
 

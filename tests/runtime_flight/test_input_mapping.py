@@ -12,8 +12,7 @@ from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import InvalidTensorError
 from modelrunner.runtime_flight.input_mapping import build_sample
-
-from .conftest import descr
+from tests.reference import descr
 
 Tiny = Callable[[str], Path]
 

@@ -12,8 +12,7 @@ import pytest
 from modelrunner.errors import DeviceNotAvailableError, InvalidArgumentError
 from modelrunner.runtime_flight import devices
 from modelrunner.runtime_flight.model_tests import run_model_test
-
-from .conftest import MULTI, NUCLEI, needs_zoo
+from tests.zoo import MULTI, NUCLEI, needs_zoo
 
 Tiny = Callable[[str], Path]
 

@@ -25,9 +25,8 @@ from modelrunner.runtime_flight import devices
 from modelrunner.runtime_flight.descriptions import weights_bytes
 from modelrunner.runtime_flight.pipelines import PipelinePool, create_pipeline
 from modelrunner.settings import Settings
+from tests.reference import descr
 from tests.tiny_models import build_onnx_identity
-
-from .conftest import descr
 
 Tiny = Callable[[str], Path]
 

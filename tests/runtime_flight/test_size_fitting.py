@@ -11,8 +11,8 @@ from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import InvalidArgumentError, InvalidTensorError
 from modelrunner.runtime_flight.size_fitting import implied_references, output_sizes, plan_fit
-
-from .conftest import NUCLEI, descr, needs_zoo
+from tests.reference import descr
+from tests.zoo import NUCLEI, needs_zoo
 
 Tiny = Callable[[str], Path]
 MiB = 1024**2

@@ -14,8 +14,8 @@ from modelrunner.errors import (
 )
 from modelrunner.runtime_flight import devices, weight_formats
 from modelrunner.runtime_flight.weight_formats import choose, core_devices
-
-from .conftest import NUCLEI, descr, needs_zoo
+from tests.reference import descr
+from tests.zoo import NUCLEI, needs_zoo
 
 
 @pytest.fixture
