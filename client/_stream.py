@@ -46,11 +46,80 @@ class FrameError(errors.ModelRunnerError):
 _DONE = object()
 
 
+class _FrameUpload:
+    """The upload side of a stream, run by its own thread. It holds no reference to the
+    :class:`FrameStream`, so dropping the stream (leaving a ``for`` loop) can close it."""
+
+    def __init__(
+        self,
+        writer: flight.FlightStreamWriter,
+        reader: flight.FlightStreamReader,
+        *,
+        max_in_flight: int,
+        batch_bytes: int,
+    ) -> None:
+        self.writer, self.reader = writer, reader
+        self.batch_bytes = batch_bytes
+        self.credits = threading.Semaphore(max_in_flight)
+        self.closed = threading.Event()
+        # In frame order: (index, None) for a frame sent to the runtime, (index, error) for one
+        # the client could not send (wrong shape, not an array); _DONE after the last.
+        self.sent: queue.Queue[Any] = queue.Queue()
+        self.error: BaseException | None = None
+
+    def run(self, frames: Iterator[Inputs]) -> None:
+        layout: SampleLayout | None = None
+        index = 0
+        try:
+            while not self.closed.is_set():
+                self.credits.acquire()
+                if self.closed.is_set():
+                    break
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                try:
+                    arrays, dims = normalise_inputs(frame, None)
+                    if layout is None:
+                        layout = SampleLayout.plan(arrays, dims, batch_bytes=self.batch_bytes)
+                        self.writer.begin(layout.schema())
+                    elif not layout.matches(arrays):
+                        raise errors.InvalidTensorError(
+                            "every frame of a stream must have the tensors, shapes and data types "
+                            f"of the first: expected {_describe(layout)}, got "
+                            f"{ {k: (list(a.shape), str(a.dtype)) for k, a in arrays.items()} }",
+                            details={"frame": index},
+                        )
+                except errors.ModelRunnerError as e:
+                    self.sent.put((index, e))
+                    self.credits.release()
+                    index += 1
+                    continue
+                self.sent.put((index, None))
+                for batch in encode_sample(layout, arrays):
+                    self.writer.write_batch(batch)
+                index += 1
+            if not self.closed.is_set():
+                self.writer.done_writing()
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer in __next__
+            if not self.closed.is_set():
+                self.error = e
+                logger.debug("frame upload stopped: %s", e)
+                self.reader.cancel()
+        finally:
+            self.sent.put(_DONE)
+
+    def stop(self) -> None:
+        self.closed.set()
+        self.credits.release()
+
+
 class FrameStream(Iterator[dict[str, np.ndarray]]):
     """Iterator over the results of :meth:`ModelRunnerClient.predict_stream`.
 
-    Close it (or use it as a context manager, or break out of a ``for`` loop over it) to stop
-    the work on the server.
+    Close it (or use it as a context manager, or leave a ``for`` loop over it) to stop the work
+    on the server.
     """
 
     def __init__(
@@ -67,89 +136,37 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         if max_in_flight < 1:
             raise errors.InvalidArgumentError("max_in_flight must be at least 1")
         self._on_error = on_error
-        self._batch_bytes = batch_bytes
-        self._credits = threading.Semaphore(max_in_flight)
-        self._closed = threading.Event()
-        # In frame order: (index, None) for a frame sent to the runtime, (index, error) for one
-        # the client could not send (wrong shape, not an array); _DONE after the last.
-        self._sent: queue.Queue[Any] = queue.Queue()
         self._decoder: SampleDecoder | None = None
-        self._upload_error: BaseException | None = None
         descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
         with translated_errors():
-            self._writer, self._reader = client.do_exchange(descriptor, call_options(timeout))
+            writer, self._reader = client.do_exchange(descriptor, call_options(timeout))
+        self._upload = _FrameUpload(
+            writer, self._reader, max_in_flight=max_in_flight, batch_bytes=batch_bytes
+        )
         self._uploader = threading.Thread(
-            target=self._upload, args=(iter(frames),), name="modelrunner-frames", daemon=True
+            target=self._upload.run, args=(iter(frames),), name="modelrunner-frames", daemon=True
         )
         self._uploader.start()
-
-    # -- upload side (thread) ----------------------------------------------------------------
-
-    def _upload(self, frames: Iterator[Inputs]) -> None:
-        layout: SampleLayout | None = None
-        index = 0
-        try:
-            while not self._closed.is_set():
-                self._credits.acquire()
-                if self._closed.is_set():
-                    break
-                try:
-                    frame = next(frames)
-                except StopIteration:
-                    break
-                try:
-                    arrays, dims = normalise_inputs(frame, None)
-                    if layout is None:
-                        layout = SampleLayout.plan(arrays, dims, batch_bytes=self._batch_bytes)
-                        self._writer.begin(layout.schema())
-                    elif not layout.matches(arrays):
-                        raise errors.InvalidTensorError(
-                            "every frame of a stream must have the tensors, shapes and data types "
-                            f"of the first: expected {_describe(layout)}, got "
-                            f"{ {k: (list(a.shape), str(a.dtype)) for k, a in arrays.items()} }",
-                            details={"frame": index},
-                        )
-                except errors.ModelRunnerError as e:
-                    self._sent.put((index, e))
-                    self._credits.release()
-                    index += 1
-                    continue
-                self._sent.put((index, None))
-                for batch in encode_sample(layout, arrays):
-                    self._writer.write_batch(batch)
-                index += 1
-            if not self._closed.is_set():
-                self._writer.done_writing()
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer in __next__
-            if not self._closed.is_set():
-                self._upload_error = e
-                logger.debug("frame upload stopped: %s", e)
-                self._reader.cancel()
-        finally:
-            self._sent.put(_DONE)
-
-    # -- result side (caller) ----------------------------------------------------------------
 
     def __iter__(self) -> FrameStream:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self._closed.is_set():
+        if self._upload.closed.is_set():
             raise StopIteration
-        item = self._sent.get()
+        item = self._upload.sent.get()
         if item is _DONE:
-            self._sent.put(_DONE)
+            self._upload.sent.put(_DONE)
             self._raise_upload_error()
             self.close()
             raise StopIteration
-        index, local_error = item  # type: ignore[misc]
-        assert isinstance(index, int)
+        index, local_error = item
         if local_error is not None:
             return self._fail(FrameError(index, local_error))
         try:
             return self._read_frame(index)
         finally:
-            self._credits.release()
+            self._upload.credits.release()
 
     def _read_frame(self, index: int) -> dict[str, np.ndarray]:
         while True:
@@ -158,6 +175,7 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
                     chunk = self._reader.read_chunk()
             except StopIteration:
                 self._raise_upload_error()
+                self.close()
                 raise errors.InternalError(
                     f"the runtime ended the stream before frame {index}"
                 ) from None
@@ -182,29 +200,27 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         raise error
 
     def _raise_upload_error(self) -> None:
-        if self._upload_error is not None:
-            error, self._upload_error = self._upload_error, None
-            self.close()
-            if isinstance(error, errors.ModelRunnerError):
-                raise error
-            with translated_errors():
-                raise error
-
-    # -- lifetime ----------------------------------------------------------------------------
+        error, self._upload.error = self._upload.error, None
+        if error is None:
+            return
+        self.close()
+        if isinstance(error, errors.ModelRunnerError):
+            raise error
+        with translated_errors():
+            raise error
 
     def close(self) -> None:
         """Stop the stream: cancels the exchange, so the runtime stops working on it."""
-        if self._closed.is_set():
+        if self._upload.closed.is_set():
             return
-        self._closed.set()
-        self._credits.release()
+        self._upload.stop()
         try:
             self._reader.cancel()
         except Exception:  # noqa: BLE001 - already finished or broken: nothing left to stop
             pass
         self._uploader.join(timeout=5)
         try:
-            self._writer.close()
+            self._upload.writer.close()
         except Exception:  # noqa: BLE001 - a cancelled call refuses further writes
             pass
 
@@ -215,7 +231,7 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         self.close()
 
     def __del__(self) -> None:
-        if not self._closed.is_set():
+        if hasattr(self, "_upload"):
             self.close()
 
 

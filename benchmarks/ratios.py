@@ -1,0 +1,157 @@
+"""The headline: ratios between systems, with the project's targets (reported, never asserted).
+
+Each ratio is the median over rounds of the per-round ratio: rounds interleave the systems, so
+the two sides of a round ran seconds apart, under the same load of a noisy machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .rounds import (
+    ECHO,
+    IDENTITY,
+    IN_PROCESS,
+    LOCKSTEP,
+    MODELRUNNER,
+    STREAM,
+    TRITON,
+    UNET2D,
+    CaseResult,
+)
+
+
+@dataclass(frozen=True)
+class RatioSpec:
+    name: str
+    workload: str
+    numerator: tuple[str, str]
+    """(system, mode) whose frames per second are divided ..."""
+    denominator: tuple[str, str]
+    """... by these (system, mode)'s frames per second."""
+    target: float | None = None
+    at_least: bool = True
+    """The target is a minimum (else a maximum)."""
+    time_ratio: bool = False
+    """Report seconds per frame (denominator fps / numerator fps) instead of fps."""
+
+    @property
+    def target_text(self) -> str:
+        if self.target is None:
+            return "-"
+        return f"{'>=' if self.at_least else '<='} {self.target:g}x"
+
+
+SPECS = (
+    RatioSpec(
+        "modelrunner predict / echo ceiling (lockstep)",
+        IDENTITY,
+        (MODELRUNNER, LOCKSTEP),
+        (ECHO, LOCKSTEP),
+        target=0.8,
+    ),
+    RatioSpec(
+        "modelrunner predict_stream / echo ceiling (stream)",
+        IDENTITY,
+        (MODELRUNNER, STREAM),
+        (ECHO, STREAM),
+    ),
+    RatioSpec(
+        "modelrunner predict / Triton infer (lockstep)",
+        IDENTITY,
+        (MODELRUNNER, LOCKSTEP),
+        (TRITON, LOCKSTEP),
+        target=5.0,
+    ),
+    RatioSpec(
+        "modelrunner predict_stream / Triton stream",
+        IDENTITY,
+        (MODELRUNNER, STREAM),
+        (TRITON, STREAM),
+    ),
+    RatioSpec(
+        "context: echo ceiling / Triton infer (lockstep), the most a Flight server gets here",
+        IDENTITY,
+        (ECHO, LOCKSTEP),
+        (TRITON, LOCKSTEP),
+    ),
+    RatioSpec(
+        "context: echo ceiling / Triton (stream)",
+        IDENTITY,
+        (ECHO, STREAM),
+        (TRITON, STREAM),
+    ),
+    RatioSpec(
+        "unet2d time per frame: remote / in-process",
+        UNET2D,
+        (MODELRUNNER, LOCKSTEP),
+        (IN_PROCESS, LOCKSTEP),
+        target=1.1,
+        at_least=False,
+        time_ratio=True,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    spec: RatioSpec
+    size: str
+    value: float | None
+    rounds: int
+    missing: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "missing"
+        if self.spec.target is None:
+            return "-"
+        ok = (
+            self.value >= self.spec.target if self.spec.at_least else self.value <= self.spec.target
+        )
+        return "pass" if ok else "FAIL"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.spec.name,
+            "workload": self.spec.workload,
+            "size": self.size,
+            "value": self.value,
+            "rounds": self.rounds,
+            "target": self.spec.target_text,
+            "verdict": self.verdict,
+            "missing": self.missing,
+        }
+
+
+def compute_ratios(results: Sequence[CaseResult]) -> list[Ratio]:
+    by_key = {(r.system, r.mode, r.workload, r.size): r for r in results}
+    sizes: dict[str, list[str]] = {}
+    for r in results:
+        sizes.setdefault(r.workload, [])
+        if r.size not in sizes[r.workload] and r.size != "-":
+            sizes[r.workload].append(r.size)
+    ratios = []
+    for spec in SPECS:
+        for size in sizes.get(spec.workload, []):
+            num = by_key.get((*spec.numerator, spec.workload, size))
+            den = by_key.get((*spec.denominator, spec.workload, size))
+            if num is None and den is None:
+                continue
+            ratios.append(_ratio(spec, size, num, den))
+    return ratios
+
+
+def _ratio(spec: RatioSpec, size: str, num: CaseResult | None, den: CaseResult | None) -> Ratio:
+    for side, result in (("numerator", num), ("denominator", den)):
+        if result is None:
+            return Ratio(spec, size, None, 0, f"{side} not measured")
+        if not result.round_fps:
+            return Ratio(spec, size, None, 0, f"{result.system} {result.mode}: {result.error}")
+    assert num is not None and den is not None
+    pairs = list(zip(num.round_fps, den.round_fps, strict=False))
+    per_round = [(d / n) if spec.time_ratio else (n / d) for n, d in pairs]
+    return Ratio(spec, size, statistics.median(per_round), len(per_round))

@@ -1,0 +1,224 @@
+"""Run the benchmark suite: ``python -m benchmarks.run`` (full) or ``--smoke`` (CI, seconds).
+
+Systems (``--systems``, comma-separated, default all):
+
+* ``echo``: the ceiling, a bare Arrow Flight echo server in another process;
+* ``modelrunner``: the identity model through ``client.predict`` and ``client.predict_stream``;
+* ``triton``: PyTriton + tritonclient (gRPC) serving the identity (own environment, set up on
+  demand in ``benchmarks/.triton-venv``);
+* ``unet2d``: ``unet2d_nuclei_broad`` through modelrunner against bioimageio.core in process;
+* ``memory``: modelrunner's peak memory for a tiled prediction, and a long stream.
+
+Writes ``results.md``, ``results.json``, ``throughput.png`` and the servers' logs to ``--out``
+(default ``benchmarks/results``, or ``benchmarks/results/smoke`` with ``--smoke``) and prints
+the tables. Exits 1 when a system failed (Triton skipped for want of its environment is not a
+failure), else 0: targets missed are results, not failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+from .context import BenchContext, Settings
+from .frames import FrameSize, parse_sizes
+from .machine import describe_machine, load_average
+from .modelrunner_server import REPO_ROOT
+from .ratios import compute_ratios
+from .report import Report, ratio_table, throughput_table, write
+from .rounds import Case, describe_error, run_rounds
+
+logger = logging.getLogger("benchmarks.run")
+
+SYSTEMS = ("echo", "modelrunner", "triton", "unet2d", "memory")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+FULL_SIZES = "512,2048"
+SMOKE_SIZES = "64,128"
+SMOKE_INCLUDES_TRITON = True
+"""Setting up the Triton environment from scratch took 23 s on the 2-core CI machine (pip,
+cold cache; Triton then starts in about 3 s), under the 2 minutes the issue allows a smoke run
+for it. Were it slower, smoke runs would skip Triton with a note."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="modelrunner against a bare Flight echo, Triton and in-process bioimageio.core",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, few rounds (CI)")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help=f"frame sides in pixels (default {FULL_SIZES}; smoke {SMOKE_SIZES})",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5; smoke 2)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    args.systems = systems
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    try:
+        args.sizes = parse_sizes(args.sizes or (SMOKE_SIZES if args.smoke else FULL_SIZES))
+    except ValueError as e:
+        parser.error(str(e))
+    if args.out is None:
+        args.out = DEFAULT_OUT / "smoke" if args.smoke else DEFAULT_OUT
+    return args
+
+
+def _guarded(
+    what: str, errors: list[str], build: Callable[[], list[Case]], notes: list[str]
+) -> list[Case]:
+    from .systems.triton import TritonSkipped
+
+    try:
+        return build()
+    except TritonSkipped as e:
+        logger.warning("%s skipped: %s", what, e)
+        notes.append(f"{what} skipped: {e}")
+    except Exception as e:
+        logger.exception("%s could not be set up", what)
+        errors.append(f"{what}: setup failed: {describe_error(e)}")
+    return []
+
+
+def run(args: argparse.Namespace) -> Report:
+    settings = (Settings.smoke_test if args.smoke else Settings.full)(args.rounds)
+    sizes: list[FrameSize] = args.sizes
+    systems: list[str] = args.systems
+    out: Path = args.out
+    notes: list[str] = []
+    errors: list[str] = []
+    facts = describe_machine(REPO_ROOT)
+    started = time.monotonic()
+    report = Report(
+        command=" ".join(["python -m benchmarks.run", shlex.join(args.argv)]).strip(),
+        settings={
+            "rounds": settings.rounds,
+            "round_seconds": settings.round_seconds,
+            "max_in_flight": settings.max_in_flight,
+            "sizes": ",".join(s.label for s in sizes),
+            "systems": ",".join(systems),
+            "smoke": settings.smoke,
+        },
+        machine=facts,
+        results=[],
+        ratios=[],
+        notes=notes,
+        errors=errors,
+    )
+    with tempfile.TemporaryDirectory(prefix="modelrunner-bench-") as tmp:
+        workdir = Path(tmp)
+        with ExitStack() as stack:
+            ctx = BenchContext(stack, workdir, out, settings)
+            cases: list[Case] = []
+            if "echo" in systems:
+                from .systems.echo import echo_cases
+
+                cases += _guarded("flight echo", errors, lambda: echo_cases(ctx, sizes), notes)
+            if "modelrunner" in systems:
+                from .systems.modelrunner import modelrunner_cases
+
+                cases += _guarded(
+                    "modelrunner", errors, lambda: modelrunner_cases(ctx, sizes), notes
+                )
+            if "triton" in systems:
+                if settings.smoke and not SMOKE_INCLUDES_TRITON:
+                    notes.append("Triton skipped in smoke mode: its environment takes too long")
+                else:
+                    cases += _guarded("triton", errors, lambda: _triton(ctx, sizes, facts), notes)
+            if "unet2d" in systems:
+                from .systems.unet2d import in_process_case, remote_case
+
+                cases += _guarded(
+                    "unet2d in-process", errors, lambda: [in_process_case(ctx)], notes
+                )
+                cases += _guarded("unet2d modelrunner", errors, lambda: [remote_case(ctx)], notes)
+            report.results = run_rounds(
+                cases,
+                rounds=settings.rounds,
+                round_seconds=settings.round_seconds,
+                max_frames=settings.max_frames,
+            )
+        # The timed rounds' servers are stopped now: the memory measurements run alone.
+        if "memory" in systems:
+            _memory(report, workdir, out, settings)
+    for r in report.results:
+        if r.error is not None:
+            errors.append(f"{r.system} {r.mode} {r.workload} {r.size}: {r.error}")
+    facts["load average at end (1/5/15 min)"] = load_average()
+    report.ratios = compute_ratios(report.results)
+    report.seconds = time.monotonic() - started
+    for path in write(report, out):
+        logger.info("wrote %s", path)
+    return report
+
+
+def _triton(ctx: BenchContext, sizes: list[FrameSize], facts: dict[str, str]) -> list[Case]:
+    from .systems.triton import triton_cases
+
+    cases, triton_facts = triton_cases(ctx, sizes)
+    facts.update(triton_facts)
+    return cases
+
+
+def _memory(report: Report, workdir: Path, out: Path, settings: Settings) -> None:
+    from .systems.memory import long_stream, tiled_memory
+
+    with ExitStack() as stack:
+        ctx = BenchContext(stack, workdir, out, settings)
+        try:
+            report.tiled = tiled_memory(ctx)
+        except Exception as e:
+            logger.exception("tiled memory measurement failed")
+            report.errors.append(f"memory (tiled predict): {describe_error(e)}")
+        try:
+            report.stream = long_stream(ctx)
+        except Exception as e:
+            logger.exception("long stream measurement failed")
+            report.errors.append(f"memory (long stream): {describe_error(e)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("benchmarks").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    report = run(args)
+    print()
+    print(ratio_table(report.ratios))
+    print()
+    print(throughput_table(report.results))
+    print()
+    for line in [*report.notes, *report.errors]:
+        print(f"- {line}")
+    print(f"results in {args.out} ({report.seconds:.0f} s)")
+    if report.errors:
+        print(f"{len(report.errors)} system(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
