@@ -31,6 +31,7 @@ def progress_callback(
         if bar is None:
             bytes_unit = event.unit == "bytes"
             bar = bars[event.stage] = tqdm(
+                disable=False,  # explicit, so TQDM_DISABLE (set by servers) leaves ours alone
                 desc=f"{description}: {event.stage}",
                 total=event.total or None,
                 unit="B" if bytes_unit else event.unit,
@@ -40,6 +41,8 @@ def progress_callback(
         if event.total and bar.total != event.total:
             bar.total = event.total
         bar.update(event.done - bar.n)
+        if event.total and event.done >= event.total:
+            bar.close()  # now, so its rate is that of its own stage
 
     try:
         yield show

@@ -4,6 +4,7 @@ a runtime alone that registers with a control service (``modelrunner runtime``).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -66,6 +67,8 @@ def start_runtime(settings: Settings, control_address: str) -> RunningRuntime:
     from modelrunner.runtime_flight.server import RuntimeFlightServer
     from modelrunner.runtime_flight.service import RuntimeService
 
+    # bioimageio.core draws a tqdm bar per tiled prediction; a server's output is its log
+    os.environ.setdefault("TQDM_DISABLE", "1")
     host = settings.effective_flight_host
     locator_ref: list[PackageLocator] = []
     registration_ref: list[Registration] = []
