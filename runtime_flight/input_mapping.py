@@ -301,11 +301,11 @@ def _check_index_axis(tensor: str, a: v0_5.IndexInputAxis, size: int) -> None:
 
 
 def _check_nan(tensor: str, array: np.ndarray) -> None:
-    if array.dtype.kind != "f":
+    if array.dtype.kind != "f" or array.size == 0:
         return
-    nans = np.isnan(array)
-    if nans.any():
-        count = int(np.count_nonzero(nans))
+    # min() propagates NaN: one pass and no temporary, where isnan().any() allocates a mask
+    if np.isnan(array.min()):
+        count = int(np.count_nonzero(np.isnan(array)))
         raise tensor_error(
             tensor,
             "",
