@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     loads the model and runs it, which can take minutes for large models)."""
     max_tile_input_bytes: int = Field(256 * MiB, gt=0)
     """Inputs larger than this are predicted tile by tile when no blocksize is given."""
+    stream_tiles_min_bytes: int = Field(64 * MiB, ge=0)
+    """Tiled predictions whose inputs take at least this many bytes send their outputs back band
+    by band as the tiles finish, so the runtime never holds a whole output (and computes sample
+    mean/std in bounded chunks): its memory stays near the input's size. Smaller ones are
+    assembled whole first. Models whose outputs cannot be cut into bands of rows (see
+    ``runtime_flight/streamed_tiling.py``) are always assembled whole."""
 
     grace_period_s: float = Field(5.0, ge=0)
     """How long shutdown waits for calls in flight."""

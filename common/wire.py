@@ -30,8 +30,12 @@ from modelrunner.errors import InvalidTensorError
 
 MiB = 1024**2
 DEFAULT_BATCH_BYTES = 16 * MiB
-"""Samples up to this size travel whole (zero copy on both sides); larger ones in chunks of
-about this size. Flight moves 4-16 MiB batches fastest."""
+"""Samples up to this size travel whole (zero copy on both sides); larger ones in chunks."""
+CHUNK_BYTES = 4 * MiB
+"""Larger samples travel in chunks of about this size (or ``batch_bytes``, when smaller). Flight
+moves 4-16 MiB batches fastest; the low end keeps the receiver's memory down: gRPC buffers a few
+batches in flight, and glibc keeps freed buffers of that size resident (a 256 MiB upload in
+16 MiB batches leaves the receiving process some 50-80 MiB larger, in 4 MiB batches 5-20 MiB)."""
 MAX_BATCH_BYTES = 1024 * MiB
 """Hard cap for one batch: Flight refuses batches over 2 GiB."""
 
@@ -66,6 +70,18 @@ def arrow_value_type(dtype: np.dtype) -> pa.DataType:
             f"data type {dtype.name} cannot be sent; use one of bool, " + ", ".join(_ARROW_TYPES),
             details={"got": dtype.name},
         ) from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor's shape and dtype: what planning a layout needs of it."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -190,65 +206,84 @@ class SampleLayout:
         *,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
     ) -> SampleLayout:
-        """Choose how ``arrays`` travel: whole when they fit ``batch_bytes``, else in chunks."""
-        if not arrays:
+        """Choose how ``arrays`` travel: whole when they fit ``batch_bytes``, else in chunks of
+        about :data:`CHUNK_BYTES` (at most ``batch_bytes``)."""
+        return cls.plan_shapes(
+            {n: TensorSpec(tuple(a.shape), a.dtype) for n, a in arrays.items()},
+            dim_names,
+            batch_bytes=batch_bytes,
+        )
+
+    @classmethod
+    def plan_shapes(
+        cls,
+        tensors: Mapping[str, TensorSpec],
+        dim_names: Mapping[str, Sequence[str]] | None = None,
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> SampleLayout:
+        """:meth:`plan` from shapes and dtypes alone, for tensors that do not exist yet (a tiled
+        prediction announces its outputs before their first band is predicted)."""
+        if not tensors:
             raise InvalidTensorError("no tensors given")
         dim_names = dim_names or {}
-        for name, a in arrays.items():
-            if a.ndim == 0:
+        for name, spec in tensors.items():
+            if not spec.shape:
                 raise InvalidTensorError(
                     f"tensor {name!r} is a scalar; send at least a 1-d array",
                     details={"tensor": name},
                 )
             names = tuple(dim_names.get(name, ()))
-            if names and len(names) != a.ndim:
+            if names and len(names) != len(spec.shape):
                 raise InvalidTensorError(
-                    f"tensor {name!r} has {a.ndim} axes but {len(names)} dim names {list(names)}",
+                    f"tensor {name!r} has {len(spec.shape)} axes but {len(names)} dim names "
+                    f"{list(names)}",
                     details={"tensor": name},
                 )
-            arrow_value_type(a.dtype)
-        total = sum(a.nbytes for a in arrays.values())
+            arrow_value_type(spec.dtype)
+        total = sum(s.nbytes for s in tensors.values())
         if total <= batch_bytes:
             return cls(
                 tuple(
                     TensorLayout(
                         n,
-                        a.dtype,
-                        tuple(a.shape),
+                        s.dtype,
+                        s.shape,
                         tuple(dim_names.get(n, ())),
-                        a.ndim - 1,
-                        math.prod(a.shape[:-1]) if a.ndim else 1,
+                        len(s.shape) - 1,
+                        math.prod(s.shape[:-1]),
                     )
-                    for n, a in arrays.items()
+                    for n, s in tensors.items()
                 ),
                 1,
             )
         # Every tensor is cut into the same number of chunks, so each record batch holds one
-        # chunk of each tensor and the batches together stay near batch_bytes.
-        chunks = max(1, math.ceil(total / batch_bytes))
-        tensors = []
-        for n, a in arrays.items():
-            split_axis = _split_axis(a.shape, a.dtype.itemsize, chunks, batch_bytes)
-            lines = math.prod(a.shape[: split_axis + 1])
-            line_bytes = math.prod(a.shape[split_axis + 1 :]) * a.dtype.itemsize
+        # chunk of each tensor and the batches together stay near the chunk size.
+        chunk_bytes = min(batch_bytes, CHUNK_BYTES)
+        chunks = max(1, math.ceil(total / chunk_bytes))
+        layouts = []
+        for n, s in tensors.items():
+            split_axis = _split_axis(s.shape, s.dtype.itemsize, chunks, chunk_bytes)
+            lines = math.prod(s.shape[: split_axis + 1])
+            line_bytes = math.prod(s.shape[split_axis + 1 :]) * s.dtype.itemsize
             if line_bytes > MAX_BATCH_BYTES:
                 raise InvalidTensorError(
-                    f"tensor {n!r} of shape {list(a.shape)} cannot be split into record batches "
+                    f"tensor {n!r} of shape {list(s.shape)} cannot be split into record batches "
                     f"under {MAX_BATCH_BYTES // MiB} MiB",
                     details={"tensor": n},
                 )
-            tensors.append(
+            layouts.append(
                 TensorLayout(
                     n,
-                    a.dtype,
-                    tuple(a.shape),
+                    s.dtype,
+                    s.shape,
                     tuple(dim_names.get(n, ())),
                     split_axis,
                     max(1, math.ceil(lines / chunks)),
                 )
             )
-        chunks = max(math.ceil(t.lines / t.lines_per_chunk) for t in tensors)
-        return cls(tuple(tensors), chunks)
+        chunks = max(math.ceil(t.lines / t.lines_per_chunk) for t in layouts)
+        return cls(tuple(layouts), chunks)
 
     def matches(self, arrays: Mapping[str, np.ndarray]) -> bool:
         """Whether ``arrays`` can travel in this layout (same names, dtypes and shapes)."""
@@ -319,6 +354,112 @@ def encode_rows(
         ftype = schema.field(t.name).type
         columns.append(pa.FixedShapeTensorArray.from_storage(ftype, _storage(stacked, ftype)))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class BandEncoder:
+    """Turns a sample that is produced piece by piece into its layout's record batches.
+
+    A tiled prediction finishes its outputs in bands of lines (C order), first to last, and
+    should send each band as soon as it is done instead of holding the whole output. Feed the
+    bands in order with :meth:`add`; it returns every record batch whose chunk is complete. A
+    chunk that lies wholly inside one band travels as a view of that band (no copy); only chunks
+    that straddle bands are gathered in a pending buffer, so memory stays at about one chunk per
+    tensor besides the bands themselves.
+    """
+
+    def __init__(self, layout: SampleLayout) -> None:
+        self.layout = layout
+        self._schema = layout.schema()
+        self._tensors = {t.name: _BandChunks(t, layout) for t in layout.tensors}
+        self._sent = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether every record batch of the sample has been returned."""
+        return self._sent == self.layout.chunks
+
+    def add(self, bands: Mapping[str, np.ndarray]) -> list[pa.RecordBatch]:
+        """Add the next elements (in C order) of some tensors; returns the record batches that
+        are now complete, in order. A band may have any shape: only its element order counts."""
+        for name, band in bands.items():
+            chunks = self._tensors.get(name)
+            if chunks is None:
+                raise ValueError(f"tensor {name!r} is not in the layout")
+            chunks.add(band)
+        batches = []
+        while self._sent < self.layout.chunks and all(c.ready for c in self._tensors.values()):
+            columns = []
+            for t in self.layout.tensors:
+                part = self._tensors[t.name].pop()
+                ftype = self._schema.field(t.name).type
+                columns.append(pa.FixedShapeTensorArray.from_storage(ftype, _storage(part, ftype)))
+            batches.append(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+            self._sent += 1
+        return batches
+
+
+class _BandChunks:
+    """One tensor's chunks as its bands arrive: complete chunks wait in ``_ready``."""
+
+    def __init__(self, t: TensorLayout, layout: SampleLayout) -> None:
+        self.t = t
+        self._shape = (1, t.lines_per_chunk, *t.line_shape) if layout.chunked else (1, *t.shape)
+        self._chunks = layout.chunks
+        self._chunk_size = math.prod(self._shape)
+        self._size = math.prod(t.shape)
+        self._received = 0
+        self._pending: np.ndarray | None = None
+        self._pending_fill = 0
+        self._ready: list[np.ndarray] = []
+        self._popped = 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._ready) or (self._received == self._size and self._popped < self._chunks)
+
+    def pop(self) -> np.ndarray:
+        self._popped += 1
+        if self._ready:
+            return self._ready.pop(0)
+        # a tensor with fewer lines than the sample has chunks sends zeros, as encode_sample does
+        return np.zeros(self._shape, dtype=_wire_dtype(self.t))
+
+    def add(self, band: np.ndarray) -> None:
+        if band.dtype != self.t.dtype:
+            raise ValueError(
+                f"tensor {self.t.name!r}: a band of {band.dtype} for a tensor of {self.t.dtype}"
+            )
+        flat = _as_wire_array(band, self.t).reshape(-1)
+        wire_dtype = flat.dtype
+        if flat.size > self._size - self._received:
+            raise ValueError(
+                f"tensor {self.t.name!r}: {flat.size} more elements do not fit its shape "
+                f"{list(self.t.shape)} ({self._size - self._received} left)"
+            )
+        pos = 0
+        while pos < flat.size:
+            chunk_start = self._received - self._pending_fill
+            wanted = min(self._chunk_size, self._size - chunk_start)
+            if self._pending_fill == 0 and flat.size - pos >= self._chunk_size:
+                self._ready.append(flat[pos : pos + self._chunk_size].reshape(self._shape))
+                pos += self._chunk_size
+                self._received += self._chunk_size
+                continue
+            if self._pending is None:
+                # zeroed: the last chunk is zero-padded up to the chunk's size
+                self._pending = np.zeros(self._chunk_size, dtype=wire_dtype)
+            take = min(wanted - self._pending_fill, flat.size - pos)
+            self._pending[self._pending_fill : self._pending_fill + take] = flat[pos : pos + take]
+            self._pending_fill += take
+            self._received += take
+            pos += take
+            if self._pending_fill == wanted:
+                self._ready.append(self._pending.reshape(self._shape))
+                self._pending, self._pending_fill = None, 0
+
+
+def _wire_dtype(t: TensorLayout) -> np.dtype:
+    return np.dtype(np.uint8) if t.dtype == np.bool_ else t.dtype
 
 
 def _as_wire_array(a: np.ndarray, t: TensorLayout) -> np.ndarray:

@@ -14,6 +14,18 @@ Transport-free modules, one responsibility each:
     inference       predict: one sample, any size (whole, padded or tiled)
     batching        predict_batch: several samples, stacked along the batch axis when possible
     model_tests     run_model_test: bioimageio.core's model test as a ValidationReport
+    lean_stats      sample mean/var/std in bounded chunks (no full-size temporaries)
+    streamed_tiling blockwise prediction that yields finished output rows, never the whole
+    core_blocks     how bioimageio.core places output blocks (fixed-size outputs that follow inputs)
+    memory_release  hand freed memory back to the OS after large requests (glibc)
+    direct_forward  the adapter shortcut for calls whose processing is a no-op
+
+The transport and process around them:
+
+    service         RuntimeService: what the Flight server calls (predict, frames, load, test)
+    server          RuntimeFlightServer: do_exchange (predictions, streams) and do_action
+    packages        PackageLocator: a model's package from the shared cache or the control service
+    registration    Registration: announce the runtime to the control service, heartbeats
 
 Names are imported on first use, so importing this package loads neither bioimageio.core nor
 any ML framework.

@@ -14,18 +14,22 @@ bioimageio.core's blockwise prediction. When padding is needed, preprocessing ru
 original sample first (so sample statistics are those of the image, not of the padding), and
 postprocessing on the cropped output.
 
+:func:`start_prediction` is :func:`predict` for callers that send outputs on as they come (the
+Flight server): a large tiled prediction then returns a :class:`.streamed_tiling.TileStream`
+whose outputs arrive in bands of rows, so the whole output is never held (see
+:mod:`.streamed_tiling`).
+
 Nothing here locks: callers serialise calls per pipeline (:class:`.pipelines.WarmPipeline`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Mapping, Sequence
 
 import numpy as np
 from bioimageio.core import PredictionPipeline, Sample, Tensor
-from bioimageio.core.sample import LinearSampleAxisTransform
+from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import (
@@ -36,9 +40,11 @@ from modelrunner.errors import (
     ResourceExhaustedError,
 )
 
+from .core_blocks import follow_implied_references
 from .input_mapping import DimNames, Inputs, build_sample
 from .options import PredictOptions
-from .size_fitting import FitPlan, axis_scales, implied_references, plan_fit
+from .size_fitting import FitPlan, plan_fit
+from .streamed_tiling import Bands, TileStream, stream_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +92,61 @@ def predict(
     return predict_sample(pipeline, descr, sample, options, _polling(progress, cancelled))
 
 
+def start_prediction(
+    pipeline: PredictionPipeline,
+    inputs: Inputs,
+    dim_names: DimNames | None = None,
+    options: PredictOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    cancelled: Cancelled | None = None,
+) -> Outputs | TileStream:
+    """:func:`predict`, except that a large tiled prediction may come back as a
+    :class:`~.streamed_tiling.TileStream`: its first block predicted, its outputs' rows to be
+    read band by band (see :mod:`.streamed_tiling`), so that no whole output is ever held.
+
+    The caller must keep the pipeline to itself until the stream is exhausted or closed. Errors
+    while reading the bands are translated like those of :func:`predict`.
+    """
+    options = options or PredictOptions()
+    descr = model_descr(pipeline)
+    sample = build_sample(descr, inputs, dim_names, nan_policy=options.nan_policy)
+    check_cancelled(cancelled)
+    report = _polling(progress, cancelled)
+    plan = _plan(descr, sample, options)
+    try:
+        stream = stream_tiles(
+            pipeline,
+            descr,
+            sample,
+            plan,
+            options,
+            report,
+            network_dtypes=_network_dtypes(descr),
+        )
+    except ModelRunnerError:
+        raise
+    except Exception as e:
+        raise _translate(e, descr) from e
+    if stream is None:
+        return _predict_planned(pipeline, descr, sample, plan, options, report)
+    stream.bands = _translated(stream.bands, descr)
+    return stream
+
+
+def _translated(
+    bands: Generator[Bands, None, None], descr: v0_5.ModelDescr
+) -> Generator[Bands, None, None]:
+    try:
+        yield from bands
+    except ModelRunnerError:
+        raise
+    except Exception as e:
+        raise _translate(e, descr) from e
+    finally:
+        bands.close()
+
+
 def check_cancelled(cancelled: Cancelled | None) -> None:
     if cancelled is not None and cancelled():
         raise CancelledError("the prediction was cancelled")
@@ -130,12 +191,17 @@ def predict_sample(
     options: PredictOptions,
     progress: Progress | None,
 ) -> Outputs:
-    dtypes = {t.id: network_dtype(t) for t in descr.inputs}
-    if options.skip_preprocessing:
-        sample.members = {
-            m: t.astype(dtypes[m]) if str(t.data.dtype) != dtypes[m] else t  # type: ignore[arg-type]
-            for m, t in sample.members.items()
-        }
+    return _predict_planned(
+        pipeline, descr, sample, _plan(descr, sample, options), options, progress
+    )
+
+
+def _network_dtypes(descr: v0_5.ModelDescr) -> dict[MemberId, str]:
+    return {t.id: network_dtype(t) for t in descr.inputs}
+
+
+def _plan(descr: v0_5.ModelDescr, sample: Sample, options: PredictOptions) -> FitPlan:
+    dtypes = _network_dtypes(descr)
     plan = plan_fit(
         descr,
         sample.shape,
@@ -144,6 +210,23 @@ def predict_sample(
         itemsize={m: np.dtype(d).itemsize for m, d in dtypes.items()},
     )
     logger.debug("predicting %s as %s", dict(sample.shape), plan)
+    return plan
+
+
+def _predict_planned(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    sample: Sample,
+    plan: FitPlan,
+    options: PredictOptions,
+    progress: Progress | None,
+) -> Outputs:
+    if options.skip_preprocessing:
+        dtypes = _network_dtypes(descr)
+        sample.members = {
+            m: t.astype(dtypes[m]) if str(t.data.dtype) != dtypes[m] else t  # type: ignore[arg-type]
+            for m, t in sample.members.items()
+        }
     try:
         output = _run(pipeline, descr, sample, plan, options, progress)
     except ModelRunnerError:
@@ -233,7 +316,7 @@ def _predict_tiles(
     skip_preprocessing: bool,
     skip_postprocessing: bool,
 ) -> Sample:
-    _follow_implied_references(pipeline, descr)
+    follow_implied_references(pipeline, descr)
     total, intermediates = pipeline.predict_sample_with_blocking_yield_intermediates(
         sample,
         skip_preprocessing=skip_preprocessing,
@@ -248,27 +331,6 @@ def _predict_tiles(
             progress(done, total)
     assert last is not None, "bioimageio.core predicted no blocks"
     return last.sample
-
-
-def _follow_implied_references(pipeline: PredictionPipeline, descr: v0_5.ModelDescr) -> None:
-    """Tell bioimageio.core that fixed-size outputs which mirror a fixed-size input follow it.
-
-    bioimageio.core places output blocks by the outputs' size references; an output axis with a
-    plain size would make every block overwrite the whole output. Idempotent.
-    """
-    transform: Any = getattr(pipeline, "_block_transform", None)
-    if not isinstance(transform, dict):
-        return
-    scales = axis_scales(descr)
-    for (out, axis), (inp, in_axis) in implied_references(descr).items():
-        axes = transform.get(out)
-        if axes is not None and isinstance(axes.get(axis), int):
-            axes[axis] = LinearSampleAxisTransform(
-                axis=in_axis,
-                scale=scales[inp][in_axis] / scales[out][axis],
-                offset=0,
-                member=inp,
-            )
 
 
 def _crop(tensor: Tensor, sizes: Mapping[v0_5.AxisId, int]) -> Tensor:

@@ -32,6 +32,10 @@ class PredictOptions:
     """``predict_batch``: the most samples stacked along the batch axis; 0: no limit."""
     max_tile_input_bytes: int = 256 * MiB
     """Inputs whose (padded) network input exceeds this are predicted tile by tile."""
+    stream_tiles_min_bytes: int = 64 * MiB
+    """Tiled predictions of inputs at least this large may stream their outputs band by band
+    (:func:`.inference.start_prediction`); :func:`.inference.predict` always returns whole
+    arrays."""
 
     def __post_init__(self) -> None:
         if self.blocksize is not None and self.blocksize < 0:
@@ -48,6 +52,11 @@ class PredictOptions:
             raise InvalidArgumentError(
                 f"nan_policy must be 'reject' or 'allow', got {self.nan_policy!r}",
                 details={"nan_policy": self.nan_policy},
+            )
+        if self.stream_tiles_min_bytes < 0:
+            raise InvalidArgumentError(
+                f"stream_tiles_min_bytes must be 0 or more, got {self.stream_tiles_min_bytes}",
+                details={"stream_tiles_min_bytes": self.stream_tiles_min_bytes},
             )
         if self.max_tile_input_bytes <= 0:
             raise InvalidArgumentError(

@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 import numpy as np
@@ -22,9 +22,17 @@ from google.protobuf.message import DecodeError
 from modelrunner import converters, errors, types
 from modelrunner.transport_errors import to_flight_error
 from modelrunner.v1 import control_pb2, runtime_pb2
-from modelrunner.wire import DEFAULT_BATCH_BYTES, SampleDecoder, SampleLayout, encode_sample
+from modelrunner.wire import (
+    DEFAULT_BATCH_BYTES,
+    BandEncoder,
+    SampleDecoder,
+    SampleLayout,
+    TensorSpec,
+    encode_sample,
+)
 
-from .service import Outputs, RuntimeService
+from .memory_release import release_free_memory
+from .service import Outputs, RuntimeService, StreamedOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +78,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         super().__init__(location, **kwargs)
         self.service = service
         self.batch_bytes = batch_bytes
+        self.active_exchanges = 0
+        """Predictions in progress (streams included): what a cancelled call must give back."""
+        self._exchanges_lock = threading.Lock()
 
     # -- predictions ---------------------------------------------------------------------------
 
@@ -80,12 +91,22 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        with flight_errors("prediction"):
+        with self._counting_exchange(), flight_errors("prediction"):
             command = _parse_command(descriptor)
             if command.stream:
                 self._serve_stream(context, command, reader, writer)
             else:
                 self._serve_one(context, command, reader, writer)
+
+    @contextmanager
+    def _counting_exchange(self) -> Iterator[None]:
+        with self._exchanges_lock:
+            self.active_exchanges += 1
+        try:
+            yield
+        finally:
+            with self._exchanges_lock:
+                self.active_exchanges -= 1
 
     def _serve_one(
         self,
@@ -94,24 +115,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        layout = SampleLayout.from_schema(reader.schema)
-        decoder = SampleDecoder(layout)
-        sample: dict[str, np.ndarray] | None = None
-        for chunk in reader:
-            if context.is_cancelled():
-                raise errors.CancelledError("the client cancelled the prediction")
-            if chunk.data is None:
-                continue
-            done = decoder.feed(chunk.data)
-            if done:
-                if sample is not None or len(done) > 1:
-                    raise errors.InvalidArgumentError(
-                        "a prediction takes one sample; use stream mode for several"
-                    )
-                sample = done[0]
-        if sample is None:
-            raise errors.InvalidArgumentError("the prediction stream ended before a whole sample")
-        dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
+        inputs, dims = _receive_sample(context, reader)
 
         def report(progress: types.Progress) -> None:
             if command.report_progress and not context.is_cancelled():
@@ -122,13 +126,39 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 )
 
         outputs = self.service.predict(
-            command,
-            {k: aligned(v) for k, v in sample.items()},
-            dims,
-            progress=report,
-            cancelled=context.is_cancelled,
+            command, inputs, dims, progress=report, cancelled=context.is_cancelled
         )
-        self._write_outputs(writer, None, outputs, frame=0)
+        # a streamed prediction holds the input as long as it needs it; nothing else should
+        del inputs
+        if isinstance(outputs, StreamedOutputs):
+            with closing(outputs):
+                self._write_streamed(context, writer, outputs)
+        else:
+            self._write_outputs(writer, None, outputs, frame=0)
+
+    def _write_streamed(
+        self,
+        context: flight.ServerCallContext,
+        writer: flight.MetadataRecordBatchWriter,
+        outputs: StreamedOutputs,
+    ) -> None:
+        """Send the outputs' schema, then each record batch as soon as its rows are predicted;
+        a band is dropped once its batches are written, so no whole output is ever held."""
+        layout = SampleLayout.plan_shapes(
+            {k: TensorSpec(shape, outputs.dtypes[k]) for k, shape in outputs.shapes.items()},
+            outputs.dim_names,
+            batch_bytes=self.batch_bytes,
+        )
+        writer.begin(layout.schema())
+        metadata = _frame_metadata(0, outputs.weight_format, outputs.device)
+        encoder = BandEncoder(layout)
+        for bands in outputs.bands:
+            if context.is_cancelled():
+                raise errors.CancelledError("the client cancelled the prediction")
+            _write_batches(writer, encoder.add(bands), metadata)
+            del bands  # before the next band is predicted
+        if not encoder.done:
+            raise errors.InternalError("the tiled prediction ended before its outputs were whole")
 
     def _write_outputs(
         self,
@@ -148,11 +178,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 f"frame {frame}: output shapes changed within a stream: "
                 f"{ {k: list(v.shape) for k, v in outputs.arrays.items()} }"
             )
-        metadata = pa.py_buffer(
-            runtime_pb2.FrameResult(
-                frame=frame, weight_format=outputs.weight_format, device=outputs.device
-            ).SerializeToString()
-        )
+        metadata = _frame_metadata(frame, outputs.weight_format, outputs.device)
         for batch in encode_sample(layout, outputs.arrays):
             writer.write_with_metadata(batch, metadata)
         return layout
@@ -249,6 +275,63 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def _info(self, body: bytes) -> bytes:
         return converters.to_pb_runtime(self.service.info()).SerializeToString()
+
+
+def _receive_sample(
+    context: flight.ServerCallContext, reader: flight.MetadataRecordBatchReader
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
+    """Read one whole sample and its dim names. The decoder and the received batches are gone
+    when this returns, so the sample's arrays are the only copy of the input left."""
+    layout = SampleLayout.from_schema(reader.schema)
+    sample = _read_one_sample(context, reader, SampleDecoder(layout))
+    dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
+    return {k: aligned(v) for k, v in sample.items()}, dims
+
+
+def _read_one_sample(
+    context: flight.ServerCallContext,
+    reader: flight.MetadataRecordBatchReader,
+    decoder: SampleDecoder,
+) -> dict[str, np.ndarray]:
+    sample: dict[str, np.ndarray] | None = None
+    for chunk in reader:
+        if context.is_cancelled():
+            raise errors.CancelledError("the client cancelled the prediction")
+        if chunk.data is None:
+            continue
+        done = decoder.feed(chunk.data)
+        if decoder.layout.chunked:
+            # the batch is copied into the sample: hand its buffer back to the system now, or a
+            # large input leaves tens of MiB of freed receive buffers resident
+            del chunk
+            release_free_memory()
+        if done:
+            if sample is not None or len(done) > 1:
+                raise errors.InvalidArgumentError(
+                    "a prediction takes one sample; use stream mode for several"
+                )
+            sample = done[0]
+    if sample is None:
+        raise errors.InvalidArgumentError("the prediction stream ended before a whole sample")
+    return sample
+
+
+def _frame_metadata(frame: int, weight_format: str, device: str) -> pa.Buffer:
+    return pa.py_buffer(
+        runtime_pb2.FrameResult(
+            frame=frame, weight_format=weight_format, device=device
+        ).SerializeToString()
+    )
+
+
+def _write_batches(
+    writer: flight.MetadataRecordBatchWriter,
+    batches: list[pa.RecordBatch],
+    metadata: pa.Buffer,
+) -> None:
+    """Write and forget: a batch may be a view of a band, which should go once it is sent."""
+    for batch in batches:
+        writer.write_with_metadata(batch, metadata)
 
 
 def _parse(message: Any, body: bytes) -> Any:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from . import devices, weight_formats
 from .model_tests import run_model_test
 from .options import PredictOptions
 from .pipelines import PipelinePool, WarmPipeline
+from .warm_pipeline import now
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,23 @@ class Outputs:
     dim_names: dict[str, tuple[str, ...]]
     weight_format: str
     device: str
+
+
+@dataclass
+class StreamedOutputs:
+    """A prediction's outputs still being computed: their shapes and dtypes are known, and
+    ``bands`` yields, for each output, its next rows (C order) as the tiles finish. The pipeline
+    stays lent and locked to this prediction until ``bands`` is exhausted or closed."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, np.dtype]
+    dim_names: dict[str, tuple[str, ...]]
+    weight_format: str
+    device: str
+    bands: LeasedBands
+
+    def close(self) -> None:
+        self.bands.close()
 
 
 class RuntimeService:
@@ -83,6 +101,7 @@ class RuntimeService:
             skip_postprocessing=command.skip_postprocessing,
             max_batch_size=max(0, command.max_batch_size),
             max_tile_input_bytes=self.settings.max_tile_input_bytes,
+            stream_tiles_min_bytes=self.settings.stream_tiles_min_bytes,
         )
 
     def predict(
@@ -93,7 +112,11 @@ class RuntimeService:
         *,
         progress: Callable[[types.Progress], None] | None = None,
         cancelled: Callable[[], bool] = lambda: False,
-    ) -> Outputs:
+    ) -> Outputs | StreamedOutputs:
+        """Predict one sample. A large tiled prediction returns :class:`StreamedOutputs` (see
+        ``stream_tiles_min_bytes``): read its bands to the end or close it."""
+        from .inference import start_prediction
+
         options = self._options(command)
 
         def blocks_done(done: int, total: int) -> None:
@@ -102,12 +125,29 @@ class RuntimeService:
             if progress is not None:
                 progress(types.Progress(stage="predict", done=done, total=total, unit="blocks"))
 
-        with self._use(command) as warm:
+        with ExitStack() as lease:
+            warm = lease.enter_context(self._use(command))
+            lease.enter_context(_predicting(warm))
             inputs, dim_names = _unnamed_to_single(warm, arrays, dims)
-            outputs = warm.predict(
-                inputs, dim_names, options, progress=blocks_done, cancelled=cancelled
+            result = start_prediction(
+                warm.pipeline,
+                inputs,
+                dim_names,
+                options,
+                progress=blocks_done,
+                cancelled=cancelled,
             )
-            return _outputs(warm, outputs)
+            if isinstance(result, dict):
+                return _outputs(warm, result)
+            return StreamedOutputs(
+                shapes=result.shapes,
+                dtypes=result.dtypes,
+                dim_names=_dim_names(warm, result.shapes),
+                weight_format=warm.weight_format,
+                device=warm.device,
+                bands=LeasedBands(result.bands, lease.pop_all()),
+            )
+        raise AssertionError("unreachable")  # for mypy: ExitStack may swallow exceptions
 
     def predict_frames(
         self,
@@ -202,13 +242,62 @@ def _unnamed_to_single(
 
 
 def _outputs(warm: WarmPipeline, arrays: dict[str, np.ndarray]) -> Outputs:
-    axes = {str(t.id): tuple(str(a.id) for a in t.axes) for t in warm.descr.outputs}
     return Outputs(
         arrays=arrays,
-        dim_names={k: axes[k] for k in arrays if k in axes and len(axes[k]) == arrays[k].ndim},
+        dim_names=_dim_names(warm, {k: a.shape for k, a in arrays.items()}),
         weight_format=warm.weight_format,
         device=warm.device,
     )
+
+
+def _dim_names(
+    warm: WarmPipeline, shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[str, ...]]:
+    axes = {str(t.id): tuple(str(a.id) for a in t.axes) for t in warm.descr.outputs}
+    return {k: axes[k] for k, s in shapes.items() if k in axes and len(axes[k]) == len(s)}
+
+
+@contextmanager
+def _predicting(warm: WarmPipeline) -> Iterator[None]:
+    """What :meth:`WarmPipeline.predict` does around a prediction, for one that outlives the
+    call that starts it (a streamed one): hold the pipeline's lock, count the request."""
+    with warm.lock:
+        warm.requests += 1
+        try:
+            yield
+        finally:
+            warm.last_used_at = now()
+
+
+class LeasedBands:
+    """An iterator over a streamed prediction's bands that gives the pipeline back when it is
+    exhausted, fails or is closed (closing also works before the first band, unlike closing a
+    generator that never started)."""
+
+    def __init__(
+        self, bands: Generator[dict[str, np.ndarray], None, None], lease: ExitStack
+    ) -> None:
+        self._bands = bands
+        self._lease: ExitStack | None = lease
+
+    def __iter__(self) -> LeasedBands:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        try:
+            return next(self._bands)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        try:
+            self._bands.close()
+        finally:
+            lease.close()
 
 
 def _versions() -> dict[str, str]:

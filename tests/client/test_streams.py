@@ -124,6 +124,7 @@ def test_leaving_the_loop_stops_the_work_on_the_server(
 ) -> None:
     assert server.runtime is not None
     runtime = server.runtime.server
+    _wait_until(lambda: runtime.active_exchanges == 0)
     pulled = 0
 
     def endless() -> Iterator[np.ndarray]:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from modelrunner.errors import InvalidTensorError
 from modelrunner.wire import (
+    CHUNK_BYTES,
+    DEFAULT_BATCH_BYTES,
     DIM_NAMES_KEY,
     SHAPE_KEY,
+    BandEncoder,
     SampleDecoder,
     SampleLayout,
+    TensorSpec,
     encode_rows,
     encode_sample,
 )
@@ -148,3 +155,116 @@ def test_non_tensor_column_is_refused() -> None:
     schema = pa.schema([pa.field("x", pa.float32())])
     with pytest.raises(InvalidTensorError, match=r"must be an arrow\.fixed_shape_tensor"):
         SampleLayout.from_schema(schema)
+
+
+# -- planning from shapes, encoding bands --------------------------------------------------------
+
+
+def _specs(arrays: dict[str, np.ndarray]) -> dict[str, TensorSpec]:
+    return {n: TensorSpec(a.shape, a.dtype) for n, a in arrays.items()}
+
+
+@pytest.mark.parametrize("batch_bytes", [1 << 30, 32 * 1024, 4096, 100])
+def test_planning_from_shapes_equals_planning_from_arrays(batch_bytes: int) -> None:
+    arrays = {
+        "big": np.zeros((1, 1, 300, 200), "float32"),
+        "other": np.zeros((2, 3, 50, 7), "uint16"),
+        "flag": np.zeros((5,), "bool"),
+    }
+    dims = {"big": ("b", "c", "y", "x")}
+    assert SampleLayout.plan_shapes(
+        _specs(arrays), dims, batch_bytes=batch_bytes
+    ) == SampleLayout.plan(arrays, dims, batch_bytes=batch_bytes)
+
+
+def test_samples_up_to_the_batch_size_travel_whole_larger_ones_in_small_chunks() -> None:
+    side = 2048  # 16 MiB of float32
+    whole = SampleLayout.plan_shapes({"raw": TensorSpec((1, 1, side, side), np.dtype("float32"))})
+    assert whole.nbytes == DEFAULT_BATCH_BYTES and not whole.chunked
+    large = SampleLayout.plan_shapes(
+        {"raw": TensorSpec((1, 1, 2 * side, 2 * side), np.dtype("float32"))}
+    )
+    assert large.chunks == large.nbytes // CHUNK_BYTES == 16
+    (t,) = large.tensors
+    assert t.lines_per_chunk * math.prod(t.line_shape) * 4 == CHUNK_BYTES
+
+
+def test_planning_from_shapes_refuses_what_planning_arrays_refuses() -> None:
+    with pytest.raises(InvalidTensorError, match="is a scalar"):
+        SampleLayout.plan_shapes({"x": TensorSpec((), np.dtype("float32"))})
+    with pytest.raises(InvalidTensorError, match="complex128 cannot be sent"):
+        SampleLayout.plan_shapes({"x": TensorSpec((3,), np.dtype("complex128"))})
+    with pytest.raises(InvalidTensorError, match="no tensors given"):
+        SampleLayout.plan_shapes({})
+
+
+def _bands_of(a: np.ndarray, fractions: list[float]) -> list[np.ndarray]:
+    """``a`` cut into bands of rows of its first non-singleton axis, at ``fractions`` of it."""
+    axis = next(i for i, s in enumerate(a.shape) if s > 1)
+    edges = [0, *(int(f * a.shape[axis]) for f in fractions), a.shape[axis]]
+    return [a[(slice(None),) * axis + (slice(lo, hi),)] for lo, hi in itertools.pairwise(edges)]
+
+
+def _encode_in_bands(
+    layout: SampleLayout, arrays: dict[str, np.ndarray], fractions: list[float]
+) -> list[pa.RecordBatch]:
+    encoder = BandEncoder(layout)
+    batches: list[pa.RecordBatch] = []
+    bands = {n: _bands_of(a, fractions) for n, a in arrays.items()}
+    for step in range(len(fractions) + 1):
+        assert not encoder.done
+        batches += encoder.add({n: b[step] for n, b in bands.items()})
+    assert encoder.done
+    return batches
+
+
+@pytest.mark.parametrize("batch_bytes", [1 << 30, 32 * 1024, 5000, 300])
+@pytest.mark.parametrize(
+    "fractions", [[], [0.5], [0.1, 0.11, 0.5, 0.77], [i / 37 for i in range(1, 37)]]
+)
+def test_bands_encode_to_the_batches_of_the_whole_sample(
+    batch_bytes: int, fractions: list[float]
+) -> None:
+    rng = np.random.default_rng(5)
+    arrays = {
+        "probability": rng.random((1, 1, 300, 130)).astype("float32"),
+        "mask": rng.random((1, 150, 65)) > 0.5,
+        "labels": rng.integers(0, 1000, (1, 1, 1, 300, 13)).astype("uint16"),
+    }
+    layout = SampleLayout.plan(arrays, batch_bytes=batch_bytes)
+    expected = list(encode_sample(layout, arrays))
+    got = _encode_in_bands(layout, arrays, fractions)
+    assert len(got) == len(expected) == layout.chunks
+    for g, e in zip(got, expected, strict=True):
+        assert g.equals(e)
+    schema, received = _through_ipc(layout.schema(), got)
+    decoder = SampleDecoder(SampleLayout.from_schema(schema))
+    (out,) = [s for b in received for s in decoder.feed(b)]
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(out[name], a)
+
+
+def test_a_chunk_inside_one_band_is_a_view_of_it() -> None:
+    a = np.random.default_rng(6).random((1, 1, 100, 64)).astype("float32")
+    layout = SampleLayout.plan({"raw": a}, batch_bytes=64 * 4 * 10)
+    lines = layout.tensors[0].lines_per_chunk
+    encoder = BandEncoder(layout)
+    band = a[:, :, : 3 * lines + 1]
+    batches = encoder.add({"raw": band})
+    assert len(batches) == 3
+    for i, b in enumerate(batches):
+        address = b.column(0).storage.values.buffers()[1].address
+        assert address == a.ctypes.data + i * lines * 64 * 4
+    assert not encoder.done
+
+
+def test_band_encoder_refuses_bands_that_do_not_fit() -> None:
+    layout = SampleLayout.plan({"raw": np.zeros((4, 5), "float32")})
+    encoder = BandEncoder(layout)
+    with pytest.raises(ValueError, match="a band of float64 for a tensor of float32"):
+        encoder.add({"raw": np.zeros((1, 5))})
+    with pytest.raises(ValueError, match="'other' is not in the layout"):
+        encoder.add({"other": np.zeros((1, 5), "float32")})
+    encoder.add({"raw": np.zeros((3, 5), "float32")})
+    with pytest.raises(ValueError, match="10 more elements do not fit its shape"):
+        encoder.add({"raw": np.zeros((2, 5), "float32")})
