@@ -64,16 +64,20 @@ def test_async_for_over_a_stream_of_async_frames(
 
     async def main() -> list[float]:
         seen = []
-        async with AsyncModelRunnerClient(server.address) as c:
-            async with c.predict_stream(model_id, frames(), on_error="yield") as stream:
-                async for out in stream:
-                    seen.append(float(out["output"][0, 0, 0, 0]))
+        async with (
+            AsyncModelRunnerClient(server.address) as c,
+            c.predict_stream(model_id, frames(), on_error="yield") as stream,
+        ):
+            async for out in stream:
+                seen.append(float(out["output"][0, 0, 0, 0]))
         return seen
 
     assert asyncio.run(main()) == [float(i) for i in range(50)]
 
 
-def test_errors_keep_their_types(server: RunningServer, client: ModelRunnerClient, tiny: Tiny) -> None:
+def test_errors_keep_their_types(
+    server: RunningServer, client: ModelRunnerClient, tiny: Tiny
+) -> None:
     model_id = client.add_model(tiny("onnx")).id
 
     async def main() -> None:

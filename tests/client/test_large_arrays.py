@@ -33,11 +33,15 @@ def roomy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
 
 
 @pytest.mark.slow
-def test_a_prediction_over_two_gibibytes_round_trips(roomy_server: RunningServer, tiny: Tiny) -> None:
+def test_a_prediction_over_two_gibibytes_round_trips(
+    roomy_server: RunningServer, tiny: Tiny
+) -> None:
     side = 23_800  # float32: 2.11 GiB per array
     image = np.empty((1, 1, side, side), np.float32)
     # distinct values per row and column, cheap to make and to check
-    image[0, 0] = np.arange(side, dtype=np.float32)[:, None] + np.arange(side, dtype=np.float32) * 1e-5
+    image[0, 0] = (
+        np.arange(side, dtype=np.float32)[:, None] + np.arange(side, dtype=np.float32) * 1e-5
+    )
     assert image.nbytes > 2 * GiB
     with ModelRunnerClient(roomy_server.address, timeout=None) as client:
         model_id = client.add_model(tiny("onnx")).id

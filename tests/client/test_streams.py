@@ -93,7 +93,9 @@ def test_raising_on_a_failed_frame_lets_the_stream_go_on(
     with pytest.raises(FrameError) as caught:
         next(stream)
     assert caught.value.frame == 1
-    assert "every frame of a stream must have the tensors, shapes and data types" in str(caught.value)
+    assert "every frame of a stream must have the tensors, shapes and data types" in str(
+        caught.value
+    )
     assert float(next(stream)["output"][0, 0, 0, 0]) == 2
     with pytest.raises(StopIteration):
         next(stream)
@@ -143,7 +145,9 @@ def test_leaving_the_loop_stops_the_work_on_the_server(
     assert pulled == stopped_at <= 21 + 4 + 1
 
 
-def test_a_deadline_ends_the_stream(client: ModelRunnerClient, identity: ModelInfo, server: RunningServer) -> None:
+def test_a_deadline_ends_the_stream(
+    client: ModelRunnerClient, identity: ModelInfo, server: RunningServer
+) -> None:
     def slow() -> Iterator[np.ndarray]:
         for i in itertools.count():
             time.sleep(0.05)
