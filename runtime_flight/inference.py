@@ -25,6 +25,7 @@ Nothing here locks: callers serialise calls per pipeline (:class:`.pipelines.War
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
 
 import numpy as np
@@ -41,6 +42,7 @@ from modelrunner.errors import (
 )
 
 from .core_blocks import follow_implied_references
+from .direct_forward import DirectForward, direct_forward_for
 from .input_mapping import DimNames, Inputs, build_sample
 from .options import PredictOptions
 from .size_fitting import FitPlan, plan_fit
@@ -147,6 +149,20 @@ def _translated(
         bands.close()
 
 
+_DIRECT: weakref.WeakKeyDictionary[PredictionPipeline, DirectForward | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def direct_forward(pipeline: PredictionPipeline) -> DirectForward | None:
+    """The pipeline's no-op-processing shortcut (see :mod:`.direct_forward`), worked out once."""
+    try:
+        return _DIRECT[pipeline]
+    except KeyError:
+        direct = _DIRECT[pipeline] = direct_forward_for(pipeline)
+        return direct
+
+
 def check_cancelled(cancelled: Cancelled | None) -> None:
     if cancelled is not None and cancelled():
         raise CancelledError("the prediction was cancelled")
@@ -221,6 +237,15 @@ def _predict_planned(
     options: PredictOptions,
     progress: Progress | None,
 ) -> Outputs:
+    if plan.mode == "whole" and not (options.skip_preprocessing or options.skip_postprocessing):
+        direct = direct_forward(pipeline)
+        if direct is not None:
+            arrays = {str(m): t.data.values for m, t in sample.members.items()}
+            if direct.accepts(arrays):
+                try:
+                    return direct.forward(arrays)
+                except Exception as e:
+                    raise _translate(e, descr) from e
     if options.skip_preprocessing:
         dtypes = _network_dtypes(descr)
         sample.members = {
