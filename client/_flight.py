@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 
 from modelrunner import converters, errors, types
 from modelrunner.v1 import models_pb2, runtime_pb2
-from modelrunner.wire import SampleDecoder, SampleLayout, encode_sample
+from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
 from ._errors import translated_errors
 
@@ -91,7 +91,7 @@ def exchange_predict(
     with translated_errors():
         writer, reader = client.do_exchange(descriptor, call_options(timeout))
         with writer:
-            writer.begin(layout.schema())
+            writer.begin(layout.schema(), options=WRITE_OPTIONS)
             if layout.chunked:
                 # A big input goes from a thread so that reading outputs can start any time
                 # (the runtime may stream tiles back before the upload ends).

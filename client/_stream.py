@@ -18,7 +18,7 @@ import pyarrow.flight as flight
 
 from modelrunner import converters, errors
 from modelrunner.v1 import runtime_pb2
-from modelrunner.wire import SampleDecoder, SampleLayout, encode_sample
+from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
 from ._errors import translated_errors
 from ._flight import call_options, parse_frame_result
@@ -83,7 +83,7 @@ class _FrameUpload:
                     arrays, dims = normalise_inputs(frame, None)
                     if layout is None:
                         layout = SampleLayout.plan(arrays, dims, batch_bytes=self.batch_bytes)
-                        self.writer.begin(layout.schema())
+                        self.writer.begin(layout.schema(), options=WRITE_OPTIONS)
                     elif not layout.matches(arrays):
                         raise errors.InvalidTensorError(
                             "every frame of a stream must have the tensors, shapes and data types "

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +41,9 @@ batches in flight, and glibc keeps freed buffers of that size resident (a 256 Mi
 16 MiB batches leaves the receiving process some 50-80 MiB larger, in 4 MiB batches 5-20 MiB)."""
 MAX_BATCH_BYTES = 1024 * MiB
 """Hard cap for one batch: Flight refuses batches over 2 GiB."""
+WRITE_OPTIONS = pa.ipc.IpcWriteOptions()
+"""Pass to ``writer.begin``: without options pyarrow builds them from environment variables
+on every call."""
 
 SHAPE_KEY = b"modelrunner.shape"
 DIM_NAMES_KEY = b"modelrunner.dim_names"
@@ -125,6 +131,11 @@ class SampleLayout:
         return sum(t.nbytes for t in self.tensors)
 
     def schema(self) -> pa.Schema:
+        """The Arrow schema announcing this layout (built once per layout)."""
+        return self._schema
+
+    @cached_property
+    def _schema(self) -> pa.Schema:
         fields = []
         for t in self.tensors:
             metadata: dict[bytes, bytes] = {}
@@ -151,6 +162,13 @@ class SampleLayout:
     @classmethod
     def from_schema(cls, schema: pa.Schema) -> SampleLayout:
         """The layout a peer announced with ``schema``."""
+        # a peer sends the same schema call after call: its exact bytes find the layout again
+        return _RECENT_LAYOUTS.get_or_make(
+            ("schema", schema.serialize().to_pybytes()), lambda: cls._from_schema(schema)
+        )
+
+    @classmethod
+    def _from_schema(cls, schema: pa.Schema) -> SampleLayout:
         tensors = []
         chunked = any(f.metadata and SHAPE_KEY in f.metadata for f in schema)
         for f in schema:
@@ -208,10 +226,19 @@ class SampleLayout:
     ) -> SampleLayout:
         """Choose how ``arrays`` travel: whole when they fit ``batch_bytes``, else in chunks of
         about :data:`CHUNK_BYTES` (at most ``batch_bytes``)."""
-        return cls.plan_shapes(
-            {n: TensorSpec(tuple(a.shape), a.dtype) for n, a in arrays.items()},
-            dim_names,
-            batch_bytes=batch_bytes,
+        names = dim_names or {}
+        key = (
+            "plan",
+            batch_bytes,
+            tuple((n, a.shape, a.dtype, tuple(names.get(n, ()))) for n, a in arrays.items()),
+        )
+        return _RECENT_LAYOUTS.get_or_make(
+            key,
+            lambda: cls.plan_shapes(
+                {n: TensorSpec(tuple(a.shape), a.dtype) for n, a in arrays.items()},
+                dim_names,
+                batch_bytes=batch_bytes,
+            ),
         )
 
     @classmethod
@@ -294,6 +321,32 @@ class SampleLayout:
             if a is None or a.dtype != t.dtype or tuple(a.shape) != t.shape:
                 return False
         return True
+
+
+class _RecentLayouts:
+    """The last few layouts planned or received, by what made them: a client or a stream sends
+    the same shapes over and over, and a layout (with its schema) is worth keeping."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._layouts: OrderedDict[Hashable, SampleLayout] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key: Hashable, make: Callable[[], SampleLayout]) -> SampleLayout:
+        with self._lock:
+            layout = self._layouts.get(key)
+            if layout is not None:
+                self._layouts.move_to_end(key)
+                return layout
+        layout = make()  # raises for a bad layout: nothing is kept then
+        with self._lock:
+            self._layouts[key] = layout
+            while len(self._layouts) > self._size:
+                self._layouts.popitem(last=False)
+        return layout
+
+
+_RECENT_LAYOUTS = _RecentLayouts(64)
 
 
 def _split_axis(shape: tuple[int, ...], itemsize: int, chunks: int, batch_bytes: int) -> int:

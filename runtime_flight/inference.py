@@ -25,8 +25,10 @@ Nothing here locks: callers serialise calls per pipeline (:class:`.pipelines.War
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
 
 import numpy as np
 from bioimageio.core import PredictionPipeline, Sample, Tensor
@@ -43,9 +45,9 @@ from modelrunner.errors import (
 
 from .core_blocks import follow_implied_references
 from .direct_forward import DirectForward, direct_forward_for
-from .input_mapping import DimNames, Inputs, build_sample
+from .input_mapping import DimNames, Inputs, as_sample, input_shapes, map_inputs
 from .options import PredictOptions
-from .size_fitting import FitPlan, plan_fit
+from .size_fitting import FitPlan, Shapes, plan_fit
 from .streamed_tiling import Bands, TileStream, stream_tiles
 
 logger = logging.getLogger(__name__)
@@ -89,9 +91,15 @@ def predict(
     """
     options = options or PredictOptions()
     descr = model_descr(pipeline)
-    sample = build_sample(descr, inputs, dim_names, nan_policy=options.nan_policy)
+    arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
-    return predict_sample(pipeline, descr, sample, options, _polling(progress, cancelled))
+    plan = _plan(pipeline, descr, input_shapes(descr, arrays), options)
+    direct = _direct_outputs(pipeline, descr, arrays, plan, options)
+    if direct is not None:
+        return direct
+    return _predict_planned(
+        pipeline, descr, as_sample(descr, arrays), plan, options, _polling(progress, cancelled)
+    )
 
 
 def start_prediction(
@@ -112,10 +120,15 @@ def start_prediction(
     """
     options = options or PredictOptions()
     descr = model_descr(pipeline)
-    sample = build_sample(descr, inputs, dim_names, nan_policy=options.nan_policy)
+    arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
+    plan = _plan(pipeline, descr, input_shapes(descr, arrays), options)
+    direct = _direct_outputs(pipeline, descr, arrays, plan, options)
+    if direct is not None:
+        return direct
+    sample = as_sample(descr, arrays)
+    del arrays
     report = _polling(progress, cancelled)
-    plan = _plan(descr, sample, options)
     try:
         stream = stream_tiles(
             pipeline,
@@ -149,18 +162,58 @@ def _translated(
         bands.close()
 
 
-_DIRECT: weakref.WeakKeyDictionary[PredictionPipeline, DirectForward | None] = (
-    weakref.WeakKeyDictionary()
-)
+class _PipelineMemo:
+    """What every call on one pipeline would otherwise work out again: its no-op-processing
+    shortcut (see :mod:`.direct_forward`), the dtypes its network takes, and the plans of the
+    input shapes it saw last (a microscope sends the same shape over and over)."""
+
+    PLANS = 16
+
+    def __init__(self, pipeline: PredictionPipeline, descr: v0_5.ModelDescr) -> None:
+        self.direct = direct_forward_for(pipeline)
+        self.network_dtypes = _network_dtypes(descr)
+        self.itemsize = {m: np.dtype(d).itemsize for m, d in self.network_dtypes.items()}
+        self.plans: OrderedDict[Hashable, FitPlan] = OrderedDict()
+        self.lock = threading.Lock()
+
+
+_MEMOS: weakref.WeakKeyDictionary[PredictionPipeline, _PipelineMemo] = weakref.WeakKeyDictionary()
+_MEMOS_LOCK = threading.Lock()
+
+
+def _memo(pipeline: PredictionPipeline, descr: v0_5.ModelDescr) -> _PipelineMemo:
+    with _MEMOS_LOCK:
+        memo = _MEMOS.get(pipeline)
+        if memo is None:
+            memo = _MEMOS[pipeline] = _PipelineMemo(pipeline, descr)
+        return memo
 
 
 def direct_forward(pipeline: PredictionPipeline) -> DirectForward | None:
     """The pipeline's no-op-processing shortcut (see :mod:`.direct_forward`), worked out once."""
+    return _memo(pipeline, model_descr(pipeline)).direct
+
+
+def _direct_outputs(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    arrays: Mapping[MemberId, np.ndarray],
+    plan: FitPlan,
+    options: PredictOptions,
+) -> Outputs | None:
+    """The outputs through the direct forward, or None when this call needs the pipeline."""
+    if plan.mode != "whole" or options.skip_preprocessing or options.skip_postprocessing:
+        return None
+    direct = _memo(pipeline, descr).direct
+    if direct is None:
+        return None
+    by_name = {str(m): a for m, a in arrays.items()}
+    if not direct.accepts(by_name):
+        return None
     try:
-        return _DIRECT[pipeline]
-    except KeyError:
-        direct = _DIRECT[pipeline] = direct_forward_for(pipeline)
-        return direct
+        return direct.forward(by_name)
+    except Exception as e:
+        raise _translate(e, descr) from e
 
 
 def check_cancelled(cancelled: Cancelled | None) -> None:
@@ -208,7 +261,7 @@ def predict_sample(
     progress: Progress | None,
 ) -> Outputs:
     return _predict_planned(
-        pipeline, descr, sample, _plan(descr, sample, options), options, progress
+        pipeline, descr, sample, _plan(pipeline, descr, sample.shape, options), options, progress
     )
 
 
@@ -216,16 +269,35 @@ def _network_dtypes(descr: v0_5.ModelDescr) -> dict[MemberId, str]:
     return {t.id: network_dtype(t) for t in descr.inputs}
 
 
-def _plan(descr: v0_5.ModelDescr, sample: Sample, options: PredictOptions) -> FitPlan:
-    dtypes = _network_dtypes(descr)
+def _plan(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    shapes: Shapes,
+    options: PredictOptions,
+) -> FitPlan:
+    memo = _memo(pipeline, descr)
+    key = (
+        tuple((m, tuple(sizes.items())) for m, sizes in shapes.items()),
+        options.blocksize,
+        options.max_tile_input_bytes,
+    )
+    with memo.lock:
+        plan = memo.plans.get(key)
+        if plan is not None:
+            memo.plans.move_to_end(key)
+            return plan
     plan = plan_fit(
         descr,
-        sample.shape,
+        shapes,
         blocksize=options.blocksize,
         max_tile_input_bytes=options.max_tile_input_bytes,
-        itemsize={m: np.dtype(d).itemsize for m, d in dtypes.items()},
+        itemsize=memo.itemsize,
     )
-    logger.debug("predicting %s as %s", dict(sample.shape), plan)
+    logger.debug("predicting %s as %s", dict(shapes), plan)
+    with memo.lock:
+        memo.plans[key] = plan
+        while len(memo.plans) > memo.PLANS:
+            memo.plans.popitem(last=False)
     return plan
 
 
@@ -237,15 +309,11 @@ def _predict_planned(
     options: PredictOptions,
     progress: Progress | None,
 ) -> Outputs:
-    if plan.mode == "whole" and not (options.skip_preprocessing or options.skip_postprocessing):
-        direct = direct_forward(pipeline)
-        if direct is not None:
-            arrays = {str(m): t.data.values for m, t in sample.members.items()}
-            if direct.accepts(arrays):
-                try:
-                    return direct.forward(arrays)
-                except Exception as e:
-                    raise _translate(e, descr) from e
+    direct = _direct_outputs(
+        pipeline, descr, {m: t.data.values for m, t in sample.members.items()}, plan, options
+    )
+    if direct is not None:
+        return direct
     if options.skip_preprocessing:
         dtypes = _network_dtypes(descr)
         sample.members = {

@@ -56,6 +56,34 @@ def build_sample(
     nan_policy: NanPolicy = "reject",
 ) -> Sample:
     """A sample of the model's inputs, validated and in the model's axis order."""
+    return as_sample(descr, map_inputs(descr, inputs, dim_names, nan_policy=nan_policy))
+
+
+def as_sample(descr: v0_5.ModelDescr, arrays: Mapping[MemberId, np.ndarray]) -> Sample:
+    """Wrap arrays from :func:`map_inputs` (no copy)."""
+    axes = {t.id: [a.id for a in t.axes] for t in descr.inputs}
+    return Sample(members={m: Tensor(a, dims=axes[m]) for m, a in arrays.items()}, stat={}, id=None)
+
+
+def input_shapes(
+    descr: v0_5.ModelDescr, arrays: Mapping[MemberId, np.ndarray]
+) -> dict[MemberId, dict[v0_5.AxisId, int]]:
+    """Axis sizes by input id and axis id, as bioimageio.core's ``Sample.shape`` gives them."""
+    return {
+        t.id: {a.id: size for a, size in zip(t.axes, arrays[t.id].shape, strict=True)}
+        for t in descr.inputs
+        if t.id in arrays
+    }
+
+
+def map_inputs(
+    descr: v0_5.ModelDescr,
+    inputs: Inputs,
+    dim_names: DimNames | None = None,
+    *,
+    nan_policy: NanPolicy = "reject",
+) -> dict[MemberId, np.ndarray]:
+    """The model's input arrays, validated and in the model's axis order (views, no copies)."""
     arrays = _arrays_by_id(descr, inputs)
     # dim names that are all empty (a wire format without names) count as not given
     names = {str(k): tuple(v) for k, v in (dim_names or {}).items() if any(v)}
@@ -70,7 +98,7 @@ def build_sample(
                 f"dim names given for unknown input '{tensor}'; the model's inputs are "
                 + ", ".join(sorted(known)),
             )
-    members: dict[MemberId, Tensor] = {}
+    members: dict[MemberId, np.ndarray] = {}
     for t in descr.inputs:
         tensor = str(t.id)
         if tensor not in arrays:
@@ -80,8 +108,8 @@ def build_sample(
         _check_sizes(tensor, array, t)
         if nan_policy == "reject":
             _check_nan(tensor, array)
-        members[t.id] = Tensor(array, dims=[a.id for a in t.axes])
-    return Sample(members=members, stat={}, id=None)
+        members[t.id] = array
+    return members
 
 
 def _arrays_by_id(descr: v0_5.ModelDescr, inputs: Inputs) -> dict[str, Any]:

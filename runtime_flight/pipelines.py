@@ -204,6 +204,11 @@ class PipelinePool:
             self._close(w)
         return len(matching)
 
+    def has_warm(self, model_id: str) -> bool:
+        """Whether a pipeline of ``model_id`` (a full id) is loaded."""
+        with self._cond:
+            return any(k[0] == model_id for k in self._warm)
+
     def loaded(self) -> tuple[LoadedModel, ...]:
         with self._cond:
             return tuple(w.info() for w in self._warm.values())
@@ -230,7 +235,7 @@ class PipelinePool:
         )
 
     def _acquire(self, key: Key) -> WarmPipeline:
-        estimate = weights_bytes(self.description(key[0]), key[1])
+        estimate: int | None = None  # worked out (it looks at the weight files) only to load
         while True:
             with self._cond:
                 warm = self._warm.get(key)
@@ -239,10 +244,13 @@ class PipelinePool:
                     self._warm.move_to_end(key)
                     return warm
                 loading = self._loading.get(key)
-                if loading is None:
+                if loading is None and estimate is not None:
                     victims = self._make_room(key, estimate)
                     loading = self._loading[key] = _Loading(reserved_bytes=estimate)
                     break
+            if loading is None:
+                estimate = weights_bytes(self.description(key[0]), key[1])
+                continue  # look again: another request may have started the load meanwhile
             loading.done.wait()
             if loading.error is not None:
                 raise _again(loading.error)

@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from modelrunner.transport_errors import to_flight_error
 from modelrunner.v1 import control_pb2, runtime_pb2
 from modelrunner.wire import (
     DEFAULT_BATCH_BYTES,
+    WRITE_OPTIONS,
     BandEncoder,
     SampleDecoder,
     SampleLayout,
@@ -149,7 +151,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             outputs.dim_names,
             batch_bytes=self.batch_bytes,
         )
-        writer.begin(layout.schema())
+        writer.begin(layout.schema(), options=WRITE_OPTIONS)
         metadata = _frame_metadata(0, outputs.weight_format, outputs.device)
         encoder = BandEncoder(layout)
         for bands in outputs.bands:
@@ -172,7 +174,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             layout = SampleLayout.plan(
                 outputs.arrays, outputs.dim_names, batch_bytes=self.batch_bytes
             )
-            writer.begin(layout.schema())
+            writer.begin(layout.schema(), options=WRITE_OPTIONS)
         elif not layout.matches(outputs.arrays):
             raise errors.InternalError(
                 f"frame {frame}: output shapes changed within a stream: "
@@ -316,6 +318,7 @@ def _read_one_sample(
     return sample
 
 
+@lru_cache(maxsize=64)  # single predictions all answer frame 0 of one model
 def _frame_metadata(frame: int, weight_format: str, device: str) -> pa.Buffer:
     return pa.py_buffer(
         runtime_pb2.FrameResult(

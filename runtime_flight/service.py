@@ -180,7 +180,9 @@ class RuntimeService:
 
     @contextmanager
     def _use(self, command: runtime_pb2.PredictCommand) -> Iterator[WarmPipeline]:
-        model_id = self._resolve(command.model_id)
+        model_id = command.model_id
+        if not self.pool.has_warm(model_id):  # a warm full id needs no lookup
+            model_id = self._resolve(model_id)
         loads = self.pool.loads
         with self.pool.use(model_id, command.weight_format or None, command.device or None) as warm:
             if self.pool.loads != loads:

@@ -268,3 +268,28 @@ def test_band_encoder_refuses_bands_that_do_not_fit() -> None:
     encoder.add({"raw": np.zeros((3, 5), "float32")})
     with pytest.raises(ValueError, match="10 more elements do not fit its shape"):
         encoder.add({"raw": np.zeros((2, 5), "float32")})
+
+
+def test_layouts_are_reused_for_the_same_arrays_and_schemas() -> None:
+    a = np.zeros((1, 1, 32, 32), "float32")
+    dims = {"raw": ("b", "c", "y", "x")}
+    layout = SampleLayout.plan({"raw": a}, dims)
+    assert SampleLayout.plan({"raw": np.ones_like(a)}, dims) is layout
+    assert layout.schema() is layout.schema()
+    assert SampleLayout.from_schema(layout.schema()) is SampleLayout.from_schema(layout.schema())
+    # anything that changes the layout finds another one
+    assert SampleLayout.plan({"raw": a}, {"raw": ("b", "c", "x", "y")}) != layout
+    assert SampleLayout.plan({"raw": a.astype("float64")}, dims) != layout
+    assert SampleLayout.plan({"raw": a}, dims, batch_bytes=1024).chunked
+
+
+def test_received_layouts_differ_when_only_the_chunked_full_shape_differs() -> None:
+    """Arrow compares schemas without field metadata; the full shape of a chunked tensor lives
+    there, so reusing received layouts must look at the exact schema."""
+    small = np.zeros((3, 64, 64), "float32")
+    large = np.zeros((4, 64, 64), "float32")
+    a = SampleLayout.plan({"t": small}, batch_bytes=16384)
+    b = SampleLayout.plan({"t": large}, batch_bytes=16384)
+    assert a.schema().equals(b.schema())  # same chunk type: only the metadata tells them apart
+    assert SampleLayout.from_schema(a.schema()).tensors[0].shape == (3, 64, 64)
+    assert SampleLayout.from_schema(b.schema()).tensors[0].shape == (4, 64, 64)

@@ -68,7 +68,7 @@ class _Writer:
     total: float = 0.0
     """Sum of the outputs' values (float64), to compare with the assembled prediction."""
 
-    def begin(self, schema: pa.Schema) -> None:
+    def begin(self, schema: pa.Schema, options: object = None) -> None:
         self.schema = schema
 
     def write_metadata(self, buffer: bytes) -> None:
