@@ -11,6 +11,7 @@ from pathlib import Path
 from .ratios import Ratio
 from .rounds import ECHO, IDENTITY, IN_PROCESS, LOCKSTEP, MODELRUNNER, TRITON, CaseResult
 from .systems.memory import LongStream, TiledMemory
+from .systems.overhead import Overhead
 
 logger = logging.getLogger(__name__)
 MiB = 1024**2
@@ -31,6 +32,7 @@ class Report:
     ratios: list[Ratio]
     tiled: TiledMemory | None = None
     stream: LongStream | None = None
+    overhead: list[Overhead] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -45,6 +47,7 @@ class Report:
             "results": [r.to_json() for r in self.results],
             "tiled_memory": self.tiled.to_json() if self.tiled else None,
             "long_stream": self.stream.to_json() if self.stream else None,
+            "overhead": [o.to_json() for o in self.overhead],
             "notes": self.notes,
             "errors": self.errors,
         }
@@ -117,6 +120,32 @@ def memory_section(tiled: TiledMemory | None, stream: LongStream | None) -> str:
     return "\n".join(parts) if parts else "(not measured)\n"
 
 
+def overhead_section(overhead: Sequence[Overhead], results: Sequence[CaseResult]) -> str:
+    if not overhead:
+        return "(not measured)\n"
+    lockstep = {
+        (r.system, r.size): r.ms_per_frame
+        for r in results
+        if r.mode == LOCKSTEP and r.workload == IDENTITY and r.ms_per_frame is not None
+    }
+    lines = [
+        "| size | client.predict Python | runtime predict | of which the model | "
+        "of which the NaN check | one copy of the frame | echo round trip | "
+        "modelrunner round trip |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for o in overhead:
+        echo = lockstep.get((ECHO, o.size))
+        ours = lockstep.get((MODELRUNNER, o.size))
+        lines.append(
+            f"| {o.size} | {o.client_us:,.0f} µs | {o.runtime_us:,.0f} µs | {o.model_us:,.0f} µs "
+            f"| {o.nan_check_us:,.0f} µs | {o.copy_us:,.0f} µs "
+            f"| {'-' if echo is None else f'{echo * 1000:,.0f} µs'} "
+            f"| {'-' if ours is None else f'{ours * 1000:,.0f} µs'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(report: Report) -> str:
     rounds = report.settings.get("rounds")
     machine = "\n".join(f"| {k} | {v} |" for k, v in report.machine.items())
@@ -143,6 +172,13 @@ asserted: this machine is shared and noisy, so read ratios, not absolute figures
 ## Server memory (modelrunner)
 
 {memory_section(report.tiled, report.stream)}
+## Where the time goes (modelrunner's own work per call, no network)
+
+Measured in the benchmark's process: the client with its Flight calls answered at once, the
+runtime's `RuntimeService.predict` on the warm identity, and parts of it (see
+`systems/overhead.py`). The round trips are the lockstep figures above.
+
+{overhead_section(report.overhead, report.results)}
 ## Notes
 
 {notes}

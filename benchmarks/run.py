@@ -7,7 +7,9 @@ Systems (``--systems``, comma-separated, default all):
 * ``triton``: PyTriton + tritonclient (gRPC) serving the identity (own environment, set up on
   demand in ``benchmarks/.triton-venv``);
 * ``unet2d``: ``unet2d_nuclei_broad`` through modelrunner against bioimageio.core in process;
-* ``memory``: modelrunner's peak memory for a tiled prediction, and a long stream.
+* ``memory``: modelrunner's peak memory for a tiled prediction, and a long stream;
+* ``overhead``: modelrunner's own work per call without the network (client and runtime), to
+  show where a lockstep frame's time goes beyond the echo ceiling.
 
 Writes ``results.md``, ``results.json``, ``throughput.png`` and the servers' logs to ``--out``
 (default ``benchmarks/results``, or ``benchmarks/results/smoke`` with ``--smoke``) and prints
@@ -37,7 +39,7 @@ from .rounds import Case, describe_error, run_rounds
 
 logger = logging.getLogger("benchmarks.run")
 
-SYSTEMS = ("echo", "modelrunner", "triton", "unet2d", "memory")
+SYSTEMS = ("echo", "modelrunner", "triton", "unet2d", "memory", "overhead")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 FULL_SIZES = "512,2048"
 SMOKE_SIZES = "64,128"
@@ -161,6 +163,8 @@ def run(args: argparse.Namespace) -> Report:
         # The timed rounds' servers are stopped now: the memory measurements run alone.
         if "memory" in systems:
             _memory(report, workdir, out, settings)
+        if "overhead" in systems:
+            _overhead(report, workdir, sizes, settings)
     for r in report.results:
         if r.error is not None:
             errors.append(f"{r.system} {r.mode} {r.workload} {r.size}: {r.error}")
@@ -195,6 +199,18 @@ def _memory(report: Report, workdir: Path, out: Path, settings: Settings) -> Non
         except Exception as e:
             logger.exception("long stream measurement failed")
             report.errors.append(f"memory (long stream): {describe_error(e)}")
+
+
+def _overhead(report: Report, workdir: Path, sizes: list[FrameSize], settings: Settings) -> None:
+    from .systems.overhead import measure_overhead
+
+    try:
+        report.overhead = measure_overhead(
+            workdir, sizes, seconds=0.3 if settings.smoke else settings.round_seconds
+        )
+    except Exception as e:
+        logger.exception("overhead measurement failed")
+        report.errors.append(f"overhead: {describe_error(e)}")
 
 
 def main(argv: list[str] | None = None) -> int:
