@@ -90,16 +90,10 @@ def predict(
         InternalError: the model failed.
     """
     options = options or PredictOptions()
-    descr = model_descr(pipeline)
-    arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
-    check_cancelled(cancelled)
-    plan = _plan(pipeline, descr, input_shapes(descr, arrays), options)
-    direct = _direct_outputs(pipeline, descr, arrays, plan, options)
-    if direct is not None:
-        return direct
-    return _predict_planned(
-        pipeline, descr, as_sample(descr, arrays), plan, options, _polling(progress, cancelled)
-    )
+    descr, plan, sample = _checked_and_planned(pipeline, inputs, dim_names, options, cancelled)
+    if not isinstance(sample, Sample):
+        return sample  # the direct forward's outputs
+    return _predict_planned(pipeline, descr, sample, plan, options, _polling(progress, cancelled))
 
 
 def start_prediction(
@@ -119,15 +113,9 @@ def start_prediction(
     while reading the bands are translated like those of :func:`predict`.
     """
     options = options or PredictOptions()
-    descr = model_descr(pipeline)
-    arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
-    check_cancelled(cancelled)
-    plan = _plan(pipeline, descr, input_shapes(descr, arrays), options)
-    direct = _direct_outputs(pipeline, descr, arrays, plan, options)
-    if direct is not None:
-        return direct
-    sample = as_sample(descr, arrays)
-    del arrays
+    descr, plan, sample = _checked_and_planned(pipeline, inputs, dim_names, options, cancelled)
+    if not isinstance(sample, Sample):
+        return sample  # the direct forward's outputs
     report = _polling(progress, cancelled)
     try:
         stream = stream_tiles(
@@ -147,6 +135,25 @@ def start_prediction(
         return _predict_planned(pipeline, descr, sample, plan, options, report)
     stream.bands = _translated(stream.bands, descr)
     return stream
+
+
+def _checked_and_planned(
+    pipeline: PredictionPipeline,
+    inputs: Inputs,
+    dim_names: DimNames | None,
+    options: PredictOptions,
+    cancelled: Cancelled | None,
+) -> tuple[v0_5.ModelDescr, FitPlan, Sample | Outputs]:
+    """The inputs checked and mapped, and the plan for their shapes; then the sample to predict,
+    or already the outputs when the direct forward could take the call."""
+    descr = model_descr(pipeline)
+    arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
+    check_cancelled(cancelled)
+    plan = _plan(pipeline, descr, input_shapes(descr, arrays), options)
+    direct = _direct_outputs(pipeline, descr, arrays, plan, options)
+    if direct is not None:
+        return descr, plan, direct
+    return descr, plan, as_sample(descr, arrays)
 
 
 def _translated(
