@@ -108,13 +108,15 @@ def memory_section(tiled: TiledMemory | None, stream: LongStream | None) -> str:
     if stream is not None:
         side = "x".join(str(s) for s in stream.frame_shape[-2:])
         parts += [
-            "| long stream | frames | seconds | frames/s | GB/s | peak RSS increase "
-            "| RSS end - start |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| long stream | frames | seconds | frames/s | GB/s | server peak RSS increase "
+            "| server RSS end - start | client RSS end - start | outputs in order, unchanged |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
             f"| identity {side} float32, predict_stream, {stream.max_in_flight} in flight "
-            f"| {stream.frames} | {stream.seconds:.1f} | {_num(stream.fps)} "
+            f"| {stream.frames:,} | {stream.seconds:.1f} | {_num(stream.fps)} "
             f"| {_num(stream.gb_per_s)} | {(stream.peak_rss - stream.baseline_rss) / MiB:.0f} MiB "
-            f"| {(stream.end_rss - stream.baseline_rss) / MiB:+.0f} MiB |",
+            f"| {(stream.end_rss - stream.baseline_rss) / MiB:+.0f} MiB "
+            f"| {(stream.client_end_rss - stream.client_start_rss) / MiB:+.0f} MiB "
+            f"| {'yes' if stream.unchanged else 'NO'} |",
             "",
         ]
     return "\n".join(parts) if parts else "(not measured)\n"

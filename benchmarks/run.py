@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from .context import BenchContext, Settings
@@ -67,6 +68,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5; smoke 2)")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument(
+        "--long-stream",
+        type=int,
+        default=None,
+        metavar="FRAMES",
+        help="frames of the memory system's long stream (default 10000; smoke 200)",
+    )
+    parser.add_argument(
+        "--long-stream-side",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="frame side of the long stream (default 512; smoke 64)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -104,6 +119,13 @@ def _guarded(
 
 def run(args: argparse.Namespace) -> Report:
     settings = (Settings.smoke_test if args.smoke else Settings.full)(args.rounds)
+    if args.long_stream is not None or args.long_stream_side is not None:
+        settings = replace(
+            settings,
+            long_stream_frames=args.long_stream or settings.long_stream_frames,
+            long_stream_side=args.long_stream_side or settings.long_stream_side,
+            long_stream_seconds=3600.0,  # a stream asked for by length runs to its end
+        )
     sizes: list[FrameSize] = args.sizes
     systems: list[str] = args.systems
     out: Path = args.out
@@ -196,6 +218,8 @@ def _memory(report: Report, workdir: Path, out: Path, settings: Settings) -> Non
             report.errors.append(f"memory (tiled predict): {describe_error(e)}")
         try:
             report.stream = long_stream(ctx)
+            if not report.stream.unchanged:
+                report.errors.append("long stream: an output differed from its frame")
         except Exception as e:
             logger.exception("long stream measurement failed")
             report.errors.append(f"memory (long stream): {describe_error(e)}")

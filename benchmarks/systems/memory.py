@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import psutil
 
 from ..context import BenchContext
 from ..frames import make_frame
@@ -24,6 +25,10 @@ from ..modelrunner_server import identity_blocksize
 logger = logging.getLogger(__name__)
 MiB = 1024**2
 RUNNER = "modelrunner-memory"
+_KINDS = 7
+"""The long stream cycles through this many different frames."""
+_CHECK_EVERY = 3
+"""Every third output of the long stream is compared with its frame (coprime with _KINDS)."""
 """The server these measurements share, apart from the timed rounds' one."""
 
 
@@ -63,6 +68,11 @@ class LongStream:
     baseline_rss: int
     peak_rss: int
     end_rss: int
+    client_start_rss: int
+    """The benchmark's own (the client's) resident memory when the stream started, and ended."""
+    client_end_rss: int
+    unchanged: bool
+    """Every frame's output equalled its input (the identity), in order."""
 
     @property
     def fps(self) -> float:
@@ -115,8 +125,11 @@ def long_stream(ctx: BenchContext) -> LongStream:
     runner = ctx.modelrunner(RUNNER)
     model_id = runner.identity_model()
     side = settings.long_stream_side
-    frame = make_frame((1, 1, side, side))
+    # a few different frames in turn, so that order and content can be checked
+    frames_in_turn = [make_frame((1, 1, side, side)) + i for i in range(_KINDS)]
+    frame = frames_in_turn[0]
     in_flight = settings.max_in_flight
+    client = psutil.Process()
     # Warm-up stream: connection, model session and buffers.
     with runner.client.predict_stream(
         model_id, itertools.repeat(frame, 2 * in_flight), max_in_flight=in_flight
@@ -124,19 +137,25 @@ def long_stream(ctx: BenchContext) -> LongStream:
         for _ in warm:
             pass
     frames = 0
+    unchanged = True
+    client_start_rss = client.memory_info().rss
     with PeakRss(runner.server.pid, interval=0.01) as rss:
         start = time.perf_counter()
         deadline = start + settings.long_stream_seconds
         with runner.client.predict_stream(
             model_id,
-            itertools.repeat(frame, settings.long_stream_frames),
+            (frames_in_turn[i % _KINDS] for i in range(settings.long_stream_frames)),
             max_in_flight=in_flight,
         ) as results:
-            for _ in results:
+            for outputs in results:
+                if frames % _CHECK_EVERY == 0:
+                    (out,) = outputs.values()
+                    unchanged &= bool(np.array_equal(out, frames_in_turn[frames % _KINDS]))
                 frames += 1
                 if time.perf_counter() > deadline:
                     break
         seconds = time.perf_counter() - start
+    client_end_rss = client.memory_info().rss
     logger.info("long stream: %d frames in %.1f s", frames, seconds)
     return LongStream(
         frame_shape=tuple(frame.shape),
@@ -147,4 +166,7 @@ def long_stream(ctx: BenchContext) -> LongStream:
         baseline_rss=rss.baseline,
         peak_rss=rss.peak,
         end_rss=rss.last,
+        client_start_rss=client_start_rss,
+        client_end_rss=client_end_rss,
+        unchanged=unchanged,
     )
