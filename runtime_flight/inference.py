@@ -125,7 +125,7 @@ def start_prediction(
             plan,
             options,
             report,
-            network_dtypes=_network_dtypes(descr),
+            network_dtypes=_memo(pipeline, descr).network_dtypes,
         )
     except ModelRunnerError:
         raise
@@ -267,9 +267,13 @@ def predict_sample(
     options: PredictOptions,
     progress: Progress | None,
 ) -> Outputs:
-    return _predict_planned(
-        pipeline, descr, sample, _plan(pipeline, descr, sample.shape, options), options, progress
+    plan = _plan(pipeline, descr, sample.shape, options)
+    direct = _direct_outputs(
+        pipeline, descr, {m: t.data.values for m, t in sample.members.items()}, plan, options
     )
+    if direct is not None:
+        return direct
+    return _predict_planned(pipeline, descr, sample, plan, options, progress)
 
 
 def _network_dtypes(descr: v0_5.ModelDescr) -> dict[MemberId, str]:
@@ -316,13 +320,8 @@ def _predict_planned(
     options: PredictOptions,
     progress: Progress | None,
 ) -> Outputs:
-    direct = _direct_outputs(
-        pipeline, descr, {m: t.data.values for m, t in sample.members.items()}, plan, options
-    )
-    if direct is not None:
-        return direct
     if options.skip_preprocessing:
-        dtypes = _network_dtypes(descr)
+        dtypes = _memo(pipeline, descr).network_dtypes
         sample.members = {
             m: t.astype(dtypes[m]) if str(t.data.dtype) != dtypes[m] else t  # type: ignore[arg-type]
             for m, t in sample.members.items()
