@@ -8,17 +8,19 @@ from collections.abc import Sequence
 from typing import Any, Literal, overload
 
 import numpy as np
-from bioimageio.core import PredictionPipeline, Sample, Tensor
+from bioimageio.core import PredictionPipeline
 from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import ModelRunnerError
 
-from .inference import Cancelled, Outputs, check_cancelled, model_descr, predict_sample
-from .input_mapping import DimNames, Inputs, build_sample
+from .inference import Cancelled, Outputs, check_cancelled, model_descr, predict_mapped
+from .input_mapping import DimNames, Inputs, map_inputs
 from .options import PredictOptions
 
 logger = logging.getLogger(__name__)
+Mapped = dict[MemberId, np.ndarray]
+"""A sample's input arrays as :func:`~.input_mapping.map_inputs` gives them."""
 
 
 @overload
@@ -69,19 +71,19 @@ def predict_batch(
     options = options or PredictOptions()
     descr = model_descr(pipeline)
     results: list[Outputs | ModelRunnerError | None] = [None] * len(samples)
-    built: list[tuple[int, Sample]] = []
+    built: list[tuple[int, Mapped]] = []
     for i, inputs in enumerate(samples):
         try:
-            built.append((i, build_sample(descr, inputs, dim_names, nan_policy=options.nan_policy)))
+            built.append((i, map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)))
         except ModelRunnerError as e:
             if not return_errors:
                 raise
             results[i] = e
 
-    def run_one(i: int, sample: Sample) -> None:
+    def run_one(i: int, arrays: Mapped) -> None:
         check_cancelled(cancelled)
         try:
-            results[i] = predict_sample(pipeline, descr, sample, options, None)
+            results[i] = predict_mapped(pipeline, descr, arrays, options)
         except ModelRunnerError as e:
             if not return_errors:
                 raise
@@ -95,7 +97,7 @@ def predict_batch(
             continue
         check_cancelled(cancelled)
         try:
-            stacked = predict_sample(pipeline, descr, _stack(descr, group), options, None)
+            stacked = predict_mapped(pipeline, descr, _stack(descr, group), options)
         except ModelRunnerError as e:
             logger.info("stacked batch of %d failed (%s); predicting one by one", len(group), e)
             for item in group:
@@ -127,14 +129,12 @@ def stackable(descr: v0_5.ModelDescr) -> bool:
     return True
 
 
-def _signature(sample: Sample) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-    return tuple(
-        (str(m), tuple(t.data.shape), str(t.data.dtype)) for m, t in sorted(sample.members.items())
-    )
+def _signature(arrays: Mapped) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return tuple((str(m), a.shape, str(a.dtype)) for m, a in sorted(arrays.items()))
 
 
-def _groups(built: list[tuple[int, Sample]], limit: int) -> list[list[tuple[int, Sample]]]:
-    groups: list[list[tuple[int, Sample]]] = []
+def _groups(built: list[tuple[int, Mapped]], limit: int) -> list[list[tuple[int, Mapped]]]:
+    groups: list[list[tuple[int, Mapped]]] = []
     for item in built:
         if (
             groups
@@ -151,22 +151,19 @@ def _batch_index(axes: Sequence[Any]) -> int:
     return next(i for i, a in enumerate(axes) if isinstance(a, v0_5.BatchAxis))
 
 
-def _stack(descr: v0_5.ModelDescr, group: list[tuple[int, Sample]]) -> Sample:
-    members: dict[MemberId, Tensor] = {}
-    for t in descr.inputs:
-        if t.id not in group[0][1].members:
-            continue
-        arrays = [s.members[t.id].data.to_numpy() for _, s in group]
-        stacked = np.concatenate(arrays, axis=_batch_index(t.axes))
-        members[t.id] = Tensor(stacked, dims=[a.id for a in t.axes])
-    return Sample(members=members, stat={}, id=None)
+def _stack(descr: v0_5.ModelDescr, group: list[tuple[int, Mapped]]) -> Mapped:
+    return {
+        t.id: np.concatenate([arrays[t.id] for _, arrays in group], axis=_batch_index(t.axes))
+        for t in descr.inputs
+        if t.id in group[0][1]
+    }
 
 
 def _split(
-    descr: v0_5.ModelDescr, outputs: Outputs, group: list[tuple[int, Sample]]
+    descr: v0_5.ModelDescr, outputs: Outputs, group: list[tuple[int, Mapped]]
 ) -> list[Outputs]:
-    first = next(t for t in descr.inputs if t.id in group[0][1].members)
-    sizes = [s.members[first.id].data.shape[_batch_index(first.axes)] for _, s in group]
+    first = next(t for t in descr.inputs if t.id in group[0][1])
+    sizes = [arrays[first.id].shape[_batch_index(first.axes)] for _, arrays in group]
     parts: list[Outputs] = [{} for _ in group]
     for out in descr.outputs:
         array = outputs.get(str(out.id))

@@ -90,10 +90,24 @@ def predict(
         InternalError: the model failed.
     """
     options = options or PredictOptions()
-    descr, plan, sample = _checked_and_planned(pipeline, inputs, dim_names, options, cancelled)
+    descr = model_descr(pipeline)
+    arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
+    check_cancelled(cancelled)
+    return predict_mapped(pipeline, descr, arrays, options, _polling(progress, cancelled))
+
+
+def predict_mapped(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    arrays: Mapping[MemberId, np.ndarray],
+    options: PredictOptions,
+    progress: Progress | None = None,
+) -> Outputs:
+    """:func:`predict` of arrays that :func:`~.input_mapping.map_inputs` checked and mapped."""
+    plan, sample = _planned(pipeline, descr, arrays, options)
     if not isinstance(sample, Sample):
         return sample  # the direct forward's outputs
-    return _predict_planned(pipeline, descr, sample, plan, options, _polling(progress, cancelled))
+    return _predict_planned(pipeline, descr, sample, plan, options, progress)
 
 
 def start_prediction(
@@ -113,7 +127,11 @@ def start_prediction(
     while reading the bands are translated like those of :func:`predict`.
     """
     options = options or PredictOptions()
-    descr, plan, sample = _checked_and_planned(pipeline, inputs, dim_names, options, cancelled)
+    descr = model_descr(pipeline)
+    arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
+    check_cancelled(cancelled)
+    plan, sample = _planned(pipeline, descr, arrays, options)
+    del arrays
     if not isinstance(sample, Sample):
         return sample  # the direct forward's outputs
     report = _polling(progress, cancelled)
@@ -137,23 +155,19 @@ def start_prediction(
     return stream
 
 
-def _checked_and_planned(
+def _planned(
     pipeline: PredictionPipeline,
-    inputs: Inputs,
-    dim_names: DimNames | None,
+    descr: v0_5.ModelDescr,
+    arrays: Mapping[MemberId, np.ndarray],
     options: PredictOptions,
-    cancelled: Cancelled | None,
-) -> tuple[v0_5.ModelDescr, FitPlan, Sample | Outputs]:
-    """The inputs checked and mapped, and the plan for their shapes; then the sample to predict,
-    or already the outputs when the direct forward could take the call."""
-    descr = model_descr(pipeline)
-    arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
-    check_cancelled(cancelled)
+) -> tuple[FitPlan, Sample | Outputs]:
+    """The plan for the mapped inputs' shapes, and the sample to predict; or already the
+    outputs, when the direct forward could take the call (no xarray object is made then)."""
     plan = _plan(pipeline, descr, input_shapes(descr, arrays), options)
     direct = _direct_outputs(pipeline, descr, arrays, plan, options)
     if direct is not None:
-        return descr, plan, direct
-    return descr, plan, as_sample(descr, arrays)
+        return plan, direct
+    return plan, as_sample(descr, arrays)
 
 
 def _translated(
@@ -258,22 +272,6 @@ def network_dtype(t: v0_5.InputTensorDescr) -> str:
             return str(step.kwargs.dtype)
     data = t.data if not isinstance(t.data, Sequence) else t.data[0]
     return str(data.type)
-
-
-def predict_sample(
-    pipeline: PredictionPipeline,
-    descr: v0_5.ModelDescr,
-    sample: Sample,
-    options: PredictOptions,
-    progress: Progress | None,
-) -> Outputs:
-    plan = _plan(pipeline, descr, sample.shape, options)
-    direct = _direct_outputs(
-        pipeline, descr, {m: t.data.values for m, t in sample.members.items()}, plan, options
-    )
-    if direct is not None:
-        return direct
-    return _predict_planned(pipeline, descr, sample, plan, options, progress)
 
 
 def _network_dtypes(descr: v0_5.ModelDescr) -> dict[MemberId, str]:
