@@ -92,6 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.systems = systems
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.long_stream is not None and args.long_stream < 1:
+        parser.error("--long-stream must be at least 1 frame")
+    if args.long_stream_side is not None and args.long_stream_side < 1:
+        parser.error("--long-stream-side must be at least 1 pixel")
     try:
         args.sizes = parse_sizes(args.sizes or (SMOKE_SIZES if args.smoke else FULL_SIZES))
     except ValueError as e:

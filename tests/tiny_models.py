@@ -554,25 +554,9 @@ def build_tensorflow_saved_model(directory: Path) -> Path:
         saved = staging / "saved_model"
         tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
         bundle = _zip_folder(saved, staging / "tf_weights.zip")
-        side = 16
-        descr = _model(
+        descr = _channel_last_image_model(
             "tiny-tensorflow-saved-model",
-            [
-                _input(
-                    "input",
-                    _test_input(staging, "input", (1, side, side, 1)),
-                    size=(8, 8),
-                    channel_last=True,
-                )
-            ],
-            [
-                _output(
-                    "output",
-                    _placeholder(staging, "output", (1, side, side, 1), "float32"),
-                    reference="input",
-                    channel_last=True,
-                )
-            ],
+            staging,
             v0_5.WeightsDescr(
                 tensorflow_saved_model_bundle=v0_5.TensorflowSavedModelBundleWeightsDescr(
                     source=bundle, tensorflow_version=_tf_version()
@@ -614,29 +598,36 @@ def _build_keras(
 ) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
-        weights = save(_keras_conv(), staging)
-        side = 16
-        descr = _model(
-            name,
-            [
-                _input(
-                    "input",
-                    _test_input(staging, "input", (1, side, side, 1)),
-                    size=(8, 8),
-                    channel_last=True,
-                )
-            ],
-            [
-                _output(
-                    "output",
-                    _placeholder(staging, "output", (1, side, side, 1), "float32"),
-                    reference="input",
-                    channel_last=True,
-                )
-            ],
-            weights,
-        )
+        descr = _channel_last_image_model(name, staging, save(_keras_conv(), staging))
         return _finish(descr, staging, directory)
+
+
+def _channel_last_image_model(
+    name: str, staging: Path, weights: v0_5.WeightsDescr
+) -> v0_5.ModelDescr:
+    """The TensorFlow and Keras models' description: a 16x16 ``byxc`` image in, the same size
+    out (sizes 8 + n*8)."""
+    side = 16
+    return _model(
+        name,
+        [
+            _input(
+                "input",
+                _test_input(staging, "input", (1, side, side, 1)),
+                size=(8, 8),
+                channel_last=True,
+            )
+        ],
+        [
+            _output(
+                "output",
+                _placeholder(staging, "output", (1, side, side, 1), "float32"),
+                reference="input",
+                channel_last=True,
+            )
+        ],
+        weights,
+    )
 
 
 def build_keras_v3(directory: Path) -> Path:
