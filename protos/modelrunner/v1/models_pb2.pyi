@@ -110,7 +110,7 @@ class Author(_message.Message):
     def __init__(self, name: _Optional[str] = ..., affiliation: _Optional[str] = ..., email: _Optional[str] = ..., github_user: _Optional[str] = ..., orcid: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "name", "description", "authors", "tags", "license", "format_version", "bioimageio_id", "weight_formats", "inputs", "outputs", "source", "size_bytes", "added_at", "last_used_at", "rdf_json", "version")
+    __slots__ = ("id", "name", "description", "authors", "tags", "license", "format_version", "bioimageio_id", "weight_formats", "inputs", "outputs", "source", "size_bytes", "added_at", "last_used_at", "rdf_json", "version", "loaded")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,7 @@ class ModelInfo(_message.Message):
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
     RDF_JSON_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -145,7 +146,8 @@ class ModelInfo(_message.Message):
     last_used_at: _timestamp_pb2.Timestamp
     rdf_json: str
     version: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., authors: _Optional[_Iterable[_Union[Author, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., format_version: _Optional[str] = ..., bioimageio_id: _Optional[str] = ..., weight_formats: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., source: _Optional[str] = ..., size_bytes: _Optional[int] = ..., added_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rdf_json: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    loaded: _containers.RepeatedCompositeFieldContainer[LoadedModel]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., authors: _Optional[_Iterable[_Union[Author, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., format_version: _Optional[str] = ..., bioimageio_id: _Optional[str] = ..., weight_formats: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., source: _Optional[str] = ..., size_bytes: _Optional[int] = ..., added_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rdf_json: _Optional[str] = ..., version: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...
 
 class ModelSource(_message.Message):
     __slots__ = ("path", "url", "bioimageio_id", "upload_id")
@@ -248,20 +250,24 @@ class DeviceInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("model_id", "weight_format", "device", "memory_bytes", "last_used_at", "requests")
+    __slots__ = ("model_id", "weight_format", "device", "memory_bytes", "last_used_at", "requests", "serving_path", "serving_path_reason")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_PATH_FIELD_NUMBER: _ClassVar[int]
+    SERVING_PATH_REASON_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     weight_format: str
     device: str
     memory_bytes: int
     last_used_at: _timestamp_pb2.Timestamp
     requests: int
-    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ...) -> None: ...
+    serving_path: str
+    serving_path_reason: str
+    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., serving_path: _Optional[str] = ..., serving_path_reason: _Optional[str] = ...) -> None: ...
 
 class RuntimeInfo(_message.Message):
     __slots__ = ("runtime_id", "flight_uri", "devices", "loaded_models", "package_versions", "weight_formats", "available", "unavailable_reason", "last_seen_at", "memory_budget_bytes")

@@ -17,7 +17,7 @@ NAN_POLICY_REJECT: NanPolicy
 NAN_POLICY_ALLOW: NanPolicy
 
 class PredictCommand(_message.Message):
-    __slots__ = ("model_id", "weight_format", "device", "blocksize", "stream", "max_batch_size", "nan_policy", "skip_preprocessing", "skip_postprocessing", "report_progress")
+    __slots__ = ("model_id", "weight_format", "device", "blocksize", "stream", "max_batch_size", "nan_policy", "skip_preprocessing", "skip_postprocessing", "report_progress", "session", "reference_path")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,8 @@ class PredictCommand(_message.Message):
     SKIP_PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
     SKIP_POSTPROCESSING_FIELD_NUMBER: _ClassVar[int]
     REPORT_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_PATH_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     weight_format: str
     device: str
@@ -38,21 +40,25 @@ class PredictCommand(_message.Message):
     skip_preprocessing: bool
     skip_postprocessing: bool
     report_progress: bool
-    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., blocksize: _Optional[int] = ..., stream: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., nan_policy: _Optional[_Union[NanPolicy, str]] = ..., skip_preprocessing: _Optional[bool] = ..., skip_postprocessing: _Optional[bool] = ..., report_progress: _Optional[bool] = ...) -> None: ...
+    session: bool
+    reference_path: bool
+    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., blocksize: _Optional[int] = ..., stream: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., nan_policy: _Optional[_Union[NanPolicy, str]] = ..., skip_preprocessing: _Optional[bool] = ..., skip_postprocessing: _Optional[bool] = ..., report_progress: _Optional[bool] = ..., session: _Optional[bool] = ..., reference_path: _Optional[bool] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("frame", "error", "progress", "weight_format", "device")
+    __slots__ = ("frame", "error", "progress", "weight_format", "device", "serving_path")
     FRAME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SERVING_PATH_FIELD_NUMBER: _ClassVar[int]
     frame: int
     error: _models_pb2.ErrorDetail
     progress: _models_pb2.Progress
     weight_format: str
     device: str
-    def __init__(self, frame: _Optional[int] = ..., error: _Optional[_Union[_models_pb2.ErrorDetail, _Mapping]] = ..., progress: _Optional[_Union[_models_pb2.Progress, _Mapping]] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    serving_path: str
+    def __init__(self, frame: _Optional[int] = ..., error: _Optional[_Union[_models_pb2.ErrorDetail, _Mapping]] = ..., progress: _Optional[_Union[_models_pb2.Progress, _Mapping]] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., serving_path: _Optional[str] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model_id", "weight_format", "device")
