@@ -149,6 +149,7 @@ def to_pb_model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
         added_at=to_pb_timestamp(info.added_at),
         last_used_at=to_pb_timestamp(info.last_used_at),
         rdf_json="" if info.rdf is None else json.dumps(info.rdf),
+        loaded=[to_pb_loaded_model(m) for m in info.loaded],
     )
 
 
@@ -180,6 +181,7 @@ def from_pb_model_info(msg: models_pb2.ModelInfo) -> types.ModelInfo:
         added_at=from_pb_timestamp(msg, "added_at"),
         last_used_at=from_pb_timestamp(msg, "last_used_at"),
         rdf=json.loads(msg.rdf_json) if msg.rdf_json else None,
+        loaded=tuple(from_pb_loaded_model(m) for m in msg.loaded),
     )
 
 
@@ -276,6 +278,8 @@ def to_pb_loaded_model(model: types.LoadedModel) -> models_pb2.LoadedModel:
         memory_bytes=model.memory_bytes,
         last_used_at=to_pb_timestamp(model.last_used_at),
         requests=model.requests,
+        serving_path=model.serving_path,
+        serving_path_reason=model.serving_path_reason,
     )
 
 
@@ -287,6 +291,8 @@ def from_pb_loaded_model(msg: models_pb2.LoadedModel) -> types.LoadedModel:
         memory_bytes=msg.memory_bytes,
         last_used_at=from_pb_timestamp(msg, "last_used_at"),  # type: ignore[arg-type]
         requests=msg.requests,
+        serving_path=msg.serving_path,
+        serving_path_reason=msg.serving_path_reason,
     )
 
 

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     """Name of this runtime; defaults to ``<hostname>:<flight port>``."""
     device: str | None = None
     """Default device: ``cuda`` when available, else ``cpu``."""
+    fast_path: bool = True
+    """Serve models through the fast path (processing fused with the network on the device)
+    where it matches bioimageio.core on the package's test inputs; False: always
+    bioimageio.core's pipeline."""
     runtime_memory_budget_bytes: int = Field(16 * GiB, gt=0)
     """Memory the runtime's warm pipelines may take; least recently used ones are unloaded."""
     heartbeat_interval_s: float = Field(10.0, gt=0)

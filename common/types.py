@@ -110,6 +110,9 @@ class ModelInfo(_Frozen):
     last_used_at: datetime | None = None
     rdf: dict[str, Any] | None = None
     """The full description; set by ``describe`` only."""
+    loaded: tuple[LoadedModel, ...] = ()
+    """Where the model is loaded now, as its runtimes last reported it, with the path that
+    serves it there (fast or reference, and why); set by ``describe`` only."""
 
     def input(self, tensor_id: str) -> TensorSpec:
         return _by_id(self.inputs, tensor_id, "input")
@@ -182,6 +185,12 @@ class LoadedModel(_Frozen):
     memory_bytes: int = 0
     last_used_at: datetime | None = None
     requests: int = 0
+    serving_path: str = ""
+    """"fast" (processing fused with the network on the device, checked against
+    bioimageio.core on the package's test inputs at load) or "reference" (bioimageio.core's
+    pipeline as it is)."""
+    serving_path_reason: str = ""
+    """Why that path serves the model."""
 
 
 class RuntimeInfo(_Frozen):

@@ -40,6 +40,14 @@ class ControlPlane:
     def register_runtime(self, info: types.RuntimeInfo, cache_dir: str = "") -> Registration:
         return self.runtimes.register(info, cache_dir)
 
+    def describe(self, model_ref: str) -> types.ModelInfo:
+        """The model's metadata, and where runtimes have it loaded (with the serving path)."""
+        info = self.registry.describe(model_ref)
+        loaded = tuple(
+            m for r in self.runtimes.runtimes() for m in r.loaded_models if m.model_id == info.id
+        )
+        return info.model_copy(update={"loaded": loaded})
+
     def route(self, model_ref: str, weight_format: str = "", device: str = "") -> Route:
         """Which runtimes serve the model, best first (one with it loaded comes first)."""
         with self.registry.use(model_ref) as package:

@@ -99,7 +99,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def DescribeModel(
         self, request: control_pb2.DescribeModelRequest, context: grpc.ServicerContext
     ) -> control_pb2.DescribeModelResponse:
-        info = self._registry.describe(request.model_id)
+        info = self._control.describe(request.model_id)
         return control_pb2.DescribeModelResponse(model=converters.to_pb_model_info(info))
 
     def ValidateModel(

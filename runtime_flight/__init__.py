@@ -18,7 +18,8 @@ Transport-free modules, one responsibility each:
     streamed_tiling blockwise prediction that yields finished output rows, never the whole
     core_blocks     how bioimageio.core places output blocks (fixed-size outputs that follow inputs)
     memory_release  hand freed memory back to the OS after large requests (glibc)
-    direct_forward  the adapter shortcut for calls whose processing is a no-op
+    device_processing  bioimage.io pre/postprocessing as torch operations on the model's device
+    fast_path       processing and network fused on the device, checked against bioimageio.core
 
 The transport and process around them:
 

@@ -164,7 +164,7 @@ def _split(
 ) -> list[Outputs]:
     first = next(t for t in descr.inputs if t.id in group[0][1])
     sizes = [arrays[first.id].shape[_batch_index(first.axes)] for _, arrays in group]
-    parts: list[Outputs] = [{} for _ in group]
+    parts = [Outputs.of({}, outputs.path) for _ in group]
     for out in descr.outputs:
         array = outputs.get(str(out.id))
         if array is None:

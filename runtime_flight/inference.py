@@ -29,6 +29,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from bioimageio.core import PredictionPipeline, Sample, Tensor
@@ -44,11 +45,14 @@ from modelrunner.errors import (
 )
 
 from .core_blocks import follow_implied_references
-from .direct_forward import DirectForward, direct_forward_for
 from .input_mapping import DimNames, Inputs, as_sample, input_shapes, map_inputs
 from .options import PredictOptions
+from .serving_paths import NOT_CHECKED, PathName, ServingPath
 from .size_fitting import FitPlan, Shapes, plan_fit
 from .streamed_tiling import Bands, TileStream, stream_tiles
+
+if TYPE_CHECKING:
+    from .fast_path import FastPath
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,18 @@ Progress = Callable[[int, int], None]
 """Called with (blocks done, blocks in total) during tiled prediction."""
 Cancelled = Callable[[], bool]
 """Returns True once the client has gone: the prediction stops at the next block or sample."""
-Outputs = dict[str, np.ndarray]
+
+
+class Outputs(dict[str, np.ndarray]):
+    """Output arrays by id, and which path computed them (see :mod:`.fast_path`)."""
+
+    path: PathName = "reference"
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, np.ndarray], path: PathName) -> Outputs:
+        outputs = cls(arrays)
+        outputs.path = path
+        return outputs
 
 
 def predict(
@@ -106,7 +121,7 @@ def predict_mapped(
     """:func:`predict` of arrays that :func:`~.input_mapping.map_inputs` checked and mapped."""
     plan, sample = _planned(pipeline, descr, arrays, options)
     if not isinstance(sample, Sample):
-        return sample  # the direct forward's outputs
+        return sample  # the fast path's outputs
     return _predict_planned(pipeline, descr, sample, plan, options, progress)
 
 
@@ -133,7 +148,7 @@ def start_prediction(
     plan, sample = _planned(pipeline, descr, arrays, options)
     del arrays
     if not isinstance(sample, Sample):
-        return sample  # the direct forward's outputs
+        return sample  # the fast path's outputs
     report = _polling(progress, cancelled)
     try:
         stream = stream_tiles(
@@ -162,11 +177,11 @@ def _planned(
     options: PredictOptions,
 ) -> tuple[FitPlan, Sample | Outputs]:
     """The plan for the mapped inputs' shapes, and the sample to predict; or already the
-    outputs, when the direct forward could take the call (no xarray object is made then)."""
+    outputs, when the fast path took the call (no xarray object is made then)."""
     plan = _plan(pipeline, descr, input_shapes(descr, arrays), options)
-    direct = _direct_outputs(pipeline, descr, arrays, plan, options)
-    if direct is not None:
-        return plan, direct
+    fast = _fast_outputs(pipeline, descr, arrays, plan, options)
+    if fast is not None:
+        return plan, fast
     return plan, as_sample(descr, arrays)
 
 
@@ -184,14 +199,15 @@ def _translated(
 
 
 class _PipelineMemo:
-    """What every call on one pipeline would otherwise work out again: its no-op-processing
-    shortcut (see :mod:`.direct_forward`), the dtypes its network takes, and the plans of the
-    input shapes it saw last (a microscope sends the same shape over and over)."""
+    """What every call on one pipeline would otherwise work out again: its fast path once
+    checked (see :mod:`.fast_path`), the dtypes its network takes, and the plans of the input
+    shapes it saw last (a microscope sends the same shape over and over)."""
 
     PLANS = 16
 
     def __init__(self, pipeline: PredictionPipeline, descr: v0_5.ModelDescr) -> None:
-        self.direct = direct_forward_for(pipeline)
+        self.fast: FastPath | None = None
+        self.serving = NOT_CHECKED
         self.network_dtypes = _network_dtypes(descr)
         self.itemsize = {m: np.dtype(d).itemsize for m, d in self.network_dtypes.items()}
         self.plans: OrderedDict[Hashable, FitPlan] = OrderedDict()
@@ -210,29 +226,58 @@ def _memo(pipeline: PredictionPipeline, descr: v0_5.ModelDescr) -> _PipelineMemo
         return memo
 
 
-def direct_forward(pipeline: PredictionPipeline) -> DirectForward | None:
-    """The pipeline's no-op-processing shortcut (see :mod:`.direct_forward`), worked out once."""
-    return _memo(pipeline, model_descr(pipeline)).direct
+def prepare_fast_path(
+    pipeline: PredictionPipeline, weight_format: str, device: str, *, enabled: bool = True
+) -> ServingPath:
+    """Build the pipeline's fast path and check it against bioimageio.core on the package's
+    test inputs (:func:`.fast_path.choose_serving_path`); calls take it from then on where it
+    applies. Call once, after loading."""
+    from .fast_path import choose_serving_path
+
+    descr = model_descr(pipeline)
+    fast, serving = choose_serving_path(pipeline, descr, weight_format, device, enabled=enabled)
+    memo = _memo(pipeline, descr)
+    memo.fast, memo.serving = fast, serving
+    return serving
 
 
-def _direct_outputs(
+def fast_path(pipeline: PredictionPipeline) -> FastPath | None:
+    """The pipeline's checked fast path, if it has one (see :func:`prepare_fast_path`)."""
+    return _memo(pipeline, model_descr(pipeline)).fast
+
+
+def serving_path(pipeline: PredictionPipeline) -> ServingPath:
+    """Which path serves the pipeline's calls, and why."""
+    return _memo(pipeline, model_descr(pipeline)).serving
+
+
+def _fast_outputs(
     pipeline: PredictionPipeline,
     descr: v0_5.ModelDescr,
     arrays: Mapping[MemberId, np.ndarray],
     plan: FitPlan,
     options: PredictOptions,
 ) -> Outputs | None:
-    """The outputs through the direct forward, or None when this call needs the pipeline."""
-    if plan.mode != "whole" or options.skip_preprocessing or options.skip_postprocessing:
+    """The outputs through the fast path, or None when this call needs bioimageio.core's
+    pipeline: no checked fast path, the reference asked for, processing skipped, or an input
+    that must be padded or tiled."""
+    if (
+        plan.mode != "whole"
+        or options.reference_path
+        or options.skip_preprocessing
+        or options.skip_postprocessing
+    ):
         return None
-    direct = _memo(pipeline, descr).direct
-    if direct is None:
+    fast = _memo(pipeline, descr).fast
+    if fast is None:
         return None
     by_name = {str(m): a for m, a in arrays.items()}
-    if not direct.accepts(by_name):
+    if not fast.accepts(by_name):
         return None
     try:
-        return direct.forward(by_name)
+        return Outputs.of(
+            fast.predict(by_name, nan_possible=options.nan_policy != "reject"), "fast"
+        )
     except Exception as e:
         raise _translate(e, descr) from e
 
@@ -330,7 +375,7 @@ def _predict_planned(
         raise
     except Exception as e:
         raise _translate(e, descr) from e
-    return _arrays(descr, output)
+    return Outputs.of(output_arrays(descr, output), "reference")
 
 
 def _run(
@@ -435,8 +480,9 @@ def _crop(tensor: Tensor, sizes: Mapping[v0_5.AxisId, int]) -> Tensor:
     return tensor[slices] if slices else tensor
 
 
-def _arrays(descr: v0_5.ModelDescr, sample: Sample) -> Outputs:
-    arrays: Outputs = {}
+def output_arrays(descr: v0_5.ModelDescr, sample: Sample) -> dict[str, np.ndarray]:
+    """A predicted sample's outputs as C-contiguous arrays in each output's axis order."""
+    arrays: dict[str, np.ndarray] = {}
     for out in descr.outputs:
         tensor = sample.members.get(out.id)
         if tensor is None:

@@ -28,6 +28,8 @@ class PredictOptions:
     """Skip the model's preprocessing; inputs are only cast to the dtype the network takes."""
     skip_postprocessing: bool = False
     """Return the network's raw outputs."""
+    reference_path: bool = False
+    """Run bioimageio.core's pipeline even where the fast path serves the model."""
     max_batch_size: int = 0
     """``predict_batch``: the most samples stacked along the batch axis; 0: no limit."""
     max_tile_input_bytes: int = 256 * MiB

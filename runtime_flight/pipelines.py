@@ -87,11 +87,14 @@ class PipelinePool:
         memory_budget_bytes: int = 16 * 1024**3,
         default_device: str | None = None,
         factory: PipelineFactory = create_pipeline,
+        fast_path: bool = True,
     ) -> None:
         self._package_dir = package_dir
         self.memory_budget_bytes = memory_budget_bytes
         self._default_device_setting = default_device
         self._factory = factory
+        self.fast_path = fast_path
+        """Check and use each pipeline's fast path (:mod:`.fast_path`)."""
         self._cond = threading.Condition()
         self._warm: OrderedDict[Key, WarmPipeline] = OrderedDict()
         """Least recently used first."""
@@ -107,6 +110,7 @@ class PipelinePool:
             package_dir,
             memory_budget_bytes=settings.runtime_memory_budget_bytes,
             default_device=settings.device,
+            fast_path=settings.fast_path,
         )
 
     @property
@@ -338,13 +342,26 @@ class PipelinePool:
                 raise
             except Exception as e:
                 raise _load_error(e, key) from e
+            from .inference import prepare_fast_path
+
+            try:
+                serving = prepare_fast_path(pipeline, fmt, device, enabled=self.fast_path)
+            except BaseException:
+                pipeline.unload()
+                raise
             seconds = time.perf_counter() - start
             memory = estimate
             if devices.is_cuda(device):
                 memory = max(memory, free_before - devices.cuda_free_bytes(device))
         self.loads += 1
         logger.info(
-            "loaded %s (%s) on %s in %.2f s, about %s", model_id, fmt, device, seconds, _mib(memory)
+            "loaded %s (%s) on %s in %.2f s, about %s, %s path",
+            model_id,
+            fmt,
+            device,
+            seconds,
+            _mib(memory),
+            serving.name,
         )
         return WarmPipeline(
             model_id=model_id,
@@ -353,6 +370,7 @@ class PipelinePool:
             pipeline=pipeline,
             memory_bytes=memory,
             load_seconds=seconds,
+            serving=serving,
         )
 
     def _close(self, warm: WarmPipeline) -> None:

@@ -48,6 +48,8 @@ class Outputs:
     dim_names: dict[str, tuple[str, ...]]
     weight_format: str
     device: str
+    serving_path: str = "reference"
+    """"fast" or "reference": which path computed them (see :mod:`.fast_path`)."""
 
 
 @dataclass
@@ -62,6 +64,8 @@ class StreamedOutputs:
     weight_format: str
     device: str
     bands: LeasedBands
+    serving_path: str = "reference"
+    """Tiled predictions run through bioimageio.core's blockwise pipeline."""
 
     def close(self) -> None:
         self.bands.close()
@@ -99,6 +103,7 @@ class RuntimeService:
             nan_policy=_NAN_POLICIES.get(command.nan_policy, "reject"),  # type: ignore[arg-type]
             skip_preprocessing=command.skip_preprocessing,
             skip_postprocessing=command.skip_postprocessing,
+            reference_path=command.reference_path,
             max_batch_size=max(0, command.max_batch_size),
             max_tile_input_bytes=self.settings.max_tile_input_bytes,
             stream_tiles_min_bytes=self.settings.stream_tiles_min_bytes,
@@ -249,6 +254,7 @@ def _outputs(warm: WarmPipeline, arrays: dict[str, np.ndarray]) -> Outputs:
         dim_names=_dim_names(warm, {k: a.shape for k, a in arrays.items()}),
         weight_format=warm.weight_format,
         device=warm.device,
+        serving_path=getattr(arrays, "path", "reference"),
     )
 
 

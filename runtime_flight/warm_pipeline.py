@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Literal, overload
 from modelrunner.errors import ModelRunnerError
 from modelrunner.types import LoadedModel
 
+from .serving_paths import NOT_CHECKED, ServingPath
+
 if TYPE_CHECKING:
     import numpy as np
     from bioimageio.core import PredictionPipeline
@@ -45,6 +47,8 @@ class WarmPipeline:
     """Requests holding it (managed by the pool, under the pool's lock)."""
     retired: bool = False
     """Out of the pool; unloaded when the last user returns it."""
+    serving: ServingPath = NOT_CHECKED
+    """Which path serves its calls (see :mod:`.fast_path`)."""
 
     @property
     def key(self) -> Key:
@@ -64,6 +68,8 @@ class WarmPipeline:
             memory_bytes=self.memory_bytes,
             last_used_at=self.last_used_at,
             requests=self.requests,
+            serving_path=self.serving.name,
+            serving_path_reason=self.serving.reason,
         )
 
     def predict(

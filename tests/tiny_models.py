@@ -702,6 +702,98 @@ def build_fixed_output_model(directory: Path) -> Path:
         return _finish(descr, staging, directory)
 
 
+def build_processing_model(
+    directory: Path,
+    *,
+    preprocessing: Sequence[Any] = (),
+    postprocessing: Sequence[Any] = (),
+    weights_format: Literal["onnx", "torchscript"] = "onnx",
+    channels: int = 2,
+    name: str = "tiny-processing",
+    test_side: int = 24,
+) -> Path:
+    """A model whose work is its processing: an identity network (ONNX ``Identity``, or a
+    TorchScript module returning its input) on float32 BCYX with ``channels`` channels, y/x sizes
+    8 + n*8, between the given pre- and postprocessing steps."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        if weights_format == "onnx":
+            shape = ["batch", channels, "y", "x"]
+            graph = helper.make_graph(
+                [helper.make_node("Identity", ["input"], ["output"])],
+                "identity",
+                [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+            )
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            model.ir_version = 8
+            weights_path = staging / "identity.onnx"
+            onnx.save(model, str(weights_path))
+            weights = v0_5.WeightsDescr(
+                onnx=v0_5.OnnxWeightsDescr(source=weights_path, opset_version=17)
+            )
+        else:
+            import torch
+
+            weights = v0_5.WeightsDescr(
+                torchscript=v0_5.TorchscriptWeightsDescr(
+                    source=_write_torchscript(torch.nn.Identity(), staging),
+                    pytorch_version=_torch_version(),
+                )
+            )
+        names = [f"c{i}" for i in range(channels)]
+        side = test_side
+        descr = _model(
+            name,
+            [
+                _input(
+                    "input",
+                    _test_input(staging, "input", (1, channels, side, side)),
+                    size=(8, 8),
+                    channels=names,
+                    preprocessing=preprocessing,
+                )
+            ],
+            [
+                _output(
+                    "output",
+                    _placeholder(staging, "output", (1, channels, side, side), "float32"),
+                    reference="input",
+                    channels=names,
+                    postprocessing=postprocessing,
+                )
+            ],
+            weights,
+        )
+        return _finish(descr, staging, directory)
+
+
+def build_heavy_processing_model(directory: Path) -> Path:
+    """What a typical model does around its network, with a trivial network: percentile
+    scaling per channel, clipping, sigmoid."""
+    axes = [v0_5.AxisId("y"), v0_5.AxisId("x")]
+    return build_processing_model(
+        directory,
+        name="tiny-heavy-processing",
+        channels=1,
+        preprocessing=[
+            v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32")),
+            v0_5.ScaleRangeDescr(
+                kwargs=v0_5.ScaleRangeKwargs(axes=axes, min_percentile=1.0, max_percentile=99.8)
+            ),
+            v0_5.ClipDescr(kwargs=v0_5.ClipKwargs(min=0.0, max=1.0)),
+            v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32")),
+        ],
+        postprocessing=[
+            v0_5.SigmoidDescr(),
+            v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32")),
+        ],
+    )
+
+
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "pytorch_state_dict": build_pytorch_state_dict,
     "torchscript": build_torchscript,
@@ -710,6 +802,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "parameterized": build_parameterized_model,
     "two_inputs": build_two_input_model,
     "fixed_output": build_fixed_output_model,
+    "heavy_processing": build_heavy_processing_model,
     "cellpose": build_cellpose_model,
     "tensorflow_saved_model_bundle": build_tensorflow_saved_model,
     "keras_v3": build_keras_v3,

@@ -49,7 +49,7 @@ class Overhead:
 
 def measure_overhead(workdir: Path, sizes: list[FrameSize], *, seconds: float) -> list[Overhead]:
     """Per-call costs for each frame size; ``seconds`` bounds each figure's measuring time."""
-    from modelrunner.runtime_flight.inference import direct_forward
+    from modelrunner.runtime_flight.inference import fast_path
     from modelrunner.runtime_flight.service import RuntimeService
     from modelrunner.settings import Settings
     from modelrunner.v1 import runtime_pb2
@@ -67,10 +67,10 @@ def measure_overhead(workdir: Path, sizes: list[FrameSize], *, seconds: float) -
             frame = make_frame(size.shape)
             service.predict(command, {"": frame}, {})
             with service.pool.use("0" * 64, "onnx") as warm:
-                direct = direct_forward(warm.pipeline)
-            if direct is None:
-                raise RuntimeError("the identity model should take the direct forward")
-            inputs = {direct.input_ids[0]: frame}
+                fast = fast_path(warm.pipeline)
+            if fast is None:
+                raise RuntimeError("the identity model should take the fast path")
+            inputs = {fast.input_ids[0]: frame}
             rows.append(
                 Overhead(
                     size=size.label,
@@ -79,7 +79,9 @@ def measure_overhead(workdir: Path, sizes: list[FrameSize], *, seconds: float) -
                     runtime_us=_per_call(
                         partial(service.predict, command, {"": frame}, {}), seconds
                     ),
-                    model_us=_per_call(partial(direct.forward, inputs), seconds),
+                    model_us=_per_call(
+                        partial(fast.predict, inputs, nan_possible=False), seconds
+                    ),
                     nan_check_us=_per_call(frame.min, seconds),
                     copy_us=_per_call(frame.copy, seconds),
                 )

@@ -1,0 +1,397 @@
+"""The fast path: a warm pipeline's processing and network as one chain of device operations.
+
+A call on the fast path copies each input to the model's device once, runs the preprocessing
+(:mod:`.device_processing`), the network and the postprocessing there, and copies each output
+back once. For PyTorch and TorchScript weights the network is the module bioimageio.core loaded,
+called on the device tensors; ONNX runs on its session (with IO binding on a CUDA session);
+TensorFlow and Keras run on the arrays through bioimageio.core's adapter, with the processing in
+torch on the CPU around them.
+
+bioimageio.core stays the reference. When a model is loaded, :func:`choose_serving_path` runs
+the package's own test inputs through both paths and compares the outputs within the package's
+test tolerance (its ``reproducibility_tolerance``, as ``bioimageio.core.test_model`` reads it).
+Only a model that passes is served by the fast path; every other model, and every call that asks
+for the reference, runs bioimageio.core's pipeline as it is. The verdict and its reason are
+reported with the loaded model (:class:`ServingPath`).
+
+The network itself is bioimageio.core's: the adapter's loaded models are taken from its device
+queue (``_model_queue``, ``_forward_impl``; bioimageio.core is pinned to 0.11.0), so the weights
+are held once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from bioimageio.core import PredictionPipeline
+from bioimageio.spec.model import v0_5
+
+from .device_processing import Processing, Unsupported, processing_for
+from .serving_paths import ServingPath
+
+logger = logging.getLogger(__name__)
+
+
+class Network(Protocol):
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]: ...
+
+
+class FastPath:
+    """Processing and network of one loaded pipeline on one device. Not thread-safe: callers
+    serialise calls per pipeline, as for the pipeline itself."""
+
+    def __init__(
+        self,
+        processing: Processing,
+        network: Network,
+        device: torch.device,
+        input_ids: Sequence[str],
+        output_ids: Sequence[str],
+    ) -> None:
+        self.processing = processing
+        self.network = network
+        self.device = device
+        self.input_ids = tuple(input_ids)
+        self.output_ids = tuple(output_ids)
+        self._staging: dict[tuple[tuple[int, ...], np.dtype], torch.Tensor] = {}
+        """Pinned host buffers by input shape and dtype (CUDA only), reused call after call."""
+
+    def accepts(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        return set(arrays) == set(self.input_ids)
+
+    def predict(self, arrays: Mapping[str, np.ndarray], *, nan_possible: bool) -> dict[str, Any]:
+        """Outputs by id for inputs in each input's axis order (as ``map_inputs`` gives them).
+
+        Args:
+            nan_possible: inputs may hold NaN values (statistics then skip them, as
+                bioimageio.core's do).
+        """
+        with torch.inference_mode():
+            raw = {k: self._upload(arrays[k]) for k in self.input_ids}
+            stats = self.processing.statistics(raw, nan_possible=nan_possible)
+            inputs = self.processing.preprocess(raw, stats)
+            del raw
+            results = self.network([inputs[k] for k in self.input_ids])
+            del inputs
+            outputs = {
+                k: v for k, v in zip(self.output_ids, results, strict=False) if v is not None
+            }
+            outputs = self.processing.postprocess(outputs, stats)
+            return {k: _download(v) for k, v in outputs.items()}
+
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return _from_numpy(array)
+        key = (array.shape, array.dtype)
+        staging = self._staging.get(key)
+        if staging is None:
+            if len(self._staging) >= 8:
+                self._staging.clear()
+            staging = self._staging[key] = torch.empty(
+                array.shape, dtype=_from_numpy(array[:0]).dtype, pin_memory=True
+            )
+        np.copyto(staging.numpy(), array)
+        return staging.to(self.device, non_blocking=True)
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # arrays received over Flight are read-only; the steps never write into their input
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return torch.from_numpy(array)
+        except (ValueError, TypeError):  # negative strides, non-native byte order
+            return torch.from_numpy(
+                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+            )
+
+
+def _download(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().cpu().numpy())
+
+
+# -- networks ----------------------------------------------------------------------------------
+
+
+class _AdapterModels:
+    """The loaded (device, model) pairs of a bioimageio.core adapter, borrowed one call at a time
+    from its queue exactly as the adapter's own ``forward`` does."""
+
+    def __init__(self, adapter: Any) -> None:
+        for name in ("_model_queue", "_forward_impl"):
+            if not hasattr(adapter, name):
+                raise Unsupported(f"the {type(adapter).__name__} has no {name}")
+        self.adapter = adapter
+        device, model = adapter._model_queue.get()
+        adapter._model_queue.put((device, model))
+        self.device, self.model = device, model
+
+
+class TorchNetwork:
+    """A PyTorch or TorchScript module called on device tensors."""
+
+    def __init__(self, models: _AdapterModels) -> None:
+        self.models = models
+        self.device = torch.device(models.device)
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+        queue = self.models.adapter._model_queue
+        device, model = queue.get()
+        try:
+            result = model(*inputs)
+        finally:
+            queue.put((device, model))
+        return _as_list(result)
+
+
+class ArrayNetwork:
+    """Any network bioimageio.core runs on numpy arrays (ONNX, TensorFlow, Keras), on the CPU."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, models: _AdapterModels) -> None:
+        self.models = models
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+        arrays = [np.ascontiguousarray(t.cpu().numpy()) for t in inputs]
+        adapter = self.models.adapter
+        device, model = adapter._model_queue.get()
+        try:
+            results = adapter._forward_impl(device, model, arrays)
+        finally:
+            adapter._model_queue.put((device, model))
+        return [None if r is None else _from_numpy(np.asarray(r)) for r in _as_list(results)]
+
+
+class OnnxCudaNetwork:
+    """An ONNX Runtime session with the CUDA provider, fed device tensors through IO binding
+    (no host round trip between the processing and the network)."""
+
+    def __init__(self, models: _AdapterModels, device: torch.device) -> None:
+        self.models = models
+        self.device = device
+        session = models.model
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+        queue = self.models.adapter._model_queue
+        device, session = queue.get()
+        try:
+            binding = session.io_binding()
+            kept = []
+            for name, tensor in zip(self.input_names, inputs, strict=False):
+                tensor = tensor.contiguous()
+                kept.append(tensor)
+                binding.bind_input(
+                    name,
+                    "cuda",
+                    self.device.index or 0,
+                    _numpy_dtype(tensor.dtype),
+                    list(tensor.shape),
+                    tensor.data_ptr(),
+                )
+            for name in self.output_names:
+                binding.bind_output(name, "cuda", self.device.index or 0)
+            torch.cuda.current_stream(self.device).synchronize()
+            session.run_with_iobinding(binding)
+            results = binding.copy_outputs_to_cpu()
+        finally:
+            queue.put((device, session))
+        return [torch.from_numpy(np.asarray(r)).to(self.device) for r in results]
+
+
+def _numpy_dtype(dtype: torch.dtype) -> type:
+    return torch.empty((), dtype=dtype).numpy().dtype.type
+
+
+def _as_list(result: Any) -> list[Any]:
+    return list(result) if isinstance(result, (list, tuple)) else [result]
+
+
+def network_for(pipeline: PredictionPipeline, weight_format: str, device: str) -> Network:
+    """The pipeline's network as a :class:`Network`.
+
+    Raises:
+        Unsupported: the adapter does not expose its loaded models.
+    """
+    adapter = getattr(pipeline, "_adapter", None)
+    if adapter is None:
+        raise Unsupported("the pipeline has no local model adapter")
+    models = _AdapterModels(adapter)
+    if weight_format in ("pytorch_state_dict", "torchscript"):
+        return TorchNetwork(models)
+    if weight_format == "onnx" and device.startswith("cuda"):
+        providers = models.model.get_providers()
+        if "CUDAExecutionProvider" in providers:
+            return OnnxCudaNetwork(models, torch.device(device))
+    return ArrayNetwork(models)
+
+
+# -- choosing the path -------------------------------------------------------------------------
+
+
+def build_fast_path(
+    pipeline: PredictionPipeline, descr: v0_5.ModelDescr, weight_format: str, device: str
+) -> FastPath:
+    """The fast path of a loaded pipeline (not yet checked against it).
+
+    Raises:
+        Unsupported: something in the model has no fast form; the message says what.
+    """
+    if getattr(pipeline, "_preceding_prediction_pipelines", None):
+        raise Unsupported("the model takes the outputs of other models")
+    if any(t.optional for t in descr.inputs):
+        raise Unsupported("the model has optional inputs")
+    network = network_for(pipeline, weight_format, device)
+    torch_device = getattr(network, "device", torch.device("cpu"))
+    if torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # frames repeat shapes: autotune once per shape
+    return FastPath(
+        processing_for(descr, torch_device),
+        network,
+        torch_device,
+        [str(t.id) for t in descr.inputs],
+        [str(t.id) for t in descr.outputs],
+    )
+
+
+def choose_serving_path(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    weight_format: str,
+    device: str,
+    *,
+    enabled: bool = True,
+) -> tuple[FastPath | None, ServingPath]:
+    """Build the fast path and check it against bioimageio.core on the package's test inputs.
+
+    Returns the fast path when it may serve the model (None otherwise) and the verdict.
+    """
+    if not enabled:
+        return None, ServingPath("reference", "the fast path is switched off (fast_path setting)")
+    try:
+        fast = build_fast_path(pipeline, descr, weight_format, device)
+    except Unsupported as e:
+        return None, ServingPath("reference", f"no fast path: {e}")
+    start = time.perf_counter()
+    try:
+        verdict = _verify(fast, pipeline, descr, weight_format)
+    except _ReferenceFailed as e:
+        return None, ServingPath(
+            "reference", f"bioimageio.core failed on the package's test inputs: {e}"
+        )
+    except Exception as e:  # any failure of the fast path sends the model to the reference
+        logger.warning("fast path of %s failed its check: %s", descr.name, e, exc_info=True)
+        return None, ServingPath(
+            "reference",
+            f"the fast path failed on the package's test inputs: {type(e).__name__}: {e}",
+        )
+    logger.info(
+        "%s (%s, %s): %s path, %s (checked in %.2f s)",
+        descr.name,
+        weight_format,
+        device,
+        verdict.name,
+        verdict.reason,
+        time.perf_counter() - start,
+    )
+    return (fast if verdict.name == "fast" else None), verdict
+
+
+class _ReferenceFailed(Exception):
+    pass
+
+
+def _verify(
+    fast: FastPath, pipeline: PredictionPipeline, descr: v0_5.ModelDescr, weight_format: str
+) -> ServingPath:
+    from bioimageio.core.digest_spec import get_test_input_sample
+
+    from .inference import output_arrays
+    from .input_mapping import as_sample, map_inputs
+
+    sample = get_test_input_sample(descr)
+    inputs = {str(m): t.data.to_numpy() for m, t in sample.members.items()}
+    dims = {str(m): tuple(str(d) for d in t.dims) for m, t in sample.members.items()}
+    arrays = map_inputs(descr, inputs, dims, nan_policy="allow")
+    actual = fast.predict({str(k): v for k, v in arrays.items()}, nan_possible=True)
+    try:
+        reference = pipeline.predict_sample_without_blocking(
+            as_sample(descr, arrays), skip_input_padding=True, skip_output_cropping=True
+        )
+    except Exception as e:
+        raise _ReferenceFailed(f"{type(e).__name__}: {e}") from e
+    expected = output_arrays(descr, reference)
+    worst = 0.0
+    for output_id, want in expected.items():
+        got = actual.get(output_id)
+        if got is None:
+            return ServingPath("reference", f"the fast path gave no output {output_id!r}")
+        if got.shape != want.shape or got.dtype != want.dtype:
+            return ServingPath(
+                "reference",
+                f"output {output_id!r}: the fast path gave {got.dtype}{list(got.shape)}, "
+                + f"bioimageio.core {want.dtype}{list(want.shape)}",
+            )
+        rtol, atol, ppm = tolerance(descr, weight_format, output_id)
+        error, mismatched_ppm = _deviation(got, want, rtol, atol)
+        worst = max(worst, error)
+        if mismatched_ppm > ppm:
+            return ServingPath(
+                "reference",
+                f"output {output_id!r} deviates from bioimageio.core on the test inputs: "
+                + f"{mismatched_ppm:.0f} ppm of elements outside rtol {rtol:g} / atol {atol:g} "
+                + f"(allowed {ppm:g} ppm), max |difference| {error:.2e}",
+                error,
+            )
+    return ServingPath(
+        "fast",
+        f"matches bioimageio.core on the package's test inputs: max |difference| {worst:.2e}",
+        worst,
+    )
+
+
+def _deviation(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> tuple[float, float]:
+    """The largest absolute difference and the mismatched elements per million."""
+    if got.size == 0:
+        return 0.0, 0.0
+    a, b = got.astype(np.float64), want.astype(np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    diff = np.where(both_nan, 0.0, np.abs(a - b))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    mismatched = diff > atol + rtol * np.abs(np.nan_to_num(b))
+    return float(diff.max()), float(mismatched.sum() / diff.size * 1e6)
+
+
+def tolerance(
+    descr: v0_5.ModelDescr, weight_format: str, output_id: str
+) -> tuple[float, float, float]:
+    """(relative, absolute, mismatched elements per million) for one output, as
+    ``bioimageio.core.test_model`` reads them from the description."""
+    applicable = v0_5.ReproducibilityTolerance()
+    legacy = (descr.config.bioimageio.model_extra or {}).get("test_kwargs", {})
+    for fmt, kwargs in legacy.items():
+        if fmt == weight_format:
+            applicable = v0_5.ReproducibilityTolerance(
+                relative_tolerance=kwargs.get("relative_tolerance", 1e-3),
+                absolute_tolerance=kwargs.get("absolute_tolerance", 1e-3),
+            )
+            break
+    for candidate in descr.config.bioimageio.reproducibility_tolerance:
+        if (not candidate.weights_formats or weight_format in candidate.weights_formats) and (
+            not candidate.output_ids or output_id in candidate.output_ids
+        ):
+            applicable = candidate
+            break
+    return (
+        float(applicable.relative_tolerance),
+        float(applicable.absolute_tolerance),
+        float(applicable.mismatched_elements_per_million),
+    )

@@ -1,0 +1,173 @@
+"""The fast path serves a model only after it matched bioimageio.core on the package's test
+inputs; otherwise, and on request, bioimageio.core's pipeline serves it, and the runtime says
+which path serves each model and why."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelrunner.client import ModelRunnerClient
+from modelrunner.runtime_flight import fast_path, inference
+from modelrunner.runtime_flight.options import PredictOptions
+from modelrunner.runtime_flight.pipelines import PipelinePool, create_pipeline
+from tests.reference import Pipelines, descr, sample_inputs
+from tests.zoo import MULTI, NUCLEI, needs_zoo
+
+Tiny = Callable[[str], Path]
+
+
+@pytest.fixture(scope="module")
+def pipelines() -> Pipelines:
+    """Pipelines of this module's own: a checked fast path changes how a pipeline predicts,
+    and other tests compare the shared ones with bioimageio.core bit for bit."""
+    return Pipelines()
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("onnx", "onnx"),
+        ("torchscript", "torchscript"),
+        ("pytorch_state_dict", "pytorch_state_dict"),
+        ("halo", "pytorch_state_dict"),
+        ("two_inputs", "pytorch_state_dict"),
+        ("heavy_processing", "onnx"),
+    ],
+)
+def test_tiny_models_take_the_fast_path(
+    tiny: Tiny, pipelines: Pipelines, name: str, fmt: str
+) -> None:
+    package = tiny(name)
+    pipeline = pipelines.get(package, fmt)
+    serving = inference.prepare_fast_path(pipeline, fmt, "cpu")
+    assert serving.name == "fast", serving.reason
+    inputs = sample_inputs(package)
+    fast = inference.predict(pipeline, inputs)
+    reference = inference.predict(pipeline, inputs, options=PredictOptions(reference_path=True))
+    assert (fast.path, reference.path) == ("fast", "reference")
+    for k in reference:
+        assert fast[k].dtype == reference[k].dtype
+        np.testing.assert_allclose(fast[k], reference[k], rtol=0, atol=1e-5)
+
+
+@needs_zoo
+@pytest.mark.parametrize(
+    ("package", "fmt"), [(NUCLEI, "onnx"), (NUCLEI, "torchscript"), (MULTI, "torchscript")]
+)
+def test_zoo_models_take_the_fast_path_and_match_their_test_outputs(
+    pipelines: Pipelines, package: Path, fmt: str
+) -> None:
+    pipeline = pipelines.get(package, fmt)
+    serving = inference.prepare_fast_path(pipeline, fmt, "cpu")
+    assert serving.name == "fast", serving.reason
+    assert "max |difference|" in serving.reason
+    model = descr(package)
+    outputs = inference.predict(pipeline, sample_inputs(package))
+    assert outputs.path == "fast"
+    for t in model.outputs:
+        assert t.test_tensor is not None
+        expected = np.load(package / Path(str(t.test_tensor.source)).name)
+        np.testing.assert_allclose(outputs[str(t.id)], expected, rtol=0, atol=1e-4)
+
+
+def test_inputs_of_another_dtype_take_the_fast_path(tiny: Tiny, pipelines: Pipelines) -> None:
+    pipeline = pipelines.get(tiny("onnx"), "onnx")
+    inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    x = np.arange(64, dtype=np.uint8).reshape(1, 1, 8, 8)
+    outputs = inference.predict(pipeline, x)
+    assert outputs.path == "fast"
+    np.testing.assert_array_equal(outputs["output"], x.astype(np.float32))
+
+
+def test_calls_the_fast_path_does_not_cover_take_the_pipeline(
+    tiny: Tiny, pipelines: Pipelines
+) -> None:
+    """Skipped processing, and inputs that must be padded or tiled, run bioimageio.core's
+    pipeline (the fast path was checked on whole samples with their processing)."""
+    pipeline = pipelines.get(tiny("torchscript"), "torchscript")  # sizes 16 + n*8
+    inference.prepare_fast_path(pipeline, "torchscript", "cpu")
+    x = np.random.default_rng(0).random((1, 1, 24, 24), dtype=np.float32)
+    assert inference.predict(pipeline, x).path == "fast"
+    for options in (
+        PredictOptions(skip_preprocessing=True),
+        PredictOptions(skip_postprocessing=True),
+        PredictOptions(reference_path=True),
+    ):
+        assert inference.predict(pipeline, x, options=options).path == "reference"
+    padded = np.random.default_rng(1).random((1, 1, 20, 20), dtype=np.float32)
+    assert inference.predict(pipeline, padded).path == "reference"
+
+
+def test_a_fast_path_that_deviates_is_not_used(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attacks the check with a fast path whose outputs are off by 0.01: the model is served
+    by bioimageio.core and the reason names the output and the deviation."""
+    real = fast_path.FastPath.predict
+
+    def off(self: fast_path.FastPath, arrays: Any, *, nan_possible: bool) -> dict[str, Any]:
+        return {
+            k: v + np.float32(0.01)
+            for k, v in real(self, arrays, nan_possible=nan_possible).items()
+        }
+
+    monkeypatch.setattr(fast_path.FastPath, "predict", off)
+    package = tiny("onnx")
+    pipeline = create_pipeline(descr(package), "onnx", "cpu")
+    try:
+        serving = inference.prepare_fast_path(pipeline, "onnx", "cpu")
+        assert serving.name == "reference"
+        assert "output 'output' deviates from bioimageio.core" in serving.reason
+        assert "max |difference| 1.00e-02" in serving.reason
+        assert inference.predict(pipeline, sample_inputs(package)).path == "reference"
+    finally:
+        pipeline.unload()
+
+
+def test_a_fast_path_that_fails_is_not_used(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: fast_path.FastPath, arrays: Any, *, nan_possible: bool) -> dict[str, Any]:
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(fast_path.FastPath, "predict", broken)
+    pipeline = create_pipeline(descr(tiny("onnx")), "onnx", "cpu")
+    try:
+        serving = inference.prepare_fast_path(pipeline, "onnx", "cpu")
+        assert serving.name == "reference"
+        assert serving.reason == (
+            "the fast path failed on the package's test inputs: RuntimeError: no such kernel"
+        )
+    finally:
+        pipeline.unload()
+
+
+def test_the_pool_reports_the_serving_path(tiny: Tiny) -> None:
+    package = tiny("onnx")
+    on = PipelinePool(lambda _: package)
+    off = PipelinePool(lambda _: package, fast_path=False)
+    try:
+        loaded = on.load("tiny").model
+        assert loaded.serving_path == "fast"
+        assert loaded.serving_path_reason.startswith("matches bioimageio.core")
+        loaded = off.load("tiny").model
+        assert loaded.serving_path == "reference"
+        assert "switched off" in loaded.serving_path_reason
+    finally:
+        on.close()
+        off.close()
+
+
+def test_describe_says_which_path_serves_the_model(client: ModelRunnerClient, tiny: Tiny) -> None:
+    model = client.add_model(tiny("heavy_processing"))
+    client.load(model.id)
+    try:
+        deadline = time.monotonic() + 10  # the runtime's heartbeat after a load is sent at once
+        while not (loaded := client.describe(model.id).loaded) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(m.serving_path, m.weight_format) for m in loaded] == [("fast", "onnx")]
+        assert loaded[0].serving_path_reason.startswith("matches bioimageio.core")
+    finally:
+        client.remove_model(model.id)
