@@ -178,22 +178,23 @@ class _StepBuilder:
         if isinstance(op, proc_ops.Binarize):
             threshold = self.along(member, op.threshold, op.axis)
             return lambda x, s: x > threshold
+        # one new tensor per step: the first operation makes it, the rest work on it in place
         if isinstance(op, proc_ops.ScaleLinear):
             gain = self.parameter(member, op.gain)
             offset = self.parameter(member, op.offset)
-            return lambda x, s: _floating(x) * gain + offset
+            return lambda x, s: torch.mul(_floating(x), gain).add_(offset)
         if isinstance(op, proc_ops.FixedZeroMeanUnitVariance):
             mean = self.parameter(member, op.mean)
             std = self.parameter(member, op.std)
             eps = op.eps
-            return lambda x, s: (_floating(x) - mean) / (std + eps)
+            return lambda x, s: torch.sub(_floating(x), mean).div_(std + eps)
         if isinstance(op, proc_ops.ZeroMeanUnitVariance):
             mean, std, eps = self.measure(member, op.mean), self.measure(member, op.std), op.eps
-            return lambda x, s: (_floating(x) - s[mean]) / (s[std] + eps)
+            return lambda x, s: torch.sub(_floating(x), s[mean]).div_(s[std] + eps)
         if isinstance(op, proc_ops.ScaleRange):
             lower, upper = self.measure(member, op.lower), self.measure(member, op.upper)
             eps = op.eps
-            return lambda x, s: (_floating(x) - s[lower]) / (s[upper] - s[lower] + eps)
+            return lambda x, s: torch.sub(_floating(x), s[lower]).div_(s[upper] - s[lower] + eps)
         if isinstance(op, proc_ops.ScaleMeanVariance):
             m, sd = self.measure(member, op.mean), self.measure(member, op.std)
             rm, rsd = self.measure(member, op.ref_mean), self.measure(member, op.ref_std)
@@ -365,7 +366,7 @@ def quantile(x: torch.Tensor, q: float, dims: Sequence[int], method: str) -> tor
     return value.reshape(shape)
 
 
-_SAMPLE = 1 << 16
+_SAMPLE = 1 << 14
 """Rows longer than this select their order statistics within a band found from a sample."""
 
 
@@ -383,18 +384,29 @@ def _order_statistics(row: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor
     if n <= 4 * _SAMPLE:
         return [torch.kthvalue(row, k + 1).values for k in ks]
     step = n // _SAMPLE
-    sample = torch.sort(row[::step]).values
+    sample = torch.sort(row[::step].contiguous()).values
     m = sample.numel()
     margin = 6 * math.sqrt(m) + 16
     first = int(min(ks) / n * m - margin)
     last = int(max(ks) / n * m + margin)
-    if first > 0 and last < m - 1:
-        low, high = sample[first], sample[last]
-        below = int((row < low).sum())
-        band = row[(row >= low) & (row <= high)]
+    if first > 0 or last < m - 1:
+        # a band open at one end when the wanted ranks are near that end of the row
+        if first <= 0:
+            below, inside = 0, row <= sample[last]
+        elif last >= m - 1:
+            below, inside = _count(row < sample[first]), row >= sample[first]
+        else:
+            below = _count(row < sample[first])
+            inside = (row >= sample[first]) & (row <= sample[last])
+        band = row[inside]
         if below <= min(ks) and max(ks) < below + band.numel():
             return [torch.kthvalue(band, k - below + 1).values for k in ks]
     return [torch.kthvalue(row, k + 1).values for k in ks]
+
+
+def _count(mask: torch.Tensor) -> int:
+    # ``count_nonzero`` is many times faster than ``sum`` of a boolean tensor on the CPU
+    return int(torch.count_nonzero(mask))
 
 
 def _nan_quantile(x: torch.Tensor, q: float, dims: Sequence[int], method: str) -> torch.Tensor:
