@@ -250,7 +250,14 @@ class DeviceInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("model_id", "weight_format", "device", "memory_bytes", "last_used_at", "requests", "serving_path", "serving_path_reason")
+    __slots__ = ("model_id", "weight_format", "device", "memory_bytes", "last_used_at", "requests", "serving_path", "serving_path_reason", "precision_max_abs_error")
+    class PrecisionMaxAbsErrorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +266,7 @@ class LoadedModel(_message.Message):
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     SERVING_PATH_FIELD_NUMBER: _ClassVar[int]
     SERVING_PATH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_MAX_ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     weight_format: str
     device: str
@@ -267,7 +275,8 @@ class LoadedModel(_message.Message):
     requests: int
     serving_path: str
     serving_path_reason: str
-    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., serving_path: _Optional[str] = ..., serving_path_reason: _Optional[str] = ...) -> None: ...
+    precision_max_abs_error: _containers.ScalarMap[str, float]
+    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., serving_path: _Optional[str] = ..., serving_path_reason: _Optional[str] = ..., precision_max_abs_error: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RuntimeInfo(_message.Message):
     __slots__ = ("runtime_id", "flight_uri", "devices", "loaded_models", "package_versions", "weight_formats", "available", "unavailable_reason", "last_seen_at", "memory_budget_bytes")
