@@ -1,7 +1,7 @@
 """The runtime's Arrow Flight server: a thin transport over :class:`RuntimeService`.
 
-``do_exchange`` runs predictions (one sample, or a stream of frames); ``do_action`` loads,
-unloads and tests models and reports the runtime's state. Every error leaves through
+``do_exchange`` runs predictions (one sample, a stream of frames, or a session of lockstep
+samples); ``do_action`` loads, unloads and tests models and reports the runtime's state. Every error leaves through
 :func:`flight_errors`, as a Flight error carrying a serialized ``ErrorDetail``.
 """
 
@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -81,8 +82,30 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.service = service
         self.batch_bytes = batch_bytes
         self.active_exchanges = 0
-        """Predictions in progress (streams included): what a cancelled call must give back."""
+        """Predictions in progress (streams and sessions included): what a cancelled call must
+        give back."""
+        self.exchanges_opened = 0
+        """Prediction exchanges opened since the start (a session counts once, however many
+        samples it carries)."""
+        self.active_sessions = 0
         self._exchanges_lock = threading.Lock()
+        self._session_epoch = 0
+        """Sessions opened before the last :meth:`retire_sessions` end at their next sample."""
+
+    def retire_sessions(self) -> None:
+        """End the sessions open now before their next sample: the runtime ends the exchange
+        without answering it, and the client sends that sample again on a new exchange."""
+        with self._exchanges_lock:
+            self._session_epoch += 1
+
+    def shutdown(self) -> None:
+        """Stop serving. Flight waits for calls in progress, idle sessions included: the
+        reference client closes a session idle for a few seconds, and a session that sends a
+        sample now is ended before it (the client sends it again, to a runtime that runs)."""
+        self.retire_sessions()
+        if self.active_sessions:
+            logger.info("waiting for %d open session(s) to end", self.active_sessions)
+        super().shutdown()
 
     # -- predictions ---------------------------------------------------------------------------
 
@@ -95,7 +118,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         with self._counting_exchange(), flight_errors("prediction"):
             command = _parse_command(descriptor)
-            if command.stream:
+            if command.session:
+                self._serve_session(context, command, reader, writer)
+            elif command.stream:
                 self._serve_stream(context, command, reader, writer)
             else:
                 self._serve_one(context, command, reader, writer)
@@ -104,6 +129,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _counting_exchange(self) -> Iterator[None]:
         with self._exchanges_lock:
             self.active_exchanges += 1
+            self.exchanges_opened += 1
         try:
             yield
         finally:
@@ -152,7 +178,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             batch_bytes=self.batch_bytes,
         )
         writer.begin(layout.schema(), options=WRITE_OPTIONS)
-        metadata = _frame_metadata(0, outputs.weight_format, outputs.device)
+        metadata = _frame_metadata(
+            0, outputs.weight_format, outputs.device, getattr(outputs, "serving_path", "")
+        )
         encoder = BandEncoder(layout)
         for bands in outputs.bands:
             if context.is_cancelled():
@@ -166,7 +194,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self,
         writer: flight.MetadataRecordBatchWriter,
         layout: SampleLayout | None,
-        outputs: Outputs,
+        outputs: Outputs | _WholeOutputs,
         *,
         frame: int,
     ) -> SampleLayout:
@@ -180,7 +208,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 f"frame {frame}: output shapes changed within a stream: "
                 f"{ {k: list(v.shape) for k, v in outputs.arrays.items()} }"
             )
-        metadata = _frame_metadata(frame, outputs.weight_format, outputs.device)
+        metadata = _frame_metadata(
+            frame, outputs.weight_format, outputs.device, getattr(outputs, "serving_path", "")
+        )
         for batch in encode_sample(layout, outputs.arrays):
             writer.write_with_metadata(batch, metadata)
         return layout
@@ -218,17 +248,113 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 )
                 for index, result in zip(indices, results, strict=True):
                     if isinstance(result, errors.ModelRunnerError):
-                        writer.write_metadata(
-                            runtime_pb2.FrameResult(
-                                frame=index, error=converters.to_pb_error(result)
-                            ).SerializeToString()
-                        )
+                        _write_error(writer, index, result)
                     else:
                         out_layout = self._write_outputs(writer, out_layout, result, frame=index)
         finally:
             reading.stop()
         if reading.error is not None and not context.is_cancelled():
             raise reading.error
+
+    def _serve_session(
+        self,
+        context: flight.ServerCallContext,
+        command: runtime_pb2.PredictCommand,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        """Lockstep predictions on one exchange, all in this thread: read a sample, answer it,
+        read the next, until the client finishes writing or cancels. A sample that fails is
+        answered with its error and the session goes on."""
+        epoch = self._session_epoch
+        layout = SampleLayout.from_schema(reader.schema)
+        dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
+        decoder = SampleDecoder(layout)
+        out_layout: SampleLayout | None = None
+        frame = 0
+        with self._counting_session():
+            while True:
+                try:
+                    chunk = reader.read_chunk()
+                except StopIteration:
+                    return
+                except Exception:
+                    if context.is_cancelled():
+                        return
+                    raise
+                if chunk.data is None:
+                    continue
+                samples = decoder.feed(chunk.data)
+                if layout.chunked:
+                    # as in _read_one_sample: the batch is copied into the sample
+                    del chunk
+                    release_free_memory()
+                for sample in samples:
+                    if self._session_epoch != epoch or context.is_cancelled():
+                        logger.info("session ended before its frame %d", frame)
+                        return
+                    out_layout = self._answer_session_sample(
+                        context, command, writer, out_layout, sample, dims, frame
+                    )
+                    frame += 1
+
+    @contextmanager
+    def _counting_session(self) -> Iterator[None]:
+        with self._exchanges_lock:
+            self.active_sessions += 1
+        try:
+            yield
+        finally:
+            with self._exchanges_lock:
+                self.active_sessions -= 1
+
+    def _answer_session_sample(
+        self,
+        context: flight.ServerCallContext,
+        command: runtime_pb2.PredictCommand,
+        writer: flight.MetadataRecordBatchWriter,
+        layout: SampleLayout | None,
+        sample: dict[str, np.ndarray],
+        dims: dict[str, tuple[str, ...]],
+        frame: int,
+    ) -> SampleLayout | None:
+        """Predict one sample of a session and write its outputs, or its error; returns the
+        outputs' layout (the exchange's output schema, fixed by the first answered sample)."""
+        try:
+            predicted = self.service.predict(
+                command,
+                {k: aligned(v) for k, v in sample.items()},
+                dims,
+                cancelled=context.is_cancelled,
+            )
+            del sample
+            outputs = (
+                _whole(context, predicted) if isinstance(predicted, StreamedOutputs) else predicted
+            )
+            if layout is not None and not layout.matches(outputs.arrays):
+                raise errors.InternalError(
+                    f"frame {frame}: output shapes changed within a session: "
+                    f"{ {k: list(v.shape) for k, v in outputs.arrays.items()} }; "
+                    "predict this sample on an exchange of its own",
+                    details={"frame": frame},
+                )
+            out_layout = layout or SampleLayout.plan(
+                outputs.arrays, outputs.dim_names, batch_bytes=self.batch_bytes
+            )
+        except errors.ModelRunnerError as e:
+            if context.is_cancelled():
+                raise
+            _write_error(writer, frame, e)
+            return layout
+        except Exception as e:
+            logger.exception("frame %d of a session failed", frame)
+            _write_error(
+                writer, frame, errors.InternalError(f"prediction failed: {type(e).__name__}: {e}")
+            )
+            return layout
+        if layout is None:
+            writer.begin(out_layout.schema(), options=WRITE_OPTIONS)
+        return self._write_outputs(writer, out_layout, outputs, frame=frame)
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -319,11 +445,61 @@ def _read_one_sample(
 
 
 @lru_cache(maxsize=64)  # single predictions all answer frame 0 of one model
-def _frame_metadata(frame: int, weight_format: str, device: str) -> pa.Buffer:
+def _frame_metadata(frame: int, weight_format: str, device: str, serving_path: str) -> pa.Buffer:
     return pa.py_buffer(
         runtime_pb2.FrameResult(
-            frame=frame, weight_format=weight_format, device=device
+            frame=frame, weight_format=weight_format, device=device, serving_path=serving_path
         ).SerializeToString()
+    )
+
+
+def _write_error(
+    writer: flight.MetadataRecordBatchWriter, frame: int, error: errors.ModelRunnerError
+) -> None:
+    """A failed frame's answer: a metadata-only message carrying the error."""
+    writer.write_metadata(
+        runtime_pb2.FrameResult(
+            frame=frame, error=converters.to_pb_error(error)
+        ).SerializeToString()
+    )
+
+
+@dataclass(frozen=True)
+class _WholeOutputs:
+    """A streamed prediction's outputs assembled whole (a session answers with whole arrays)."""
+
+    arrays: dict[str, np.ndarray]
+    dim_names: dict[str, tuple[str, ...]]
+    weight_format: str
+    device: str
+    serving_path: str
+
+
+def _whole(context: flight.ServerCallContext, outputs: StreamedOutputs) -> _WholeOutputs:
+    """Read a streamed prediction's bands into whole arrays. Sessions are for samples of a few
+    MiB, which the service rarely streams (``stream_tiles_min_bytes``), so holding the whole
+    output here costs no more than an ordinary prediction does."""
+    with closing(outputs):
+        arrays = {
+            name: np.empty(shape, dtype=outputs.dtypes[name])
+            for name, shape in outputs.shapes.items()
+        }
+        filled = dict.fromkeys(arrays, 0)
+        for bands in outputs.bands:
+            if context.is_cancelled():
+                raise errors.CancelledError("the client cancelled the prediction")
+            for name, band in bands.items():
+                flat = arrays[name].reshape(-1)
+                flat[filled[name] : filled[name] + band.size] = band.reshape(-1)
+                filled[name] += band.size
+    if any(filled[name] != a.size for name, a in arrays.items()):
+        raise errors.InternalError("the tiled prediction ended before its outputs were whole")
+    return _WholeOutputs(
+        arrays,
+        outputs.dim_names,
+        outputs.weight_format,
+        outputs.device,
+        getattr(outputs, "serving_path", ""),
     )
 
 
