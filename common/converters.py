@@ -280,6 +280,7 @@ def to_pb_loaded_model(model: types.LoadedModel) -> models_pb2.LoadedModel:
         requests=model.requests,
         serving_path=model.serving_path,
         serving_path_reason=model.serving_path_reason,
+        precision_max_abs_error=model.precision_max_abs_error,
     )
 
 
@@ -293,6 +294,7 @@ def from_pb_loaded_model(msg: models_pb2.LoadedModel) -> types.LoadedModel:
         requests=msg.requests,
         serving_path=msg.serving_path,
         serving_path_reason=msg.serving_path_reason,
+        precision_max_abs_error=dict(msg.precision_max_abs_error),
     )
 
 

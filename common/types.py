@@ -191,6 +191,9 @@ class LoadedModel(_Frozen):
     pipeline as it is)."""
     serving_path_reason: str = ""
     """Why that path serves the model."""
+    precision_max_abs_error: dict[str, float] = Field(default_factory=dict)
+    """For each reduced precision the fast path offers (``predict(..., precision=...)``), its
+    largest deviation from full precision on the package's test inputs."""
 
 
 class RuntimeInfo(_Frozen):

@@ -38,6 +38,9 @@ from .serving_paths import ServingPath
 logger = logging.getLogger(__name__)
 
 
+PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 class Network(Protocol):
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]: ...
 
@@ -61,24 +64,73 @@ class FastPath:
         self.output_ids = tuple(output_ids)
         self._staging: dict[tuple[tuple[int, ...], np.dtype], torch.Tensor] = {}
         """Pinned host buffers by input shape and dtype (CUDA only), reused call after call."""
+        self._full_precision_dtypes: list[torch.dtype | None] = []
+        """The network's output dtypes at full precision (known after the load's check)."""
+        self.precision_errors: dict[str, float] = {}
+        """Each reduced precision's largest deviation from full precision on the test inputs,
+        once measured (:meth:`measure_precision`)."""
+        self._check: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        """The test inputs and their full-precision outputs, kept from the load's check."""
+
+    def measure_precision(self, precision: str) -> float:
+        """The largest deviation of ``precision`` from full precision on the package's test
+        inputs (measured once; on a CPU, reduced precision can take far longer than full)."""
+        error = self.precision_errors.get(precision)
+        if error is not None:
+            return error
+        if self._check is None:
+            raise RuntimeError("the fast path has not been checked against bioimageio.core")
+        inputs, full = self._check
+        reduced = self.predict(inputs, nan_possible=True, precision=precision)
+        error = max(
+            (_deviation(reduced[k], full[k], 0.0, 0.0)[0] for k in full if k in reduced),
+            default=0.0,
+        )
+        self.precision_errors[precision] = error
+        logger.info("%s precision: max |difference| from full precision %.2e", precision, error)
+        return error
 
     def accepts(self, arrays: Mapping[str, np.ndarray]) -> bool:
         return set(arrays) == set(self.input_ids)
 
-    def predict(self, arrays: Mapping[str, np.ndarray], *, nan_possible: bool) -> dict[str, Any]:
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The reduced precisions the network can run in (torch autocast)."""
+        return tuple(PRECISIONS) if isinstance(self.network, TorchNetwork) else ()
+
+    def predict(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        nan_possible: bool,
+        precision: str | None = None,
+    ) -> dict[str, Any]:
         """Outputs by id for inputs in each input's axis order (as ``map_inputs`` gives them).
 
         Args:
             nan_possible: inputs may hold NaN values (statistics then skip them, as
                 bioimageio.core's do).
+            precision: run the network in "float16" or "bfloat16" (see :attr:`precisions`);
+                its outputs are cast back to the dtype each had at full precision.
         """
         with torch.inference_mode():
             raw = {k: self._upload(arrays[k]) for k in self.input_ids}
             stats = self.processing.statistics(raw, nan_possible=nan_possible)
             inputs = self.processing.preprocess(raw, stats)
             del raw
-            results = self.network([inputs[k] for k in self.input_ids])
+            network_inputs = [inputs[k] for k in self.input_ids]
             del inputs
+            if precision:
+                with torch.autocast(self.device.type, dtype=PRECISIONS[precision]):
+                    results = self.network(network_inputs)
+                results = [
+                    r if r is None or want is None else r.to(want)
+                    for r, want in zip(results, self._full_precision_dtypes, strict=False)
+                ]
+            else:
+                results = self.network(network_inputs)
+                self._full_precision_dtypes = [None if r is None else r.dtype for r in results]
+            del network_inputs
             outputs = {
                 k: v for k, v in zip(self.output_ids, results, strict=False) if v is not None
             }
@@ -302,7 +354,15 @@ def choose_serving_path(
         verdict.reason,
         time.perf_counter() - start,
     )
-    return (fast if verdict.name == "fast" else None), verdict
+    if verdict.name != "fast":
+        return None, verdict
+    if fast.device.type == "cuda":  # quick there; on a CPU, measured when first asked for
+        for precision in fast.precisions:
+            try:
+                fast.measure_precision(precision)
+            except Exception as e:  # noqa: BLE001 - a precision that fails is not measured
+                logger.info("%s precision failed: %s: %s", precision, type(e).__name__, e)
+    return fast, verdict
 
 
 class _ReferenceFailed(Exception):
@@ -321,7 +381,9 @@ def _verify(
     inputs = {str(m): t.data.to_numpy() for m, t in sample.members.items()}
     dims = {str(m): tuple(str(d) for d in t.dims) for m, t in sample.members.items()}
     arrays = map_inputs(descr, inputs, dims, nan_policy="allow")
-    actual = fast.predict({str(k): v for k, v in arrays.items()}, nan_possible=True)
+    inputs = {str(k): v for k, v in arrays.items()}
+    actual = fast.predict(inputs, nan_possible=True)
+    fast._check = (inputs, actual)
     try:
         reference = pipeline.predict_sample_without_blocking(
             as_sample(descr, arrays), skip_input_padding=True, skip_output_cropping=True
@@ -355,6 +417,7 @@ def _verify(
         "fast",
         f"matches bioimageio.core on the package's test inputs: max |difference| {worst:.2e}",
         worst,
+        precision_errors=fast.precision_errors,
     )
 
 

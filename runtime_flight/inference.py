@@ -208,6 +208,7 @@ class _PipelineMemo:
     def __init__(self, pipeline: PredictionPipeline, descr: v0_5.ModelDescr) -> None:
         self.fast: FastPath | None = None
         self.serving = NOT_CHECKED
+        self.serving_weights = ""
         self.network_dtypes = _network_dtypes(descr)
         self.itemsize = {m: np.dtype(d).itemsize for m, d in self.network_dtypes.items()}
         self.plans: OrderedDict[Hashable, FitPlan] = OrderedDict()
@@ -237,7 +238,7 @@ def prepare_fast_path(
     descr = model_descr(pipeline)
     fast, serving = choose_serving_path(pipeline, descr, weight_format, device, enabled=enabled)
     memo = _memo(pipeline, descr)
-    memo.fast, memo.serving = fast, serving
+    memo.fast, memo.serving, memo.serving_weights = fast, serving, weight_format
     return serving
 
 
@@ -261,22 +262,40 @@ def _fast_outputs(
     """The outputs through the fast path, or None when this call needs bioimageio.core's
     pipeline: no checked fast path, the reference asked for, processing skipped, or an input
     that must be padded or tiled."""
-    if (
-        plan.mode != "whole"
-        or options.reference_path
-        or options.skip_preprocessing
-        or options.skip_postprocessing
-    ):
-        return None
-    fast = _memo(pipeline, descr).fast
-    if fast is None:
-        return None
+    memo = _memo(pipeline, descr)
+    fast = memo.fast
     by_name = {str(m): a for m, a in arrays.items()}
-    if not fast.accepts(by_name):
+    why_not = (
+        "the input must be padded or tiled"
+        if plan.mode != "whole"
+        else "processing is skipped"
+        if options.skip_preprocessing or options.skip_postprocessing
+        else f"bioimageio.core serves this model ({memo.serving.reason})"
+        if fast is None
+        else "an input is missing"
+        if not fast.accepts(by_name)
+        else ""
+    )
+    if options.reference_path or (why_not and not options.precision):
         return None
+    if why_not or (fast is not None and options.precision not in ("", *fast.precisions)):
+        raise FailedPreconditionError(
+            f"{options.precision} precision runs on the fast path with PyTorch or TorchScript "
+            + "weights only, and this call cannot take it: "
+            + (why_not or f"the {memo.serving_weights} network has no reduced precision"),
+            details={"precision": options.precision, "model": descr.name},
+        )
+    assert fast is not None
     try:
+        if options.precision:
+            fast.measure_precision(options.precision)
         return Outputs.of(
-            fast.predict(by_name, nan_possible=options.nan_policy != "reject"), "fast"
+            fast.predict(
+                by_name,
+                nan_possible=options.nan_policy != "reject",
+                precision=options.precision or None,
+            ),
+            "fast",
         )
     except Exception as e:
         raise _translate(e, descr) from e

@@ -30,6 +30,9 @@ class PredictOptions:
     """Return the network's raw outputs."""
     reference_path: bool = False
     """Run bioimageio.core's pipeline even where the fast path serves the model."""
+    precision: str = ""
+    """"float16" or "bfloat16": the network runs in that precision on the fast path (which the
+    call must then take); "": the weights' own precision."""
     max_batch_size: int = 0
     """``predict_batch``: the most samples stacked along the batch axis; 0: no limit."""
     max_tile_input_bytes: int = 256 * MiB
@@ -44,6 +47,17 @@ class PredictOptions:
             raise InvalidArgumentError(
                 f"blocksize must be 0 or more, got {self.blocksize}",
                 details={"blocksize": self.blocksize},
+            )
+        if self.precision not in ("", "float16", "bfloat16"):
+            raise InvalidArgumentError(
+                f"precision must be 'float16' or 'bfloat16' (or empty: the weights' own), "
+                f"got {self.precision!r}",
+                details={"precision": self.precision},
+            )
+        if self.precision and self.reference_path:
+            raise InvalidArgumentError(
+                "reduced precision runs on the fast path only; it cannot go with reference_path",
+                details={"precision": self.precision},
             )
         if self.max_batch_size < 0:
             raise InvalidArgumentError(

@@ -104,6 +104,7 @@ class RuntimeService:
             skip_preprocessing=command.skip_preprocessing,
             skip_postprocessing=command.skip_postprocessing,
             reference_path=command.reference_path,
+            precision=command.precision,
             max_batch_size=max(0, command.max_batch_size),
             max_tile_input_bytes=self.settings.max_tile_input_bytes,
             stream_tiles_min_bytes=self.settings.stream_tiles_min_bytes,

@@ -70,6 +70,7 @@ class WarmPipeline:
             requests=self.requests,
             serving_path=self.serving.name,
             serving_path_reason=self.serving.reason,
+            precision_max_abs_error=dict(self.serving.precision_errors),
         )
 
     def predict(

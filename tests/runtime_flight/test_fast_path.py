@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from modelrunner.client import ModelRunnerClient
+from modelrunner.errors import FailedPreconditionError, InvalidArgumentError
 from modelrunner.runtime_flight import fast_path, inference
 from modelrunner.runtime_flight.options import PredictOptions
 from modelrunner.runtime_flight.pipelines import PipelinePool, create_pipeline
@@ -171,3 +172,51 @@ def test_describe_says_which_path_serves_the_model(client: ModelRunnerClient, ti
         assert loaded[0].serving_path_reason.startswith("matches bioimageio.core")
     finally:
         client.remove_model(model.id)
+
+
+def test_reduced_precision_is_measured_and_reported(tiny: Tiny) -> None:
+    package = tiny("torchscript")
+    pool = PipelinePool(lambda _: package)
+    try:
+        with pool.use("tiny") as warm:
+            x = np.random.default_rng(0).random((1, 1, 24, 24), dtype=np.float32)
+            full = warm.predict(x)
+            for precision in ("bfloat16", "float16"):
+                reduced = warm.predict(x, options=PredictOptions(precision=precision))
+                assert reduced.path == "fast"
+                assert reduced["out"].dtype == np.float32
+                np.testing.assert_allclose(reduced["out"], full["out"], rtol=0, atol=0.05)
+        errors = pool.loaded()[0].precision_max_abs_error
+        assert set(errors) == {"bfloat16", "float16"}
+        assert all(0 < e < 0.05 for e in errors.values())
+    finally:
+        pool.close()
+
+
+def test_reduced_precision_where_the_fast_path_cannot_go_is_refused(
+    tiny: Tiny, pipelines: Pipelines
+) -> None:
+    """Attacks the precision option with calls that cannot honour it: an ONNX network, an
+    input that must be padded, and a bad precision name. Each is refused, none runs silently at
+    full precision."""
+    onnx = pipelines.get(tiny("onnx"), "onnx")
+    inference.prepare_fast_path(onnx, "onnx", "cpu")
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    with pytest.raises(FailedPreconditionError) as caught:
+        inference.predict(onnx, x, options=PredictOptions(precision="float16"))
+    assert caught.value.message == (
+        "float16 precision runs on the fast path with PyTorch or TorchScript weights only, and "
+        "this call cannot take it: the onnx network has no reduced precision"
+    )
+    script = pipelines.get(tiny("torchscript"), "torchscript")  # sizes 16 + n*8
+    inference.prepare_fast_path(script, "torchscript", "cpu")
+    with pytest.raises(FailedPreconditionError, match="the input must be padded or tiled"):
+        inference.predict(
+            script,
+            np.zeros((1, 1, 20, 20), np.float32),
+            options=PredictOptions(precision="bfloat16"),
+        )
+    with pytest.raises(InvalidArgumentError, match="precision must be 'float16' or 'bfloat16'"):
+        PredictOptions(precision="int8")
+    with pytest.raises(InvalidArgumentError, match="cannot go with reference_path"):
+        PredictOptions(precision="float16", reference_path=True)
