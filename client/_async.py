@@ -134,9 +134,12 @@ class AsyncModelRunnerClient:
         nan_policy: NanPolicy = "reject",
         skip_preprocessing: bool = False,
         skip_postprocessing: bool = False,
+        reference_path: bool = False,
         progress: ProgressOption = False,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, np.ndarray]:
+        """See :meth:`ModelRunnerClient.predict`. ``reference_path``: run bioimageio.core's own
+        pipeline even where the runtime's verified fast path serves the model."""
         return await self._run(
             self._sync.predict,
             model_id,
@@ -147,6 +150,7 @@ class AsyncModelRunnerClient:
             nan_policy=nan_policy,
             skip_preprocessing=skip_preprocessing,
             skip_postprocessing=skip_postprocessing,
+            reference_path=reference_path,
             progress=progress,
             timeout=timeout,
         )
@@ -161,11 +165,13 @@ class AsyncModelRunnerClient:
         max_in_flight: int = 8,
         max_batch_size: int = 1,
         nan_policy: NanPolicy = "reject",
+        reference_path: bool = False,
         on_error: OnError = "raise",
         timeout: Timeout = None,
     ) -> AsyncFrameStream:
         """``async for outputs in client.predict_stream(model_id, frames)``; ``frames`` may be an
-        iterable or an async iterable."""
+        iterable or an async iterable. ``reference_path``: run bioimageio.core's own pipeline
+        even where the runtime's verified fast path serves the model."""
 
         def open_stream(loop: asyncio.AbstractEventLoop) -> FrameStream:
             source: Iterable[Inputs] = (
@@ -179,6 +185,7 @@ class AsyncModelRunnerClient:
                 max_in_flight=max_in_flight,
                 max_batch_size=max_batch_size,
                 nan_policy=nan_policy,
+                reference_path=reference_path,
                 on_error=on_error,
                 timeout=timeout,
             )

@@ -1,4 +1,5 @@
-"""Calls to a runtime's Arrow Flight server: one exchange per prediction, actions for the rest."""
+"""Calls to a runtime's Arrow Flight server: one exchange per prediction (or a session of them,
+see ``_sessions``), actions for the rest."""
 
 from __future__ import annotations
 
@@ -36,11 +37,15 @@ def reachable_uri(flight_uri: str, control_address: str) -> str:
 
 
 class RuntimeConnections:
-    """One Flight client per runtime URI, created on first use and shared by all calls."""
+    """One Flight client per runtime URI, created on first use and shared by all calls, and the
+    predict sessions open on them."""
 
     def __init__(self) -> None:
+        from ._sessions import SessionPool  # it builds on this module
+
         self._clients: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()
+        self.sessions = SessionPool()
 
     def get(self, uri: str) -> flight.FlightClient:
         with self._lock:
@@ -52,12 +57,14 @@ class RuntimeConnections:
             return client
 
     def drop(self, uri: str) -> None:
+        self.sessions.drop(uri)
         with self._lock:
             client = self._clients.pop(uri, None)
         if client is not None:
             client.close()
 
     def close(self) -> None:
+        self.sessions.close()
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for c in clients:

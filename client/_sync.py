@@ -16,6 +16,7 @@ from . import _flight
 from ._control import ControlClient, Route
 from ._inputs import Inputs, normalise_inputs
 from ._progress import ProgressOption, progress_callback
+from ._sessions import fits_session
 from ._sources import SourceLike, Upload, interpret_source, is_local_address
 from ._stream import FrameStream, OnError
 from ._timeouts import USE_CLIENT_DEFAULT, Timeout, resolve_timeout
@@ -153,7 +154,7 @@ class ModelRunnerClient:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> types.LoadInfo:
         """Warm the model up on its runtime, so the first prediction does not pay for loading."""
-        route, client = self._runtime_for(model_id, weight_format, device, timeout)
+        route, _, client = self._runtime_for(model_id, weight_format, device, timeout)
         response = runtime_pb2.LoadModelResponse()
         _flight.do_action(
             client,
@@ -181,6 +182,7 @@ class ModelRunnerClient:
         nan_policy: NanPolicy = "reject",
         skip_preprocessing: bool = False,
         skip_postprocessing: bool = False,
+        reference_path: bool = False,
         progress: ProgressOption = False,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, np.ndarray]:
@@ -188,8 +190,14 @@ class ModelRunnerClient:
 
         ``inputs`` is one array (single-input models) or a dict by input id; arrays may have
         fewer axes than the model (e.g. a 2-D image for a ``bcyx`` model) and any spatial size.
-        ``blocksize`` is bioimageio.core's blocksize parameter for tiled prediction. Outputs
-        arrive as read-only views of the received buffers: ``.copy()`` one to change it.
+        ``blocksize`` is bioimageio.core's blocksize parameter for tiled prediction.
+        ``reference_path``: run bioimageio.core's own pipeline even where the runtime's verified
+        fast path serves the model. Outputs arrive as read-only views of the received buffers:
+        ``.copy()`` one to change it.
+
+        Calls in a row reuse one open exchange (a session) per model, options and input shapes,
+        which matters for small frames; samples over 64 MiB, and calls with ``progress``, take
+        an exchange of their own. A session idle for 5 s is closed.
         """
         arrays, dims = normalise_inputs(inputs, None)
         command = self._command(
@@ -200,12 +208,24 @@ class ModelRunnerClient:
             nan_policy=nan_policy,
             skip_preprocessing=skip_preprocessing,
             skip_postprocessing=skip_postprocessing,
+            reference_path=reference_path,
             report_progress=bool(progress),
             timeout=timeout,
         )
-        route, client = self._runtime_for(model_id, weight_format, device, timeout)
+        route, uri, client = self._runtime_for(model_id, weight_format, device, timeout)
         command.model_id = route.model_id
         with progress_callback(progress, "predict") as report, self._forget_route_if_gone(route):
+            if report is None and fits_session(arrays):
+                command.session = True
+                return self._runtimes.sessions.predict(
+                    client,
+                    uri,
+                    command,
+                    arrays,
+                    dims,
+                    timeout=self._timeout(timeout),
+                    batch_bytes=self.batch_bytes,
+                )
             return _flight.exchange_predict(
                 client,
                 command,
@@ -226,6 +246,7 @@ class ModelRunnerClient:
         max_in_flight: int = 8,
         max_batch_size: int = 1,
         nan_policy: NanPolicy = "reject",
+        reference_path: bool = False,
         on_error: OnError = "raise",
         timeout: Timeout = None,
     ) -> FrameStream:
@@ -236,7 +257,8 @@ class ModelRunnerClient:
         A failed frame raises :class:`FrameError` (``on_error="raise"``; the stream goes on with
         the next ``next()``) or is yielded as one (``on_error="yield"``). Closing the stream, or
         leaving a ``for`` loop over it, stops the work on the server. ``timeout`` bounds the whole
-        stream and is off by default.
+        stream and is off by default. ``reference_path``: run bioimageio.core's own pipeline even
+        where the runtime's verified fast path serves the model.
         """
         command = self._command(
             model_id,
@@ -245,9 +267,10 @@ class ModelRunnerClient:
             nan_policy=nan_policy,
             stream=True,
             max_batch_size=max_batch_size,
+            reference_path=reference_path,
             timeout=timeout,
         )
-        route, client = self._runtime_for(model_id, weight_format, device, timeout)
+        route, _, client = self._runtime_for(model_id, weight_format, device, timeout)
         command.model_id = route.model_id
         return FrameStream(
             client,
@@ -274,6 +297,7 @@ class ModelRunnerClient:
         max_batch_size: int = 1,
         skip_preprocessing: bool = False,
         skip_postprocessing: bool = False,
+        reference_path: bool = False,
         report_progress: bool = False,
     ) -> runtime_pb2.PredictCommand:
         if nan_policy not in _NAN_POLICIES:
@@ -291,6 +315,7 @@ class ModelRunnerClient:
             nan_policy=_NAN_POLICIES[nan_policy],
             skip_preprocessing=skip_preprocessing,
             skip_postprocessing=skip_postprocessing,
+            reference_path=reference_path,
             report_progress=report_progress,
         )
         if blocksize is not None:
@@ -299,14 +324,14 @@ class ModelRunnerClient:
 
     def _runtime_for(
         self, model_id: str, weight_format: str | None, device: str | None, timeout: Timeout
-    ) -> tuple[Route, _flight.flight.FlightClient]:
+    ) -> tuple[Route, str, _flight.flight.FlightClient]:
         route = self._control.route(
             model_id, weight_format or "", device or "", timeout=self._timeout(timeout)
         )
         if not route.flight_uris:
             raise errors.UnavailableError(f"no runtime serves model {model_id!r}")
         uri = _flight.reachable_uri(route.flight_uris[0], self.address)
-        return route, self._runtimes.get(uri)
+        return route, uri, self._runtimes.get(uri)
 
     @contextmanager
     def _forget_route_if_gone(self, route: Route) -> Iterator[None]:
