@@ -32,6 +32,9 @@ class Settings:
     unet2d_min_frames: int
     """unet2d takes about 250 ms a frame on 2 cores: rounds of a few frames would be noise."""
     unet2d_max_frames: int
+    device: str = "cpu"
+    """Where the models run (``--device``): the server's default device and the in-process
+    reference's."""
 
     @classmethod
     def full(cls, rounds: int | None = None) -> Settings:
@@ -86,6 +89,6 @@ class BenchContext:
     def modelrunner(self, name: str = "modelrunner") -> ModelRunner:
         if name not in self._runners:
             self._runners[name] = start_modelrunner(
-                self.stack, self.workdir, self.log_dir, name=name
+                self.stack, self.workdir, self.log_dir, name=name, device=self.settings.device
             )
         return self._runners[name]

@@ -73,6 +73,7 @@ def start_modelrunner(
     *,
     name: str = "modelrunner",
     timeout: float = 120,
+    device: str = "cpu",
 ) -> ModelRunner:
     """Start ``modelrunner serve`` on free ports with its own cache; stopped by ``stack``."""
     port, flight_port = free_port(), free_port()
@@ -91,7 +92,7 @@ def start_modelrunner(
         "--cache-dir",
         str(cache),
         "--device",
-        "cpu",
+        device,
         "--log-level",
         "WARNING",
     ]

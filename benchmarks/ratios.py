@@ -16,6 +16,7 @@ from .rounds import (
     IN_PROCESS,
     LOCKSTEP,
     MODELRUNNER,
+    PROCESSING,
     STREAM,
     TRITON,
     UNET2D,
@@ -82,6 +83,15 @@ SPECS = (
         IDENTITY,
         (ECHO, STREAM),
         (TRITON, STREAM),
+    ),
+    RatioSpec(
+        "heavy-processing model, time per frame: remote / in-process",
+        PROCESSING,
+        (MODELRUNNER, LOCKSTEP),
+        (IN_PROCESS, LOCKSTEP),
+        target=0.5,
+        at_least=False,
+        time_ratio=True,
     ),
     RatioSpec(
         "unet2d time per frame: remote / in-process",

@@ -27,6 +27,12 @@ STREAM = "stream"
 
 IDENTITY = "identity"
 UNET2D = "unet2d_nuclei_broad"
+BATCHING = "tiny conv, free batch axis"
+RAW_TORCH = "raw torch"
+NETWORK_ALONE = "network alone"
+NUMPY_TO_NUMPY = "numpy to numpy"
+STREAM_BATCHED = "stream, batched"
+PROCESSING = "heavy processing"
 
 
 @dataclass

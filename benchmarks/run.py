@@ -7,6 +7,12 @@ Systems (``--systems``, comma-separated, default all):
 * ``triton``: PyTriton + tritonclient (gRPC) serving the identity (own environment, set up on
   demand in ``benchmarks/.triton-venv``);
 * ``unet2d``: ``unet2d_nuclei_broad`` through modelrunner against bioimageio.core in process;
+* ``floor`` (raw torch): ``unet2d_nuclei_broad``'s TorchScript network alone on the device, and
+  numpy -> device -> network -> numpy, with cudnn autotuning: the floor for unet2d;
+* ``batching``: a tiny convolution with a free batch axis, streamed one frame per call and with
+  waiting frames stacked along the batch axis;
+* ``processing``: a model whose cost is its processing (percentiles, clip, sigmoid around an
+  identity) through modelrunner against bioimageio.core in process, at each frame size;
 * ``memory``: modelrunner's peak memory for a tiled prediction, and a long stream;
 * ``overhead``: modelrunner's own work per call without the network (client and runtime), to
   show where a lockstep frame's time goes beyond the echo ceiling.
@@ -40,7 +46,22 @@ from .rounds import Case, describe_error, run_rounds
 
 logger = logging.getLogger("benchmarks.run")
 
-SYSTEMS = ("echo", "modelrunner", "triton", "unet2d", "memory", "overhead")
+SYSTEMS = (
+    "echo",
+    "modelrunner",
+    "triton",
+    "unet2d",
+    "processing",
+    "floor",
+    "batching",
+    "memory",
+    "overhead",
+)
+CPU_SYSTEMS = ("echo", "modelrunner", "triton", "unet2d", "processing", "memory", "overhead")
+"""What a plain run measures."""
+DEVICE_SYSTEMS = ("echo", "floor", "unet2d", "batching", "processing")
+"""What ``--device cuda`` measures: the raw-torch floor, unet2d (TorchScript) in process and
+through modelrunner, lockstep, stream and tiled, batching, and the processing-heavy model."""
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 FULL_SIZES = "512,2048"
 SMOKE_SIZES = "64,128"
@@ -58,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, few rounds (CI)")
     parser.add_argument(
         "--systems",
-        default=",".join(SYSTEMS),
+        default=None,
         help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)",
     )
     parser.add_argument(
@@ -82,9 +103,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PIXELS",
         help="frame side of the long stream (default 512; smoke 64)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where models run: cpu (default) or cuda[:N]; with cuda and no --systems, the GPU "
+        + f"set: {','.join(DEVICE_SYSTEMS)}",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.systems is None:
+        on_gpu = args.device.startswith("cuda")
+        args.systems = ",".join(DEVICE_SYSTEMS if on_gpu else CPU_SYSTEMS)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
@@ -122,7 +152,9 @@ def _guarded(
 
 
 def run(args: argparse.Namespace) -> Report:
-    settings = (Settings.smoke_test if args.smoke else Settings.full)(args.rounds)
+    settings = replace(
+        (Settings.smoke_test if args.smoke else Settings.full)(args.rounds), device=args.device
+    )
     if args.long_stream is not None or args.long_stream_side is not None:
         settings = replace(
             settings,
@@ -146,6 +178,7 @@ def run(args: argparse.Namespace) -> Report:
             "sizes": ",".join(s.label for s in sizes),
             "systems": ",".join(systems),
             "smoke": settings.smoke,
+            "device": settings.device,
         },
         machine=facts,
         results=[],
@@ -173,13 +206,27 @@ def run(args: argparse.Namespace) -> Report:
                     notes.append("Triton skipped in smoke mode: its environment takes too long")
                 else:
                     cases += _guarded("triton", errors, lambda: _triton(ctx, sizes, facts), notes)
+            if "floor" in systems:
+                from .systems.network_floor import floor_cases
+
+                cases += _guarded("raw torch floor", errors, lambda: floor_cases(ctx), notes)
             if "unet2d" in systems:
-                from .systems.unet2d import in_process_case, remote_case
+                from .systems.unet2d import in_process_case, remote_cases
 
                 cases += _guarded(
                     "unet2d in-process", errors, lambda: [in_process_case(ctx)], notes
                 )
-                cases += _guarded("unet2d modelrunner", errors, lambda: [remote_case(ctx)], notes)
+                cases += _guarded("unet2d modelrunner", errors, lambda: remote_cases(ctx), notes)
+            if "batching" in systems:
+                from .systems.batching import batching_cases
+
+                cases += _guarded("batching", errors, lambda: batching_cases(ctx), notes)
+            if "processing" in systems:
+                from .systems.processing import processing_cases
+
+                cases += _guarded(
+                    "heavy processing", errors, lambda: processing_cases(ctx, sizes), notes
+                )
             report.results = run_rounds(
                 cases,
                 rounds=settings.rounds,

@@ -1,14 +1,18 @@
-"""A real model: ``unet2d_nuclei_broad`` (ONNX) through modelrunner against bioimageio.core in
-this process, on the package's own test input (1, 1, 512, 512).
+"""A real model: ``unet2d_nuclei_broad`` through modelrunner against bioimageio.core in this
+process, on the package's own test input (1, 1, 512, 512); ONNX weights on a CPU, TorchScript on
+a GPU (ONNX Runtime there has no CUDA provider).
 
 Both sides go from a numpy array to a numpy array: in process, a warm prediction pipeline
-(``create_prediction_pipeline(..., weights_format="onnx")``, loaded once) and
+(``create_prediction_pipeline(..., weights_format=...)``, loaded once) and
 ``create_sample_for_model`` + ``predict_sample_without_blocking`` per call; remotely,
-``client.predict`` of the same array on the same model and weights.
+``client.predict`` of the same array on the same model and weights, lockstep, and
+``client.predict_stream`` of it; and (``--device cuda``) ``client.predict`` of a 2048x2048 image,
+which the runtime tiles (the model takes 512x512 only).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any, Final, cast
@@ -17,10 +21,15 @@ import numpy as np
 
 from ..context import BenchContext
 from ..modelrunner_server import REPO_ROOT
-from ..rounds import IN_PROCESS, LOCKSTEP, MODELRUNNER, UNET2D, Case
+from ..rounds import IN_PROCESS, LOCKSTEP, MODELRUNNER, STREAM, UNET2D, Case
 
 ZOO_MODEL = REPO_ROOT.parent / "shared" / "zoo" / "unet2d_nuclei_broad"
 WEIGHTS: Final = "onnx"
+TILED_SIDE: Final = 2048
+
+
+def weights_for(device: str) -> str:
+    return "torchscript" if device.startswith("cuda") else WEIGHTS
 
 
 def find_model() -> Path:
@@ -34,12 +43,16 @@ def find_model() -> Path:
 class InProcess:
     """A warm bioimageio.core pipeline in this process."""
 
-    def __init__(self, rdf: Path) -> None:
+    def __init__(self, rdf: Path, weights_format: str = WEIGHTS, device: str = "cpu") -> None:
         from bioimageio.core import create_prediction_pipeline
         from bioimageio.spec import load_model_description
 
         self.descr = cast(Any, load_model_description(rdf, perform_io_checks=False))
-        self.pipeline: Any = create_prediction_pipeline(self.descr, weights_format=WEIGHTS)
+        self.pipeline: Any = create_prediction_pipeline(
+            self.descr,
+            weights_format=weights_format,  # type: ignore[arg-type]
+            devices=None if weights_format == "onnx" else [device],
+        )
         self.pipeline.load()
         self.input_id = str(self.descr.inputs[0].id)
         self.output_id = str(self.descr.outputs[0].id)
@@ -66,7 +79,7 @@ def _test_data() -> tuple[np.ndarray, np.ndarray, str]:
 def in_process_case(ctx: BenchContext) -> Case:
     rdf = find_model()
     array, expected, size = _test_data()
-    local = InProcess(rdf)
+    local = InProcess(rdf, weights_for(ctx.settings.device), ctx.settings.device)
     ctx.stack.callback(local.close)
 
     def run(n: int) -> float:
@@ -92,32 +105,83 @@ def in_process_case(ctx: BenchContext) -> Case:
     )
 
 
-def remote_case(ctx: BenchContext) -> Case:
+def remote_cases(ctx: BenchContext) -> list[Case]:
     rdf = find_model()
     array, expected, size = _test_data()
+    weights = weights_for(ctx.settings.device)
     runner = ctx.modelrunner()
-    model_id = runner.add_and_load(rdf, WEIGHTS)
+    model_id = runner.add_and_load(rdf, weights)
     client = runner.client
+    low, high = ctx.settings.unet2d_min_frames, ctx.settings.unet2d_max_frames
 
-    def run(n: int) -> float:
+    def lockstep(n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
-            client.predict(model_id, array, weight_format=WEIGHTS)
+            client.predict(model_id, array, weight_format=weights)
+        return time.perf_counter() - start
+
+    def stream(n: int) -> float:
+        start = time.perf_counter()
+        with client.predict_stream(
+            model_id,
+            itertools.repeat(array, n),
+            weight_format=weights,
+            max_in_flight=ctx.settings.max_in_flight,
+        ) as results:
+            received = sum(1 for _ in results)
+        if received != n:
+            raise RuntimeError(f"the stream answered {received} of {n} frames")
         return time.perf_counter() - start
 
     def check() -> None:
-        (out,) = client.predict(model_id, array, weight_format=WEIGHTS).values()
+        (out,) = client.predict(model_id, array, weight_format=weights).values()
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
-    return Case(
-        MODELRUNNER,
-        LOCKSTEP,
-        UNET2D,
-        size,
-        array.nbytes,
-        call="client.predict",
-        run=run,
-        check=check,
-        min_frames=ctx.settings.unet2d_min_frames,
-        max_frames=ctx.settings.unet2d_max_frames,
-    )
+    cases = [
+        Case(
+            MODELRUNNER,
+            LOCKSTEP,
+            UNET2D,
+            size,
+            array.nbytes,
+            call="client.predict",
+            run=lockstep,
+            check=check,
+            min_frames=low,
+            max_frames=high,
+        ),
+        Case(
+            MODELRUNNER,
+            STREAM,
+            UNET2D,
+            size,
+            array.nbytes,
+            call="client.predict_stream",
+            run=stream,
+            min_frames=max(low, 2),
+            max_frames=high,
+        ),
+    ]
+    if ctx.settings.device.startswith("cuda"):
+        big = np.ascontiguousarray(np.tile(array, (1, 1, TILED_SIDE // 512, TILED_SIDE // 512)))
+
+        def tiled(n: int) -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                client.predict(model_id, big, weight_format=weights)
+            return time.perf_counter() - start
+
+        cases.append(
+            Case(
+                MODELRUNNER,
+                LOCKSTEP,
+                UNET2D,
+                f"{TILED_SIDE}x{TILED_SIDE} tiled",
+                big.nbytes,
+                call="client.predict (tiled by the runtime)",
+                run=tiled,
+                min_frames=low,
+                max_frames=high,
+            )
+        )
+    return cases

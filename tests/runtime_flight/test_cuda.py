@@ -61,3 +61,26 @@ def test_onnx_on_the_gpu_only_with_the_cuda_provider(pool: PipelinePool) -> None
 def test_model_test_on_the_gpu(tmp_path: Path) -> None:
     report = run_model_test(NUCLEI, weight_format="torchscript", device="cuda")
     assert report.status == "passed", report.markdown
+
+
+def test_the_fast_path_on_the_gpu_matches_bioimageio_core(pool: PipelinePool) -> None:
+    """On the GPU the fast path (processing and network on the device, pinned uploads) serves
+    the model, matches bioimageio.core within 1e-4, and measures reduced precision at load."""
+    from modelrunner.runtime_flight.options import PredictOptions
+
+    image = np.load(NUCLEI / "test_input.npy")
+    expected = np.load(NUCLEI / "test_output.npy")
+    with pool.use("nuclei", "torchscript", "cuda") as gpu:
+        assert gpu.serving.name == "fast", gpu.serving.reason
+        assert set(gpu.serving.precision_errors) == {"float16", "bfloat16"}
+        for _ in range(3):  # the pinned staging buffer is reused call after call
+            fast = gpu.predict(image)
+            assert fast.path == "fast"
+            np.testing.assert_allclose(fast["probability"], expected, rtol=0, atol=1e-4)
+        reference = gpu.predict(image, options=PredictOptions(reference_path=True))
+        np.testing.assert_allclose(fast["probability"], reference["probability"], rtol=0, atol=1e-4)
+        half = gpu.predict(image, options=PredictOptions(precision="float16"))
+        assert half["probability"].dtype == np.float32
+        error = np.abs(half["probability"] - fast["probability"]).max()
+        assert error <= gpu.serving.precision_errors["float16"] + 1e-6
+    pool.close()
