@@ -1,8 +1,9 @@
 """The ceiling: a bare ``pyarrow.flight`` ``do_exchange`` echo server, no model, no extra work.
 
 Run it as its own process: ``python -m benchmarks.echo_server --port PORT``. Every record batch a
-client writes on an exchange comes straight back on the same exchange, so lockstep calls (one
-exchange per frame) and frame streams (many frames on one exchange) both work. Frames travel the
+client writes on an exchange comes straight back on the same exchange, as soon as it arrives, so
+lockstep calls (a frame written, its echo read, then the next, on one open exchange) and frame
+streams (many frames in flight on one exchange) both work. Frames travel the
 way modelrunner moves them (one ``arrow.fixed_shape_tensor`` column, one row per frame); the
 server never looks into them.
 """

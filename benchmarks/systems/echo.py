@@ -3,8 +3,9 @@
 Frames travel as modelrunner moves them (one ``arrow.fixed_shape_tensor`` column, one row per
 frame, zero-copy on both sides, aligned reads) with plain pyarrow and nothing else:
 
-* lockstep: one ``do_exchange`` per frame (write, close the writing side, read the echo), the
-  call pattern of ``client.predict``;
+* lockstep: one ``do_exchange`` kept open, each frame written and its echo read before the next
+  is written, the call pattern of ``client.predict`` (whose calls in a row share one exchange, a
+  session);
 * stream: one ``do_exchange`` for all frames of a round, a writer thread keeping at most
   ``max_in_flight`` frames unanswered, the pattern of ``client.predict_stream``.
 """
@@ -55,10 +56,34 @@ def echo_once(client: flight.FlightClient, batch: pa.RecordBatch) -> np.ndarray:
     return out
 
 
-def lockstep(client: flight.FlightClient, batch: pa.RecordBatch, frames: int) -> float:
+class EchoSession:
+    """One exchange kept open for lockstep calls, opened on first use."""
+
+    def __init__(self, client: flight.FlightClient, batch: pa.RecordBatch) -> None:
+        self.client, self.batch = client, batch
+        self._open: tuple[flight.FlightStreamWriter, flight.FlightStreamReader] | None = None
+
+    def echo(self) -> np.ndarray:
+        if self._open is None:
+            writer, reader = self.client.do_exchange(DESCRIPTOR, _options())
+            writer.begin(self.batch.schema)
+            self._open = writer, reader
+        writer, reader = self._open
+        writer.write_batch(self.batch)
+        return batch_frame(reader.read_chunk().data)
+
+    def close(self) -> None:
+        if self._open is not None:
+            writer, _ = self._open
+            self._open = None
+            writer.done_writing()
+            writer.close()
+
+
+def lockstep(session: EchoSession, frames: int) -> float:
     start = time.perf_counter()
     for _ in range(frames):
-        echo_once(client, batch)
+        session.echo()
     return time.perf_counter() - start
 
 
@@ -112,6 +137,8 @@ def echo_cases(ctx: BenchContext, sizes: list[FrameSize]) -> list[Case]:
     for size in sizes:
         frame = make_frame(size.shape)
         batch = frame_batch(frame)
+        session = EchoSession(client, batch)
+        ctx.stack.callback(session.close)
 
         def check(frame: np.ndarray = frame, batch: pa.RecordBatch = batch) -> None:
             if not np.array_equal(echo_once(client, batch), frame):
@@ -124,8 +151,8 @@ def echo_cases(ctx: BenchContext, sizes: list[FrameSize]) -> list[Case]:
                 IDENTITY,
                 size.label,
                 size.nbytes,
-                call="one do_exchange per frame",
-                run=partial(lockstep, client, batch),
+                call="one do_exchange kept open",
+                run=partial(lockstep, session),
                 check=check,
                 min_frames=ctx.settings.lockstep_min_frames,
             )

@@ -79,9 +79,7 @@ def measure_overhead(workdir: Path, sizes: list[FrameSize], *, seconds: float) -
                     runtime_us=_per_call(
                         partial(service.predict, command, {"": frame}, {}), seconds
                     ),
-                    model_us=_per_call(
-                        partial(fast.predict, inputs, nan_possible=False), seconds
-                    ),
+                    model_us=_per_call(partial(fast.predict, inputs, nan_possible=False), seconds),
                     nan_check_us=_per_call(frame.min, seconds),
                     copy_us=_per_call(frame.copy, seconds),
                 )
@@ -112,34 +110,56 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
     """``client.predict`` of ``frame`` whose control and Flight calls answer at once."""
     from modelrunner.client import ModelRunnerClient
     from modelrunner.client._control import Route
+    from modelrunner.client._sessions import SessionPool
     from modelrunner.v1 import runtime_pb2
     from modelrunner.wire import SampleLayout, encode_sample
 
     dims = {"output": ("batch", "channel", "y", "x")}
     layout = SampleLayout.plan({"output": frame}, dims)
     (answer,) = encode_sample(layout, {"output": frame})
-    metadata = pa.py_buffer(
-        runtime_pb2.FrameResult(frame=0, weight_format="onnx", device="cpu").SerializeToString()
-    )
+    metadata: dict[int, pa.Buffer] = {}
     route = Route("0" * 64, ("grpc://127.0.0.1:1",), "stand-in")
+
+    def frame_metadata(frame: int) -> pa.Buffer:
+        """FrameResult of the session's ``frame``-th answer (made once: not the client's work)."""
+        buffer = metadata.get(frame)
+        if buffer is None:
+            buffer = metadata[frame] = pa.py_buffer(
+                runtime_pb2.FrameResult(
+                    frame=frame, weight_format="onnx", device="cpu"
+                ).SerializeToString()
+            )
+        return buffer
 
     class Chunk:
         data = answer
-        app_metadata = metadata
+
+        def __init__(self, app_metadata: pa.Buffer) -> None:
+            self.app_metadata = app_metadata
 
     class Reader:
+        """Answers every sample written on its exchange, in order, like a runtime's session."""
+
         schema = answer.schema
 
         def __init__(self) -> None:
-            self.done = False
+            self.pending = 0
+            self.frame = 0
 
         def read_chunk(self) -> Chunk:
-            if self.done:
+            if not self.pending:
                 raise StopIteration
-            self.done = True
-            return Chunk()
+            self.pending -= 1
+            self.frame += 1
+            return Chunk(frame_metadata(self.frame - 1))
+
+        def cancel(self) -> None:
+            pass
 
     class Writer:
+        def __init__(self, reader: Reader) -> None:
+            self.reader = reader
+
         def __enter__(self) -> Writer:
             return self
 
@@ -150,14 +170,18 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
             pass
 
         def write_batch(self, batch: pa.RecordBatch) -> None:
-            pass
+            self.reader.pending += 1
 
         def done_writing(self) -> None:
             pass
 
+        def close(self) -> None:
+            pass
+
     class Flight:
         def do_exchange(self, descriptor: object, options: object) -> tuple[Writer, Reader]:
-            return Writer(), Reader()
+            reader = Reader()
+            return Writer(reader), reader
 
     class Control:
         def route(self, *args: object, **kwargs: object) -> Route:
@@ -167,11 +191,16 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
             pass
 
     class Runtimes:
+        sessions = SessionPool()
+
         def get(self, uri: str) -> Flight:
             return Flight()
 
-        def close(self) -> None:
+        def drop(self, uri: str) -> None:
             pass
+
+        def close(self) -> None:
+            self.sessions.close()
 
     client = ModelRunnerClient("127.0.0.1:1")
     client.close()
