@@ -163,7 +163,7 @@ class AsyncModelRunnerClient:
         weight_format: str | None = None,
         device: str | None = None,
         max_in_flight: int = 8,
-        max_batch_size: int = 1,
+        max_batch_size: int = 0,
         nan_policy: NanPolicy = "reject",
         reference_path: bool = False,
         on_error: OnError = "raise",

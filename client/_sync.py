@@ -244,7 +244,7 @@ class ModelRunnerClient:
         weight_format: str | None = None,
         device: str | None = None,
         max_in_flight: int = 8,
-        max_batch_size: int = 1,
+        max_batch_size: int = 0,
         nan_policy: NanPolicy = "reject",
         reference_path: bool = False,
         on_error: OnError = "raise",
@@ -252,7 +252,9 @@ class ModelRunnerClient:
     ) -> FrameStream:
         """Run the model on a sequence of frames over one stream; yields each frame's outputs in
         order. At most ``max_in_flight`` frames travel unanswered (back-pressure); the runtime may
-        stack up to ``max_batch_size`` waiting frames along the model's batch axis.
+        stack up to ``max_batch_size`` waiting frames along the model's batch axis (only frames
+        already waiting: a sparse stream is not delayed). ``max_batch_size=0`` leaves it to the
+        runtime: up to 8 on a GPU, one at a time on a CPU.
 
         A failed frame raises :class:`FrameError` (``on_error="raise"``; the stream goes on with
         the next ``next()``) or is yielded as one (``on_error="yield"``). Closing the stream, or

