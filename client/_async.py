@@ -21,7 +21,7 @@ from ._inputs import Inputs
 from ._progress import ProgressOption
 from ._sources import SourceLike
 from ._stream import FrameStream, OnError
-from ._sync import ModelRunnerClient, NanPolicy
+from ._sync import ModelRunnerClient, NanPolicy, Precision
 from ._timeouts import USE_CLIENT_DEFAULT, Timeout
 
 T = TypeVar("T")
@@ -135,6 +135,7 @@ class AsyncModelRunnerClient:
         skip_preprocessing: bool = False,
         skip_postprocessing: bool = False,
         reference_path: bool = False,
+        precision: Precision | None = None,
         progress: ProgressOption = False,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, np.ndarray]:
@@ -151,6 +152,7 @@ class AsyncModelRunnerClient:
             skip_preprocessing=skip_preprocessing,
             skip_postprocessing=skip_postprocessing,
             reference_path=reference_path,
+            precision=precision,
             progress=progress,
             timeout=timeout,
         )
@@ -166,6 +168,7 @@ class AsyncModelRunnerClient:
         max_batch_size: int = 0,
         nan_policy: NanPolicy = "reject",
         reference_path: bool = False,
+        precision: Precision | None = None,
         on_error: OnError = "raise",
         timeout: Timeout = None,
     ) -> AsyncFrameStream:
@@ -186,6 +189,7 @@ class AsyncModelRunnerClient:
                 max_batch_size=max_batch_size,
                 nan_policy=nan_policy,
                 reference_path=reference_path,
+                precision=precision,
                 on_error=on_error,
                 timeout=timeout,
             )

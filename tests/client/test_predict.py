@@ -113,3 +113,17 @@ def test_blocksize_tiles_like_bioimageio_core(client: ModelRunnerClient, tiny: T
         local = pipeline.predict_sample_with_blocking(sample, ns=2)
     (name,) = remote
     np.testing.assert_array_equal(remote[name], local.members[name].data.to_numpy())
+
+
+def test_reduced_precision_through_the_client(client: ModelRunnerClient, tiny: Tiny) -> None:
+    from modelrunner.errors import FailedPreconditionError
+
+    script = client.add_model(tiny("torchscript"))
+    x = np.random.default_rng(0).random((1, 1, 24, 24), dtype=np.float32)
+    full = client.predict(script.id, x)["out"]
+    half = client.predict(script.id, x, precision="bfloat16")["out"]
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, full, rtol=0, atol=0.05)
+    onnx = client.add_model(tiny("onnx"))
+    with pytest.raises(FailedPreconditionError, match="the onnx network has no reduced precision"):
+        client.predict(onnx.id, x, precision="float16")
