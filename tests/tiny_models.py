@@ -468,6 +468,66 @@ def build_cellpose_model(directory: Path) -> Path:
         return _finish(descr, staging, directory)
 
 
+def _onnx_identity_weights(staging: Path, channels: int) -> v0_5.WeightsDescr:
+    """An ONNX ``Identity`` graph on float32 BCYX with free batch, y and x dimensions."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = ["batch", channels, "y", "x"]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+    )
+    opset = 17
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    weights_path = staging / "identity.onnx"
+    onnx.save(model, str(weights_path))
+    return v0_5.WeightsDescr(onnx=v0_5.OnnxWeightsDescr(source=weights_path, opset_version=opset))
+
+
+def _identity_package(
+    directory: Path,
+    staging: Path,
+    weights: v0_5.WeightsDescr,
+    *,
+    name: str,
+    channels: int,
+    size: SizeSpec,
+    side: int,
+    preprocessing: Sequence[Any] = (),
+    postprocessing: Sequence[Any] = (),
+) -> Path:
+    """A package of an identity network from ``input`` to ``output`` (float32 BCYX)."""
+    names = [f"c{i}" for i in range(channels)]
+    descr = _model(
+        name,
+        [
+            _input(
+                "input",
+                _test_input(staging, "input", (1, channels, side, side)),
+                size=size,
+                channels=names,
+                preprocessing=preprocessing,
+            )
+        ],
+        [
+            _output(
+                "output",
+                _placeholder(staging, "output", (1, channels, side, side), "float32"),
+                reference="input",
+                channels=names,
+                postprocessing=postprocessing,
+            )
+        ],
+        weights,
+    )
+    return _finish(descr, staging, directory)
+
+
 def build_onnx_identity(
     directory: Path,
     *,
@@ -481,48 +541,19 @@ def build_onnx_identity(
     """An ONNX ``Identity`` model on float32 BCYX. y/x sizes are ``min_size + n*step`` (the
     default, 1 + n*1, takes any size), or exactly ``fixed_size``. The graph itself has free
     batch, y and x dimensions, so the description alone decides which sizes are valid."""
-    import onnx
-    from onnx import TensorProto, helper
-
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
-        shape = ["batch", channels, "y", "x"]
-        graph = helper.make_graph(
-            [helper.make_node("Identity", ["input"], ["output"])],
-            "identity",
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-            [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
-        )
-        opset = 17
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-        model.ir_version = 8
-        onnx.checker.check_model(model)
-        weights_path = staging / "identity.onnx"
-        onnx.save(model, str(weights_path))
         size: SizeSpec = fixed_size if fixed_size is not None else (min_size, step)
         side = test_size or (fixed_size if fixed_size is not None else max(min_size + step, 8))
-        names = [f"c{i}" for i in range(channels)]
-        descr = _model(
-            name,
-            [
-                _input(
-                    "input",
-                    _test_input(staging, "input", (1, channels, side, side)),
-                    size=size,
-                    channels=names,
-                )
-            ],
-            [
-                _output(
-                    "output",
-                    _placeholder(staging, "output", (1, channels, side, side), "float32"),
-                    reference="input",
-                    channels=names,
-                )
-            ],
-            v0_5.WeightsDescr(onnx=v0_5.OnnxWeightsDescr(source=weights_path, opset_version=opset)),
+        return _identity_package(
+            directory,
+            staging,
+            _onnx_identity_weights(staging, channels),
+            name=name,
+            channels=channels,
+            size=size,
+            side=side,
         )
-        return _finish(descr, staging, directory)
 
 
 def _tf_version() -> v0_5.Version:
@@ -715,26 +746,10 @@ def build_processing_model(
     """A model whose work is its processing: an identity network (ONNX ``Identity``, or a
     TorchScript module returning its input) on float32 BCYX with ``channels`` channels, y/x sizes
     8 + n*8, between the given pre- and postprocessing steps."""
-    import onnx
-    from onnx import TensorProto, helper
-
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
         if weights_format == "onnx":
-            shape = ["batch", channels, "y", "x"]
-            graph = helper.make_graph(
-                [helper.make_node("Identity", ["input"], ["output"])],
-                "identity",
-                [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-                [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
-            )
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-            model.ir_version = 8
-            weights_path = staging / "identity.onnx"
-            onnx.save(model, str(weights_path))
-            weights = v0_5.WeightsDescr(
-                onnx=v0_5.OnnxWeightsDescr(source=weights_path, opset_version=17)
-            )
+            weights = _onnx_identity_weights(staging, channels)
         else:
             import torch
 
@@ -744,31 +759,17 @@ def build_processing_model(
                     pytorch_version=_torch_version(),
                 )
             )
-        names = [f"c{i}" for i in range(channels)]
-        side = test_side
-        descr = _model(
-            name,
-            [
-                _input(
-                    "input",
-                    _test_input(staging, "input", (1, channels, side, side)),
-                    size=(8, 8),
-                    channels=names,
-                    preprocessing=preprocessing,
-                )
-            ],
-            [
-                _output(
-                    "output",
-                    _placeholder(staging, "output", (1, channels, side, side), "float32"),
-                    reference="input",
-                    channels=names,
-                    postprocessing=postprocessing,
-                )
-            ],
+        return _identity_package(
+            directory,
+            staging,
             weights,
+            name=name,
+            channels=channels,
+            size=(8, 8),
+            side=test_side,
+            preprocessing=preprocessing,
+            postprocessing=postprocessing,
         )
-        return _finish(descr, staging, directory)
 
 
 def build_heavy_processing_model(directory: Path) -> Path:
