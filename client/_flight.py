@@ -14,6 +14,7 @@ import pyarrow.flight as flight
 from google.protobuf.message import Message
 
 from modelrunner import converters, errors, types
+from modelrunner.body_alignment import write_aligned
 from modelrunner.v1 import models_pb2, runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
@@ -109,7 +110,7 @@ def exchange_predict(
                 finally:
                     upload.join()
             for batch in encode_sample(layout, arrays):
-                writer.write_batch(batch)
+                write_aligned(writer, batch)
             writer.done_writing()
             return _read_outputs(reader, progress)
 
@@ -130,7 +131,7 @@ class _Uploader(threading.Thread):
         total, done = self.layout.nbytes, 0
         try:
             for batch in encode_sample(self.layout, self.arrays):
-                self.writer.write_batch(batch)
+                write_aligned(self.writer, batch)
                 done = min(total, done + batch.nbytes)
                 if self.progress is not None:
                     self.progress(types.Progress(stage="upload", done=done, total=total))

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.flight as flight
 
 from modelrunner import converters, errors
+from modelrunner.body_alignment import write_aligned
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
@@ -82,7 +83,7 @@ class _Session:
         session stays usable then). Raises :class:`_NotSent` or a transport error."""
         try:
             for batch in encode_sample(self.layout, arrays):
-                self.writer.write_batch(batch)
+                write_aligned(self.writer, batch)
         except (flight.FlightError, OSError) as e:
             raise _NotSent(e) from None
         return self._answer()

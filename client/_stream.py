@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.flight as flight
 
 from modelrunner import converters, errors
+from modelrunner.body_alignment import write_aligned
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
@@ -98,7 +99,7 @@ class _FrameUpload:
                     continue
                 self.sent.put((index, None))
                 for batch in encode_sample(layout, arrays):
-                    self.writer.write_batch(batch)
+                    write_aligned(self.writer, batch)
                 index += 1
             if not self.closed.is_set():
                 self.writer.done_writing()

@@ -23,6 +23,7 @@ import pyarrow.flight as flight
 from google.protobuf.message import DecodeError
 
 from modelrunner import converters, errors, types
+from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import to_flight_error
 from modelrunner.v1 import control_pb2, runtime_pb2
 from modelrunner.wire import (
@@ -215,7 +216,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             frame, outputs.weight_format, outputs.device, getattr(outputs, "serving_path", "")
         )
         for batch in encode_sample(layout, outputs.arrays):
-            writer.write_with_metadata(batch, metadata)
+            write_aligned(writer, batch, metadata)
         return layout
 
     def _serve_stream(
@@ -532,7 +533,7 @@ def _write_batches(
 ) -> None:
     """Write and forget: a batch may be a view of a band, which should go once it is sent."""
     for batch in batches:
-        writer.write_with_metadata(batch, metadata)
+        write_aligned(writer, batch, metadata)
 
 
 def _parse(message: Any, body: bytes) -> Any:

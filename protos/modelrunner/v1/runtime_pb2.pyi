@@ -47,20 +47,22 @@ class PredictCommand(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., blocksize: _Optional[int] = ..., stream: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., nan_policy: _Optional[_Union[NanPolicy, str]] = ..., skip_preprocessing: _Optional[bool] = ..., skip_postprocessing: _Optional[bool] = ..., report_progress: _Optional[bool] = ..., session: _Optional[bool] = ..., reference_path: _Optional[bool] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("frame", "error", "progress", "weight_format", "device", "serving_path")
+    __slots__ = ("frame", "error", "progress", "weight_format", "device", "serving_path", "padding")
     FRAME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     SERVING_PATH_FIELD_NUMBER: _ClassVar[int]
+    PADDING_FIELD_NUMBER: _ClassVar[int]
     frame: int
     error: _models_pb2.ErrorDetail
     progress: _models_pb2.Progress
     weight_format: str
     device: str
     serving_path: str
-    def __init__(self, frame: _Optional[int] = ..., error: _Optional[_Union[_models_pb2.ErrorDetail, _Mapping]] = ..., progress: _Optional[_Union[_models_pb2.Progress, _Mapping]] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., serving_path: _Optional[str] = ...) -> None: ...
+    padding: bytes
+    def __init__(self, frame: _Optional[int] = ..., error: _Optional[_Union[_models_pb2.ErrorDetail, _Mapping]] = ..., progress: _Optional[_Union[_models_pb2.Progress, _Mapping]] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., serving_path: _Optional[str] = ..., padding: _Optional[bytes] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model_id", "weight_format", "device")
