@@ -367,25 +367,31 @@ def quantile(x: torch.Tensor, q: float, dims: Sequence[int], method: str) -> tor
 
 
 _SAMPLE = 1 << 14
-"""Rows longer than this select their order statistics within a band found from a sample."""
+"""Rows longer than four samples select their order statistics within a band bounded by a
+sample of this many values (on the CPU)."""
 
 
 def _order_statistics(row: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
     """The ``ks``-th smallest values of a 1-D tensor (0-based; ``ks`` close together).
 
-    Selection over the whole row (``kthvalue``) runs on one core and moves the data several
-    times. A long row instead gives a sample (every m-th value), whose order statistics bound
-    the wanted ones with a wide margin; one pass counts the values below the lower bound and one
-    takes the values within the band, where ``kthvalue`` then runs on a small tensor. When the
-    bounds turn out not to hold (the count says so), the whole row is selected as usual: the
-    result is exact either way.
+    On a GPU, ``kthvalue`` selects over the whole row. On the CPU it runs on one core and moves
+    the data several times, so a long row instead gives a sample (every m-th value) whose order
+    statistics bound the wanted ones with a wide margin; one pass takes the values within the
+    band (counting those below it), and the selection runs on that small array. When the bounds
+    turn out not to hold (the count says so), the whole row is selected: the result is exact
+    either way. numpy does these passes faster than torch here.
     """
     n = row.numel()
-    if n <= 4 * _SAMPLE:
+    if row.device.type != "cpu" or n <= 4 * _SAMPLE:
         return [torch.kthvalue(row, k + 1).values for k in ks]
-    step = n // _SAMPLE
-    sample = torch.sort(row[::step].contiguous()).values
-    m = sample.numel()
+    values = _select_in_band(row.contiguous().numpy(), ks)
+    return [torch.as_tensor(v) for v in values]
+
+
+def _select_in_band(row: np.ndarray, ks: Sequence[int]) -> list[Any]:
+    n = row.size
+    sample = np.sort(row[:: n // _SAMPLE])
+    m = sample.size
     margin = 6 * math.sqrt(m) + 16
     first = int(min(ks) / n * m - margin)
     last = int(max(ks) / n * m + margin)
@@ -394,19 +400,18 @@ def _order_statistics(row: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor
         if first <= 0:
             below, inside = 0, row <= sample[last]
         elif last >= m - 1:
-            below, inside = _count(row < sample[first]), row >= sample[first]
+            inside = row >= sample[first]
+            below = n - int(np.count_nonzero(inside))
         else:
-            below = _count(row < sample[first])
-            inside = (row >= sample[first]) & (row <= sample[last])
+            inside = row >= sample[first]
+            below = n - int(np.count_nonzero(inside))
+            inside &= row <= sample[last]
         band = row[inside]
-        if below <= min(ks) and max(ks) < below + band.numel():
-            return [torch.kthvalue(band, k - below + 1).values for k in ks]
-    return [torch.kthvalue(row, k + 1).values for k in ks]
-
-
-def _count(mask: torch.Tensor) -> int:
-    # ``count_nonzero`` is many times faster than ``sum`` of a boolean tensor on the CPU
-    return int(torch.count_nonzero(mask))
+        if below <= min(ks) and max(ks) < below + band.size:
+            selected = np.partition(band, [k - below for k in ks])
+            return [selected[k - below] for k in ks]
+    selected = np.partition(row, list(ks))
+    return [selected[k] for k in ks]
 
 
 def _nan_quantile(x: torch.Tensor, q: float, dims: Sequence[int], method: str) -> torch.Tensor:
