@@ -172,6 +172,9 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
         def write_batch(self, batch: pa.RecordBatch) -> None:
             self.reader.pending += 1
 
+        def write_with_metadata(self, batch: pa.RecordBatch, metadata: object) -> None:
+            self.reader.pending += 1
+
         def done_writing(self) -> None:
             pass
 
