@@ -383,7 +383,8 @@ def _verify(
     arrays = map_inputs(descr, inputs, dims, nan_policy="allow")
     inputs = {str(k): v for k, v in arrays.items()}
     actual = fast.predict(inputs, nan_possible=True)
-    fast._check = (inputs, actual)
+    if fast.precisions:  # kept to measure reduced precision on demand
+        fast._check = (inputs, actual)
     try:
         reference = pipeline.predict_sample_without_blocking(
             as_sample(descr, arrays), skip_input_padding=True, skip_output_cropping=True
