@@ -62,8 +62,8 @@ class FastPath:
         self.device = device
         self.input_ids = tuple(input_ids)
         self.output_ids = tuple(output_ids)
-        self._staging: dict[tuple[tuple[int, ...], np.dtype], torch.Tensor] = {}
-        """Pinned host buffers by input shape and dtype (CUDA only), reused call after call."""
+        self._staging: dict[tuple[str, tuple[int, ...], np.dtype], torch.Tensor] = {}
+        """Pinned host buffers by input, shape and dtype (CUDA only), reused call after call."""
         self._full_precision_dtypes: list[torch.dtype | None] = []
         """The network's output dtypes at full precision (known after the load's check)."""
         self.precision_errors: dict[str, float] = {}
@@ -71,6 +71,8 @@ class FastPath:
         once measured (:meth:`measure_precision`)."""
         self._check: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
         """The test inputs and their full-precision outputs, kept from the load's check."""
+        self.precision_failures: dict[str, str] = {}
+        """Reduced precisions that failed on the test inputs, with why: no longer offered."""
 
     def measure_precision(self, precision: str) -> float:
         """The largest deviation of ``precision`` from full precision on the package's test
@@ -81,7 +83,11 @@ class FastPath:
         if self._check is None:
             raise RuntimeError("the fast path has not been checked against bioimageio.core")
         inputs, full = self._check
-        reduced = self.predict(inputs, nan_possible=True, precision=precision)
+        try:
+            reduced = self.predict(inputs, nan_possible=True, precision=precision)
+        except Exception as e:
+            self.precision_failures[precision] = f"{type(e).__name__}: {e}"
+            raise
         error = max(
             (_deviation(reduced[k], full[k], 0.0, 0.0)[0] for k in full if k in reduced),
             default=0.0,
@@ -96,7 +102,9 @@ class FastPath:
     @property
     def precisions(self) -> tuple[str, ...]:
         """The reduced precisions the network can run in (torch autocast)."""
-        return tuple(PRECISIONS) if isinstance(self.network, TorchNetwork) else ()
+        if not isinstance(self.network, TorchNetwork):
+            return ()
+        return tuple(p for p in PRECISIONS if p not in self.precision_failures)
 
     def predict(
         self,
@@ -114,7 +122,7 @@ class FastPath:
                 its outputs are cast back to the dtype each had at full precision.
         """
         with torch.inference_mode():
-            raw = {k: self._upload(arrays[k]) for k in self.input_ids}
+            raw = {k: self._upload(k, arrays[k]) for k in self.input_ids}
             stats = self.processing.statistics(raw, nan_possible=nan_possible)
             inputs = self.processing.preprocess(raw, stats)
             del raw
@@ -137,10 +145,13 @@ class FastPath:
             outputs = self.processing.postprocess(outputs, stats)
             return {k: _download(v) for k, v in outputs.items()}
 
-    def _upload(self, array: np.ndarray) -> torch.Tensor:
+    def _upload(self, input_id: str, array: np.ndarray) -> torch.Tensor:
+        """The input on the device. On CUDA through a pinned buffer of its own: the copy to the
+        device is asynchronous, and the buffer is reused only by the next call, after this one
+        synchronised (its outputs' copy back to the host)."""
         if self.device.type != "cuda":
             return _from_numpy(array)
-        key = (array.shape, array.dtype)
+        key = (input_id, array.shape, array.dtype)
         staging = self._staging.get(key)
         if staging is None:
             if len(self._staging) >= 8:
@@ -182,7 +193,11 @@ class _AdapterModels:
         self.adapter = adapter
         device, model = adapter._model_queue.get()
         adapter._model_queue.put((device, model))
-        self.device, self.model = device, model
+        # facts about the model, not the model: unloading the adapter must free it
+        self.device = device
+        self.providers = tuple(model.get_providers()) if hasattr(model, "get_providers") else ()
+        self.input_names = [i.name for i in model.get_inputs()] if self.providers else []
+        self.output_names = [o.name for o in model.get_outputs()] if self.providers else []
 
 
 class TorchNetwork:
@@ -222,15 +237,15 @@ class ArrayNetwork:
 
 
 class OnnxCudaNetwork:
-    """An ONNX Runtime session with the CUDA provider, fed device tensors through IO binding
-    (no host round trip between the processing and the network)."""
+    """An ONNX Runtime session with the CUDA provider, fed device tensors through IO binding (no
+    host round trip between the preprocessing and the network; its outputs come back through
+    the host, ``copy_outputs_to_cpu``)."""
 
     def __init__(self, models: _AdapterModels, device: torch.device) -> None:
         self.models = models
         self.device = device
-        session = models.model
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = [o.name for o in session.get_outputs()]
+        self.input_names = models.input_names
+        self.output_names = models.output_names
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
         queue = self.models.adapter._model_queue
@@ -279,10 +294,9 @@ def network_for(pipeline: PredictionPipeline, weight_format: str, device: str) -
     models = _AdapterModels(adapter)
     if weight_format in ("pytorch_state_dict", "torchscript"):
         return TorchNetwork(models)
-    if weight_format == "onnx" and device.startswith("cuda"):
-        providers = models.model.get_providers()
-        if "CUDAExecutionProvider" in providers:
-            return OnnxCudaNetwork(models, torch.device(device))
+    cuda_onnx = weight_format == "onnx" and device.startswith("cuda")
+    if cuda_onnx and "CUDAExecutionProvider" in models.providers:
+        return OnnxCudaNetwork(models, torch.device(device))
     return ArrayNetwork(models)
 
 
@@ -332,6 +346,11 @@ def choose_serving_path(
         fast = build_fast_path(pipeline, descr, weight_format, device)
     except Unsupported as e:
         return None, ServingPath("reference", f"no fast path: {e}")
+    except Exception as e:  # a fast path that cannot be built leaves the model to the reference
+        logger.warning("building the fast path of %s failed", descr.name, exc_info=True)
+        return None, ServingPath(
+            "reference", f"building the fast path failed: {type(e).__name__}: {e}"
+        )
     start = time.perf_counter()
     try:
         verdict = _verify(fast, pipeline, descr, weight_format)
@@ -360,8 +379,9 @@ def choose_serving_path(
         for precision in fast.precisions:
             try:
                 fast.measure_precision(precision)
-            except Exception as e:  # noqa: BLE001 - a precision that fails is not measured
+            except Exception as e:  # noqa: BLE001 - a precision that fails is not offered
                 logger.info("%s precision failed: %s: %s", precision, type(e).__name__, e)
+        fast._check = None  # every precision is measured: the test data can go
     return fast, verdict
 
 

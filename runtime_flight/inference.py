@@ -242,6 +242,13 @@ def prepare_fast_path(
     return serving
 
 
+def release_fast_path(pipeline: PredictionPipeline) -> None:
+    """Drop the pipeline's fast path (before unloading it: its buffers go with it)."""
+    memo = _memo(pipeline, model_descr(pipeline))
+    memo.fast = None
+    memo.serving = NOT_CHECKED
+
+
 def fast_path(pipeline: PredictionPipeline) -> FastPath | None:
     """The pipeline's checked fast path, if it has one (see :func:`prepare_fast_path`)."""
     return _memo(pipeline, model_descr(pipeline)).fast
@@ -278,6 +285,12 @@ def _fast_outputs(
     )
     if options.reference_path or (why_not and not options.precision):
         return None
+    failed = fast.precision_failures.get(options.precision) if fast is not None else None
+    if failed is not None:
+        raise FailedPreconditionError(
+            f"{options.precision} precision fails on this model: {failed}",
+            details={"precision": options.precision, "model": descr.name},
+        )
     if why_not or (fast is not None and options.precision not in ("", *fast.precisions)):
         raise FailedPreconditionError(
             f"{options.precision} precision runs on the fast path with PyTorch or TorchScript "
@@ -286,9 +299,15 @@ def _fast_outputs(
             details={"precision": options.precision, "model": descr.name},
         )
     assert fast is not None
-    try:
-        if options.precision:
+    if options.precision:
+        try:
             fast.measure_precision(options.precision)
+        except Exception as e:
+            raise FailedPreconditionError(
+                f"{options.precision} precision fails on this model: {type(e).__name__}: {e}",
+                details={"precision": options.precision, "model": descr.name},
+            ) from e
+    try:
         return Outputs.of(
             fast.predict(
                 by_name,

@@ -374,7 +374,10 @@ class PipelinePool:
         )
 
     def _close(self, warm: WarmPipeline) -> None:
+        from .inference import release_fast_path
+
         try:
+            release_fast_path(warm.pipeline)
             warm.pipeline.unload()
         except Exception:  # unloading is best effort; the references go anyway
             logger.exception("unloading %s failed", warm.key)

@@ -237,3 +237,61 @@ def test_streams_stack_frames_on_a_gpu_only_unless_told(tiny: Tiny) -> None:
         assert GPU_STREAM_BATCH == 8
     finally:
         service.close()
+
+
+def test_a_fast_path_that_cannot_be_built_leaves_the_model_to_bioimageio_core(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(fast_path, "build_fast_path", broken)
+    pool = PipelinePool(lambda _: tiny("onnx"))
+    try:
+        loaded = pool.load("tiny").model
+        assert loaded.serving_path == "reference"
+        assert loaded.serving_path_reason == (
+            "building the fast path failed: RuntimeError: CUDA error: out of memory"
+        )
+    finally:
+        pool.close()
+
+
+def test_unloading_drops_the_fast_path(tiny: Tiny) -> None:
+    pool = PipelinePool(lambda _: tiny("torchscript"))
+    with pool.use("tiny") as warm:
+        pipeline = warm.pipeline
+        assert inference.fast_path(pipeline) is not None
+    pool.unload("tiny")
+    assert inference.fast_path(pipeline) is None
+    pool.close()
+
+
+def test_a_reduced_precision_that_fails_is_refused_and_withdrawn(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attacks the precision option with a network that fails in reduced precision: the call
+    is refused with FAILED_PRECONDITION, and the precision is no longer offered."""
+    real = fast_path.FastPath.predict
+
+    def no_half(self: fast_path.FastPath, arrays: Any, **kwargs: Any) -> dict[str, Any]:
+        if kwargs.get("precision") == "float16":
+            raise RuntimeError("\"slow_conv2d_cpu\" not implemented for 'Half'")
+        return real(self, arrays, **kwargs)
+
+    monkeypatch.setattr(fast_path.FastPath, "predict", no_half)
+    pool = PipelinePool(lambda _: tiny("torchscript"))
+    try:
+        with pool.use("tiny") as warm:
+            x = np.zeros((1, 1, 24, 24), np.float32)
+            with pytest.raises(FailedPreconditionError, match="float16 precision fails on this"):
+                warm.predict(x, options=PredictOptions(precision="float16"))
+            with pytest.raises(FailedPreconditionError) as caught:
+                warm.predict(x, options=PredictOptions(precision="float16"))
+            assert caught.value.message == (
+                "float16 precision fails on this model: "
+                "RuntimeError: \"slow_conv2d_cpu\" not implemented for 'Half'"
+            )
+            assert warm.predict(x, options=PredictOptions(precision="bfloat16")).path == "fast"
+    finally:
+        pool.close()
