@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weight-format")
     predict.add_argument("--device")
     predict.add_argument("--blocksize", type=int, help="bioimageio.core blocksize parameter")
+    predict.add_argument(
+        "--reference-path",
+        action="store_true",
+        help="run bioimageio.core's own pipeline, not the runtime's checked fast path",
+    )
+    predict.add_argument(
+        "--precision",
+        choices=("float16", "bfloat16"),
+        help="run the network in reduced precision (fast path, PyTorch/TorchScript weights)",
+    )
     predict.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")
     predict.set_defaults(run=_predict)

@@ -43,6 +43,8 @@ def run_predict(args: argparse.Namespace) -> int:
             weight_format=args.weight_format,
             device=args.device,
             blocksize=args.blocksize,
+            reference_path=args.reference_path,
+            precision=args.precision,
             progress=not args.no_progress,
         )
         for output_id, path in output_paths(Path(args.output), list(outputs)).items():

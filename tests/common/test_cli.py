@@ -99,6 +99,39 @@ def test_predict_files(
     np.testing.assert_allclose(y, expected, atol=1e-4)
 
 
+def test_predict_on_the_reference_path_and_a_bad_precision(
+    server: RunningServer, nuclei: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "in.npy", np.load(NUCLEI / "test_input.npy")[0, 0])
+    common = [str(tmp_path / "in.npy"), "--server", server.address, "--weight-format", "onnx"]
+    code, _, err = _run(
+        capsys,
+        "predict",
+        nuclei.id,
+        *common,
+        "-o",
+        str(tmp_path / "out.npy"),
+        "--reference-path",
+        "--no-progress",
+    )
+    assert code == 0, err
+    expected = np.load(NUCLEI / "test_output.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4)
+    code, _, err = _run(
+        capsys,
+        "predict",
+        nuclei.id,
+        *common,
+        "-o",
+        str(tmp_path / "half.npy"),
+        "--precision",
+        "float16",
+        "--no-progress",
+    )
+    assert code == 1
+    assert err.startswith("error (FAILED_PRECONDITION): float16 precision runs on the fast path")
+
+
 def test_serve_starts_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     env = dict(os.environ, MODELRUNNER_CACHE_DIR=str(tmp_path / "cache"))
     port, flight_port = _free_port(), _free_port()
