@@ -32,7 +32,7 @@ import torch
 from bioimageio.core import PredictionPipeline
 from bioimageio.spec.model import v0_5
 
-from .device_processing import Processing, Unsupported, processing_for
+from .device_processing import Processing, Statistics, Unsupported, processing_for
 from .serving_paths import ServingPath
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,27 @@ class FastPath:
             }
             outputs = self.processing.postprocess(outputs, stats)
             return {k: _download(v) for k, v in outputs.items()}
+
+    def preprocess(
+        self, arrays: Mapping[str, np.ndarray], *, nan_possible: bool
+    ) -> tuple[dict[str, np.ndarray], Statistics]:
+        """The inputs after preprocessing, on the host, and the statistics that
+        :meth:`postprocess` needs: for a sample whose network runs block by block elsewhere."""
+        with torch.inference_mode():
+            raw = {k: self._upload(k, arrays[k]) for k in self.input_ids}
+            stats = self.processing.statistics(raw, nan_possible=nan_possible)
+            inputs = self.processing.preprocess(raw, stats)
+            return {k: _download(v) for k, v in inputs.items()}, stats
+
+    def postprocess(
+        self, outputs: Mapping[str, np.ndarray], stats: Statistics
+    ) -> dict[str, np.ndarray]:
+        """The network's outputs (each in its output's axis order) after postprocessing."""
+        with torch.inference_mode():
+            on_device = {k: _from_numpy(v).to(self.device) for k, v in outputs.items()}
+            return {
+                k: _download(v) for k, v in self.processing.postprocess(on_device, stats).items()
+            }
 
     def _upload(self, input_id: str, array: np.ndarray) -> torch.Tensor:
         """The input on the device. On CUDA through a pinned buffer of its own: the copy to the

@@ -89,8 +89,8 @@ def test_inputs_of_another_dtype_take_the_fast_path(tiny: Tiny, pipelines: Pipel
 def test_calls_the_fast_path_does_not_cover_take_the_pipeline(
     tiny: Tiny, pipelines: Pipelines
 ) -> None:
-    """Skipped processing, and inputs that must be padded or tiled, run bioimageio.core's
-    pipeline (the fast path was checked on whole samples with their processing)."""
+    """Skipped processing runs bioimageio.core's pipeline (the fast path was checked with the
+    model's processing), and so does a call that asks for the reference."""
     pipeline = pipelines.get(tiny("torchscript"), "torchscript")  # sizes 16 + n*8
     inference.prepare_fast_path(pipeline, "torchscript", "cpu")
     x = np.random.default_rng(0).random((1, 1, 24, 24), dtype=np.float32)
@@ -102,7 +102,9 @@ def test_calls_the_fast_path_does_not_cover_take_the_pipeline(
     ):
         assert inference.predict(pipeline, x, options=options).path == "reference"
     padded = np.random.default_rng(1).random((1, 1, 20, 20), dtype=np.float32)
-    assert inference.predict(pipeline, padded).path == "reference"
+    assert inference.predict(
+        pipeline, padded, options=PredictOptions(reference_path=True)
+    ).path == ("reference")
 
 
 def test_a_fast_path_that_deviates_is_not_used(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -295,3 +297,42 @@ def test_a_reduced_precision_that_fails_is_refused_and_withdrawn(
             assert warm.predict(x, options=PredictOptions(precision="bfloat16")).path == "fast"
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "shape", "blocksize"),
+    [
+        ("torchscript", "torchscript", (1, 1, 20, 20), None),  # padded to 24
+        ("halo", "pytorch_state_dict", (1, 1, 90, 70), 1),  # tiled, with a halo
+        ("heavy_processing", "onnx", (1, 1, 200, 136), 2),  # tiled, percentiles and sigmoid
+    ],
+)
+def test_padded_and_tiled_inputs_take_the_fast_processing(
+    tiny: Tiny,
+    pipelines: Pipelines,
+    name: str,
+    fmt: str,
+    shape: tuple[int, ...],
+    blocksize: int | None,
+) -> None:
+    """A padded or tiled sample's processing runs as torch operations on the whole sample and
+    bioimageio.core predicts the blocks: the same results as its own blockwise prediction."""
+    pipeline = pipelines.get(tiny(name), fmt)
+    inference.prepare_fast_path(pipeline, fmt, "cpu")
+    x = np.random.default_rng(3).gamma(2.0, 10.0, shape).astype(np.float32)
+    steps: list[tuple[int, int]] = []
+    fast = inference.predict(
+        pipeline,
+        x,
+        options=PredictOptions(blocksize=blocksize),
+        progress=lambda done, total: steps.append((done, total)),
+    )
+    reference = inference.predict(
+        pipeline, x, options=PredictOptions(blocksize=blocksize, reference_path=True)
+    )
+    assert (fast.path, reference.path) == ("fast", "reference")
+    if blocksize is not None:
+        assert steps and steps[-1][0] == steps[-1][1] > 1
+    for k in reference:
+        assert fast[k].shape == reference[k].shape and fast[k].dtype == reference[k].dtype
+        np.testing.assert_allclose(fast[k], reference[k], rtol=1e-5, atol=1e-5)
