@@ -7,6 +7,10 @@ called on the device tensors; ONNX runs on its session (with IO binding on a CUD
 TensorFlow and Keras run on the arrays through bioimageio.core's adapter, with the processing in
 torch on the CPU around them.
 
+A sample that must be padded or tiled gets the same processing on the whole sample, and
+bioimageio.core's pipeline runs the network on the padded sample or its blocks in between
+(:func:`.inference._predict_fast_around_blocks`).
+
 bioimageio.core stays the reference. When a model is loaded, :func:`choose_serving_path` runs
 the package's own test inputs through both paths and compares the outputs within the package's
 test tolerance (its ``reproducibility_tolerance``, as ``bioimageio.core.test_model`` reads it).
