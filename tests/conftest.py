@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelrunner.client import ModelInfo, ModelRunnerClient
+from modelrunner.runtime_flight.server import RuntimeFlightServer
 from modelrunner.serving import RunningServer, start_embedded
 from modelrunner.settings import Settings
 from tests.reference import Pipelines
@@ -43,6 +44,21 @@ def client(server: RunningServer) -> Iterator[ModelRunnerClient]:
 @pytest.fixture(scope="session")
 def nuclei(client: ModelRunnerClient) -> ModelInfo:
     return client.add_model(NUCLEI)
+
+
+@pytest.fixture(scope="session")
+def identity(client: ModelRunnerClient, tiny: Callable[[str], Path]) -> ModelInfo:
+    """The tiny ONNX identity on the shared server, loaded."""
+    info = client.add_model(tiny("onnx"))
+    client.load(info.id)
+    return info
+
+
+@pytest.fixture
+def runtime(server: RunningServer) -> RuntimeFlightServer:
+    """The shared server's embedded Flight runtime."""
+    assert server.runtime is not None
+    return server.runtime.server
 
 
 @pytest.fixture(scope="session")

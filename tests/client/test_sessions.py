@@ -35,19 +35,6 @@ from modelrunner.v1 import runtime_pb2
 Tiny = Callable[[str], Path]
 
 
-@pytest.fixture(scope="module")
-def identity(client: ModelRunnerClient, tiny: Tiny) -> ModelInfo:
-    info = client.add_model(tiny("onnx"))
-    client.load(info.id)
-    return info
-
-
-@pytest.fixture
-def runtime(server: RunningServer) -> RuntimeFlightServer:
-    assert server.runtime is not None
-    return server.runtime.server
-
-
 @pytest.fixture
 def own_client(server: RunningServer) -> Iterator[ModelRunnerClient]:
     """A client of its own, so the pool holds only this test's sessions."""

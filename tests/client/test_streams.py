@@ -23,13 +23,6 @@ from modelrunner.serving import RunningServer
 Tiny = Callable[[str], Path]
 
 
-@pytest.fixture(scope="module")
-def identity(client: ModelRunnerClient, tiny: Tiny) -> ModelInfo:
-    info = client.add_model(tiny("onnx"))
-    client.load(info.id)
-    return info
-
-
 def _frame(i: int, side: int = 16) -> np.ndarray:
     return np.full((1, 1, side, side), i, np.float32)
 

@@ -16,7 +16,7 @@ import pyarrow.flight as flight
 import pytest
 
 from modelrunner import errors
-from modelrunner.client import ModelInfo, ModelRunnerClient
+from modelrunner.client import ModelInfo
 from modelrunner.runtime_flight.inference import predict
 from modelrunner.runtime_flight.options import PredictOptions
 from modelrunner.runtime_flight.server import RuntimeFlightServer
@@ -30,19 +30,6 @@ from tests.reference import Pipelines
 
 Tiny = Callable[[str], Path]
 READ_OPTIONS = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.DataTypeSpecific)
-
-
-@pytest.fixture(scope="module")
-def identity(client: ModelRunnerClient, tiny: Tiny) -> ModelInfo:
-    info = client.add_model(tiny("onnx"))
-    client.load(info.id)
-    return info
-
-
-@pytest.fixture
-def runtime(server: RunningServer) -> RuntimeFlightServer:
-    assert server.runtime is not None
-    return server.runtime.server
 
 
 @pytest.fixture
