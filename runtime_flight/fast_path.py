@@ -170,6 +170,16 @@ class FastPath:
                 k: _download(v) for k, v in self.processing.postprocess(on_device, stats).items()
             }
 
+    def run_network(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The network alone, on inputs already preprocessed (e.g. a batch of blocks)."""
+        with torch.inference_mode():
+            results = self.network([self._upload(k, arrays[k]) for k in self.input_ids])
+            return {
+                k: _download(v)
+                for k, v in zip(self.output_ids, results, strict=False)
+                if v is not None
+            }
+
     def _upload(self, input_id: str, array: np.ndarray) -> torch.Tensor:
         """The input on the device. On CUDA through a pinned buffer of its own: the copy to the
         device is asynchronous, and the buffer is reused only by the next call, after this one

@@ -465,15 +465,14 @@ def _predict_fast_around_blocks(
         raise InternalError("the fast path was offered a sample it does not take")
     prepared, stats = fast.preprocess(arrays, nan_possible=options.nan_policy != "reject")
     del arrays
-    network_only = replace(options, skip_preprocessing=True, skip_postprocessing=True)
-    raw = _run(
-        pipeline,
-        descr,
-        as_sample(descr, {MemberId(k): v for k, v in prepared.items()}),
-        plan,
-        network_only,
-        progress,
-    )
+    preprocessed = as_sample(descr, {MemberId(k): v for k, v in prepared.items()})
+    if plan.mode == "tiled" and not plan.pad:
+        from .device_tiles import predict_blocks
+
+        raw = predict_blocks(fast, pipeline, descr, preprocessed, plan, progress)
+    else:
+        network_only = replace(options, skip_preprocessing=True, skip_postprocessing=True)
+        raw = _run(pipeline, descr, preprocessed, plan, network_only, progress)
     del prepared
     return Outputs.of(fast.postprocess(output_arrays(descr, raw), stats), "fast")
 

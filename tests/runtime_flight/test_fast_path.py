@@ -336,3 +336,43 @@ def test_padded_and_tiled_inputs_take_the_fast_processing(
     for k in reference:
         assert fast[k].shape == reference[k].shape and fast[k].dtype == reference[k].dtype
         np.testing.assert_allclose(fast[k], reference[k], rtol=1e-5, atol=1e-5)
+
+
+def test_tiles_go_through_the_network_in_stacks(
+    tiny: Tiny, pipelines: Pipelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of a model whose batch axis is free reach the network several at a time."""
+    pipeline = pipelines.get(tiny("heavy_processing"), "onnx")
+    inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    stacks: list[int] = []
+    real = fast_path.FastPath.run_network
+
+    def counting(self: fast_path.FastPath, arrays: Any) -> dict[str, Any]:
+        stacks.append(arrays["input"].shape[0])
+        return real(self, arrays)
+
+    monkeypatch.setattr(fast_path.FastPath, "run_network", counting)
+    x = np.random.default_rng(0).random((1, 1, 200, 136), dtype=np.float32)
+    steps: list[tuple[int, int]] = []
+    inference.predict(
+        pipeline,
+        x,
+        options=PredictOptions(blocksize=2),
+        progress=lambda done, total: steps.append((done, total)),
+    )
+    blocks = steps[-1][1]
+    assert sum(stacks) == blocks > 8
+    assert max(stacks) == 8  # device_tiles.BLOCKS_PER_CALL
+
+
+@needs_zoo
+def test_the_nuclei_model_tiled_on_the_fast_path(pipelines: Pipelines) -> None:
+    """A fixed 512x512 model with an output halo, on a 1024x700 image: bioimageio.core's own
+    blocks, one per network call (its batch axis is fixed), the same results."""
+    pipeline = pipelines.get(NUCLEI, "onnx")
+    inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    x = np.tile(np.load(NUCLEI / "test_input.npy"), (1, 1, 2, 2))[..., :1024, :700]
+    fast = inference.predict(pipeline, x)
+    reference = inference.predict(pipeline, x, options=PredictOptions(reference_path=True))
+    assert fast.path == "fast"
+    np.testing.assert_allclose(fast["probability"], reference["probability"], rtol=0, atol=1e-5)
