@@ -20,6 +20,7 @@ Transport-free modules, one responsibility each:
     memory_release  hand freed memory back to the OS after large requests (glibc)
     device_processing  bioimage.io pre/postprocessing as torch operations on the model's device
     fast_path       processing and network fused on the device, checked against bioimageio.core
+    device_tiles    tiled prediction with bioimageio.core's blocks, the network on stacks of them
 
 The transport and process around them:
 

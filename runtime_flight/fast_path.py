@@ -7,9 +7,9 @@ called on the device tensors; ONNX runs on its session (with IO binding on a CUD
 TensorFlow and Keras run on the arrays through bioimageio.core's adapter, with the processing in
 torch on the CPU around them.
 
-A sample that must be padded or tiled gets the same processing on the whole sample, and
-bioimageio.core's pipeline runs the network on the padded sample or its blocks in between
-(:func:`.inference._predict_fast_around_blocks`).
+A sample that must be padded or tiled gets the same processing on the whole sample; in
+between, a padded sample goes through bioimageio.core's network call, and a tiled one through
+this network in stacks of bioimageio.core's own blocks (:mod:`.device_tiles`).
 
 bioimageio.core stays the reference. When a model is loaded, :func:`choose_serving_path` runs
 the package's own test inputs through both paths and compares the outputs within the package's

@@ -431,8 +431,9 @@ def _fast_around_blocks(
     pipeline: PredictionPipeline, descr: v0_5.ModelDescr, plan: FitPlan, options: PredictOptions
 ) -> FastPath | None:
     """The fast path's processing for a padded or tiled prediction, when it applies: all of the
-    processing then runs on the whole sample as torch operations, and bioimageio.core predicts
-    the padded sample or its blocks without processing. bioimageio.core applies elementwise
+    processing then runs on the whole sample as torch operations, and in between the padded
+    sample goes through bioimageio.core's network call, or the blocks through the fast path's
+    network in stacks (:mod:`.device_tiles`). bioimageio.core applies elementwise
     preprocessing to each padded block instead; the two agree for every padding but a constant
     one (a step changes the pad value), which stays with bioimageio.core when tiling."""
     if (
