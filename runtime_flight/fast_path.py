@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,6 +43,15 @@ logger = logging.getLogger(__name__)
 
 
 PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Arrays received over Flight are read-only; no step writes into its input. torch warns once a
+# process; a filter set once (rather than around every call) is also safe across threads.
+warnings.filterwarnings(
+    "ignore",
+    message="The given NumPy array is not writable",
+    category=UserWarning,
+    module=__name__,
+)
 
 
 class Network(Protocol):
@@ -100,8 +109,9 @@ class FastPath:
         logger.info("%s precision: max |difference| from full precision %.2e", precision, error)
         return error
 
-    def accepts(self, arrays: Mapping[str, np.ndarray]) -> bool:
-        return set(arrays) == set(self.input_ids)
+    def accepts(self, input_ids: Iterable[str]) -> bool:
+        """Whether a sample of these inputs can take the fast path (it has every input)."""
+        return set(input_ids) == set(self.input_ids)
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -126,10 +136,7 @@ class FastPath:
                 its outputs are cast back to the dtype each had at full precision.
         """
         with torch.inference_mode():
-            raw = {k: self._upload(k, arrays[k]) for k in self.input_ids}
-            stats = self.processing.statistics(raw, nan_possible=nan_possible)
-            inputs = self.processing.preprocess(raw, stats)
-            del raw
+            inputs, stats = self._preprocess(arrays, nan_possible)
             network_inputs = [inputs[k] for k in self.input_ids]
             del inputs
             if precision:
@@ -141,7 +148,8 @@ class FastPath:
                 ]
             else:
                 results = self.network(network_inputs)
-                self._full_precision_dtypes = [None if r is None else r.dtype for r in results]
+                if not self._full_precision_dtypes:
+                    self._full_precision_dtypes = [None if r is None else r.dtype for r in results]
             del network_inputs
             outputs = {
                 k: v for k, v in zip(self.output_ids, results, strict=False) if v is not None
@@ -155,10 +163,15 @@ class FastPath:
         """The inputs after preprocessing, on the host, and the statistics that
         :meth:`postprocess` needs: for a sample whose network runs block by block elsewhere."""
         with torch.inference_mode():
-            raw = {k: self._upload(k, arrays[k]) for k in self.input_ids}
-            stats = self.processing.statistics(raw, nan_possible=nan_possible)
-            inputs = self.processing.preprocess(raw, stats)
+            inputs, stats = self._preprocess(arrays, nan_possible)
             return {k: _download(v) for k, v in inputs.items()}, stats
+
+    def _preprocess(
+        self, arrays: Mapping[str, np.ndarray], nan_possible: bool
+    ) -> tuple[dict[str, torch.Tensor], Statistics]:
+        raw = {k: self._upload(k, arrays[k]) for k in self.input_ids}
+        stats = self.processing.statistics(raw, nan_possible=nan_possible)
+        return self.processing.preprocess(raw, stats), stats
 
     def postprocess(
         self, outputs: Mapping[str, np.ndarray], stats: Statistics
@@ -199,15 +212,10 @@ class FastPath:
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():
-        # arrays received over Flight are read-only; the steps never write into their input
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            return torch.from_numpy(array)
-        except (ValueError, TypeError):  # negative strides, non-native byte order
-            return torch.from_numpy(
-                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
-            )
+    try:
+        return torch.from_numpy(array)
+    except (ValueError, TypeError):  # negative strides, non-native byte order
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
 
 
 def _download(tensor: torch.Tensor) -> np.ndarray:

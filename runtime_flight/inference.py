@@ -402,7 +402,7 @@ def _predict_planned(
     options: PredictOptions,
     progress: Progress | None,
 ) -> Outputs:
-    fast = _fast_around_blocks(pipeline, descr, plan, options)
+    fast = _fast_around_blocks(pipeline, descr, sample, plan, options)
     if fast is not None:
         try:
             return _predict_fast_around_blocks(
@@ -428,7 +428,11 @@ def _predict_planned(
 
 
 def _fast_around_blocks(
-    pipeline: PredictionPipeline, descr: v0_5.ModelDescr, plan: FitPlan, options: PredictOptions
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    sample: Sample,
+    plan: FitPlan,
+    options: PredictOptions,
 ) -> FastPath | None:
     """The fast path's processing for a padded or tiled prediction, when it applies: all of the
     processing then runs on the whole sample as torch operations, and in between the padded
@@ -444,7 +448,7 @@ def _fast_around_blocks(
     ):
         return None
     fast = _memo(pipeline, descr).fast
-    if fast is None:
+    if fast is None or not fast.accepts(str(m) for m in sample.members):
         return None
     constant = any(isinstance(m, v0_5.ConstantPadding) for m in pipeline.pad_mode.values())
     if plan.mode == "tiled" and not plan.pad and constant:
@@ -462,8 +466,6 @@ def _predict_fast_around_blocks(
     progress: Progress | None,
 ) -> Outputs:
     arrays = {str(m): t.data.to_numpy() for m, t in sample.members.items()}
-    if not fast.accepts(arrays):
-        raise InternalError("the fast path was offered a sample it does not take")
     prepared, stats = fast.preprocess(arrays, nan_possible=options.nan_policy != "reject")
     del arrays
     preprocessed = as_sample(descr, {MemberId(k): v for k, v in prepared.items()})

@@ -370,7 +370,6 @@ class PipelinePool:
             pipeline=pipeline,
             memory_bytes=memory,
             load_seconds=seconds,
-            serving=serving,
         )
 
     def _close(self, warm: WarmPipeline) -> None:

@@ -133,13 +133,20 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     @contextmanager
     def _counting_exchange(self) -> Iterator[None]:
         with self._exchanges_lock:
-            self.active_exchanges += 1
             self.exchanges_opened += 1
+        with self._counting("active_exchanges"):
+            yield
+
+    @contextmanager
+    def _counting(self, counter: str) -> Iterator[None]:
+        """``counter`` (an attribute) counts this call while it runs."""
+        with self._exchanges_lock:
+            setattr(self, counter, getattr(self, counter) + 1)
         try:
             yield
         finally:
             with self._exchanges_lock:
-                self.active_exchanges -= 1
+                setattr(self, counter, getattr(self, counter) - 1)
 
     def _serve_one(
         self,
@@ -277,7 +284,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         decoder = SampleDecoder(layout)
         out_layout: SampleLayout | None = None
         frame = 0
-        with self._counting_session():
+        with self._counting("active_sessions"):
             while True:
                 try:
                     chunk = reader.read_chunk()
@@ -302,16 +309,6 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                         context, command, writer, out_layout, sample, dims, frame
                     )
                     frame += 1
-
-    @contextmanager
-    def _counting_session(self) -> Iterator[None]:
-        with self._exchanges_lock:
-            self.active_sessions += 1
-        try:
-            yield
-        finally:
-            with self._exchanges_lock:
-                self.active_sessions -= 1
 
     def _answer_session_sample(
         self,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal, overload
 from modelrunner.errors import ModelRunnerError
 from modelrunner.types import LoadedModel
 
-from .serving_paths import NOT_CHECKED, ServingPath
+from .serving_paths import ServingPath
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,8 +47,13 @@ class WarmPipeline:
     """Requests holding it (managed by the pool, under the pool's lock)."""
     retired: bool = False
     """Out of the pool; unloaded when the last user returns it."""
-    serving: ServingPath = NOT_CHECKED
-    """Which path serves its calls (see :mod:`.fast_path`)."""
+
+    @property
+    def serving(self) -> ServingPath:
+        """Which path serves its calls, and why (see :mod:`.fast_path`)."""
+        from .inference import serving_path
+
+        return serving_path(self.pipeline)
 
     @property
     def key(self) -> Key:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import itertools
 import sys
-import time
 
 import numpy as np
 
 from ..context import BenchContext
 from ..modelrunner_server import REPO_ROOT
 from ..rounds import BATCHING, MODELRUNNER, STREAM, STREAM_BATCHED, Case
+from .modelrunner import predict_stream
 
 SIDE = 512
 MAX_BATCH = 8
@@ -31,17 +31,9 @@ def batching_cases(ctx: BenchContext) -> list[Case]:
     frame = np.random.default_rng(0).random((1, 1, SIDE, SIDE), dtype=np.float32)
 
     def stream(n: int, max_batch_size: int) -> float:
-        start = time.perf_counter()
-        with client.predict_stream(
-            model_id,
-            itertools.repeat(frame, n),
-            max_in_flight=2 * MAX_BATCH,
-            max_batch_size=max_batch_size,
-        ) as results:
-            received = sum(1 for _ in results)
-        if received != n:
-            raise RuntimeError(f"the stream answered {received} of {n} frames")
-        return time.perf_counter() - start
+        return predict_stream(
+            client, model_id, frame, n, 2 * MAX_BATCH, max_batch_size=max_batch_size
+        )
 
     def check() -> None:
         one = client.predict(model_id, frame)["out"]

@@ -12,7 +12,6 @@ which the runtime tiles (the model takes 512x512 only).
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 from typing import Any, Final, cast
@@ -22,6 +21,7 @@ import numpy as np
 from ..context import BenchContext
 from ..modelrunner_server import REPO_ROOT
 from ..rounds import IN_PROCESS, LOCKSTEP, MODELRUNNER, STREAM, UNET2D, Case
+from .modelrunner import predict_stream
 
 ZOO_MODEL = REPO_ROOT.parent / "shared" / "zoo" / "unet2d_nuclei_broad"
 WEIGHTS: Final = "onnx"
@@ -121,17 +121,9 @@ def remote_cases(ctx: BenchContext) -> list[Case]:
         return time.perf_counter() - start
 
     def stream(n: int) -> float:
-        start = time.perf_counter()
-        with client.predict_stream(
-            model_id,
-            itertools.repeat(array, n),
-            weight_format=weights,
-            max_in_flight=ctx.settings.max_in_flight,
-        ) as results:
-            received = sum(1 for _ in results)
-        if received != n:
-            raise RuntimeError(f"the stream answered {received} of {n} frames")
-        return time.perf_counter() - start
+        return predict_stream(
+            client, model_id, array, n, ctx.settings.max_in_flight, weight_format=weights
+        )
 
     def check() -> None:
         (out,) = client.predict(model_id, array, weight_format=weights).values()
