@@ -22,9 +22,8 @@ def translated_errors() -> Iterator[None]:
         raise
     except grpc.RpcError as e:
         raise from_rpc_error(e) from None
-    except flight.FlightError as e:
+    except (flight.FlightError, pa.ArrowInvalid, pa.ArrowKeyError) as e:
+        # a runtime's INVALID_ARGUMENT and NOT_FOUND arrive as ArrowInvalid and ArrowKeyError
         raise from_flight_error(e) from None
-    except pa.ArrowInvalid as e:
-        raise errors.InvalidArgumentError(str(e)) from None
     except pa.ArrowException as e:
         raise errors.ModelRunnerError(str(e)) from None

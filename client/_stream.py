@@ -3,6 +3,12 @@
 A thread uploads frames while the caller iterates over results, so upload, compute and download
 overlap. At most ``max_in_flight`` frames are sent but not yet answered: a producer faster than
 the model waits instead of filling memory on either side.
+
+A stream has no deadline by default (it may run for hours), but it has an idle timeout: when the
+runtime sends nothing for ``idle_timeout`` seconds while the client waits for an answer, the
+stream is cancelled and ``next()`` raises DeadlineExceededError, so a frozen runtime cannot make
+the client wait forever. gRPC keepalive would not notice: a runtime whose handler hangs still
+answers HTTP/2 pings.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -28,6 +35,9 @@ from ._inputs import Inputs, normalise_inputs
 logger = logging.getLogger(__name__)
 
 OnError = Literal["raise", "yield"]
+DEFAULT_IDLE_TIMEOUT_S = 120.0
+"""How long a stream waits for the runtime's next answer before giving up (its first answer
+may follow a model load: minutes for a large model on a slow disk)."""
 
 
 class FrameError(errors.ModelRunnerError):
@@ -133,11 +143,18 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         timeout: float | None,
         batch_bytes: int,
         on_error: OnError,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         if max_in_flight < 1:
             raise errors.InvalidArgumentError("max_in_flight must be at least 1")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise errors.InvalidArgumentError(
+                f"idle_timeout must be positive (or None: wait forever), got {idle_timeout}"
+            )
         self._on_error = on_error
+        self._idle_timeout = idle_timeout
         self._decoder: SampleDecoder | None = None
+        self._watchdog: _IdleWatchdog | None = None
         descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
         with translated_errors():
             writer, self._reader = client.do_exchange(descriptor, call_options(timeout))
@@ -169,11 +186,31 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         finally:
             self._upload.credits.release()
 
+    def _read_chunk(self) -> flight.FlightStreamChunk:
+        """The next message, cancelling the exchange when none comes within the idle timeout."""
+        if self._idle_timeout is None:
+            return self._reader.read_chunk()
+        if self._watchdog is None:
+            self._watchdog = _IdleWatchdog(self._idle_timeout, self._reader)
+        self._watchdog.arm()
+        try:
+            return self._reader.read_chunk()
+        except flight.FlightCancelledError:
+            if self._watchdog.fired:
+                raise errors.DeadlineExceededError(
+                    f"the runtime sent nothing for {self._idle_timeout:g} s (idle_timeout); "
+                    "the stream was cancelled",
+                    details={"idle_timeout_s": self._idle_timeout},
+                ) from None
+            raise
+        finally:
+            self._watchdog.disarm()
+
     def _read_frame(self, index: int) -> dict[str, np.ndarray]:
         while True:
             try:
                 with translated_errors():
-                    chunk = self._reader.read_chunk()
+                    chunk = self._read_chunk()
             except StopIteration:
                 self._raise_upload_error()
                 self.close()
@@ -214,6 +251,8 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         """Stop the stream: cancels the exchange, so the runtime stops working on it."""
         if self._upload.closed.is_set():
             return
+        if self._watchdog is not None:
+            self._watchdog.stop()
         self._upload.stop()
         try:
             self._reader.cancel()
@@ -234,6 +273,50 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
     def __del__(self) -> None:
         if hasattr(self, "_upload"):
             self.close()
+
+
+class _IdleWatchdog:
+    """One thread per stream that cancels the exchange when a read waits longer than
+    ``timeout`` (a thread per read would cost more than reading a small frame)."""
+
+    def __init__(self, timeout: float, reader: flight.FlightStreamReader) -> None:
+        self.timeout, self.reader = timeout, reader
+        self.fired = False
+        self._deadline: float | None = None
+        self._stopped = False
+        self._wake = threading.Condition()
+        threading.Thread(target=self._run, name="modelrunner-stream-idle", daemon=True).start()
+
+    def arm(self) -> None:
+        with self._wake:
+            self._deadline = time.monotonic() + self.timeout
+            self._wake.notify()
+
+    def disarm(self) -> None:
+        with self._wake:
+            self._deadline = None
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        with self._wake:
+            while not self._stopped:
+                if self._deadline is None:
+                    self._wake.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._wake.wait(left)
+                    continue
+                self.fired, self._stopped = True, True
+        if self.fired:
+            try:
+                self.reader.cancel()
+            except Exception:  # noqa: BLE001 - already finished: nothing to stop
+                pass
 
 
 def _describe(layout: SampleLayout) -> Mapping[str, tuple[list[int], str]]:

@@ -18,6 +18,8 @@ and the client turns both back into these types, so callers never see ``grpc.Rpc
     │   ├── ModelInUseError
     │   ├── CorruptModelError
     │   └── DeviceNotAvailableError
+    ├── UnauthenticatedError            UNAUTHENTICATED (no token, or one not known)
+    ├── PermissionDeniedError           PERMISSION_DENIED (the token's role or workspace)
     ├── ResourceExhaustedError          RESOURCE_EXHAUSTED
     ├── UnavailableError                UNAVAILABLE
     ├── DeadlineExceededError           DEADLINE_EXCEEDED
@@ -93,7 +95,21 @@ class CorruptModelError(FailedPreconditionError):
 
 
 class DeviceNotAvailableError(FailedPreconditionError):
-    """The requested device does not exist on the runtime."""
+    """The requested device cannot run the model's weights in this runtime. A device the runtime
+    does not have at all (``cuda:7``, ``tpu``) is the client's mistake: InvalidArgumentError."""
+
+
+class UnauthenticatedError(ModelRunnerError):
+    """The call carries no token, or one the server does not know (or that was revoked)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(ModelRunnerError):
+    """The caller is known but may not do this: its role is too low, the model is in another
+    workspace, or a path lies outside the server's allowed roots."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class ResourceExhaustedError(ModelRunnerError):
@@ -135,6 +151,8 @@ _ALL_ERRORS: tuple[type[ModelRunnerError], ...] = (
     ModelInUseError,
     CorruptModelError,
     DeviceNotAvailableError,
+    UnauthenticatedError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
     DeadlineExceededError,
@@ -147,12 +165,26 @@ _ERRORS_BY_CODE: dict[grpc.StatusCode, type[ModelRunnerError]] = {
     NotFoundError.code: NotFoundError,
     InvalidArgumentError.code: InvalidArgumentError,
     FailedPreconditionError.code: FailedPreconditionError,
+    UnauthenticatedError.code: UnauthenticatedError,
+    PermissionDeniedError.code: PermissionDeniedError,
     ResourceExhaustedError.code: ResourceExhaustedError,
     UnavailableError.code: UnavailableError,
     DeadlineExceededError.code: DeadlineExceededError,
     CancelledError.code: CancelledError,
     InternalError.code: InternalError,
 }
+
+
+ECHO_LIMIT = 200
+"""Most characters of a client's value that an error message or detail repeats."""
+
+
+def clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``str(value)``, cut to ``limit`` characters (ending in "…") when longer: error messages
+    and details repeat what a client sent, and a long value must not make the error itself
+    too large to deliver (gRPC refuses headers over 16 KiB)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def error_class_for(code: grpc.StatusCode, type_name: str = "") -> type[ModelRunnerError]:

@@ -29,7 +29,7 @@ from functools import cached_property
 import numpy as np
 import pyarrow as pa
 
-from modelrunner.errors import InvalidTensorError
+from modelrunner.errors import InvalidArgumentError, InvalidTensorError, clip
 
 MiB = 1024**2
 DEFAULT_BATCH_BYTES = 16 * MiB
@@ -41,6 +41,9 @@ batches in flight, and glibc keeps freed buffers of that size resident (a 256 Mi
 16 MiB batches leaves the receiving process some 50-80 MiB larger, in 4 MiB batches 5-20 MiB)."""
 MAX_BATCH_BYTES = 1024 * MiB
 """Hard cap for one batch: Flight refuses batches over 2 GiB."""
+MAX_MODEL_REF_CHARS = 256
+"""Longest model reference (model id, prefix, bioimage.io id) a client may send, on either
+plane; model ids are 64 hex digits, bioimage.io ids a few words."""
 WRITE_OPTIONS = pa.ipc.IpcWriteOptions()
 """Pass to ``writer.begin``: without options pyarrow builds them from environment variables
 on every call."""
@@ -63,6 +66,23 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "uint32": pa.uint32(),
     "uint64": pa.uint64(),
 }
+
+
+def check_model_ref(ref: str, what: str = "model id") -> str:
+    """``ref``, or InvalidArgumentError when it cannot be a model reference (too long, or with
+    control characters), before anything looks it up."""
+    if len(ref) > MAX_MODEL_REF_CHARS:
+        raise InvalidArgumentError(
+            f"{what} {clip(ref, 40)!r} has {len(ref)} characters; at most "
+            f"{MAX_MODEL_REF_CHARS} are allowed",
+            details={what.replace(" ", "_"): clip(ref, 40), "limit": MAX_MODEL_REF_CHARS},
+        )
+    if not ref.isprintable():
+        raise InvalidArgumentError(
+            f"{what} {clip(ref, 40)!r} contains control characters",
+            details={what.replace(" ", "_"): clip(ref, 40)},
+        )
+    return ref
 
 
 def arrow_value_type(dtype: np.dtype) -> pa.DataType:
@@ -208,6 +228,12 @@ class SampleLayout:
                 dim_names = tuple(f.type.dim_names or ())
                 split_axis = len(shape) - 1
                 lines_per_chunk = math.prod(shape[: split_axis + 1]) if shape else 1
+            _check_extents(f.name, shape, dim_names)
+            if lines_per_chunk < 1:
+                raise InvalidTensorError(
+                    f"column {clip(f.name)!r}: chunks of {lines_per_chunk} lines",
+                    details={"tensor": clip(f.name)},
+                )
             tensors.append(
                 TensorLayout(f.name, dtype, shape, dim_names, split_axis, lines_per_chunk)
             )
@@ -261,6 +287,7 @@ class SampleLayout:
                     details={"tensor": name},
                 )
             names = tuple(dim_names.get(name, ()))
+            _check_extents(name, spec.shape, names)
             if names and len(names) != len(spec.shape):
                 raise InvalidTensorError(
                     f"tensor {name!r} has {len(spec.shape)} axes but {len(names)} dim names "
@@ -347,6 +374,21 @@ class _RecentLayouts:
 
 
 _RECENT_LAYOUTS = _RecentLayouts(64)
+
+
+def _check_extents(name: str, shape: Sequence[int], dim_names: Sequence[str]) -> None:
+    """Every axis at least 1 long: Arrow cannot carry empty tensors, and there is nothing to
+    predict in one."""
+    for i, size in enumerate(shape):
+        if size < 1:
+            axis = f"'{dim_names[i]}'" if i < len(dim_names) and dim_names[i] else str(i)
+            what = "zero size" if size == 0 else f"the size {size}"
+            subject = f"input {clip(name)!r}" if name else "the input"
+            raise InvalidTensorError(
+                f"{subject} has {what} on axis {axis} (shape {tuple(shape)}): "
+                "there is nothing to predict",
+                details={"tensor": clip(name), "axis": axis.strip("'"), "got": size},
+            )
 
 
 def _split_axis(shape: tuple[int, ...], itemsize: int, chunks: int, batch_bytes: int) -> int:

@@ -4,6 +4,10 @@
 metadata (``modelrunner-error-bin``), so clients rebuild the typed exception. Anything else is a
 bug: INTERNAL with a message naming the method and the exception; the traceback is logged here.
 Unary and streaming handlers alike.
+
+Requests are parsed here, not by gRPC: a request gRPC cannot parse would otherwise fail before
+any handler runs, as INTERNAL ("Exception deserializing request"). Malformed protobuf is the
+client's mistake: INVALID_ARGUMENT, for unary and streamed requests alike.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from modelrunner import errors
-from modelrunner.transport_errors import error_trailer
+from modelrunner.transport_errors import bounded, error_trailer
 
 logger = logging.getLogger(__name__)
 
@@ -32,27 +37,56 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        codecs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        parse = handler.request_deserializer
+        # None: gRPC hands the handler the request's bytes, which the wrapper parses
+        codecs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, method), **codecs
+                _unary(_parsing_one(handler.unary_unary, parse, method), method), **codecs
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, method), **codecs
+                _streaming(_parsing_one(handler.unary_stream, parse, method), method), **codecs
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, method), **codecs
+                _unary(_parsing_each(handler.stream_unary, parse, method), method), **codecs
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _streaming(handler.stream_stream, method), **codecs
+                _streaming(_parsing_each(handler.stream_stream, parse, method), method), **codecs
             )
         return handler
+
+
+Parse = Callable[[bytes], Any] | None
+
+
+def _parsed(parse: Parse, data: Any, method: str) -> Any:
+    if parse is None:
+        return data
+    try:
+        return parse(data)
+    except (DecodeError, ValueError, TypeError) as e:
+        name = method.rsplit("/", 1)[-1]
+        raise errors.InvalidArgumentError(
+            f"{name}: the request is not a valid protobuf message: {errors.clip(e)}",
+            details={"method": method},
+        ) from None
+
+
+def _parsing_one(behavior: Behavior, parse: Parse, method: str) -> Behavior:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+        return behavior(_parsed(parse, request, method), context)
+
+    return wrapper
+
+
+def _parsing_each(behavior: Behavior, parse: Parse, method: str) -> Behavior:
+    def wrapper(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return behavior((_parsed(parse, r, method) for r in requests), context)
+
+    return wrapper
 
 
 def _unary(behavior: Behavior, method: str) -> Behavior:
@@ -91,7 +125,9 @@ def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> NoRetur
         error = errors.CancelledError(f"{method} was cancelled by the client")
     else:
         logger.error("%s failed unexpectedly", method, exc_info=exc)
-        error = errors.InternalError(f"{method} failed: {type(exc).__name__}: {exc}")
+        error = errors.InternalError(f"{method} failed: {type(exc).__name__}: {errors.clip(exc)}")
+    # bounded: errors repeat what clients sent, and gRPC refuses headers over 16 KiB
+    error = bounded(error)
     context.set_trailing_metadata(error_trailer(error))
     context.abort(error.code, error.message)
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

@@ -12,7 +12,7 @@ import logging
 import re
 from functools import cache
 
-from modelrunner.errors import DeviceNotAvailableError, InvalidArgumentError
+from modelrunner.errors import InvalidArgumentError, clip
 from modelrunner.types import DeviceInfo
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ def resolve_device(requested: str | None, default: str | None = None) -> str:
     """The normalised name of ``requested`` (``default_device(default)`` when empty).
 
     Raises:
-        InvalidArgumentError: not a device name (e.g. ``gpu``, ``cuda:x``).
-        DeviceNotAvailableError: a CUDA device this machine does not have; the message lists the
-            devices that exist.
+        InvalidArgumentError: not a device name (e.g. ``gpu``, ``cuda:x``), or a CUDA device
+            this machine does not have (``cuda:7``): the message lists the devices that exist.
+            A client's mistake, not a state that retrying or waiting changes.
     """
     if not requested:
         return default_device(default)
@@ -69,14 +69,14 @@ def resolve_device(requested: str | None, default: str | None = None) -> str:
     match = _CUDA_NAME.match(name)
     if match is None:
         raise InvalidArgumentError(
-            f"unknown device {requested!r}: use 'cpu', 'cuda' or 'cuda:N'",
-            details={"device": requested, "available": ", ".join(available_devices())},
+            f"unknown device {clip(requested)!r}: use 'cpu', 'cuda' or 'cuda:N'",
+            details={"device": clip(requested), "available": ", ".join(available_devices())},
         )
     index = int(match.group(1) or 0)
     count = cuda_device_count()
     if index >= count:
         have = "no CUDA device" if count == 0 else f"{count} CUDA device(s)"
-        raise DeviceNotAvailableError(
+        raise InvalidArgumentError(
             f"device {requested!r} is not available: this runtime has {have}; "
             f"available devices: {', '.join(available_devices())}",
             details={"device": requested, "available": ", ".join(available_devices())},

@@ -45,6 +45,7 @@ from modelrunner.errors import (
     ResourceExhaustedError,
 )
 
+from .batch_split import split_batch, stack_outputs
 from .core_blocks import follow_implied_references
 from .input_mapping import DimNames, Inputs, as_sample, input_shapes, map_inputs
 from .options import PredictOptions
@@ -119,7 +120,13 @@ def predict_mapped(
     options: PredictOptions,
     progress: Progress | None = None,
 ) -> Outputs:
-    """:func:`predict` of arrays that :func:`~.input_mapping.map_inputs` checked and mapped."""
+    """:func:`predict` of arrays that :func:`~.input_mapping.map_inputs` checked and mapped.
+    A batch larger than the model's fixed batch size is predicted sample by sample
+    (:mod:`.batch_split`)."""
+    parts = split_batch(descr, arrays)
+    if parts is not None:
+        outputs = [predict_mapped(pipeline, descr, part, options, progress) for part in parts]
+        return Outputs.of(stack_outputs(descr, outputs), outputs[0].path)
     plan, sample = _planned(pipeline, descr, arrays, options)
     if not isinstance(sample, Sample):
         return sample  # the fast path's outputs
@@ -146,6 +153,9 @@ def start_prediction(
     descr = model_descr(pipeline)
     arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
+    if split_batch(descr, arrays) is not None:
+        # sample by sample, whole outputs: a split batch is not streamed band by band
+        return predict_mapped(pipeline, descr, arrays, options, _polling(progress, cancelled))
     plan, sample = _planned(pipeline, descr, arrays, options)
     del arrays
     if not isinstance(sample, Sample):

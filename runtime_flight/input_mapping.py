@@ -13,9 +13,15 @@ Mapping rules, in this order:
   ``Tensor.from_numpy`` does (so a YX image becomes BCYX ``(1, 1, Y, X)``); a higher rank loses
   leading singleton axes.
 
-Arrays are only viewed (expanded, transposed), never copied. Any integer, unsigned, float or
-boolean dtype is accepted: the model's preprocessing (``ensure_dtype``) converts it, as in
-bioimageio.core.
+Arrays are only viewed (expanded, transposed), never copied, with one exception: float16
+arrays are converted to the model's declared input dtype (float32 unless the model declares
+another float type): bioimageio.core computes sample statistics in the input's own dtype, which
+overflows in float16 (a std of ``inf``, an all-NaN output). Any other integer, unsigned, float or
+boolean dtype is accepted as it is: the model's preprocessing (``ensure_dtype``) converts it, as
+in bioimageio.core.
+
+Float inputs with NaN or infinite values are refused unless ``nan_policy`` is ``allow``: one
+non-finite pixel makes a normalising model's whole output NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from bioimageio.core import Sample, Tensor
 from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
-from modelrunner.errors import InvalidTensorError
+from modelrunner.errors import InvalidTensorError, clip
 
 from .options import NanPolicy
 
@@ -43,8 +49,15 @@ _ACCEPTED_KINDS = frozenset("biuf")
 def tensor_error(
     tensor: str, axis: str, expected: object, got: object, message: str
 ) -> InvalidTensorError:
+    """The error for an input; the client's values in it are cut (:func:`~modelrunner.errors.clip`)."""
     return InvalidTensorError(
-        message, details={"tensor": tensor, "axis": axis, "expected": expected, "got": got}
+        message,
+        details={
+            "tensor": clip(tensor),
+            "axis": clip(axis),
+            "expected": clip(expected),
+            "got": clip(got),
+        },
     )
 
 
@@ -95,7 +108,7 @@ def map_inputs(
                 "",
                 sorted(known),
                 tensor,
-                f"dim names given for unknown input '{tensor}'; the model's inputs are "
+                f"dim names given for unknown input '{clip(tensor)}'; the model's inputs are "
                 + ", ".join(sorted(known)),
             )
     members: dict[MemberId, np.ndarray] = {}
@@ -106,8 +119,9 @@ def map_inputs(
         array = _check_dtype(tensor, arrays[tensor], t)
         array = _map_axes(tensor, array, t, names.get(tensor))
         _check_sizes(tensor, array, t)
+        array = _widen_float16(array, t)
         if nan_policy == "reject":
-            _check_nan(tensor, array)
+            check_finite(tensor, array)
         members[t.id] = array
     return members
 
@@ -132,7 +146,7 @@ def _arrays_by_id(descr: v0_5.ModelDescr, inputs: Inputs) -> dict[str, Any]:
                 "",
                 ids,
                 name,
-                f"unknown input '{name}'; the model's inputs are " + ", ".join(ids),
+                f"unknown input '{clip(name)}'; the model's inputs are " + ", ".join(ids),
             )
     for t in descr.inputs:
         if str(t.id) not in arrays and not t.optional:
@@ -287,6 +301,15 @@ def _map_named(
 def _check_sizes(tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr) -> None:
     for a, size in zip(t.axes, array.shape, strict=True):
         axis = str(a.id)
+        if size == 0:
+            raise tensor_error(
+                tensor,
+                axis,
+                "at least 1",
+                0,
+                f"input '{tensor}' has zero size on axis '{axis}' (shape "
+                + f"{tuple(array.shape)}): there is nothing to predict",
+            )
         if isinstance(a, v0_5.ChannelAxis):
             if size != len(a.channel_names):
                 raise tensor_error(
@@ -328,17 +351,37 @@ def _check_index_axis(tensor: str, a: v0_5.IndexInputAxis, size: int) -> None:
         raise tensor_error(tensor, str(a.id), expected, size, message)
 
 
-def _check_nan(tensor: str, array: np.ndarray) -> None:
+def _widen_float16(array: np.ndarray, t: v0_5.InputTensorDescr) -> np.ndarray:
+    if array.dtype != np.float16:
+        return array
+    declared = np.dtype(_dtype_name(t)) if _dtype_name(t).startswith("float") else None
+    if declared == np.float16:
+        return array
+    return array.astype(declared if declared is not None else np.float32)
+
+
+def check_finite(tensor: str, array: np.ndarray) -> None:
+    """InvalidTensorError when a float array holds NaN or infinite values."""
     if array.dtype.kind != "f" or array.size == 0:
         return
-    # min() propagates NaN: one pass and no temporary, where isnan().any() allocates a mask
-    if np.isnan(array.min()):
-        count = int(np.count_nonzero(np.isnan(array)))
-        raise tensor_error(
-            tensor,
-            "",
-            "no NaN values",
-            f"{count} NaN values",
-            f"input '{tensor}' contains {count} NaN value(s); send nan_policy=allow to pass "
-            + "them to the model",
-        )
+    # A sum is not finite when any value is not (NaN and inf propagate, inf - inf is NaN): one
+    # pass and no temporary. 2048x2048 float32 on the development VM: 1.5 ms, where the former
+    # NaN-only min() took 1.1 ms and isfinite().all() 1.9-2.9 ms with a 4 MiB mask. Finite
+    # values can overflow the sum: only then are the values counted.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = array.sum(dtype=np.float64 if array.itemsize < 4 else None)
+    if np.isfinite(total):
+        return
+    nan = int(np.count_nonzero(np.isnan(array)))
+    inf = int(np.count_nonzero(np.isinf(array)))
+    if nan == inf == 0:
+        return
+    found = ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "infinite")) if n)
+    raise tensor_error(
+        tensor,
+        "",
+        "no NaN or infinite values",
+        found + " values",
+        f"input '{tensor}' contains {found} value(s); send nan_policy=allow to pass them to "
+        + "the model",
+    )

@@ -118,3 +118,81 @@ def test_grpc_error_without_trailer_maps_by_status_code() -> None:
 
     back = from_rpc_error(Fake())
     assert type(back) is errors.NotFoundError and back.message == "nope"
+
+
+class _ContextRaisingFlight(flight.FlightServerBase):
+    """Raises as the runtime does: with the call's context, so the error gets its own code."""
+
+    def __init__(self) -> None:
+        super().__init__("grpc://127.0.0.1:0")
+        self.error: errors.ModelRunnerError | None = None
+
+    def do_action(self, context, action):  # type: ignore[no-untyped-def]
+        assert self.error is not None
+        raise to_flight_error(self.error, context)
+
+
+_PYARROW_HAS_NO_TYPE_FOR = {
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNKNOWN,
+}
+"""Codes no pyarrow exception type gives a call: those errors arrive as UNKNOWN (their real
+code in the trailer)."""
+
+
+@pytest.fixture(scope="module")
+def context_flight_server() -> Iterator[_ContextRaisingFlight]:
+    server = _ContextRaisingFlight()
+    yield server
+    server.shutdown()
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_flight_errors_keep_their_type_and_get_their_status_code(
+    context_flight_server: _ContextRaisingFlight, cls: type[errors.ModelRunnerError]
+) -> None:
+    from modelrunner.transport_errors import ERROR_TRAILER_KEY, ErrorTrailers
+
+    context_flight_server.error = cls("input 'raw': got 3", details={"axis": "y"})
+    address = f"127.0.0.1:{context_flight_server.port}"
+    with (
+        flight.connect(f"grpc://{address}", middleware=[ErrorTrailers()]) as client,
+        pytest.raises(Exception) as caught,
+    ):
+        list(client.do_action(flight.Action("x", b"")))
+    back = from_flight_error(caught.value)
+    assert type(back) is cls
+    assert (back.message, back.details) == ("input 'raw': got 3", {"axis": "y"})
+
+    # what a client in any other language sees: the status code and the trailer
+    channel = grpc.insecure_channel(address)
+    call = channel.unary_stream("/arrow.flight.protocol.FlightService/DoAction")
+    with pytest.raises(grpc.RpcError) as raw:
+        list(call(b"\x0a\x01x", timeout=10))
+    channel.close()
+    expected = grpc.StatusCode.UNKNOWN if cls.code in _PYARROW_HAS_NO_TYPE_FOR else cls.code
+    assert raw.value.code() == expected
+    assert raw.value.details().startswith(f"[{cls.code.name}] input 'raw': got 3")
+    trailer = dict(raw.value.trailing_metadata())[ERROR_TRAILER_KEY]
+    assert from_rpc_error_trailer(trailer) == (cls.__name__, cls.code.name)
+
+
+def from_rpc_error_trailer(data: bytes) -> tuple[str, str]:
+    from modelrunner.v1 import models_pb2
+
+    detail = models_pb2.ErrorDetail()
+    detail.ParseFromString(data)
+    return detail.type, detail.code
+
+
+def test_long_errors_are_cut_to_fit_the_headers() -> None:
+    from modelrunner.transport_errors import MAX_MESSAGE_BYTES, bounded
+
+    error = errors.InvalidTensorError("\U0001f600" * 10_000, details={"got": "x" * 10_000})
+    cut = bounded(error)
+    assert type(cut) is errors.InvalidTensorError
+    assert len(cut.message.encode()) <= MAX_MESSAGE_BYTES
+    assert cut.message.endswith("…")
+    assert len(cut.details["got"]) == 200
+    assert error.message == "\U0001f600" * 10_000  # the original is left alone

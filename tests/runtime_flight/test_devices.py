@@ -45,8 +45,10 @@ def test_cuda_means_the_first_gpu(two_gpus: None) -> None:
     assert devices.resolve_device("cuda:1") == "cuda:1"
 
 
-def test_cuda_without_gpu_is_not_available(no_gpu: None) -> None:
-    with pytest.raises(DeviceNotAvailableError) as info:
+def test_cuda_without_gpu_is_an_invalid_argument(no_gpu: None) -> None:
+    # a device the runtime does not have is the client's mistake (INVALID_ARGUMENT), not a
+    # state worth retrying
+    with pytest.raises(InvalidArgumentError) as info:
         devices.resolve_device("cuda")
     assert str(info.value) == (
         "device 'cuda' is not available: this runtime has no CUDA device; available devices: cpu"
@@ -54,8 +56,8 @@ def test_cuda_without_gpu_is_not_available(no_gpu: None) -> None:
     assert info.value.details == {"device": "cuda", "available": "cpu"}
 
 
-def test_a_gpu_index_beyond_the_gpus_is_not_available(two_gpus: None) -> None:
-    with pytest.raises(DeviceNotAvailableError) as info:
+def test_a_gpu_index_beyond_the_gpus_is_an_invalid_argument(two_gpus: None) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
         devices.resolve_device("cuda:3")
     assert str(info.value) == (
         "device 'cuda:3' is not available: this runtime has 2 CUDA device(s); "
@@ -64,7 +66,7 @@ def test_a_gpu_index_beyond_the_gpus_is_not_available(two_gpus: None) -> None:
 
 
 def test_a_default_device_that_does_not_exist_is_refused(no_gpu: None) -> None:
-    with pytest.raises(DeviceNotAvailableError):
+    with pytest.raises(InvalidArgumentError):
         devices.default_device("cuda:0")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelrunner.errors import DeviceNotAvailableError, InvalidArgumentError
+from modelrunner.errors import InvalidArgumentError
 from modelrunner.runtime_flight import devices
 from modelrunner.runtime_flight.model_tests import run_model_test
 from tests.zoo import MULTI, NUCLEI, needs_zoo
@@ -107,9 +107,12 @@ def test_a_file_that_does_not_match_its_sha256_is_a_failed_report(
     assert any("sha" in e.msg.lower() for e in report.errors), report.markdown
 
 
-def test_an_unavailable_device_is_an_error(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_device_the_runtime_lacks_is_an_invalid_argument(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retrying will not make a CUDA device appear: INVALID_ARGUMENT, not UNAVAILABLE."""
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
-    with pytest.raises(DeviceNotAvailableError):
+    with pytest.raises(InvalidArgumentError, match="this runtime has no CUDA device"):
         run_model_test(tiny("onnx"), device="cuda")
 
 

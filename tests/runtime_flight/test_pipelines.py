@@ -14,7 +14,6 @@ from bioimageio.core import PredictionPipeline
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import (
-    DeviceNotAvailableError,
     FailedPreconditionError,
     InvalidArgumentError,
     ModelInUseError,
@@ -127,7 +126,7 @@ def test_requests_for_what_the_model_or_runtime_lacks(
         InvalidArgumentError, match="the model has no torchscript weights; its weight formats: onnx"
     ):
         pool.load("a", "torchscript")
-    with pytest.raises(DeviceNotAvailableError, match="device 'cuda' is not available"):
+    with pytest.raises(InvalidArgumentError, match="device 'cuda' is not available"):
         pool.load("a", device="cuda")
     assert pool.loads == 0
 
