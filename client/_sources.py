@@ -61,7 +61,7 @@ def interpret_source(
             upload = not server_is_local
         if not upload:
             return ModelSourceSpec(kind="path", value=str(path.resolve()))
-        return _upload_for(path)
+        return _upload_for(path, compress=not server_is_local)
     if _BIOIMAGEIO_ID.match(text) and "." not in text.split("/")[0]:
         return ModelSourceSpec(kind="bioimageio_id", value=text)
     if "/" in text or text.endswith((".zip", ".yaml", ".yml")):
@@ -72,12 +72,14 @@ def interpret_source(
     )
 
 
-def _upload_for(path: Path) -> Upload:
+def _upload_for(path: Path, *, compress: bool = True) -> Upload:
     if path.is_file():
         return Upload(path.name, path=path)
-    # A folder travels as a zip built in memory: packages are small next to the tensors.
+    # A folder travels as a zip built in memory: packages are small next to the tensors. To a
+    # server on this host it is stored uncompressed: deflating would take longer than sending.
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer, "w", method, compresslevel=1 if compress else None) as zf:
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             zf.write(file, file.relative_to(path).as_posix())
     return Upload(f"{path.name}.zip", data=buffer.getvalue())

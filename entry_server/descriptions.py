@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelrunner import errors
 from modelrunner.entry_server.content_hash import FileRecord
+from modelrunner.entry_server.fetch_policy import AddressNotAllowed, FetchPolicy
 
 if TYPE_CHECKING:
     from bioimageio.spec import ValidationSummary
@@ -93,6 +95,113 @@ def remote_urls(data: object) -> set[str]:
     return set()
 
 
+FREE_FORM_KEYS = frozenset({"config"})
+"""Top-level fields whose content bioimageio.spec does not interpret (and never opens as files)."""
+
+_URL_SCHEMES = ("http://", "https://")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+_REFERENCE_PREFIXES = ("conda:", "pip:", "maven:")
+"""Format 0.4 dependency strings: ``conda:environment.yaml``."""
+
+
+def outside_references(rdf: dict[str, Any]) -> list[str]:
+    """Strings of the description that name a file outside its folder: absolute paths (also
+    ``~`` and drive letters), ``file:`` URLs and paths with a ``..`` part.
+
+    Read from the raw content, without touching the file system: the answer is the same whether
+    such a file exists or not. Prose (strings with white space) and free-form fields are skipped.
+    """
+    found: list[str] = []
+    for key, value in rdf.items():
+        if key not in FREE_FORM_KEYS:
+            _collect_outside(value, found)
+    return found
+
+
+def _collect_outside(value: object, found: list[str]) -> None:
+    if isinstance(value, str):
+        if _leaves_folder(value) and value not in found:
+            found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_outside(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_outside(item, found)
+
+
+def candidate_files(rdf: dict[str, Any]) -> list[str]:
+    """Every string of the description that could name a file in its folder (no white space,
+    no URL; the file part of ``conda:env.yaml`` and ``unet.py:UNet`` too): what a package keeps
+    when bioimageio.spec cannot read the description, so that validating it reports the real
+    problems rather than missing files."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text or any(c.isspace() for c in text) or text.startswith(_URL_SCHEMES):
+                return
+            for candidate in (text, text.split(":", 1)[-1], text.rsplit(":", 1)[0]):
+                if candidate and candidate not in found:
+                    found.append(candidate)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for key, value in rdf.items():
+        if key not in FREE_FORM_KEYS:
+            walk(value)
+    return found
+
+
+def _leaves_folder(text: str) -> bool:
+    text = text.strip()
+    if not text or any(c.isspace() for c in text) or text.startswith(_URL_SCHEMES):
+        return False
+    candidates = [text]
+    if text.startswith(_REFERENCE_PREFIXES):
+        candidates.append(text.split(":", 1)[1])
+    if ":" in text:
+        candidates.append(text.rsplit(":", 1)[0])  # 0.4 ``file.py:Callable``
+    for candidate in candidates:
+        if candidate.lower().startswith("file:"):
+            return True
+        if candidate.startswith(("/", "\\")) or _DRIVE.match(candidate):
+            return True
+        if candidate.startswith("~") and "/" in candidate:  # ~/x, ~user/x
+            return True
+        if ".." in re.split(r"[/\\]", candidate):
+            return True
+    return False
+
+
+def check_io_fetches(rdf_path: Path, policy: FetchPolicy) -> None:
+    """Before validating with io checks, in which bioimageio.spec downloads the remote files a
+    description names and sends a request to every other URL in it: resolve the host of every
+    http(s) URL in the description and refuse (PermissionDeniedError) when one is not a public
+    address (nor in ``fetch_allowed_networks``). Hosts that do not resolve pass: nothing can
+    reach them."""
+    try:
+        content = read_rdf(rdf_path)
+    except UnreadableYamlError:
+        return  # validating reports it
+    for url in sorted(remote_urls(content)):
+        try:
+            policy.check_url(url)
+        except AddressNotAllowed as exc:
+            raise errors.PermissionDeniedError(
+                f"validating {rdf_path.name} with io checks would fetch {url}, which is not "
+                f"allowed: {exc.host} is not a public address, and the server fetches only from "
+                "public addresses unless setting fetch_allowed_networks allows more",
+                details={"url": url, "setting": "fetch_allowed_networks"},
+            ) from exc
+
+
 def referenced_files(rdf_path: Path) -> list[str] | None:
     """The relative paths of the files a description names (as written, POSIX), or None when
     the description is too broken to tell."""
@@ -120,7 +229,12 @@ def _collect_file_paths(value: object, found: set[str]) -> None:
     from bioimageio.spec.common import HttpUrl, RelativeFilePath
     from pydantic import BaseModel
 
-    if isinstance(value, RelativeFilePath):
+    inner = getattr(value, "_inner_node", None)
+    if isinstance(inner, BaseModel):
+        # Strings with a file inside, such as format 0.4's ``architecture: unet.py:UNet`` and
+        # ``dependencies: conda:environment.yaml``.
+        _collect_file_paths(inner, found)
+    elif isinstance(value, RelativeFilePath):
         found.add(str(value))
     elif isinstance(value, PurePath):
         found.add(value.as_posix())

@@ -1,24 +1,33 @@
 """Building a package folder under the cache's ``tmp/`` from local files, with the package limits.
 
-Shared by every kind of source: copying a folder, copying a description and the files it names,
-unpacking a zip, finding the description file in the result.
+Shared by every kind of source: a folder, a description file, an unpacked zip. A package holds
+only what it declares: its description and the files the description names (weights and their
+architecture sources, test and sample tensors, documentation, covers, attachments, dependency
+files). Other files of the folder or zip are left out, and the log and a ``drop`` progress event
+say how many. A description naming a file outside its folder (an absolute path, ``..``, a
+``file:`` URL, or a link that leaves the folder) is refused, with the same message whether that
+file exists or not.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelrunner import cache_layout, errors
-from modelrunner.entry_server import descriptions
+from modelrunner import cache_layout, errors, types
+from modelrunner.entry_server import descriptions, yaml_limits
 from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.entry_server.safe_zip import safe_entry_path, unpack_zip
 from modelrunner.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_LOGGED_NAMES = 5
 MACOS_METADATA = "__MACOSX"
 
 
@@ -111,81 +120,141 @@ def unpack_package(
     origin: str,
     progress: ProgressCallback = no_progress,
 ) -> tuple[Path, Path]:
-    dest.mkdir(parents=True, exist_ok=True)
+    """Unpack a zip package into ``dest/unpacked``, then move its description and the files it
+    names to ``dest/package``; returns that package root and its description."""
+    unpacked = dest / "unpacked"
+    unpacked.mkdir(parents=True, exist_ok=True)
     unpack_zip(
         archive,
-        dest,
+        unpacked,
         max_bytes=settings.max_unpacked_bytes,
         max_files=settings.max_package_files,
+        max_ratio=settings.max_compression_ratio,
+        ratio_min_bytes=settings.compression_ratio_min_bytes,
         progress=progress,
     )
-    return normalize_package(dest, origin)
+    root, rdf = normalize_package(unpacked, origin)
+    package = dest / "package"
+    staged_rdf = stage_declared_files(
+        root, rdf, package, settings, progress, move=True, origin=origin
+    )
+    shutil.rmtree(unpacked, ignore_errors=True)
+    return package, staged_rdf
 
 
 def copy_package_folder(
     src: Path, dest: Path, settings: Settings, origin: str, progress: ProgressCallback = no_progress
 ) -> tuple[Path, Path]:
-    """Copy a package folder; returns the package root and description in ``dest``."""
-    copy_folder(src, dest, settings, progress)
-    return normalize_package(dest, origin)
-
-
-def copy_folder(
-    src: Path, dest: Path, settings: Settings, progress: ProgressCallback = no_progress
-) -> None:
-    """Copy a folder's files; links may only point at files inside it."""
-    budget = PackageBudget(settings)
-    stage = StageProgress(progress, "copy")
-    stage.start()
-    real_src = src.resolve()
-    for dirpath, dirnames, filenames in os.walk(src):
-        base = Path(dirpath)
-        for name in dirnames:
-            if (base / name).is_symlink():
-                raise _unsafe_entry((base / name).relative_to(src).as_posix(), "link to a folder")
-        for name in filenames:
-            path = base / name
-            rel = path.relative_to(src).as_posix()
-            safe_entry_path(rel)
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.is_relative_to(real_src) or not target.is_file():
-                    raise _unsafe_entry(rel, "link to a file outside the package folder")
-            elif not path.is_file():
-                raise _unsafe_entry(rel, "not a regular file")
-            budget.add(rel, path.stat().st_size)
-            target_path = dest / rel
-            target_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target_path)
-            stage.advance(path.stat().st_size)
-    stage.finish()
+    """Copy a package folder's description and the files it names; returns the package root
+    and description in ``dest``."""
+    rdf = find_description(src)
+    if rdf is None:
+        raise errors.InvalidPackageError(
+            f"{origin} holds no bioimageio.yaml or rdf.yaml: not a bioimage.io package",
+            details={"source": origin},
+        )
+    staged_rdf = stage_declared_files(src, rdf, dest, settings, progress, origin=origin)
+    return dest, staged_rdf
 
 
 def copy_description_and_files(
     rdf_path: Path, dest: Path, settings: Settings, progress: ProgressCallback = no_progress
 ) -> tuple[Path, Path]:
     """Copy a description file and the local files it names (relative to it) into ``dest``;
-    returns ``dest`` (the package root) and the copied description.
+    returns ``dest`` (the package root) and the copied description."""
+    staged = stage_declared_files(
+        rdf_path.parent, rdf_path, dest, settings, progress, list_extras=False
+    )
+    return dest, staged
 
-    Files it names that do not exist are left out: checking the description then reports them.
+
+def stage_declared_files(
+    root: Path,
+    rdf_path: Path,
+    dest: Path,
+    settings: Settings,
+    progress: ProgressCallback = no_progress,
+    *,
+    move: bool = False,
+    list_extras: bool = True,
+    origin: str = "",
+) -> Path:
+    """Put the description at ``rdf_path`` (in the folder ``root``) and the files it names into
+    ``dest``; returns the staged description.
+
+    Files it names that do not exist are left out: checking the description reports them.
+    With ``list_extras``, the files of ``root`` it does not name are counted and logged.
     """
+    references = checked_references(root, rdf_path)
+    dest.mkdir(parents=True, exist_ok=True)
     budget = PackageBudget(settings)
     staged_rdf = dest / staged_description_name(rdf_path.name)
     budget.add(rdf_path.name, rdf_path.stat().st_size)
-    shutil.copyfile(rdf_path, staged_rdf)
+    _transfer(rdf_path, staged_rdf, move)
     stage = StageProgress(progress, "copy")
     stage.start()
-    for rel in relative_references(staged_rdf):
-        src = rdf_path.parent / rel
+    kept = {rdf_path.relative_to(root).as_posix()}
+    for rel in references:
+        src = root / rel
         if not src.is_file():
             continue
-        budget.add(rel, src.stat().st_size)
+        size = src.stat().st_size
+        budget.add(rel, size)
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
-        stage.advance(src.stat().st_size)
+        _transfer(src, target, move)
+        kept.add(rel)
+        stage.advance(size)
     stage.finish()
-    return dest, staged_rdf
+    if list_extras:
+        dropped = [rel for rel in _walk_files(root) if rel not in kept]
+        if dropped:
+            logger.info(
+                "%s: left out %d file(s) its description does not name: %s%s",
+                origin or root,
+                len(dropped),
+                ", ".join(dropped[:MAX_LOGGED_NAMES]),
+                ", ..." if len(dropped) > MAX_LOGGED_NAMES else "",
+            )
+            progress(
+                types.Progress(stage="drop", done=len(dropped), total=len(dropped), unit="files")
+            )
+    return staged_rdf
+
+
+def checked_references(root: Path, rdf_path: Path) -> list[str]:
+    """The files the description names, relative to ``root``; InvalidPackageError when one is
+    outside ``root``: by its name (absolute, ``..``, ``file:``) or through a link.
+
+    Nothing outside ``root`` is looked at, so the answer never depends on whether a file there
+    exists, nor on its content.
+    """
+    references = relative_references(rdf_path)
+    base = rdf_path.parent.relative_to(root)
+    real_root = root.resolve()
+    checked = []
+    for rel in references:
+        rel_to_root = (base / rel).as_posix()
+        # resolve(strict=False) follows the links inside the folder without needing the target.
+        if not (root / rel_to_root).resolve().is_relative_to(real_root):
+            raise _outside(rdf_path.name, rel, "a link leaving its folder")
+        checked.append(rel_to_root)
+    return checked
+
+
+def _transfer(src: Path, target: Path, move: bool) -> None:
+    if move and not src.is_symlink():
+        src.rename(target)
+    else:
+        shutil.copyfile(src, target)
+
+
+def _walk_files(root: Path) -> list[str]:
+    found = []
+    for dirpath, _, filenames in os.walk(root):
+        base = Path(dirpath)
+        found += [(base / name).relative_to(root).as_posix() for name in filenames]
+    return sorted(found)
 
 
 def staged_description_name(name: str) -> str:
@@ -194,22 +263,41 @@ def staged_description_name(name: str) -> str:
 
 def relative_references(rdf_path: Path) -> list[str]:
     """The relative files a description names; refuses names that leave its folder."""
+    yaml_limits.check_description(rdf_path)
+    try:
+        content = descriptions.read_rdf(rdf_path)
+    except descriptions.UnreadableYamlError:
+        return []  # validating reports the YAML problem; adding refuses it
+    outside = descriptions.outside_references(content)
+    if outside:
+        raise _outside(rdf_path.name, outside[0], "outside its folder")
     refs = descriptions.referenced_files(rdf_path)
     if refs is None:
-        return []
+        return _candidate_references(content, rdf_path.name)
     safe = []
     for rel in refs:
         try:
             safe.append(safe_entry_path(rel).as_posix())
         except errors.InvalidPackageError as exc:
-            raise errors.InvalidPackageError(
-                f"{rdf_path.name} names the file {rel!r}, which is outside its folder",
-                details={"file": rel},
-            ) from exc
+            raise _outside(rdf_path.name, rel, "outside its folder") from exc
     return [rel for rel in safe if rel != rdf_path.name]
 
 
-def _unsafe_entry(name: str, why: str) -> errors.InvalidPackageError:
+def _candidate_references(content: dict[str, object], rdf_name: str) -> list[str]:
+    safe = []
+    for candidate in descriptions.candidate_files(content):
+        try:
+            rel = safe_entry_path(candidate).as_posix()
+        except errors.InvalidPackageError:
+            continue
+        if rel != rdf_name and rel not in safe:
+            safe.append(rel)
+    return safe
+
+
+def _outside(rdf_name: str, rel: str, why: str) -> errors.InvalidPackageError:
     return errors.InvalidPackageError(
-        f"unsafe package entry {name!r}: {why}", details={"entry": name}
+        f"{rdf_name} names the file {rel!r}, which is {why}: a package may name only files "
+        "inside its folder (or http(s) URLs)",
+        details={"file": rel},
     )

@@ -6,18 +6,29 @@ characters (``InvalidPackageError``); more files than ``max_files`` (``InvalidPa
 total size over ``max_bytes`` (``ResourceExhaustedError``). The size is checked twice: against
 the sizes the archive declares before anything is written, then against the bytes actually
 decompressed, so an archive whose headers lie cannot fill the disk.
+
+Zip bombs: an entry, or the whole archive, that unpacks to more than ``max_ratio`` times its
+compressed size is refused before anything is written (``ResourceExhaustedError`` naming
+``max_compression_ratio``), as is an entry whose decompressed bytes pass that ratio while being
+written. Model weights compress 1.1-3x; deflate reaches about 1000x only on runs of one byte, so
+entries and archives smaller than ``ratio_min_bytes`` (a small all-zero mask) are not held to it.
 """
 
 from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from modelrunner import errors
+from modelrunner.entry_server.limits import over_limit
 from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
+from modelrunner.settings import Settings
 
 CHUNK_BYTES = 1024**2
+DEFAULT_MAX_RATIO: float = Settings.model_fields["max_compression_ratio"].default
+DEFAULT_RATIO_MIN_BYTES: int = Settings.model_fields["compression_ratio_min_bytes"].default
 _ALLOWED_MODES = (0, stat.S_IFREG, stat.S_IFDIR)
 """Unix file types (from the external attributes) we unpack; 0 means "not recorded"."""
 
@@ -28,12 +39,15 @@ def unpack_zip(
     *,
     max_bytes: int,
     max_files: int,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    ratio_min_bytes: int = DEFAULT_RATIO_MIN_BYTES,
     progress: ProgressCallback = no_progress,
 ) -> list[str]:
     """Unpack ``archive`` into the existing folder ``dest``; returns the files' relative paths."""
+    ratio = _RatioLimit(max_ratio, ratio_min_bytes)
     try:
         with zipfile.ZipFile(archive) as zf:
-            entries = _checked_entries(zf, max_bytes=max_bytes, max_files=max_files)
+            entries = _checked_entries(zf, max_bytes=max_bytes, max_files=max_files, ratio=ratio)
             declared = sum(info.file_size for info, _ in entries)
             stage = StageProgress(progress, "unpack", total=declared)
             stage.start()
@@ -44,11 +58,12 @@ def unpack_zip(
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                _extract_entry(zf, info, target, stage, max_bytes)
+                _extract_entry(zf, info, target, stage, max_bytes, ratio)
                 written.append(rel.as_posix())
             stage.finish()
             return written
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        # corrupt or truncated member data, or an unsupported compression method
         raise errors.InvalidPackageError(
             f"{archive.name} is not a valid zip file: {exc}", details={"file": archive.name}
         ) from exc
@@ -71,8 +86,27 @@ def safe_entry_path(name: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
+class _RatioLimit:
+    def __init__(self, max_ratio: float, min_bytes: int) -> None:
+        self.max_ratio = max_ratio
+        self.min_bytes = min_bytes
+
+    def allows(self, unpacked: int, compressed: int) -> bool:
+        return unpacked < self.min_bytes or unpacked <= self.max_ratio * max(compressed, 1)
+
+    def refuse(self, what: str, unpacked: int, compressed: int) -> errors.ResourceExhaustedError:
+        return over_limit(
+            "max_compression_ratio",
+            self.max_ratio,
+            f"{what} unpacks to {unpacked} bytes from {compressed} compressed, more than "
+            f"{self.max_ratio:g} times as many (a zip bomb?)",
+            unpacked_bytes=unpacked,
+            compressed_bytes=compressed,
+        )
+
+
 def _checked_entries(
-    zf: zipfile.ZipFile, *, max_bytes: int, max_files: int
+    zf: zipfile.ZipFile, *, max_bytes: int, max_files: int, ratio: _RatioLimit
 ) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     infos = zf.infolist()
     files = [i for i in infos if not i.is_dir()]
@@ -84,11 +118,18 @@ def _checked_entries(
         )
     declared = sum(i.file_size for i in files)
     if declared > max_bytes:
-        raise errors.ResourceExhaustedError(
-            f"package would unpack to {declared} bytes, over the limit of {max_bytes} bytes "
-            "(setting max_unpacked_bytes)",
-            details={"declared_bytes": declared, "limit": max_bytes},
+        raise over_limit(
+            "max_unpacked_bytes",
+            max_bytes,
+            f"package would unpack to {declared} bytes, over the limit of {max_bytes} bytes",
+            declared_bytes=declared,
         )
+    for info in files:
+        if not ratio.allows(info.file_size, info.compress_size):
+            raise ratio.refuse(f"zip entry {info.filename!r}", info.file_size, info.compress_size)
+    compressed = sum(i.compress_size for i in files)
+    if not ratio.allows(declared, compressed):
+        raise ratio.refuse("the package", declared, compressed)
     seen: set[PurePosixPath] = set()
     checked = []
     for info in infos:
@@ -113,21 +154,27 @@ def _extract_entry(
     target: Path,
     stage: StageProgress,
     max_bytes: int,
+    ratio: _RatioLimit,
 ) -> None:
     # "xb": an entry may never overwrite a file (or a folder turned file) written before it.
     try:
         out = target.open("xb")
     except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
         raise _unsafe(info.filename, "collides with another entry") from exc
+    written = 0
     with out, zf.open(info) as src:
         while chunk := src.read(CHUNK_BYTES):
             if stage.done + len(chunk) > max_bytes:
-                raise errors.ResourceExhaustedError(
+                raise over_limit(
+                    "max_unpacked_bytes",
+                    max_bytes,
                     f"zip entry {info.filename!r} unpacks to more than its archive declares; "
-                    f"the package exceeds the limit of {max_bytes} bytes "
-                    "(setting max_unpacked_bytes)",
-                    details={"entry": info.filename, "limit": max_bytes},
+                    f"the package exceeds the limit of {max_bytes} bytes",
+                    entry=info.filename,
                 )
+            written += len(chunk)
+            if not ratio.allows(written, info.compress_size):
+                raise ratio.refuse(f"zip entry {info.filename!r}", written, info.compress_size)
             out.write(chunk)
             stage.advance(len(chunk))
 

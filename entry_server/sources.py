@@ -2,13 +2,17 @@
 
 Kinds of source:
 
-* ``path``: a folder with ``bioimageio.yaml`` / ``rdf.yaml``, the yaml file itself (then the
-  package is the yaml plus the files it names), or a ``.zip`` package, on the server.
+* ``path``: a folder with ``bioimageio.yaml`` / ``rdf.yaml``, the yaml file itself, or a
+  ``.zip`` package, on the server, and only under one of ``path_source_roots`` (else
+  ``PermissionDeniedError``; by default there are none and clients upload).
 * ``url``: an http(s) URL of a zip package or of a yaml description; for a yaml, the files it
   names are downloaded from the same folder.
 * ``bioimageio_id``: resolved to ``{bioimageio_base_url}/{id}/files/rdf.yaml`` (bioimageio.spec's
   ``collection_http_pattern``), then as a yaml URL.
 * ``upload_id``: a file received by ``UploadPackage`` (a zip or a yaml).
+
+Every kind of source gives a package holding only its description and the files it names (see
+:mod:`modelrunner.entry_server.package_staging`).
 
 Errors: a missing path, URL (HTTP 404), id or upload is ``SourceNotFoundError``; unsafe or
 malformed packages are ``InvalidPackageError``; size limits ``ResourceExhaustedError``; see
@@ -112,12 +116,11 @@ class SourceStager:
     # -- local ------------------------------------------------------------------------------------
 
     def _stage_path(self, value: str, progress: ProgressCallback, in_place: bool) -> StagedPackage:
-        path = Path(value).expanduser()
+        path = self._allowed_path(value)
         if not path.exists():
             raise errors.SourceNotFoundError(
                 f"no such file or folder on the server: {value}", details={"path": value}
             )
-        path = path.resolve()
         label = str(path)
         if not path.is_dir():
             return self._stage_file(path, label, progress, in_place)
@@ -128,12 +131,39 @@ class SourceStager:
                 details={"path": value},
             )
         if in_place:
+            staging.checked_references(path, rdf)
             return StagedPackage(path, rdf, label, None)
         return self._build(
             "folder",
             label,
             lambda dest: staging.copy_package_folder(path, dest, self._settings, label, progress),
         )
+
+    def _allowed_path(self, value: str) -> Path:
+        """The resolved path, when it lies under one of ``path_source_roots`` (and not in the
+        cache); PermissionDeniedError otherwise, before anything there is looked at, so the
+        answer does not tell whether it exists."""
+        roots = [Path(root).expanduser().resolve() for root in self._settings.path_source_roots]
+        details = {"path": value, "setting": "path_source_roots"}
+        if not roots:
+            raise errors.PermissionDeniedError(
+                "this server reads no paths on its own disk (setting path_source_roots is "
+                "empty): upload the package instead",
+                details=details,
+            )
+        refused = errors.PermissionDeniedError(
+            f"{value} is not under a folder this server reads packages from "
+            "(setting path_source_roots): upload the package instead",
+            details=details,
+        )
+        try:
+            path = Path(value).expanduser().resolve()
+        except (RuntimeError, ValueError, OSError) as exc:  # ~unknown-user, NUL bytes, loops
+            raise refused from exc
+        cache = self._settings.cache_dir.expanduser().resolve()
+        if not any(path.is_relative_to(root) for root in roots) or path.is_relative_to(cache):
+            raise refused
+        return path
 
     def _stage_file(
         self, path: Path, label: str, progress: ProgressCallback, in_place: bool
@@ -146,6 +176,7 @@ class SourceStager:
             )
         if staging.is_yaml(path):
             if in_place:
+                staging.checked_references(path.parent, path)
                 return StagedPackage(path.parent, path, label, None)
             return self._build(
                 "yaml",

@@ -36,6 +36,8 @@ def make_settings(cache_dir: Path, **overrides: Any) -> Settings:
         "download_retries": 2,
         "download_backoff_s": 0.01,
         "bioimageio_base_url": "http://127.0.0.1:9/unused",
+        # Tests name packages by path in the zoo and in their own tmp folder (the cache's parent).
+        "path_source_roots": [ZOO, cache_dir.parent],
     }
     values.update(overrides)
     return Settings(**values)
@@ -109,6 +111,8 @@ class Reply:
     status: int = 200
     body: bytes = b""
     delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra headers, such as ``Location`` for a redirect."""
 
 
 class FakeWeb:
@@ -117,17 +121,22 @@ class FakeWeb:
     def __init__(self) -> None:
         self.replies: dict[str, list[Reply]] = {}
         self.requests: list[str] = []
+        self.hosts: list[str] = []
+        """The Host header of each request."""
         self._lock = threading.Lock()
         web = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                web.hosts.append(self.headers.get("Host", ""))
                 reply = web.next_reply(self.path)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Length", str(len(reply.body)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):

@@ -79,11 +79,12 @@ def test_a_file_that_is_not_yaml_is_a_failed_report(control: Running, tmp_path: 
 
 
 def test_validate_source_errors(control: Running) -> None:
+    missing = NUCLEI.parent / "no-such-package.zip"  # under a path_source_roots folder
     expect_rpc_error(
-        lambda: _validate(control, path="/no/such/package.zip"),
+        lambda: _validate(control, path=str(missing)),
         grpc.StatusCode.NOT_FOUND,
         "SourceNotFoundError",
-        "no such file or folder on the server: /no/such/package.zip",
+        f"no such file or folder on the server: {missing}",
     )
     expect_rpc_error(
         lambda: control.stub.ValidateModel(control_pb2.ValidateModelRequest()),
