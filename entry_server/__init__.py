@@ -19,6 +19,11 @@ Modules, one responsibility each::
     descriptions      reading descriptions with bioimageio.spec (imported lazily)
     metadata          bioimageio ModelDescr -> types.ModelInfo
     validation        ValidateModel: description -> ValidationReport
+    description_workers  worker processes that read untrusted descriptions, bounded in memory/time
+    description_jobs  what those workers run (validate, read a model to add), plain data in and out
+    yaml_limits       the cheap pre-check of description size and alias expansion (YAML bombs)
+    call_limits       concurrency limits of uploads/validations/adds, per-client keys, idle streams
+    limits            ResourceExhaustedError naming the setting of the limit that was hit
     runtimes          RuntimeDirectory: registered runtimes, heartbeats, route choice
     runtime_actions   calls to a runtime's Arrow Flight actions (test_model)
     package_zips      zipped packages for FetchModelPackage

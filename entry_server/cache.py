@@ -8,7 +8,8 @@
   without an entry are reported by :meth:`ModelCache.unindexed_folders` for the registry to
   re-index (a missing or unreadable index is thereby rebuilt).
 * A size budget with least-recently-used eviction that never evicts a model in use: pinned by an
-  ongoing operation (:meth:`ModelCache.pinned`) or reported loaded by a runtime.
+  ongoing operation (:meth:`ModelCache.pinned`) or reported loaded by a runtime. Uploads not yet
+  added count in the budget too (:meth:`ModelCache.reserve`).
 * Corruption: a model's files are hashed in full the first time it is served by this process
   (:meth:`ModelCache.ensure_servable`) and on demand (:meth:`ModelCache.verify`); a mismatch is a
   ``CorruptModelError`` naming the file, and adding the same package again repairs the entry.
@@ -63,6 +64,8 @@ class ModelCache:
         self._lock = threading.RLock()
         self._pins: Counter[str] = Counter()
         self._verified: set[str] = set()
+        self._reserved = 0
+        """Bytes outside ``models/`` counted in the budget: uploads kept or being received."""
         for folder in (
             cache_layout.models_dir(self.directory),
             cache_layout.uploads_dir(self.directory),
@@ -220,7 +223,7 @@ class ModelCache:
                 if existing is not None:
                     logger.info("repairing corrupt model %s", short_id(model_id))
                     self._forget(model_id, trash)
-                self._make_room(info.size_bytes, trash)
+                self._make_room(info.size_bytes, trash, what="the model")
                 self._move_into_place(staged_root, model_id, manifest, trash)
                 now = utc_now()
                 info = info.model_copy(update={"added_at": now, "last_used_at": now})
@@ -249,8 +252,8 @@ class ModelCache:
         trash.append(self._move_to_trash(target))
         staged_root.rename(target)
 
-    def _make_room(self, size: int, trash: list[Path | None]) -> None:
-        used = self._index.used_bytes()
+    def _make_room(self, size: int, trash: list[Path | None], *, what: str) -> None:
+        used = self._index.used_bytes() + self._reserved
         if used + size <= self.budget_bytes:
             return
         busy = self._busy_ids()
@@ -264,15 +267,47 @@ class ModelCache:
             used -= model_size
         if used + size > self.budget_bytes:
             raise errors.ResourceExhaustedError(
-                f"cache full: the model needs {size} bytes but only "
+                f"cache full: {what} needs {size} bytes but only "
                 f"{max(self.budget_bytes - used, 0)} of the budget of {self.budget_bytes} bytes "
                 f"can be freed; {len(busy)} model(s) in use cannot be evicted "
                 "(setting cache_budget_bytes)",
-                details={"size_bytes": size, "budget_bytes": self.budget_bytes},
+                details={
+                    "size_bytes": size,
+                    "budget_bytes": self.budget_bytes,
+                    "limit": "cache_budget_bytes",
+                    "limit_value": self.budget_bytes,
+                },
             )
         for model_id, model_size in victims:
             logger.info("evicting model %s (%d bytes, least recently used)", model_id, model_size)
             self._forget(model_id, trash)
+
+    # -- bytes outside models/ (uploads) ----------------------------------------------------------
+
+    def reserve(self, size: int) -> None:
+        """Count ``size`` more bytes of an upload in the budget, evicting least recently used
+        models not in use to make room; ResourceExhaustedError (``cache_budget_bytes``) when
+        that cannot free enough."""
+        if size <= 0:
+            return
+        trash: list[Path | None] = []
+        try:
+            with self._lock:
+                self._make_room(size, trash, what="the upload")
+                self._reserved += size
+        finally:
+            for path in trash:
+                self._delete_tree(path)
+
+    def release(self, size: int) -> None:
+        """Stop counting ``size`` bytes reserved with :meth:`reserve`."""
+        with self._lock:
+            self._reserved = max(self._reserved - size, 0)
+
+    @property
+    def reserved_bytes(self) -> int:
+        with self._lock:
+            return self._reserved
 
     # -- use --------------------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """Validate a staged description with bioimageio.spec. The outcome is a report, also when the
-description is invalid or not even YAML: only problems with the source itself are errors."""
+description is invalid or not even YAML: only problems with the source itself are errors.
+
+The control service runs this in a description worker (``description_jobs.validate``), bounded
+in memory and time; over a limit the call fails with RESOURCE_EXHAUSTED rather than a report."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pathlib import Path
 
 from modelrunner import types
 from modelrunner.entry_server.descriptions import SPEC_LOCK, UnreadableYamlError, read_rdf
+from modelrunner.entry_server.fetch_policy import guard_worker_process
 
 
 def validate_description(
@@ -21,6 +25,7 @@ def validate_description(
 
     from modelrunner.validation_reports import report_from_summary
 
+    guard_worker_process()  # bioimageio.spec's own downloads reach only allowed addresses
     try:
         read_rdf(rdf_path)
     except UnreadableYamlError as exc:

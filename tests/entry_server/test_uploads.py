@@ -44,7 +44,7 @@ def test_upload_then_add(control: Running) -> None:
         lambda: add_model(control.stub, upload_id=answer.upload_id),
         grpc.StatusCode.NOT_FOUND,
         "SourceNotFoundError",
-        f"no upload with id {answer.upload_id} (unknown, or expired after 3600 s)",
+        f"no upload with id {answer.upload_id} (unknown, or expired after 600 s)",
     )
 
 
