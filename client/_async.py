@@ -10,6 +10,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,11 +36,22 @@ class AsyncModelRunnerClient:
         self,
         address: str = "localhost:50051",
         *,
+        token: str | None = None,
+        tls: bool | str | Path = False,
+        client_cert: tuple[str | Path, str | Path] | None = None,
         timeout: float | None = 300.0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_concurrency: int = 64,
     ) -> None:
-        self._sync = ModelRunnerClient(address, timeout=timeout, batch_bytes=batch_bytes)
+        """The arguments of :class:`ModelRunnerClient`, and how many calls may run at once."""
+        self._sync = ModelRunnerClient(
+            address,
+            token=token,
+            tls=tls,
+            client_cert=client_cert,
+            timeout=timeout,
+            batch_bytes=batch_bytes,
+        )
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="modelrunner-async")
         self.address = address
 
@@ -95,6 +107,11 @@ class AsyncModelRunnerClient:
 
     async def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         await self._run(self._sync.remove_model, model_id, timeout=timeout)
+
+    async def publish_model(
+        self, model_id: str, published: bool = True, *, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> None:
+        await self._run(self._sync.publish_model, model_id, published, timeout=timeout)
 
     async def server_info(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> types.ServerInfo:
         return await self._run(self._sync.server_info, timeout=timeout)

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import grpc
-
 from modelrunner import converters, types
+from modelrunner.channels import control_channel
+from modelrunner.tls import ClientTls
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 
 from ._errors import translated_errors
@@ -30,10 +30,14 @@ class Route:
 class ControlClient:
     """Thin typed wrapper of the ``ControlService`` stub."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(
+        self, address: str, *, token: str | None = None, tls: ClientTls | None = None
+    ) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(
+        self._channel = control_channel(
             address,
+            token=token,
+            tls=tls,
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -84,6 +88,11 @@ class ControlClient:
 
         with translated_errors():
             return self._stub.UploadPackage(requests(), timeout=timeout).upload_id
+
+    def publish(self, model_id: str, published: bool, *, timeout: float | None) -> str:
+        request = control_pb2.PublishModelRequest(model_id=model_id, published=published)
+        with translated_errors():
+            return self._stub.PublishModel(request, timeout=timeout).model_id
 
     def list_models(self, *, timeout: float | None) -> list[types.ModelInfo]:
         with translated_errors():

@@ -14,7 +14,10 @@ import pyarrow.flight as flight
 from google.protobuf.message import Message
 
 from modelrunner import converters, errors, types
+from modelrunner.auth import AUTHORIZATION_HEADER, bearer
 from modelrunner.body_alignment import write_aligned
+from modelrunner.tls import ClientTls
+from modelrunner.transport_errors import ErrorTrailers
 from modelrunner.v1 import models_pb2, runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
@@ -37,13 +40,41 @@ def reachable_uri(flight_uri: str, control_address: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{control_host}:{parts.port}"))
 
 
+class _BearerHeader(flight.ClientMiddleware):  # type: ignore[misc]
+    def __init__(self, value: str) -> None:
+        super().__init__()
+        self._headers = {AUTHORIZATION_HEADER: value}
+
+    def sending_headers(self) -> dict[str, str]:
+        return self._headers
+
+
+class _BearerHeaderFactory(flight.ClientMiddlewareFactory):  # type: ignore[misc]
+    """Presents the client's token on every Flight call."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._value = bearer(token)
+
+    def start_call(self, info: flight.CallInfo) -> _BearerHeader:
+        return _BearerHeader(self._value)
+
+
 class RuntimeConnections:
     """One Flight client per runtime URI, created on first use and shared by all calls, and the
-    predict sessions open on them."""
+    predict sessions open on them. Every call presents ``token`` (when given); ``grpc+tls``
+    runtimes are verified against ``tls``'s roots (None: the system's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, token: str | None = None, tls: ClientTls | None = None) -> None:
         from ._sessions import SessionPool  # it builds on this module
 
+        self._connect_kwargs: dict[str, object] = dict(tls.flight_kwargs()) if tls else {}
+        # ErrorTrailers: a runtime's INVALID_ARGUMENT and NOT_FOUND carry their typed error in
+        # a trailer, which pyarrow shows to middleware only
+        middleware: list[flight.ClientMiddlewareFactory] = [ErrorTrailers()]
+        if token:
+            middleware.append(_BearerHeaderFactory(token))
+        self._connect_kwargs["middleware"] = middleware
         self._clients: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()
         self.sessions = SessionPool()
@@ -53,7 +84,7 @@ class RuntimeConnections:
             client = self._clients.get(uri)
             if client is None:
                 with translated_errors():
-                    client = flight.connect(uri)
+                    client = flight.connect(uri, **self._connect_kwargs)
                 self._clients[uri] = client
             return client
 

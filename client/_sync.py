@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from pathlib import Path
+from typing import Literal, TypeVar
 
 import numpy as np
 
 from modelrunner import errors, types
+from modelrunner.tls import ClientTls
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
@@ -18,9 +21,10 @@ from ._inputs import Inputs, normalise_inputs
 from ._progress import ProgressOption, progress_callback
 from ._sessions import fits_session
 from ._sources import SourceLike, Upload, interpret_source, is_local_address
-from ._stream import FrameStream, OnError
+from ._stream import DEFAULT_IDLE_TIMEOUT_S, FrameStream, OnError
 from ._timeouts import USE_CLIENT_DEFAULT, Timeout, resolve_timeout
 
+_T = TypeVar("_T")
 NanPolicy = Literal["reject", "allow"]
 Precision = Literal["float16", "bfloat16"]
 _NAN_POLICIES = {"reject": runtime_pb2.NAN_POLICY_REJECT, "allow": runtime_pb2.NAN_POLICY_ALLOW}
@@ -41,14 +45,23 @@ class ModelRunnerClient:
         self,
         address: str = "localhost:50051",
         *,
+        token: str | None = None,
+        tls: bool | str | Path = False,
+        client_cert: tuple[str | Path, str | Path] | None = None,
         timeout: float | None = 300.0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
     ) -> None:
+        """``token``: the bearer token a server with authentication wants (default
+        ``$MODELRUNNER_TOKEN``); ``tls``: True for TLS with the system's root certificates, or
+        the path of a PEM file of roots; ``client_cert``: (certificate, key) PEM paths for a
+        server that wants mutual TLS."""
         self.address = address
         self.timeout = timeout
         self.batch_bytes = batch_bytes
-        self._control = ControlClient(address)
-        self._runtimes = _flight.RuntimeConnections()
+        token = token or os.environ.get("MODELRUNNER_TOKEN") or None
+        client_tls = ClientTls.from_option(tls, client_cert)
+        self._control = ControlClient(address, token=token, tls=client_tls)
+        self._runtimes = _flight.RuntimeConnections(token=token, tls=client_tls)
         self._closed = False
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -81,13 +94,19 @@ class ModelRunnerClient:
         """Add a model from a folder, a ``bioimageio.yaml``/``rdf.yaml``, a ``.zip``, an http(s)
         URL, a bioimage.io id (e.g. ``"affable-shark"``) or package bytes.
 
-        Local paths are read by the server when it runs on this host and uploaded otherwise
-        (``upload=True`` forces an upload). Adding the same content again returns the same model.
+        Local paths are read by the server when it runs on this host and lets clients name
+        paths there (its setting ``path_source_roots``), and uploaded otherwise (``upload=True``
+        forces an upload). Adding the same content again returns the same model.
         """
-        spec = self._source_spec(source, upload, progress, timeout)
-        with progress_callback(progress, "add model") as report:
-            info, _ = self._control.add_model(spec, timeout=self._timeout(timeout), progress=report)
-        return info
+
+        def add(spec: types.ModelSourceSpec) -> types.ModelInfo:
+            with progress_callback(progress, "add model") as report:
+                info, _ = self._control.add_model(
+                    spec, timeout=self._timeout(timeout), progress=report
+                )
+            return info
+
+        return self._with_source(source, upload, progress, timeout, add)
 
     def validate(
         self,
@@ -99,10 +118,37 @@ class ModelRunnerClient:
     ) -> types.ValidationReport:
         """Validate a model description without adding it. An invalid description gives a report
         with ``status == "failed"``, not an exception."""
-        spec = self._source_spec(source, upload, False, timeout)
-        return self._control.validate(
-            spec, perform_io_checks=perform_io_checks, timeout=self._timeout(timeout)
+        return self._with_source(
+            source,
+            upload,
+            False,
+            timeout,
+            lambda spec: self._control.validate(
+                spec, perform_io_checks=perform_io_checks, timeout=self._timeout(timeout)
+            ),
         )
+
+    def _with_source(
+        self,
+        source: SourceLike,
+        upload: bool | None,
+        progress: ProgressOption,
+        timeout: Timeout,
+        call: Callable[[types.ModelSourceSpec], _T],
+    ) -> _T:
+        """``call`` with the source as the server gets it. A local path the server does not
+        read (outside its ``path_source_roots``, or it has none) is uploaded instead."""
+        spec = self._source_spec(source, upload, progress, timeout)
+        try:
+            return call(spec)
+        except errors.PermissionDeniedError as exc:
+            if (
+                spec.kind != "path"
+                or upload is not None
+                or exc.details.get("setting") != "path_source_roots"
+            ):
+                raise
+        return call(self._source_spec(source, True, progress, timeout))
 
     def _source_spec(
         self, source: SourceLike, upload: bool | None, progress: ProgressOption, timeout: Timeout
@@ -126,7 +172,16 @@ class ModelRunnerClient:
         return self._control.describe(model_id, timeout=self._timeout(timeout))
 
     def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+        """Remove the model from your workspace (and from the server when no other workspace
+        holds it; an admin removes it everywhere)."""
         self._control.remove(model_id, timeout=self._timeout(timeout))
+
+    def publish_model(
+        self, model_id: str, published: bool = True, *, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> None:
+        """Make a model visible in every workspace (``published=False``: only in those that
+        added it again). Needs the admin role."""
+        self._control.publish(model_id, published, timeout=self._timeout(timeout))
 
     def server_info(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> types.ServerInfo:
         return self._control.server_info(timeout=self._timeout(timeout))
@@ -255,6 +310,7 @@ class ModelRunnerClient:
         precision: Precision | None = None,
         on_error: OnError = "raise",
         timeout: Timeout = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
     ) -> FrameStream:
         """Run the model on a sequence of frames over one stream; yields each frame's outputs in
         order. At most ``max_in_flight`` frames travel unanswered (back-pressure); the runtime may
@@ -265,7 +321,9 @@ class ModelRunnerClient:
         A failed frame raises :class:`FrameError` (``on_error="raise"``; the stream goes on with
         the next ``next()``) or is yielded as one (``on_error="yield"``). Closing the stream, or
         leaving a ``for`` loop over it, stops the work on the server. ``timeout`` bounds the whole
-        stream and is off by default. ``reference_path``: run bioimageio.core's own pipeline even
+        stream and is off by default; ``idle_timeout`` (seconds, None: no limit) bounds the wait
+        for the runtime's next answer, after which the stream is cancelled and raises
+        DeadlineExceededError (a frozen runtime). ``reference_path``: run bioimageio.core's own pipeline even
         where the runtime's verified fast path serves the model.
         """
         command = self._command(
@@ -289,6 +347,7 @@ class ModelRunnerClient:
             timeout=self._timeout(timeout),
             batch_bytes=self.batch_bytes,
             on_error=on_error,
+            idle_timeout=idle_timeout,
         )
 
     # -- internals -----------------------------------------------------------------------------

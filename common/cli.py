@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelrunner import __version__, errors
+from modelrunner.cli_tokens import add_token_commands
 
 if TYPE_CHECKING:
     from modelrunner.client import ModelRunnerClient
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runtime.set_defaults(run=_runtime)
 
+    add_token_commands(sub)
+
     models = sub.add_parser("models", help="list the models on the server")
     _client_flags(models)
     models.set_defaults(run=_models)
@@ -90,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("model")
     remove.set_defaults(run=_remove)
 
+    publish = sub.add_parser("publish", help="make a model visible in every workspace (admin role)")
+    _client_flags(publish)
+    publish.add_argument("model")
+    publish.add_argument(
+        "--withdraw", action="store_true", help="visible only where it was added again"
+    )
+    publish.set_defaults(run=_publish)
+
     info = sub.add_parser("info", help="server versions, devices and runtimes")
     _client_flags(info)
     info.set_defaults(run=_info)
@@ -113,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--server", default=os.environ.get("MODELRUNNER_SERVER"), help="server address"
     )
+    predict.add_argument(
+        "--token", default=os.environ.get("MODELRUNNER_TOKEN"), help="access token (--server)"
+    )
+    predict.add_argument(
+        "--tls-ca", default=os.environ.get("MODELRUNNER_TLS_CA"), help="TLS roots (--server)"
+    )
+    predict.add_argument("--tls", action="store_true", help="connect with TLS (--server)")
     predict.add_argument("--weight-format")
     predict.add_argument("--device")
     predict.add_argument("--blocksize", type=int, help="bioimageio.core blocksize parameter")
@@ -140,6 +158,30 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="model cache (default ~/.cache/modelrunner)")
     p.add_argument("--device", help="default device (default: cuda if available, else cpu)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    security = p.add_argument_group("security (docs/security.md)")
+    security.add_argument(
+        "--auth",
+        action="store_true",
+        default=None,
+        help="require a token on every call (`modelrunner token create`)",
+    )
+    security.add_argument("--tls-cert", dest="tls_cert_file", type=Path, help="PEM certificate")
+    security.add_argument("--tls-key", dest="tls_key_file", type=Path, help="PEM private key")
+    security.add_argument(
+        "--tls-ca", dest="tls_ca_file", type=Path, help="PEM roots to verify the other plane"
+    )
+    security.add_argument(
+        "--tls-client-ca",
+        dest="tls_client_ca_file",
+        type=Path,
+        help="mutual TLS: clients must present a certificate signed by these roots",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback interface without --auth and TLS",
+    )
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -148,6 +190,17 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("MODELRUNNER_SERVER", "localhost:50051"),
         help="server address (default $MODELRUNNER_SERVER or localhost:50051)",
     )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("MODELRUNNER_TOKEN"),
+        help="access token (default $MODELRUNNER_TOKEN)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        default=os.environ.get("MODELRUNNER_TLS_CA"),
+        help="connect with TLS, trusting the roots in this PEM file (default $MODELRUNNER_TLS_CA)",
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS (the system's roots)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -164,6 +217,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "device",
         "log_level",
         "control_address",
+        "auth",
+        "insecure",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_ca_file",
+        "tls_client_ca_file",
     )
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return Settings(**overrides)
@@ -201,7 +260,8 @@ def _runtime(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> ModelRunnerClient:
     from modelrunner.client import ModelRunnerClient
 
-    return ModelRunnerClient(args.server)
+    tls = getattr(args, "tls_ca", None) or getattr(args, "tls", False)
+    return ModelRunnerClient(args.server, token=getattr(args, "token", None), tls=tls)
 
 
 def _print_json(data: Any) -> None:
@@ -260,6 +320,13 @@ def _remove(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.remove_model(args.model)
     print(f"removed {args.model}")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.publish_model(args.model, not args.withdraw)
+    print(f"{'withdrew' if args.withdraw else 'published'} {args.model}")
     return 0
 
 

@@ -21,10 +21,26 @@ def run_predict(args: argparse.Namespace) -> int:
             from modelrunner.serving import start_embedded
             from modelrunner.settings import Settings
 
-            # An embedded runner on free ports, with the usual cache so models are reused.
-            running = stack.enter_context(start_embedded(Settings(port=0, flight_port=0)))
+            # An embedded runner of this command alone: loopback, free ports, no tokens, with
+            # the usual cache so models are reused.
+            private = Settings(
+                host="127.0.0.1",
+                flight_host=None,
+                port=0,
+                flight_port=0,
+                auth=False,
+                tls_cert_file=None,
+            )
+            running = stack.enter_context(start_embedded(private))
             address = running.address
-        client = stack.enter_context(ModelRunnerClient(address, timeout=None))
+        client = stack.enter_context(
+            ModelRunnerClient(
+                address,
+                timeout=None,
+                token=args.token if args.server else None,
+                tls=(args.tls_ca or args.tls) if args.server else False,
+            )
+        )
         model_id = args.model
         if Path(model_id).exists():
             model_id = client.add_model(model_id, progress=not args.no_progress).id

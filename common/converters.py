@@ -150,6 +150,8 @@ def to_pb_model_info(info: types.ModelInfo) -> models_pb2.ModelInfo:
         last_used_at=to_pb_timestamp(info.last_used_at),
         rdf_json="" if info.rdf is None else json.dumps(info.rdf),
         loaded=[to_pb_loaded_model(m) for m in info.loaded],
+        workspaces=list(info.workspaces),
+        published=info.published,
     )
 
 
@@ -182,6 +184,8 @@ def from_pb_model_info(msg: models_pb2.ModelInfo) -> types.ModelInfo:
         last_used_at=from_pb_timestamp(msg, "last_used_at"),
         rdf=json.loads(msg.rdf_json) if msg.rdf_json else None,
         loaded=tuple(from_pb_loaded_model(m) for m in msg.loaded),
+        workspaces=tuple(msg.workspaces),
+        published=msg.published,
     )
 
 

@@ -15,10 +15,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from modelrunner import errors
+from modelrunner.auth import Role
 from modelrunner.settings import Settings
+from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
 
 if TYPE_CHECKING:
     from modelrunner.entry_server.server import ControlServer
+    from modelrunner.runtime_flight.caller_auth import CallerCheck
     from modelrunner.runtime_flight.registration import Registration
     from modelrunner.runtime_flight.server import RuntimeFlightServer
 
@@ -60,8 +64,19 @@ class RunningServer:
         self.control.stop()
 
 
-def start_runtime(settings: Settings, control_address: str) -> RunningRuntime:
-    """Start a Flight runtime on ``settings.flight_host:flight_port`` and register it."""
+def start_runtime(
+    settings: Settings,
+    control_address: str,
+    *,
+    runtime_token: str | None = None,
+    caller_check: CallerCheck | None = None,
+) -> RunningRuntime:
+    """Start a Flight runtime on ``settings.flight_host:flight_port`` and register it.
+
+    With ``settings.auth`` the runtime registers with ``runtime_token`` (default
+    ``settings.runtime_token``) and checks its callers' tokens with ``caller_check`` (default:
+    by asking the control service). With ``settings.tls_cert_file`` it speaks TLS."""
+    from modelrunner.runtime_flight.caller_auth import CallerChecks, RemoteCallerCheck
     from modelrunner.runtime_flight.packages import PackageLocator
     from modelrunner.runtime_flight.registration import Registration
     from modelrunner.runtime_flight.server import RuntimeFlightServer
@@ -70,13 +85,39 @@ def start_runtime(settings: Settings, control_address: str) -> RunningRuntime:
     # bioimageio.core draws a tqdm bar per tiled prediction; a server's output is its log
     os.environ.setdefault("TQDM_DISABLE", "1")
     host = settings.effective_flight_host
-    locator_ref: list[PackageLocator] = []
+    check_exposure(
+        host, plane="runtime", auth=settings.auth, tls=settings.tls, insecure=settings.insecure
+    )
+    server_tls = server_tls_for(settings)
+    client_tls = client_tls_for(settings) if server_tls is not None else None
+    if settings.auth and runtime_token is None:
+        if settings.runtime_token is None:
+            raise errors.InvalidArgumentError(
+                "authentication is on: the runtime needs its credential, a token with the "
+                "runtime role (`modelrunner token create NAME --role runtime`), in "
+                "MODELRUNNER_RUNTIME_TOKEN"
+            )
+        runtime_token = settings.runtime_token.get_secret_value()
     registration_ref: list[Registration] = []
+    if settings.auth and caller_check is None:
+        assert runtime_token is not None
+        caller_check = RemoteCallerCheck(
+            lambda: registration_ref[0].channel if registration_ref else None,
+            runtime_token,
+            cache_s=settings.auth_cache_s,
+        )
+    locator_ref: list[PackageLocator] = []
     service = RuntimeService(settings, lambda model_id: locator_ref[0].package_dir(model_id))
-    server = RuntimeFlightServer(f"grpc://{host}:{settings.flight_port}", service)
+    scheme = "grpc+tls" if server_tls is not None else "grpc"
+    server = RuntimeFlightServer(
+        f"{scheme}://{host}:{settings.flight_port}",
+        service,
+        caller_checks=CallerChecks(caller_check if settings.auth else None),
+        **(server_tls.flight_kwargs() if server_tls is not None else {}),
+    )
     try:
         advertised = settings.advertise_host or host
-        flight_uri = f"grpc://{_uri_host(advertised)}:{server.port}"
+        flight_uri = f"{scheme}://{_uri_host(advertised)}:{server.port}"
         service.set_identity(
             runtime_id=settings.runtime_id or f"{socket.gethostname()}:{server.port}",
             flight_uri=flight_uri,
@@ -86,6 +127,8 @@ def start_runtime(settings: Settings, control_address: str) -> RunningRuntime:
             service.info,
             cache_dir=settings.cache_dir,
             interval_s=settings.heartbeat_interval_s,
+            token=runtime_token,
+            tls=client_tls,
         )
         registration_ref.append(registration)
         locator = PackageLocator(
@@ -126,7 +169,20 @@ def start_embedded(settings: Settings, *, with_runtime: bool = True) -> Iterator
         running = RunningServer(control)
         stack.callback(running.stop)
         if with_runtime:
-            running.runtime = start_runtime(settings, _local_address(control.port, settings.host))
+            plane = control.control
+            # The embedded runtime holds an in-memory credential and asks its control service
+            # about its callers in process.
+            token = (
+                plane.authenticator.issue_internal("embedded-runtime", Role.RUNTIME)
+                if settings.auth
+                else None
+            )
+            running.runtime = start_runtime(
+                settings,
+                _local_address(control.port, settings.host),
+                runtime_token=token,
+                caller_check=plane.check_caller,
+            )
         yield running
 
 
@@ -134,7 +190,9 @@ def _local_address(port: int, host: str) -> str:
     return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else _uri_host(host)}:{port}"
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM. Installed before the servers start, so a signal that
+    comes while they start stops them cleanly instead of interrupting the start."""
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -143,18 +201,24 @@ def _wait_for_signal() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
+    return stop
+
+
+def _wait(stop: threading.Event) -> None:
     while not stop.wait(1.0):
         pass
 
 
 def serve_forever(settings: Settings, *, with_runtime: bool = True) -> None:
+    stop = _stop_on_signal()
     with start_embedded(settings, with_runtime=with_runtime) as running:
         print(_banner(settings, running), flush=True)
-        _wait_for_signal()
+        _wait(stop)
 
 
 def run_runtime_forever(settings: Settings) -> None:
     assert settings.control_address
+    stop = _stop_on_signal()
     runtime = start_runtime(settings, settings.control_address)
     try:
         print(
@@ -162,7 +226,7 @@ def run_runtime_forever(settings: Settings) -> None:
             f"{runtime.flight_uri}, registered with {settings.control_address}",
             flush=True,
         )
-        _wait_for_signal()
+        _wait(stop)
     finally:
         runtime.stop()
 
@@ -174,5 +238,12 @@ def _banner(settings: Settings, running: RunningServer) -> str:
     if running.runtime is not None:
         devices = ", ".join(d.name for d in running.runtime.server.service.info().devices)
         lines.append(f"runtime at {running.runtime.flight_uri} (devices: {devices})")
+    if settings.auth:
+        lines.append(
+            f"tokens required (from {settings.effective_tokens_file}; "
+            "`modelrunner token create NAME --role write`)"
+        )
+    else:
+        lines.append("no authentication: anyone who can reach these ports may use them")
     lines.append("press Ctrl+C to stop")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
@@ -41,15 +41,15 @@ class Settings(BaseSettings):
     """Content-addressed model cache and its index."""
     cache_budget_bytes: int = Field(20 * GiB, gt=0)
     """Size the cache may take; least recently used models not in use are evicted beyond it."""
-    max_upload_bytes: int = Field(4 * GiB, gt=0)
+    max_upload_bytes: int = Field(2 * GiB, gt=0)
     """Largest package a client may upload."""
     max_download_bytes: int = Field(8 * GiB, gt=0)
     """Largest file the server downloads for a model."""
-    max_unpacked_bytes: int = Field(16 * GiB, gt=0)
+    max_unpacked_bytes: int = Field(8 * GiB, gt=0)
     """Largest total size a zip package may unpack to (zip bomb guard)."""
     max_package_files: int = Field(10_000, gt=0)
     """Most files a zip package may hold."""
-    upload_ttl_s: float = Field(3600.0, gt=0)
+    upload_ttl_s: float = Field(600.0, gt=0)
     """Uploads not added or validated within this time are deleted."""
 
     download_timeout_s: float = Field(60.0, gt=0)
@@ -86,6 +86,104 @@ class Settings(BaseSettings):
     mean/std in bounded chunks): its memory stays near the input's size. Smaller ones are
     assembled whole first. Models whose outputs cannot be cut into bands of rows (see
     ``runtime_flight/streamed_tiling.py``) are always assembled whole."""
+    max_sample_bytes: int = Field(16 * GiB, gt=0)
+    """Largest sample (all input tensors of one prediction or frame, as announced by the
+    client's Arrow schema) the runtime accepts; larger ones are refused with INVALID_ARGUMENT
+    before anything is allocated."""
+
+    # -- authentication and TLS (security) --
+    auth: bool = False
+    """Require a bearer token (``modelrunner token create``) on every call but health checks, on
+    both planes. Without it the server listens on loopback only (see ``insecure``)."""
+    auth_tokens_file: Path | None = None
+    """The tokens the server accepts (hashed); default ``<cache_dir>/auth/tokens.json``."""
+    auth_cache_s: float = Field(10.0, ge=0)
+    """How long a runtime trusts the control service's verdict on a token (a revoked token may
+    still predict on a remote runtime for this long)."""
+    insecure: bool = False
+    """Allow listening on a non-loopback interface without authentication and TLS."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain the control service and the runtime present (TLS on both planes)."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``."""
+    tls_ca_file: Path | None = None
+    """PEM root certificates to verify the other side's certificate: a runtime verifies the
+    control service, the control service verifies runtimes. Default: the system's roots."""
+    tls_client_ca_file: Path | None = None
+    """Mutual TLS for runtimes: runtimes must present a client certificate signed by one of these
+    roots to register (users' clients need none)."""
+    tls_client_cert_file: Path | None = None
+    """``modelrunner runtime``: the client certificate it presents to the control service."""
+    tls_client_key_file: Path | None = None
+    """``modelrunner runtime``: the private key of ``tls_client_cert_file``."""
+    runtime_token: SecretStr | None = None
+    """``modelrunner runtime``: the token (role ``runtime``) it registers with and checks its
+    callers' tokens with; ``MODELRUNNER_RUNTIME_TOKEN``."""
+
+    # -- package contents and outbound fetches (security) --
+    path_source_roots: list[Path] = Field(default_factory=list)
+    """Folders on the server under which clients may name ``path`` sources (the server reads
+    the package from its own disk). Empty, the default: the server reads no client-named paths
+    and clients upload local packages instead (``modelrunner.client`` does so by itself). The
+    cache directory is never readable this way. Environment: a JSON list,
+    ``MODELRUNNER_PATH_SOURCE_ROOTS='["/data/models"]'``."""
+    fetch_allowed_networks: list[str] = Field(default_factory=list)
+    """Networks (CIDRs such as ``10.1.0.0/16`` or ``127.0.0.1/32``) the server may download
+    from besides public addresses. Without them, URL sources, bioimage.io ids, the files a
+    remote description names and validation with io checks never reach loopback, private,
+    link-local, multicast, unspecified or other non-public addresses."""
+    fetch_max_redirects: int = Field(5, ge=0)
+    """Most HTTP redirects one download follows; every one is checked like the first URL."""
+
+    @field_validator("fetch_allowed_networks", mode="after")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network.strip(), strict=False)  # ValueError names the bad one
+        return [network.strip() for network in value]
+
+    # -- resource limits (security) --
+    max_description_bytes: int = Field(256 * 1024, gt=0)
+    """Largest description file (YAML) the server parses; bioimageio.spec's pure-Python YAML
+    parser takes seconds per MiB (zoo descriptions take 3-20 KB)."""
+    max_description_nodes: int = Field(50_000, gt=0)
+    """Most YAML nodes a description may hold, counting each alias as the nodes it repeats
+    (a "billion laughs" alias bomb is refused before it is expanded)."""
+    validation_timeout_s: float = Field(120.0, gt=0)
+    """Longest a description worker may take to read or validate one description (with
+    ``perform_io_checks`` this includes downloading and hashing its files)."""
+    validation_memory_bytes: int = Field(2 * GiB, gt=0)
+    """Memory a description worker may allocate beyond its size after start-up (its address
+    space limit, ``RLIMIT_AS``)."""
+    description_workers: int = Field(2, ge=0)
+    """Description worker processes kept started and idle, so validating and adding do not
+    wait for a process to start; more are started (and stopped again) as calls need them."""
+    max_concurrent_validations: int = Field(4, gt=0)
+    """ValidateModel calls served at once; more are refused with RESOURCE_EXHAUSTED."""
+    max_concurrent_adds: int = Field(4, gt=0)
+    """AddModel calls served at once; more are refused with RESOURCE_EXHAUSTED."""
+    max_concurrent_tests: int = Field(4, gt=0)
+    """TestModel calls served at once (each waits for a runtime to load and run the model)."""
+    max_concurrent_package_fetches: int = Field(4, gt=0)
+    """FetchModelPackage streams served at once (runtimes on other hosts fetching packages)."""
+    max_concurrent_uploads: int = Field(8, gt=0)
+    """UploadPackage streams open at once, from all clients together."""
+    max_concurrent_uploads_per_client: int = Field(4, gt=0)
+    """UploadPackage streams one client (its token, else its host) may have open at once."""
+    max_pending_uploads_per_client: int = Field(16, gt=0)
+    """Uploads of one client (its token, else its host) kept or being received, not yet added
+    or expired."""
+    upload_idle_timeout_s: float = Field(30.0, gt=0)
+    """An upload stream that sends nothing for this long is aborted (DEADLINE_EXCEEDED) and
+    its partial file removed."""
+    max_compression_ratio: float = Field(200.0, gt=1)
+    """Largest ratio of unpacked to compressed size of a zip entry, and of a whole zip package
+    (zip bomb guard); checked for entries and packages over ``compression_ratio_min_bytes``."""
+    compression_ratio_min_bytes: int = Field(64 * MiB, ge=0)
+    """Entries and packages unpacking to less than this are not held to
+    ``max_compression_ratio`` (a small all-zero test tensor compresses 1000:1)."""
 
     grace_period_s: float = Field(5.0, ge=0)
     """How long shutdown waits for calls in flight."""
@@ -99,3 +197,11 @@ class Settings(BaseSettings):
     @property
     def effective_flight_host(self) -> str:
         return self.flight_host or self.host
+
+    @property
+    def effective_tokens_file(self) -> Path:
+        return self.auth_tokens_file or self.cache_dir / "auth" / "tokens.json"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None

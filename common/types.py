@@ -113,6 +113,10 @@ class ModelInfo(_Frozen):
     loaded: tuple[LoadedModel, ...] = ()
     """Where the model is loaded now, as its runtimes last reported it, with the path that
     serves it there (fast or reference, and why); set by ``describe`` only."""
+    workspaces: tuple[str, ...] = ()
+    """The workspaces the model was added in (``default`` without authentication)."""
+    published: bool = False
+    """Visible in every workspace."""
 
     def input(self, tensor_id: str) -> TensorSpec:
         return _by_id(self.inputs, tensor_id, "input")

@@ -10,8 +10,12 @@ import logging
 from dataclasses import dataclass
 
 from modelrunner import errors, types
+from modelrunner.auth import ANONYMOUS, Identity
 from modelrunner.entry_server import runtime_actions
-from modelrunner.entry_server.registry import ModelRegistry
+from modelrunner.entry_server.authentication import Authenticator
+from modelrunner.entry_server.model_access import ModelAccess
+from modelrunner.entry_server.progress import ProgressCallback, no_progress
+from modelrunner.entry_server.registry import ModelRegistry, model_not_found
 from modelrunner.entry_server.runtimes import Registration, RuntimeDirectory
 from modelrunner.entry_server.server_info import server_info
 from modelrunner.settings import Settings
@@ -31,26 +35,93 @@ class Route:
 
 class ControlPlane:
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, runtimes: RuntimeDirectory
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        runtimes: RuntimeDirectory,
+        *,
+        authenticator: Authenticator | None = None,
+        access: ModelAccess | None = None,
+        runtime_caller: runtime_actions.RuntimeCaller = runtime_actions.NO_CREDENTIALS,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.runtimes = runtimes
+        self.authenticator = authenticator or Authenticator(settings)
+        self.access = access or ModelAccess(settings.cache_dir / "model_access.json")
+        self.runtime_caller = runtime_caller
 
-    def register_runtime(self, info: types.RuntimeInfo, cache_dir: str = "") -> Registration:
-        return self.runtimes.register(info, cache_dir)
+    # -- who sees what ---------------------------------------------------------------------------
 
-    def describe(self, model_ref: str) -> types.ModelInfo:
+    def visible_id(self, model_ref: str, identity: Identity = ANONYMOUS) -> str:
+        """The full id of a model the caller may see; a model of another workspace is as
+        unknown to it as one that does not exist (same error, same message)."""
+        model_id = self.registry.resolve(model_ref)
+        if not self.access.visible(model_id, identity):
+            raise model_not_found(model_ref.strip())
+        return model_id
+
+    def _with_access(self, info: types.ModelInfo) -> types.ModelInfo:
+        workspaces, published = self.access.workspaces(info.id)
+        return info.model_copy(update={"workspaces": workspaces, "published": published})
+
+    def check_caller(self, token: str, model_ref: str = "") -> tuple[Identity, str]:
+        """For a runtime: who holds ``token``, and the full id of ``model_ref`` when the holder
+        may use it (UnauthenticatedError, ModelNotFoundError otherwise)."""
+        identity = self.authenticator.identify(token)
+        return identity, self.visible_id(model_ref, identity) if model_ref else ""
+
+    # -- models ----------------------------------------------------------------------------------
+
+    def add_model(
+        self,
+        source: types.ModelSourceSpec,
+        progress: ProgressCallback = no_progress,
+        identity: Identity = ANONYMOUS,
+    ) -> tuple[types.ModelInfo, bool]:
+        """Add a model to the caller's workspace."""
+        info, created = self.registry.add(source, progress)
+        self.access.grant(info.id, identity.workspace)
+        return self._with_access(info), created
+
+    def list_models(self, identity: Identity = ANONYMOUS) -> list[types.ModelInfo]:
+        return [
+            self._with_access(m)
+            for m in self.registry.list_models()
+            if self.access.visible(m.id, identity)
+        ]
+
+    def publish(
+        self, model_ref: str, published: bool, identity: Identity = ANONYMOUS
+    ) -> tuple[str, bool]:
+        model_id = self.visible_id(model_ref, identity)
+        self.access.publish(model_id, published)
+        return model_id, published
+
+    def register_runtime(
+        self, info: types.RuntimeInfo, cache_dir: str = "", identity: Identity = ANONYMOUS
+    ) -> Registration:
+        """A runtime's registration or heartbeat; with authentication on, a runtime id stays
+        with the credential that registered it while it is alive."""
+        return self.runtimes.register(info, cache_dir, owner=identity.token_id)
+
+    def describe(self, model_ref: str, identity: Identity = ANONYMOUS) -> types.ModelInfo:
         """The model's metadata, and where runtimes have it loaded (with the serving path)."""
-        info = self.registry.describe(model_ref)
+        info = self.registry.describe(self.visible_id(model_ref, identity))
         loaded = tuple(
             m for r in self.runtimes.runtimes() for m in r.loaded_models if m.model_id == info.id
         )
-        return info.model_copy(update={"loaded": loaded})
+        return self._with_access(info).model_copy(update={"loaded": loaded})
 
-    def route(self, model_ref: str, weight_format: str = "", device: str = "") -> Route:
+    def route(
+        self,
+        model_ref: str,
+        weight_format: str = "",
+        device: str = "",
+        identity: Identity = ANONYMOUS,
+    ) -> Route:
         """Which runtimes serve the model, best first (one with it loaded comes first)."""
-        with self.registry.use(model_ref) as package:
+        with self.registry.use(self.visible_id(model_ref, identity)) as package:
             candidates = self._candidates(package.model_id, weight_format, device)
         return Route(
             model_id=package.model_id,
@@ -65,6 +136,7 @@ class ControlPlane:
         device: str = "",
         *,
         timeout_s: float | None = None,
+        identity: Identity = ANONYMOUS,
     ) -> types.ValidationReport:
         """Run bioimageio.core's model test on the best runtime; the outcome is a report.
 
@@ -72,7 +144,7 @@ class ControlPlane:
         """
         limit = self.settings.runtime_call_timeout_s
         timeout = limit if timeout_s is None else min(timeout_s, limit)
-        with self.registry.use(model_ref) as package:
+        with self.registry.use(self.visible_id(model_ref, identity)) as package:
             candidates = self._candidates(package.model_id, weight_format, device)
             unreachable: list[str] = []
             for runtime in candidates:
@@ -83,6 +155,7 @@ class ControlPlane:
                         weight_format=weight_format,
                         device=device,
                         timeout_s=timeout,
+                        caller=self.runtime_caller,
                     )
                 except errors.UnavailableError as exc:
                     logger.warning("runtime %s unreachable: %s", runtime.runtime_id, exc)
@@ -92,16 +165,30 @@ class ControlPlane:
             details={"model_id": package.model_id},
         )
 
-    def remove_model(self, model_ref: str) -> tuple[str, int]:
-        """Remove a model: runtimes that have it warm unload it first (a runtime serving it
-        right now refuses with ModelInUseError, and nothing is removed)."""
-        model_id = self.registry.resolve(model_ref)
+    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> tuple[str, int]:
+        """Remove a model from the caller's workspace, and from the cache when no workspace
+        holds it any more (an admin removes it from every workspace): runtimes that have it
+        warm unload it first (a runtime serving it right now refuses with ModelInUseError, and
+        nothing is removed)."""
+        model_id = self.visible_id(model_ref, identity)
+        if not identity.sees_all_workspaces():
+            if identity.workspace not in self.access.workspaces(model_id)[0]:
+                raise errors.PermissionDeniedError(
+                    f"model {model_id[:12]} is published from another workspace: only an admin "
+                    "may remove it",
+                    details={"model_id": model_id},
+                )
+            if not self.access.leave(model_id, identity.workspace):
+                return model_id, 0
         for runtime in self.runtimes.runtimes():
             if not any(m.model_id == model_id for m in runtime.loaded_models):
                 continue
             try:
                 runtime_actions.unload_model_on_runtime(
-                    runtime.flight_uri, model_id=model_id, timeout_s=30.0
+                    runtime.flight_uri,
+                    model_id=model_id,
+                    timeout_s=30.0,
+                    caller=self.runtime_caller,
                 )
             except errors.UnavailableError as exc:
                 # a vanished runtime holds nothing; its registration expires on its own
@@ -109,7 +196,9 @@ class ControlPlane:
                     "runtime %s unreachable while unloading: %s", runtime.runtime_id, exc
                 )
             self.runtimes.forget_loaded(runtime.runtime_id, model_id)
-        return self.registry.remove(model_id)
+        removed = self.registry.remove(model_id)
+        self.access.forget(model_id)
+        return removed
 
     def _candidates(
         self, model_id: str, weight_format: str, device: str
@@ -128,5 +217,17 @@ class ControlPlane:
             device=device,
         )
 
-    def server_info(self) -> types.ServerInfo:
-        return server_info(self.registry.cache_info(), self.runtimes.runtimes())
+    def server_info(self, identity: Identity = ANONYMOUS) -> types.ServerInfo:
+        """Versions, cache and runtimes; the models a runtime has loaded are listed only where
+        the caller may see them."""
+        runtimes = [
+            r.model_copy(
+                update={
+                    "loaded_models": tuple(
+                        m for m in r.loaded_models if self.access.visible(m.model_id, identity)
+                    )
+                }
+            )
+            for r in self.runtimes.runtimes()
+        ]
+        return server_info(self.registry.cache_info(), runtimes)

@@ -16,16 +16,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from modelrunner import cache_layout, errors, types
-from modelrunner.entry_server import descriptions, metadata
+from modelrunner.entry_server import description_jobs, descriptions, metadata
 from modelrunner.entry_server.cache import ModelCache, short_id
 from modelrunner.entry_server.content_hash import hash_package
+from modelrunner.entry_server.description_workers import DescriptionWorkers
 from modelrunner.entry_server.downloads import Downloader
 from modelrunner.entry_server.package_zips import PackageZip, PackageZips
 from modelrunner.entry_server.progress import ProgressCallback, no_progress
 from modelrunner.entry_server.sources import SourceStager
 from modelrunner.entry_server.uploads import StoredUpload, UploadHeader, UploadStore
-from modelrunner.entry_server.validation import validate_description
 from modelrunner.settings import Settings
+from modelrunner.wire import check_model_ref
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ class ModelRegistry:
         """``loaded_models`` returns the ids of models runtimes report loaded (never evicted)."""
         self.settings = settings
         self.cache = ModelCache(settings, in_use_elsewhere=loaded_models)
-        self.uploads = UploadStore(settings)
+        self.uploads = UploadStore(settings, budget=self.cache)
+        self.description_workers = DescriptionWorkers(settings)
+        """Where untrusted descriptions are parsed: bounded in memory and time."""
         self._downloader = downloader or Downloader(settings)
         self._stager = SourceStager(
             settings,
@@ -66,6 +69,7 @@ class ModelRegistry:
         self._reindex()
 
     def close(self) -> None:
+        self.description_workers.close()
         self._downloader.close()
         self.cache.close()
 
@@ -74,7 +78,11 @@ class ModelRegistry:
     def add(
         self, source: types.ModelSourceSpec, progress: ProgressCallback = no_progress
     ) -> tuple[types.ModelInfo, bool]:
-        """Add a model; returns its info and False when the same content was already there."""
+        """Add a model; returns its info and False when the same content was already there.
+
+        The description is read in a description worker (bounded in memory and time).
+        """
+        self.uploads.purge_expired()  # expired uploads no longer count in the cache budget
         staged = self._stager.stage(source, progress)
         try:
             model_id, manifest = hash_package(staged.package_dir, progress)
@@ -84,21 +92,22 @@ class ModelRegistry:
                 info, created = self.cache.get(model_id).info, False
             else:
                 progress(types.Progress(stage="validate", unit="files", total=len(manifest)))
-                loaded = descriptions.load_model(staged.rdf_path, manifest)
-                info = metadata.model_info(
-                    loaded.descr,
+                reading = self.description_workers.run(
+                    f"reading {staged.rdf_path.name}",
+                    description_jobs.read_model,
+                    staged.rdf_path,
+                    manifest,
                     model_id=model_id,
                     package_dir=staged.package_dir,
-                    format_version=loaded.format_version,
                     source=staged.source,
-                    size_bytes=sum(r.size for r in manifest),
                 )
+                info = reading.info
                 aliases = {info.bioimageio_id}
                 if source.kind == "bioimageio_id":
                     aliases.add(source.value.strip())
                 progress(types.Progress(stage="store", total=info.size_bytes))
                 info, created = self.cache.store(
-                    staged.package_dir, info, loaded.rdf, manifest, aliases
+                    staged.package_dir, info, reading.rdf, manifest, aliases
                 )
         finally:
             self._stager.discard(staged)
@@ -113,8 +122,11 @@ class ModelRegistry:
         )
         return info, created
 
-    def receive_upload(self, header: UploadHeader, chunks: Iterable[bytes]) -> StoredUpload:
-        return self.uploads.receive(header, chunks)
+    def receive_upload(
+        self, header: UploadHeader, chunks: Iterable[bytes], *, client: str = ""
+    ) -> StoredUpload:
+        """Store an upload of ``client`` (whose pending uploads are counted, see UploadStore)."""
+        return self.uploads.receive(header, chunks, client=client)
 
     def _reindex(self) -> None:
         """Index folders of ``models/`` the index does not know (lost index, crash)."""
@@ -159,6 +171,7 @@ class ModelRegistry:
                 "no model given: pass a model id, a unique prefix of one (at least "
                 f"{MIN_PREFIX_LENGTH} characters) or a bioimage.io id"
             )
+        check_model_ref(ref)
         lowered = ref.lower()
         if _HEX.match(lowered) and len(lowered) >= MIN_PREFIX_LENGTH:
             matches = self.cache.ids_with_prefix(lowered)
@@ -171,11 +184,7 @@ class ModelRegistry:
             return matches[0]
         if len(matches) > 1:
             raise _ambiguous(ref, "bioimage.io id", matches)
-        raise errors.ModelNotFoundError(
-            f"no model {ref!r} in the registry (looked for a model id, a unique prefix of one "
-            f"of at least {MIN_PREFIX_LENGTH} characters, and a bioimage.io id)",
-            details={"model_id": ref},
-        )
+        raise model_not_found(ref)
 
     def describe(self, model_ref: str) -> types.ModelInfo:
         """Full metadata, with the description (RDF) as JSON-able data."""
@@ -196,11 +205,21 @@ class ModelRegistry:
         perform_io_checks: bool = False,
         progress: ProgressCallback = no_progress,
     ) -> types.ValidationReport:
-        """Validate a description without adding it; an invalid one gives a failed report."""
+        """Validate a description without adding it; an invalid one gives a failed report.
+
+        It runs in a description worker: over its memory or time limit, ResourceExhaustedError
+        naming ``validation_memory_bytes`` or ``validation_timeout_s``.
+        """
         staged = self._stager.stage(source, progress, in_place=True)
         try:
-            return validate_description(
-                staged.rdf_path, perform_io_checks=perform_io_checks, source=staged.source
+            if perform_io_checks:
+                descriptions.check_io_fetches(staged.rdf_path, self._downloader.policy)
+            return self.description_workers.run(
+                f"validating {staged.rdf_path.name}",
+                description_jobs.validate,
+                staged.rdf_path,
+                perform_io_checks=perform_io_checks,
+                source=staged.source,
             )
         finally:
             self._stager.discard(staged)
@@ -239,6 +258,14 @@ class ModelRegistry:
         """The model's package as a zip, pinned while the block runs (FetchModelPackage)."""
         with self.use(model_ref) as package:
             yield self._zips.get(package.model_id, package.path)
+
+
+def model_not_found(ref: str) -> errors.ModelNotFoundError:
+    return errors.ModelNotFoundError(
+        f"no model {errors.clip(ref)!r} in the registry (looked for a model id, a unique "
+        f"prefix of one of at least {MIN_PREFIX_LENGTH} characters, and a bioimage.io id)",
+        details={"model_id": errors.clip(ref)},
+    )
 
 
 def _ambiguous(ref: str, what: str, matches: list[str]) -> errors.InvalidArgumentError:

@@ -37,6 +37,8 @@ class Registration:
 class _Entry:
     info: types.RuntimeInfo
     seen_at: float
+    owner: str = ""
+    """The token id of the credential that registered it ("" without authentication)."""
 
 
 class RuntimeDirectory:
@@ -49,8 +51,12 @@ class RuntimeDirectory:
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
 
-    def register(self, info: types.RuntimeInfo, cache_dir: str = "") -> Registration:
-        """Add or refresh a runtime. ``cache_dir``: the cache directory it reads, if any."""
+    def register(
+        self, info: types.RuntimeInfo, cache_dir: str = "", *, owner: str = ""
+    ) -> Registration:
+        """Add or refresh a runtime. ``cache_dir``: the cache directory it reads, if any;
+        ``owner``: the credential registering it. A live runtime's id cannot be taken over by
+        another credential (PermissionDeniedError)."""
         if not info.runtime_id.strip():
             raise errors.InvalidArgumentError("runtime registration without a runtime_id")
         if not info.flight_uri.strip():
@@ -60,8 +66,13 @@ class RuntimeDirectory:
         info = info.model_copy(update={"last_seen_at": datetime.now(timezone.utc)})
         with self._lock:
             self._prune()
-            known = info.runtime_id in self._entries
-            self._entries[info.runtime_id] = _Entry(info=info, seen_at=self._clock())
+            known = self._entries.get(info.runtime_id)
+            if known is not None and known.owner != owner:
+                raise errors.PermissionDeniedError(
+                    f"runtime {info.runtime_id[:200]!r} is registered by another credential",
+                    details={"runtime_id": info.runtime_id[:200]},
+                )
+            self._entries[info.runtime_id] = _Entry(info=info, seen_at=self._clock(), owner=owner)
         if not known:
             logger.info("runtime %s registered at %s", info.runtime_id, info.flight_uri)
         return Registration(
@@ -87,7 +98,7 @@ class RuntimeDirectory:
                 return
             kept = tuple(m for m in entry.info.loaded_models if m.model_id != model_id)
             info = entry.info.model_copy(update={"loaded_models": kept})
-            self._entries[runtime_id] = _Entry(info=info, seen_at=entry.seen_at)
+            self._entries[runtime_id] = _Entry(info=info, seen_at=entry.seen_at, owner=entry.owner)
 
     def loaded_model_ids(self) -> set[str]:
         """Models any live runtime reports loaded."""
@@ -111,6 +122,14 @@ class RuntimeDirectory:
                 f"{r.runtime_id}: {r.unavailable_reason or 'unavailable'}" for r in runtimes
             )
             raise errors.UnavailableError(f"no runtime available ({reasons})")
+        if device and not any(_has_device(r, device) for r in runtimes):
+            # no runtime has such a device: the client's mistake, which no retry mends
+            known = sorted({d.name for r in runtimes for d in r.devices})
+            raise errors.InvalidArgumentError(
+                f"unknown device {errors.clip(device)!r}: no registered runtime has it; "
+                f"devices: {', '.join(known)}",
+                details={"device": errors.clip(device), "available": ", ".join(known)},
+            )
         wanted = {weight_format} if weight_format else set(model_weight_formats)
         fitting = [r for r in available if _runs_any(r, wanted) and _has_device(r, device)]
         if not fitting:

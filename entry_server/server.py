@@ -20,12 +20,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelrunner import errors
+from modelrunner.auth import Role
+from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
+from modelrunner.entry_server.call_limits import threads_for_limited_calls
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.error_interceptor import ErrorInterceptor
 from modelrunner.entry_server.registry import ModelRegistry
+from modelrunner.entry_server.runtime_actions import RuntimeCaller
 from modelrunner.entry_server.runtimes import RuntimeDirectory
 from modelrunner.entry_server.servicer import ControlServicer
 from modelrunner.settings import Settings
+from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -96,14 +101,44 @@ def start_control_server(
     *,
     max_workers: int = DEFAULT_MAX_WORKERS,
 ) -> ControlServer:
-    """Open the cache, bind ``settings.host:settings.port`` and start serving."""
+    """Open the cache, bind ``settings.host:settings.port`` and start serving.
+
+    Refuses (FailedPreconditionError) to listen beyond loopback without authentication and TLS
+    unless ``settings.insecure``."""
+    check_exposure(
+        settings.host,
+        plane="control service",
+        auth=settings.auth,
+        tls=settings.tls,
+        insecure=settings.insecure,
+    )
+    server_tls = server_tls_for(settings)
+    authenticator = Authenticator(settings)
+    runtime_caller = RuntimeCaller(
+        token=authenticator.issue_internal("control-service", Role.ADMIN)
+        if settings.auth
+        else None,
+        tls=client_tls_for(settings) if server_tls is not None else None,
+    )
     runtimes = RuntimeDirectory(settings)
     registry = ModelRegistry(settings, loaded_models=runtimes.loaded_model_ids)
     try:
-        control = ControlPlane(settings, registry, runtimes)
+        control = ControlPlane(
+            settings,
+            registry,
+            runtimes,
+            authenticator=authenticator,
+            runtime_caller=runtime_caller,
+        )
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="control"),
-            interceptors=[ErrorInterceptor()],
+            # -- resource limits: uploads, validations and adds get threads of their own on top
+            # of max_workers (call_limits), so they never starve health checks and heartbeats.
+            futures.ThreadPoolExecutor(
+                max_workers=max_workers + threads_for_limited_calls(settings),
+                thread_name_prefix="control",
+            ),
+            # the error interceptor runs outside: authentication failures become statuses too
+            interceptors=[ErrorInterceptor(), AuthInterceptor(authenticator)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -122,7 +157,10 @@ def start_control_server(
         )
         target = f"{settings.host}:{settings.port}"
         try:
-            port = server.add_insecure_port(target)
+            if server_tls is not None:
+                port = server.add_secure_port(target, server_tls.grpc_credentials())
+            else:
+                port = server.add_insecure_port(target)
         except RuntimeError as exc:
             raise errors.UnavailableError(f"cannot listen on {target}: {exc}") from exc
         if port == 0:
@@ -132,7 +170,12 @@ def start_control_server(
         registry.close()
         raise
     logger.info(
-        "control service listening on %s:%d (cache %s)", settings.host, port, settings.cache_dir
+        "control service listening on %s:%d (cache %s; %s, %s)",
+        settings.host,
+        port,
+        settings.cache_dir,
+        "TLS" if server_tls else "plaintext",
+        "tokens required" if settings.auth else "no authentication",
     )
     return ControlServer(
         settings=settings, server=server, port=port, control=control, health=health_servicer

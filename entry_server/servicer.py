@@ -1,6 +1,10 @@
 """The gRPC ``ControlService``: proto in, the logic layer (:class:`ControlPlane`), proto out.
 
 Errors are raised as ``ModelRunnerError`` and mapped by the error interceptor.
+
+Uploads, validations and adds are long calls with their own limits (:mod:`.call_limits`): over
+them a call is refused with RESOURCE_EXHAUSTED, so they never take every thread of the server.
+Validations and adds stop (their description worker is killed) when the client goes away.
 """
 
 from __future__ import annotations
@@ -13,20 +17,42 @@ from typing import Any
 import grpc
 
 from modelrunner import converters, errors, types
+from modelrunner.entry_server.authentication import current_identity
+from modelrunner.entry_server.call_limits import (
+    ClientIdentity,
+    ControlCallLimits,
+    cancelled_when,
+    client_gone,
+    peer_host,
+    with_idle_timeout,
+)
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.uploads import UploadHeader
 from modelrunner.v1 import control_pb2, control_pb2_grpc, models_pb2
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
-    def __init__(self, control: ControlPlane) -> None:
+    def __init__(
+        self, control: ControlPlane, *, client_identity: ClientIdentity | None = None
+    ) -> None:
+        """``client_identity`` says who a call comes from, for per-client upload limits:
+        by default the caller's token when calls are authenticated, else its host."""
         self._control = control
         self._registry = control.registry
+        self._limits = ControlCallLimits(control.settings)
+        self._client_identity = client_identity or _token_or_host
 
     def AddModel(
         self, request: control_pb2.AddModelRequest, context: grpc.ServicerContext
     ) -> Iterator[control_pb2.AddModelResponse]:
+        with self._limits.adds.slot():
+            yield from self._add_model(request, context)
+
+    def _add_model(
+        self, request: control_pb2.AddModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[control_pb2.AddModelResponse]:
         source = converters.from_pb_source(request.source)
+        identity = current_identity()
         # The add runs in its own thread so its progress events can be streamed while it works.
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         finished = threading.Event()
@@ -39,7 +65,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
         def work() -> None:
             try:
-                events.put(("result", self._registry.add(source, progress)))
+                with cancelled_when(finished.is_set):
+                    events.put(("result", self._control.add_model(source, progress, identity)))
             except BaseException as exc:  # noqa: BLE001 - handed to the RPC thread, which raises it
                 events.put(("error", exc))
 
@@ -64,7 +91,24 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         request_iterator: Iterator[control_pb2.UploadPackageRequest],
         context: grpc.ServicerContext,
     ) -> control_pb2.UploadPackageResponse:
-        first = next(request_iterator, None)
+        client = self._client_identity(context)
+        with self._limits.uploads.slot(), self._limits.uploads_per_client.slot(client):
+            return self._upload_package(request_iterator, context, client)
+
+    def _upload_package(
+        self,
+        request_iterator: Iterator[control_pb2.UploadPackageRequest],
+        context: grpc.ServicerContext,
+        client: str,
+    ) -> control_pb2.UploadPackageResponse:
+        settings = self._control.settings
+        messages = with_idle_timeout(
+            request_iterator,
+            timeout_s=settings.upload_idle_timeout_s,
+            setting="upload_idle_timeout_s",
+            what="upload aborted",
+        )
+        first = next(messages, None)
         if first is None or first.WhichOneof("part") != "header":
             raise errors.InvalidArgumentError(
                 "the first UploadPackageRequest must carry the header (file name, size, sha256)"
@@ -76,14 +120,16 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         )
 
         def chunks() -> Iterator[bytes]:
-            for message in request_iterator:
+            for message in messages:
                 if message.WhichOneof("part") == "header":
                     raise errors.InvalidArgumentError(
                         "only the first UploadPackageRequest may carry a header"
                     )
                 yield message.chunk
+            if not context.is_active():  # a cancelled stream ends like a finished one
+                raise errors.CancelledError("UploadPackage was cancelled by the client")
 
-        stored = self._registry.receive_upload(header, chunks())
+        stored = self._registry.receive_upload(header, chunks(), client=client)
         return control_pb2.UploadPackageResponse(
             upload_id=stored.upload_id, size_bytes=stored.size_bytes, sha256=stored.sha256
         )
@@ -91,7 +137,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def ListModels(
         self, request: control_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> control_pb2.ListModelsResponse:
-        models = self._registry.list_models()
+        models = self._control.list_models(current_identity())
         return control_pb2.ListModelsResponse(
             models=[converters.to_pb_model_info(m) for m in models]
         )
@@ -99,42 +145,47 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def DescribeModel(
         self, request: control_pb2.DescribeModelRequest, context: grpc.ServicerContext
     ) -> control_pb2.DescribeModelResponse:
-        info = self._control.describe(request.model_id)
+        info = self._control.describe(request.model_id, current_identity())
         return control_pb2.DescribeModelResponse(model=converters.to_pb_model_info(info))
 
     def ValidateModel(
         self, request: control_pb2.ValidateModelRequest, context: grpc.ServicerContext
     ) -> control_pb2.ValidateModelResponse:
         source = converters.from_pb_source(request.source)
-        report = self._registry.validate(source, perform_io_checks=request.perform_io_checks)
+        with self._limits.validations.slot(), cancelled_when(client_gone(context)):
+            report = self._registry.validate(source, perform_io_checks=request.perform_io_checks)
         return control_pb2.ValidateModelResponse(report=converters.to_pb_report(report))
 
     def RemoveModel(
         self, request: control_pb2.RemoveModelRequest, context: grpc.ServicerContext
     ) -> control_pb2.RemoveModelResponse:
-        model_id, freed = self._control.remove_model(request.model_id)
+        model_id, freed = self._control.remove_model(request.model_id, current_identity())
         return control_pb2.RemoveModelResponse(model_id=model_id, freed_bytes=freed)
 
     def GetServerInfo(
         self, request: control_pb2.GetServerInfoRequest, context: grpc.ServicerContext
     ) -> control_pb2.GetServerInfoResponse:
-        return converters.to_pb_server_info(self._control.server_info())
+        return converters.to_pb_server_info(self._control.server_info(current_identity()))
 
     def TestModel(
         self, request: control_pb2.TestModelRequest, context: grpc.ServicerContext
     ) -> control_pb2.TestModelResponse:
-        report = self._control.test_model(
-            request.model_id,
-            request.weight_format,
-            request.device,
-            timeout_s=context.time_remaining(),
-        )
+        with self._limits.tests.slot():
+            report = self._control.test_model(
+                request.model_id,
+                request.weight_format,
+                request.device,
+                timeout_s=context.time_remaining(),
+                identity=current_identity(),
+            )
         return control_pb2.TestModelResponse(report=converters.to_pb_report(report))
 
     def GetModelRoute(
         self, request: control_pb2.GetModelRouteRequest, context: grpc.ServicerContext
     ) -> control_pb2.GetModelRouteResponse:
-        route = self._control.route(request.model_id, request.weight_format, request.device)
+        route = self._control.route(
+            request.model_id, request.weight_format, request.device, current_identity()
+        )
         return control_pb2.GetModelRouteResponse(
             model_id=route.model_id,
             flight_uris=list(route.flight_uris),
@@ -146,7 +197,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.RegisterRuntimeResponse:
         runtime = request.runtime if request.HasField("runtime") else models_pb2.RuntimeInfo()
         registration = self._control.register_runtime(
-            converters.from_pb_runtime(runtime), request.cache_dir
+            converters.from_pb_runtime(runtime), request.cache_dir, current_identity()
         )
         return control_pb2.RegisterRuntimeResponse(
             heartbeat_interval_s=registration.heartbeat_interval_s,
@@ -156,9 +207,36 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def FetchModelPackage(
         self, request: control_pb2.FetchModelPackageRequest, context: grpc.ServicerContext
     ) -> Iterator[control_pb2.FetchModelPackageResponse]:
-        with self._registry.package_zip(request.model_id) as package:
+        with (
+            self._limits.package_fetches.slot(),
+            self._registry.package_zip(request.model_id) as package,
+        ):
             yield control_pb2.FetchModelPackageResponse(
                 size_bytes=package.size_bytes, sha256=package.sha256
             )
             for chunk in package.chunks():
                 yield control_pb2.FetchModelPackageResponse(chunk=chunk)
+
+    def PublishModel(
+        self, request: control_pb2.PublishModelRequest, context: grpc.ServicerContext
+    ) -> control_pb2.PublishModelResponse:
+        model_id, published = self._control.publish(
+            request.model_id, request.published, current_identity()
+        )
+        return control_pb2.PublishModelResponse(model_id=model_id, published=published)
+
+    def CheckCaller(
+        self, request: control_pb2.CheckCallerRequest, context: grpc.ServicerContext
+    ) -> control_pb2.CheckCallerResponse:
+        identity, model_id = self._control.check_caller(request.token, request.model_id)
+        return control_pb2.CheckCallerResponse(
+            name=identity.name,
+            role=identity.role.value,
+            workspace=identity.workspace,
+            model_id=model_id,
+        )
+
+
+def _token_or_host(context: grpc.ServicerContext) -> str:
+    token_id = current_identity().token_id
+    return f"token:{token_id}" if token_id else peer_host(context)

@@ -10,6 +10,8 @@ from pathlib import Path
 import grpc
 
 from modelrunner import converters, types
+from modelrunner.channels import control_channel
+from modelrunner.tls import ClientTls
 from modelrunner.transport_errors import from_rpc_error
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 
@@ -26,12 +28,16 @@ class Registration:
         *,
         cache_dir: Path | None,
         interval_s: float,
+        token: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
+        """``token``: the runtime's credential (authentication on); ``tls``: how to reach a
+        control service that speaks TLS. Every call on :attr:`channel` presents both."""
         self.control_address = control_address
         self._info = info
         self._cache_dir = cache_dir
         self.interval_s = interval_s
-        self.channel = grpc.insecure_channel(control_address)
+        self.channel = control_channel(control_address, token=token, tls=tls)
         self._stub = control_pb2_grpc.ControlServiceStub(self.channel)
         self._stop = threading.Event()
         self._wake = threading.Event()

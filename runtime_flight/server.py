@@ -23,8 +23,9 @@ import pyarrow.flight as flight
 from google.protobuf.message import DecodeError
 
 from modelrunner import converters, errors, types
+from modelrunner.auth import Role
 from modelrunner.body_alignment import write_aligned
-from modelrunner.transport_errors import to_flight_error
+from modelrunner.transport_errors import bounded, to_flight_error
 from modelrunner.v1 import control_pb2, runtime_pb2
 from modelrunner.wire import (
     DEFAULT_BATCH_BYTES,
@@ -33,9 +34,11 @@ from modelrunner.wire import (
     SampleDecoder,
     SampleLayout,
     TensorSpec,
+    check_model_ref,
     encode_sample,
 )
 
+from .caller_auth import CallerChecks
 from .memory_release import release_free_memory
 from .service import Outputs, RuntimeService, StreamedOutputs
 
@@ -54,18 +57,39 @@ CANCEL_POLL_S = 0.05
 
 
 @contextmanager
-def flight_errors(what: str) -> Iterator[None]:
-    """Let modelrunner errors leave as Flight errors; anything else is an INTERNAL error."""
+def flight_errors(what: str, context: flight.ServerCallContext | None = None) -> Iterator[None]:
+    """Let modelrunner errors leave as the exception that gives their status code (see
+    :func:`~modelrunner.transport_errors.to_flight_error`); anything else is an INTERNAL
+    error."""
     try:
         yield
     except errors.ModelRunnerError as e:
-        raise to_flight_error(e) from None
+        raise to_flight_error(e, context) from None
     except flight.FlightError:
         raise
     except Exception as e:
         logger.exception("%s failed", what)
         raise to_flight_error(
-            errors.InternalError(f"{what} failed: {type(e).__name__}: {e}")
+            errors.InternalError(f"{what} failed: {type(e).__name__}: {errors.clip(e)}"),
+            context,
+        ) from None
+
+
+@contextmanager
+def malformed_input(context: flight.ServerCallContext) -> Iterator[None]:
+    """Reading and decoding what the client sent: Arrow refusing a message (garbage,
+    truncated, not matching its schema) is the client's mistake, INVALID_ARGUMENT."""
+    try:
+        yield
+    except (errors.ModelRunnerError, flight.FlightError):
+        raise
+    except (pa.ArrowException, OSError, ValueError, TypeError, IndexError) as e:
+        # (OSError: what pyarrow raises for a truncated message body)
+        if context.is_cancelled():
+            raise errors.CancelledError("the client cancelled the prediction") from None
+        raise errors.InvalidArgumentError(
+            f"the input stream is malformed: {type(e).__name__}: {errors.clip(e)} "
+            "(see docs/wire-format.md)"
         ) from None
 
 
@@ -81,9 +105,13 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         service: RuntimeService,
         *,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        caller_checks: CallerChecks | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(location, **kwargs)
+        """``caller_checks``: who may call (none: everyone, the runtime is on loopback);
+        ``kwargs`` go to ``FlightServerBase`` (TLS certificates, client verification)."""
+        self.caller_checks = caller_checks or CallerChecks(None)
+        super().__init__(location, middleware=self.caller_checks.middleware(), **kwargs)
         self.service = service
         self.batch_bytes = batch_bytes
         self.active_exchanges = 0
@@ -112,6 +140,11 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             logger.info("waiting for %d open session(s) to end", self.active_sessions)
         super().shutdown()
 
+    @property
+    def max_sample_bytes(self) -> int:
+        """Largest sample a client may announce (setting ``max_sample_bytes``)."""
+        return int(self.service.settings.max_sample_bytes)
+
     # -- predictions ---------------------------------------------------------------------------
 
     def do_exchange(
@@ -121,8 +154,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        with self._counting_exchange(), flight_errors("prediction"):
+        with self._counting_exchange(), flight_errors("prediction", context):
             command = _parse_command(descriptor)
+            self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
             if command.session:
                 self._serve_session(context, command, reader, writer)
             elif command.stream:
@@ -155,7 +189,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        inputs, dims = _receive_sample(context, reader)
+        inputs, dims = _receive_sample(context, reader, self.max_sample_bytes)
         cancelled = _CancelPolling(context)
 
         def report(progress: types.Progress) -> None:
@@ -233,7 +267,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        layout = SampleLayout.from_schema(reader.schema)
+        layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
         max_batch = self.service.stream_batch_limit(command)
         # Frames are read and decoded on a thread while the model runs, bounded so a fast
@@ -266,7 +300,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         finally:
             reading.stop()
         if reading.error is not None and not context.is_cancelled():
-            raise reading.error
+            with malformed_input(context):
+                raise reading.error
 
     def _serve_session(
         self,
@@ -279,7 +314,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         read the next, until the client finishes writing or cancels. A sample that fails is
         answered with its error and the session goes on."""
         epoch = self._session_epoch
-        layout = SampleLayout.from_schema(reader.schema)
+        layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
         decoder = SampleDecoder(layout)
         out_layout: SampleLayout | None = None
@@ -287,7 +322,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         with self._counting("active_sessions"):
             while True:
                 try:
-                    chunk = reader.read_chunk()
+                    with malformed_input(context):
+                        chunk = reader.read_chunk()
                 except StopIteration:
                     return
                 except Exception:
@@ -296,7 +332,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     raise
                 if chunk.data is None:
                     continue
-                samples = decoder.feed(chunk.data)
+                with malformed_input(context):
+                    samples = decoder.feed(chunk.data)
                 if layout.chunked:
                     # as in _read_one_sample: the batch is copied into the sample
                     del chunk
@@ -366,17 +403,19 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action
     ) -> Iterator[bytes]:
-        with flight_errors(f"action {action.type!r}"):
+        with flight_errors(f"action {errors.clip(action.type, 64)!r}", context):
             body = action.body.to_pybytes() if action.body is not None else b""
             handler = self._action_handlers().get(action.type)
             if handler is None:
                 raise errors.InvalidArgumentError(
-                    f"unknown action {action.type!r}; actions: {sorted(_ACTIONS)}"
+                    f"unknown action {errors.clip(action.type)!r}; actions: {sorted(_ACTIONS)}"
                 )
-            result = handler(body)
+            result = handler(context, body)
         return iter([result])
 
-    def _action_handlers(self) -> dict[str, Callable[[bytes], bytes]]:
+    def _action_handlers(
+        self,
+    ) -> dict[str, Callable[[flight.ServerCallContext, bytes], bytes]]:
         return {
             "load_model": self._load,
             "unload_model": self._unload,
@@ -384,36 +423,72 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             "runtime_info": self._info,
         }
 
-    def _load(self, body: bytes) -> bytes:
+    def _load(self, context: flight.ServerCallContext, body: bytes) -> bytes:
         request = _parse(runtime_pb2.LoadModelRequest(), body)
+        self.caller_checks.require(context, Role.READ, "load_model", request.model_id)
         info = self.service.load(request.model_id, request.weight_format, request.device)
         return runtime_pb2.LoadModelResponse(
             model=converters.to_pb_loaded_model(info.model), load_seconds=info.load_seconds
         ).SerializeToString()
 
-    def _unload(self, body: bytes) -> bytes:
+    def _unload(self, context: flight.ServerCallContext, body: bytes) -> bytes:
+        # Unloading stops other users' work: the control service does it when a model is
+        # removed, with its own admin credential.
+        self.caller_checks.require(context, Role.ADMIN, "unload_model")
         request = _parse(runtime_pb2.UnloadModelRequest(), body)
         count = self.service.unload(request.model_id, request.weight_format, request.device)
         return runtime_pb2.UnloadModelResponse(unloaded=count).SerializeToString()
 
-    def _test(self, body: bytes) -> bytes:
+    def _test(self, context: flight.ServerCallContext, body: bytes) -> bytes:
         request = _parse(control_pb2.TestModelRequest(), body)
+        self.caller_checks.require(context, Role.READ, "test_model", request.model_id)
         report = self.service.test(request.model_id, request.weight_format, request.device)
         return control_pb2.TestModelResponse(
             report=converters.to_pb_report(report)
         ).SerializeToString()
 
-    def _info(self, body: bytes) -> bytes:
-        return converters.to_pb_runtime(self.service.info()).SerializeToString()
+    def _info(self, context: flight.ServerCallContext, body: bytes) -> bytes:
+        self.caller_checks.require(context, Role.READ, "runtime_info")
+        info = self.service.info()
+        if not self.caller_checks.sees_everything(context):
+            # which models are warm would tell other workspaces' model ids
+            info = info.model_copy(update={"loaded_models": ()})
+        return converters.to_pb_runtime(info).SerializeToString()
+
+
+def _announced_layout(
+    context: flight.ServerCallContext,
+    reader: flight.MetadataRecordBatchReader,
+    max_sample_bytes: int,
+) -> SampleLayout:
+    """The layout the client's schema announces, refused before anything is allocated when
+    its sample is larger than ``max_sample_bytes``."""
+    with malformed_input(context):
+        layout = SampleLayout.from_schema(reader.schema)
+    if layout.nbytes > max_sample_bytes:
+        raise errors.InvalidTensorError(
+            f"the announced sample takes {layout.nbytes} bytes "
+            f"({_describe(layout)}), more than this runtime's limit of {max_sample_bytes} "
+            "bytes (setting max_sample_bytes); predict it in smaller parts",
+            details={"got": layout.nbytes, "expected": f"at most {max_sample_bytes}"},
+        )
+    return layout
+
+
+def _describe(layout: SampleLayout) -> str:
+    return errors.clip(", ".join(f"{t.name!r}: {list(t.shape)} {t.dtype}" for t in layout.tensors))
 
 
 def _receive_sample(
-    context: flight.ServerCallContext, reader: flight.MetadataRecordBatchReader
+    context: flight.ServerCallContext,
+    reader: flight.MetadataRecordBatchReader,
+    max_sample_bytes: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
     """Read one whole sample and its dim names. The decoder and the received batches are gone
     when this returns, so the sample's arrays are the only copy of the input left."""
-    layout = SampleLayout.from_schema(reader.schema)
-    sample = _read_one_sample(context, reader, SampleDecoder(layout))
+    layout = _announced_layout(context, reader, max_sample_bytes)
+    with malformed_input(context):
+        sample = _read_one_sample(context, reader, SampleDecoder(layout))
     dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
     return {k: aligned(v) for k, v in sample.items()}, dims
 
@@ -479,7 +554,7 @@ def _write_error(
     """A failed frame's answer: a metadata-only message carrying the error."""
     writer.write_metadata(
         runtime_pb2.FrameResult(
-            frame=frame, error=converters.to_pb_error(error)
+            frame=frame, error=converters.to_pb_error(bounded(error))
         ).SerializeToString()
     )
 
@@ -538,6 +613,9 @@ def _parse(message: Any, body: bytes) -> Any:
         message.ParseFromString(body)
     except DecodeError as e:
         raise errors.InvalidArgumentError(f"cannot parse {type(message).__name__}: {e}") from None
+    model_id = getattr(message, "model_id", None)
+    if isinstance(model_id, str) and model_id:
+        check_model_ref(model_id)
     return message
 
 
@@ -549,6 +627,7 @@ def _parse_command(descriptor: flight.FlightDescriptor) -> runtime_pb2.PredictCo
     command = _parse(runtime_pb2.PredictCommand(), descriptor.command)
     if not command.model_id:
         raise errors.InvalidArgumentError("PredictCommand.model_id is empty")
+    check_model_ref(command.model_id)
     return command
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from modelrunner.auth import Role
 from modelrunner.client import ModelInfo, ModelRunnerClient
+from modelrunner.entry_server.token_store import TokenStore
 from modelrunner.runtime_flight.server import RuntimeFlightServer
 from modelrunner.serving import RunningServer, start_embedded
 from modelrunner.settings import Settings
@@ -114,3 +117,54 @@ def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ``./bioimageio_unzipped_tf_weights``."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@dataclass(frozen=True)
+class Secured:
+    """A ``modelrunner serve`` with authentication on (loopback, plaintext), and its tokens."""
+
+    server: RunningServer
+    tokens: dict[str, str]
+    """By name: ``admin``, ``alice`` (write, workspace lab-a), ``alan`` (read, lab-a), ``bob``
+    (write, lab-b), ``runtime`` (runtime)."""
+    store: TokenStore
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def client(self, name: str | None) -> ModelRunnerClient:
+        return ModelRunnerClient(
+            self.address, token=self.tokens[name] if name else None, timeout=60
+        )
+
+
+SECURED_TOKENS = {
+    "admin": (Role.ADMIN, "default"),
+    "alice": (Role.WRITE, "lab-a"),
+    "alan": (Role.READ, "lab-a"),
+    "bob": (Role.WRITE, "lab-b"),
+    "runtime": (Role.RUNTIME, "default"),
+}
+
+
+@pytest.fixture(scope="session")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    cache = tmp_path_factory.mktemp("secured-cache")
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        flight_port=0,
+        cache_dir=cache,
+        heartbeat_interval_s=1.0,
+        grace_period_s=0.5,
+        bioimageio_base_url="http://127.0.0.1:9/unused",
+        auth=True,
+    )
+    store = TokenStore(settings.effective_tokens_file)
+    tokens = {
+        name: store.create(name, role, workspace)[0]
+        for name, (role, workspace) in SECURED_TOKENS.items()
+    }
+    with start_embedded(settings) as running:
+        yield Secured(running, tokens, store)

@@ -213,3 +213,39 @@ class FetchModelPackageResponse(_message.Message):
     sha256: str
     chunk: bytes
     def __init__(self, size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class PublishModelRequest(_message.Message):
+    __slots__ = ("model_id", "published")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    published: bool
+    def __init__(self, model_id: _Optional[str] = ..., published: _Optional[bool] = ...) -> None: ...
+
+class PublishModelResponse(_message.Message):
+    __slots__ = ("model_id", "published")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    published: bool
+    def __init__(self, model_id: _Optional[str] = ..., published: _Optional[bool] = ...) -> None: ...
+
+class CheckCallerRequest(_message.Message):
+    __slots__ = ("token", "model_id")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    model_id: str
+    def __init__(self, token: _Optional[str] = ..., model_id: _Optional[str] = ...) -> None: ...
+
+class CheckCallerResponse(_message.Message):
+    __slots__ = ("name", "role", "workspace", "model_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    workspace: str
+    model_id: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., workspace: _Optional[str] = ..., model_id: _Optional[str] = ...) -> None: ...

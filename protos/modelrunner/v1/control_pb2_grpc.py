@@ -89,6 +89,16 @@ class ControlServiceStub:
                 request_serializer=modelrunner_dot_v1_dot_control__pb2.FetchModelPackageRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_control__pb2.FetchModelPackageResponse.FromString,
                 _registered_method=True)
+        self.PublishModel = channel.unary_unary(
+                '/modelrunner.v1.ControlService/PublishModel',
+                request_serializer=modelrunner_dot_v1_dot_control__pb2.PublishModelRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_control__pb2.PublishModelResponse.FromString,
+                _registered_method=True)
+        self.CheckCaller = channel.unary_unary(
+                '/modelrunner.v1.ControlService/CheckCaller',
+                request_serializer=modelrunner_dot_v1_dot_control__pb2.CheckCallerRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_control__pb2.CheckCallerResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -171,6 +181,21 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishModel(self, request, context):
+        """Make a model visible in every workspace (or only in those it was added in again). Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckCaller(self, request, context):
+        """A runtime asks who holds a token its caller presented and whether that caller may use a
+        model. Runtime credential (or admin) only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +253,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.FetchModelPackage,
                     request_deserializer=modelrunner_dot_v1_dot_control__pb2.FetchModelPackageRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_control__pb2.FetchModelPackageResponse.SerializeToString,
+            ),
+            'PublishModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishModel,
+                    request_deserializer=modelrunner_dot_v1_dot_control__pb2.PublishModelRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_control__pb2.PublishModelResponse.SerializeToString,
+            ),
+            'CheckCaller': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckCaller,
+                    request_deserializer=modelrunner_dot_v1_dot_control__pb2.CheckCallerRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_control__pb2.CheckCallerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +562,60 @@ class ControlService:
             '/modelrunner.v1.ControlService/FetchModelPackage',
             modelrunner_dot_v1_dot_control__pb2.FetchModelPackageRequest.SerializeToString,
             modelrunner_dot_v1_dot_control__pb2.FetchModelPackageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.ControlService/PublishModel',
+            modelrunner_dot_v1_dot_control__pb2.PublishModelRequest.SerializeToString,
+            modelrunner_dot_v1_dot_control__pb2.PublishModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckCaller(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.ControlService/CheckCaller',
+            modelrunner_dot_v1_dot_control__pb2.CheckCallerRequest.SerializeToString,
+            modelrunner_dot_v1_dot_control__pb2.CheckCallerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -110,7 +110,7 @@ class Author(_message.Message):
     def __init__(self, name: _Optional[str] = ..., affiliation: _Optional[str] = ..., email: _Optional[str] = ..., github_user: _Optional[str] = ..., orcid: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "name", "description", "authors", "tags", "license", "format_version", "bioimageio_id", "weight_formats", "inputs", "outputs", "source", "size_bytes", "added_at", "last_used_at", "rdf_json", "version", "loaded")
+    __slots__ = ("id", "name", "description", "authors", "tags", "license", "format_version", "bioimageio_id", "weight_formats", "inputs", "outputs", "source", "size_bytes", "added_at", "last_used_at", "rdf_json", "version", "loaded", "workspaces", "published")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,8 @@ class ModelInfo(_message.Message):
     RDF_JSON_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACES_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     description: str
@@ -147,7 +149,9 @@ class ModelInfo(_message.Message):
     rdf_json: str
     version: str
     loaded: _containers.RepeatedCompositeFieldContainer[LoadedModel]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., authors: _Optional[_Iterable[_Union[Author, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., format_version: _Optional[str] = ..., bioimageio_id: _Optional[str] = ..., weight_formats: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., source: _Optional[str] = ..., size_bytes: _Optional[int] = ..., added_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rdf_json: _Optional[str] = ..., version: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...
+    workspaces: _containers.RepeatedScalarFieldContainer[str]
+    published: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., authors: _Optional[_Iterable[_Union[Author, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ..., license: _Optional[str] = ..., format_version: _Optional[str] = ..., bioimageio_id: _Optional[str] = ..., weight_formats: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., source: _Optional[str] = ..., size_bytes: _Optional[int] = ..., added_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rdf_json: _Optional[str] = ..., version: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., workspaces: _Optional[_Iterable[str]] = ..., published: _Optional[bool] = ...) -> None: ...
 
 class ModelSource(_message.Message):
     __slots__ = ("path", "url", "bioimageio_id", "upload_id")

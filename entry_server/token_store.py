@@ -1,0 +1,153 @@
+"""The tokens a server accepts, in one JSON file (``settings.auth_tokens_file``) holding only their
+sha256, written atomically and readable by its owner only.
+
+``modelrunner token create|list|revoke`` edits the file on the server's host (as ``htpasswd``
+does for a web server); a running server sees the change at its next call, so a revoked token
+stops working at once on the control service (runtimes that check tokens through the control
+service keep a verdict for at most ``auth_cache_s``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from modelrunner import errors
+from modelrunner.auth import (
+    Identity,
+    Role,
+    checked_workspace,
+    new_token,
+    same_secret,
+    token_hash,
+    token_id_of,
+)
+
+logger = logging.getLogger(__name__)
+
+FILE_VERSION = 1
+_MAX_NAME = 64
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token_id: str
+    name: str
+    role: str
+    workspace: str
+    sha256: str
+    created_at: str
+
+    def identity(self) -> Identity:
+        return Identity(
+            token_id=self.token_id, name=self.name, role=Role(self.role), workspace=self.workspace
+        )
+
+
+class TokenStore:
+    """Thread-safe; re-reads the file when it changed on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._by_id: dict[str, TokenRecord] = {}
+
+    # -- checking -------------------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Identity | None:
+        """The identity of a known token, else None."""
+        token_id = token_id_of(token)
+        if token_id is None:
+            return None
+        with self._lock:
+            self._refresh()
+            record = self._by_id.get(token_id)
+        if record is None or not same_secret(record.sha256, token_hash(token)):
+            return None
+        return record.identity()
+
+    def records(self) -> list[TokenRecord]:
+        with self._lock:
+            self._refresh()
+            return sorted(self._by_id.values(), key=lambda r: (r.workspace, r.name))
+
+    def _refresh(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._by_id = None, {}
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        self._by_id = {r.token_id: r for r in _read(self.path)}
+        self._stamp = stamp
+
+    # -- editing (the ``modelrunner token`` commands) ---------------------------------------------
+
+    def create(self, name: str, role: Role, workspace: str) -> tuple[str, TokenRecord]:
+        """A new token (shown once: only its hash is kept) and its record."""
+        if not name or len(name) > _MAX_NAME or not name.isprintable():
+            raise errors.InvalidArgumentError(f"a token name is 1-{_MAX_NAME} printable characters")
+        checked_workspace(workspace)
+        token, token_id = new_token()
+        record = TokenRecord(
+            token_id=token_id,
+            name=name,
+            role=role.value,
+            workspace=workspace,
+            sha256=token_hash(token),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        with self._editing() as records:
+            if any(r.name == name for r in records):
+                raise errors.InvalidArgumentError(f"a token named {name!r} exists already")
+            records.append(record)
+        return token, record
+
+    def revoke(self, name_or_id: str) -> TokenRecord:
+        with self._editing() as records:
+            for i, r in enumerate(records):
+                if name_or_id in (r.name, r.token_id):
+                    return records.pop(i)
+        raise errors.NotFoundError(f"no token named {name_or_id!r}")
+
+    @contextmanager
+    def _editing(self) -> Iterator[list[TokenRecord]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with open(lock_path, "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            records = _read(self.path) if self.path.exists() else []
+            yield records
+            _write(self.path, records)
+
+
+def _read(path: Path) -> list[TokenRecord]:
+    try:
+        data = json.loads(path.read_text())
+        return [TokenRecord(**r) for r in data["tokens"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # A broken file must not open the server: no token is accepted until it is mended.
+        logger.error("cannot read the token file %s (%s): no token is accepted", path, exc)
+        return []
+
+
+def _write(path: Path, records: list[TokenRecord]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = json.dumps({"version": FILE_VERSION, "tokens": [asdict(r) for r in records]}, indent=1)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
