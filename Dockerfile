@@ -2,7 +2,16 @@
 #
 #   GPU host (default, CUDA base):  docker build -t modelrunner .
 #   CPU host:                        docker build -t modelrunner --build-arg BASE_IMAGE=python:3.11-slim .
-#   run:                             docker run --gpus all -p 50051:50051 -p 8815:8815 -v mr-cache:/cache modelrunner
+#   run:                             docker run --gpus all -p 50051:50051 -p 8815:8815 -v mr-cache:/cache \
+#                                        -v /etc/modelrunner:/tls:ro -e MODELRUNNER_AUTH=true \
+#                                        -e MODELRUNNER_TLS_CERT_FILE=/tls/cert.pem -e MODELRUNNER_TLS_KEY_FILE=/tls/key.pem \
+#                                        modelrunner
+#   tokens:                          docker run --rm -v mr-cache:/cache modelrunner modelrunner token create alice --role write
+#
+# The server listens on every interface inside the container, so it refuses to start without
+# authentication and TLS (docs/security.md); -e MODELRUNNER_INSECURE=true accepts the risk on a
+# network you trust. With TLS on, the health check below needs the plaintext port it probes
+# replaced by a TLS one (or a probe from outside).
 #
 # torch comes from PyPI with its CUDA libraries, so the same install runs on both bases
 # (on a CPU base it simply finds no GPU). TensorFlow is tensorflow-cpu, as pyproject declares.

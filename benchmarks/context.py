@@ -86,9 +86,16 @@ class BenchContext:
         self.settings = settings
         self._runners: dict[str, ModelRunner] = {}
 
-    def modelrunner(self, name: str = "modelrunner") -> ModelRunner:
+    def modelrunner(self, name: str = "modelrunner", *, security: str = "") -> ModelRunner:
+        """``security``: "auth" (the server runs with ``--auth``) or "tls" (``--auth`` and TLS
+        on both planes)."""
         if name not in self._runners:
             self._runners[name] = start_modelrunner(
-                self.stack, self.workdir, self.log_dir, name=name, device=self.settings.device
+                self.stack,
+                self.workdir,
+                self.log_dir,
+                name=name,
+                device=self.settings.device,
+                security=security,
             )
         return self._runners[name]

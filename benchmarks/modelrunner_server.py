@@ -66,6 +66,25 @@ def _identity_builder() -> Callable[..., Path]:
     return build_onnx_identity
 
 
+def _security(workdir: Path, cache: Path, *, tls: bool) -> tuple[list[str], str, Path | None]:
+    """Flags for ``--auth`` (and, with ``tls``, TLS on both planes), a token, and the CA: a write
+    token in the server's token file and the test suite's certificates
+    (``tests.certificates``)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from modelrunner.auth import Role
+    from modelrunner.entry_server.token_store import TokenStore
+
+    token, _ = TokenStore(cache / "auth" / "tokens.json").create("bench", Role.WRITE, "bench")
+    if not tls:
+        return ["--auth"], token, None
+    from tests.certificates import make_certificates
+
+    certs = make_certificates(workdir)
+    flags = ["--auth", "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
+    return [*flags, "--tls-ca", str(certs.ca)], token, certs.ca
+
+
 def start_modelrunner(
     stack: ExitStack,
     workdir: Path,
@@ -74,10 +93,18 @@ def start_modelrunner(
     name: str = "modelrunner",
     timeout: float = 120,
     device: str = "cpu",
+    security: str = "",
 ) -> ModelRunner:
-    """Start ``modelrunner serve`` on free ports with its own cache; stopped by ``stack``."""
+    """Start ``modelrunner serve`` on free ports with its own cache; stopped by ``stack``.
+    ``security``: "auth" for ``--auth`` (a client with a token), "tls" for ``--auth`` and TLS on
+    both planes, "" for neither."""
     port, flight_port = free_port(), free_port()
     cache = workdir / f"{name}-cache"
+    flags: list[str] = []
+    token: str | None = None
+    ca: Path | None = None
+    if security:
+        flags, token, ca = _security(workdir / f"{name}-tls", cache, tls=security == "tls")
     command = [
         sys.executable,
         "-m",
@@ -95,9 +122,12 @@ def start_modelrunner(
         device,
         "--log-level",
         "WARNING",
+        *flags,
     ]
     server = stack.enter_context(ServerProcess(name, command, log_dir / f"{name}.log"))
     address = f"127.0.0.1:{port}"
-    client = stack.enter_context(ModelRunnerClient(address, timeout=600))
+    client = stack.enter_context(
+        ModelRunnerClient(address, timeout=600, token=token, tls=ca or False)
+    )
     server.wait_ready(lambda: client.list_models(timeout=2) is not None, timeout=timeout)
     return ModelRunner(server, address, client, workdir)

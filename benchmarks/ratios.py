@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .rounds import (
+    AUTHENTICATED,
     ECHO,
     IDENTITY,
     IN_PROCESS,
     LOCKSTEP,
     MODELRUNNER,
     PROCESSING,
+    SECURED,
     STREAM,
     TRITON,
     UNET2D,
@@ -58,6 +60,30 @@ SPECS = (
         IDENTITY,
         (MODELRUNNER, STREAM),
         (ECHO, STREAM),
+    ),
+    RatioSpec(
+        "with --auth / without (lockstep predict)",
+        IDENTITY,
+        (AUTHENTICATED, LOCKSTEP),
+        (MODELRUNNER, LOCKSTEP),
+    ),
+    RatioSpec(
+        "with --auth / without (predict_stream)",
+        IDENTITY,
+        (AUTHENTICATED, STREAM),
+        (MODELRUNNER, STREAM),
+    ),
+    RatioSpec(
+        "with --auth and TLS / without (lockstep predict)",
+        IDENTITY,
+        (SECURED, LOCKSTEP),
+        (MODELRUNNER, LOCKSTEP),
+    ),
+    RatioSpec(
+        "with --auth and TLS / without (predict_stream)",
+        IDENTITY,
+        (SECURED, STREAM),
+        (MODELRUNNER, STREAM),
     ),
     RatioSpec(
         "modelrunner predict / Triton infer (lockstep)",

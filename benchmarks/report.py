@@ -9,7 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ratios import Ratio
-from .rounds import ECHO, IDENTITY, IN_PROCESS, LOCKSTEP, MODELRUNNER, TRITON, CaseResult
+from .rounds import (
+    AUTHENTICATED,
+    ECHO,
+    IDENTITY,
+    IN_PROCESS,
+    LOCKSTEP,
+    MODELRUNNER,
+    SECURED,
+    TRITON,
+    CaseResult,
+)
 from .systems.memory import LongStream, TiledMemory
 from .systems.overhead import Overhead
 
@@ -18,6 +28,8 @@ MiB = 1024**2
 SYSTEM_COLORS = {
     ECHO: "tab:blue",
     MODELRUNNER: "tab:green",
+    AUTHENTICATED: "tab:cyan",
+    SECURED: "tab:olive",
     TRITON: "tab:red",
     IN_PROCESS: "tab:purple",
 }

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 # Systems, as named in the results.
 ECHO = "flight echo"
 MODELRUNNER = "modelrunner"
+AUTHENTICATED = "modelrunner, auth"
+SECURED = "modelrunner, auth + TLS"
 TRITON = "triton"
 IN_PROCESS = "bioimageio.core in-process"
 

@@ -4,6 +4,8 @@ Systems (``--systems``, comma-separated, default all):
 
 * ``echo``: the ceiling, a bare Arrow Flight echo server in another process;
 * ``modelrunner``: the identity model through ``client.predict`` and ``client.predict_stream``;
+* ``secured``: the same against a server with ``--auth``, and one with ``--auth`` and TLS on
+  both planes (what security costs);
 * ``triton``: PyTriton + tritonclient (gRPC) serving the identity (own environment, set up on
   demand in ``benchmarks/.triton-venv``);
 * ``unet2d``: ``unet2d_nuclei_broad`` through modelrunner against bioimageio.core in process;
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from .context import BenchContext, Settings
@@ -49,6 +52,7 @@ logger = logging.getLogger("benchmarks.run")
 SYSTEMS = (
     "echo",
     "modelrunner",
+    "secured",
     "triton",
     "unet2d",
     "processing",
@@ -57,7 +61,16 @@ SYSTEMS = (
     "memory",
     "overhead",
 )
-CPU_SYSTEMS = ("echo", "modelrunner", "triton", "unet2d", "processing", "memory", "overhead")
+CPU_SYSTEMS = (
+    "echo",
+    "modelrunner",
+    "secured",
+    "triton",
+    "unet2d",
+    "processing",
+    "memory",
+    "overhead",
+)
 """What a plain run measures."""
 DEVICE_SYSTEMS = ("echo", "floor", "unet2d", "batching", "processing")
 """What ``--device cuda`` measures: the raw-torch floor, unet2d (TorchScript) in process and
@@ -201,6 +214,13 @@ def run(args: argparse.Namespace) -> Report:
                 cases += _guarded(
                     "modelrunner", errors, lambda: modelrunner_cases(ctx, sizes), notes
                 )
+            if "secured" in systems:
+                from .rounds import AUTHENTICATED, SECURED
+                from .systems.modelrunner import modelrunner_cases
+
+                for system in (AUTHENTICATED, SECURED):
+                    build = partial(modelrunner_cases, ctx, sizes, system=system)
+                    cases += _guarded(system, errors, build, notes)
             if "triton" in systems:
                 if settings.smoke and not SMOKE_INCLUDES_TRITON:
                     notes.append("Triton skipped in smoke mode: its environment takes too long")

@@ -13,7 +13,14 @@ from modelrunner.client import ModelRunnerClient
 
 from ..context import BenchContext
 from ..frames import FrameSize, make_frame
-from ..rounds import IDENTITY, LOCKSTEP, MODELRUNNER, STREAM, Case
+from ..rounds import AUTHENTICATED, IDENTITY, LOCKSTEP, MODELRUNNER, SECURED, STREAM, Case
+
+_SERVERS = {
+    MODELRUNNER: ("modelrunner", ""),
+    AUTHENTICATED: ("authenticated", "auth"),
+    SECURED: ("secured", "tls"),
+}
+"""The server (name, security) behind each system."""
 
 
 def predict_lockstep(
@@ -48,8 +55,13 @@ def predict_stream(
     return seconds
 
 
-def modelrunner_cases(ctx: BenchContext, sizes: list[FrameSize]) -> list[Case]:
-    runner = ctx.modelrunner()
+def modelrunner_cases(
+    ctx: BenchContext, sizes: list[FrameSize], *, system: str = MODELRUNNER
+) -> list[Case]:
+    """Lockstep and stream cases of the identity; ``system=AUTHENTICATED`` or ``SECURED``:
+    against a server with ``--auth`` (and TLS on both planes), the same calls with a token."""
+    name, security = _SERVERS[system]
+    runner = ctx.modelrunner(name, security=security)
     client = runner.client
     model_id = runner.identity_model()
     in_flight = ctx.settings.max_in_flight
@@ -67,7 +79,7 @@ def modelrunner_cases(ctx: BenchContext, sizes: list[FrameSize]) -> list[Case]:
 
         cases.append(
             Case(
-                MODELRUNNER,
+                system,
                 LOCKSTEP,
                 IDENTITY,
                 size.label,
@@ -80,7 +92,7 @@ def modelrunner_cases(ctx: BenchContext, sizes: list[FrameSize]) -> list[Case]:
         )
         cases.append(
             Case(
-                MODELRUNNER,
+                system,
                 STREAM,
                 IDENTITY,
                 size.label,
