@@ -52,3 +52,9 @@ def read_model(
         size_bytes=sum(r.size for r in manifest),
     )
     return ModelReading(info=info, rdf=loaded.rdf)
+
+
+def referenced_files(rdf_path: Path) -> list[str] | None:
+    """The files a description names (:func:`descriptions.referenced_files`), for staging."""
+    yaml_limits.check_description(rdf_path)
+    return descriptions.referenced_files(rdf_path)

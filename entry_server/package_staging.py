@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,11 @@ from modelrunner.entry_server.safe_zip import safe_entry_path, unpack_zip
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+ReferenceLister = Callable[[Path], list[str] | None]
+"""Lists the files a description names (None: too broken to tell): bioimageio.spec's reading of
+an untrusted description, which the registry runs in a bounded worker process
+(``description_jobs.referenced_files``); in process by default."""
 
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_LOGGED_NAMES = 5
@@ -119,6 +125,8 @@ def unpack_package(
     settings: Settings,
     origin: str,
     progress: ProgressCallback = no_progress,
+    *,
+    references: ReferenceLister = descriptions.referenced_files,
 ) -> tuple[Path, Path]:
     """Unpack a zip package into ``dest/unpacked``, then move its description and the files it
     names to ``dest/package``; returns that package root and its description."""
@@ -136,14 +144,20 @@ def unpack_package(
     root, rdf = normalize_package(unpacked, origin)
     package = dest / "package"
     staged_rdf = stage_declared_files(
-        root, rdf, package, settings, progress, move=True, origin=origin
+        root, rdf, package, settings, progress, move=True, origin=origin, references=references
     )
     shutil.rmtree(unpacked, ignore_errors=True)
     return package, staged_rdf
 
 
 def copy_package_folder(
-    src: Path, dest: Path, settings: Settings, origin: str, progress: ProgressCallback = no_progress
+    src: Path,
+    dest: Path,
+    settings: Settings,
+    origin: str,
+    progress: ProgressCallback = no_progress,
+    *,
+    references: ReferenceLister = descriptions.referenced_files,
 ) -> tuple[Path, Path]:
     """Copy a package folder's description and the files it names; returns the package root
     and description in ``dest``."""
@@ -153,17 +167,30 @@ def copy_package_folder(
             f"{origin} holds no bioimageio.yaml or rdf.yaml: not a bioimage.io package",
             details={"source": origin},
         )
-    staged_rdf = stage_declared_files(src, rdf, dest, settings, progress, origin=origin)
+    staged_rdf = stage_declared_files(
+        src, rdf, dest, settings, progress, origin=origin, references=references
+    )
     return dest, staged_rdf
 
 
 def copy_description_and_files(
-    rdf_path: Path, dest: Path, settings: Settings, progress: ProgressCallback = no_progress
+    rdf_path: Path,
+    dest: Path,
+    settings: Settings,
+    progress: ProgressCallback = no_progress,
+    *,
+    references: ReferenceLister = descriptions.referenced_files,
 ) -> tuple[Path, Path]:
     """Copy a description file and the local files it names (relative to it) into ``dest``;
     returns ``dest`` (the package root) and the copied description."""
     staged = stage_declared_files(
-        rdf_path.parent, rdf_path, dest, settings, progress, list_extras=False
+        rdf_path.parent,
+        rdf_path,
+        dest,
+        settings,
+        progress,
+        list_extras=False,
+        references=references,
     )
     return dest, staged
 
@@ -178,6 +205,7 @@ def stage_declared_files(
     move: bool = False,
     list_extras: bool = True,
     origin: str = "",
+    references: ReferenceLister = descriptions.referenced_files,
 ) -> Path:
     """Put the description at ``rdf_path`` (in the folder ``root``) and the files it names into
     ``dest``; returns the staged description.
@@ -185,7 +213,7 @@ def stage_declared_files(
     Files it names that do not exist are left out: checking the description reports them.
     With ``list_extras``, the files of ``root`` it does not name are counted and logged.
     """
-    references = checked_references(root, rdf_path)
+    declared = checked_references(root, rdf_path, references)
     dest.mkdir(parents=True, exist_ok=True)
     budget = PackageBudget(settings)
     staged_rdf = dest / staged_description_name(rdf_path.name)
@@ -194,7 +222,7 @@ def stage_declared_files(
     stage = StageProgress(progress, "copy")
     stage.start()
     kept = {rdf_path.relative_to(root).as_posix()}
-    for rel in references:
+    for rel in declared:
         src = root / rel
         if not src.is_file():
             continue
@@ -222,18 +250,20 @@ def stage_declared_files(
     return staged_rdf
 
 
-def checked_references(root: Path, rdf_path: Path) -> list[str]:
+def checked_references(
+    root: Path, rdf_path: Path, references: ReferenceLister = descriptions.referenced_files
+) -> list[str]:
     """The files the description names, relative to ``root``; InvalidPackageError when one is
     outside ``root``: by its name (absolute, ``..``, ``file:``) or through a link.
 
     Nothing outside ``root`` is looked at, so the answer never depends on whether a file there
     exists, nor on its content.
     """
-    references = relative_references(rdf_path)
+    declared = relative_references(rdf_path, references)
     base = rdf_path.parent.relative_to(root)
     real_root = root.resolve()
     checked = []
-    for rel in references:
+    for rel in declared:
         rel_to_root = (base / rel).as_posix()
         # resolve(strict=False) follows the links inside the folder without needing the target.
         if not (root / rel_to_root).resolve().is_relative_to(real_root):
@@ -261,7 +291,9 @@ def staged_description_name(name: str) -> str:
     return name if name in cache_layout.RDF_NAMES else cache_layout.RDF_NAMES[0]
 
 
-def relative_references(rdf_path: Path) -> list[str]:
+def relative_references(
+    rdf_path: Path, references: ReferenceLister = descriptions.referenced_files
+) -> list[str]:
     """The relative files a description names; refuses names that leave its folder."""
     yaml_limits.check_description(rdf_path)
     try:
@@ -271,7 +303,7 @@ def relative_references(rdf_path: Path) -> list[str]:
     outside = descriptions.outside_references(content)
     if outside:
         raise _outside(rdf_path.name, outside[0], "outside its folder")
-    refs = descriptions.referenced_files(rdf_path)
+    refs = references(rdf_path)
     if refs is None:
         return _candidate_references(content, rdf_path.name)
     safe = []

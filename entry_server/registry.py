@@ -64,9 +64,19 @@ class ModelRegistry:
             new_staging_dir=self.cache.staging_dir,
             downloader=self._downloader,
             uploads=self.uploads,
+            list_references=self._list_references,
         )
         self._zips = PackageZips(settings.cache_dir, self.cache.staging_dir)
         self._reindex()
+
+    def _list_references(self, rdf_path: Path) -> list[str] | None:
+        """The files a description names, read by bioimageio.spec in a description worker (an
+        untrusted description is parsed there, within its memory and time limits)."""
+        return self.description_workers.run(
+            f"listing the files {rdf_path.name} names",
+            description_jobs.referenced_files,
+            rdf_path,
+        )
 
     def close(self) -> None:
         self.description_workers.close()

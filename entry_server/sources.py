@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urljoin, urlsplit
 
 from modelrunner import errors, types
+from modelrunner.entry_server import descriptions
 from modelrunner.entry_server import package_staging as staging
 from modelrunner.entry_server.downloads import Downloader
 from modelrunner.entry_server.package_staging import StagedPackage
@@ -54,8 +55,12 @@ class SourceStager:
         new_staging_dir: Callable[[str], Path],
         downloader: Downloader,
         uploads: UploadStore,
+        list_references: staging.ReferenceLister | None = None,
     ) -> None:
+        """``list_references``: how a description's files are found (bioimageio.spec reading
+        an untrusted description); the registry runs it in a description worker."""
         self._settings = settings
+        self._references = list_references or descriptions.referenced_files
         self._new_staging_dir = new_staging_dir
         self._downloader = downloader
         self._uploads = uploads
@@ -131,12 +136,14 @@ class SourceStager:
                 details={"path": value},
             )
         if in_place:
-            staging.checked_references(path, rdf)
+            staging.checked_references(path, rdf, self._references)
             return StagedPackage(path, rdf, label, None)
         return self._build(
             "folder",
             label,
-            lambda dest: staging.copy_package_folder(path, dest, self._settings, label, progress),
+            lambda dest: staging.copy_package_folder(
+                path, dest, self._settings, label, progress, references=self._references
+            ),
         )
 
     def _allowed_path(self, value: str) -> Path:
@@ -172,17 +179,19 @@ class SourceStager:
             return self._build(
                 "zip",
                 label,
-                lambda dest: staging.unpack_package(path, dest, self._settings, label, progress),
+                lambda dest: staging.unpack_package(
+                    path, dest, self._settings, label, progress, references=self._references
+                ),
             )
         if staging.is_yaml(path):
             if in_place:
-                staging.checked_references(path.parent, path)
+                staging.checked_references(path.parent, path, self._references)
                 return StagedPackage(path.parent, path, label, None)
             return self._build(
                 "yaml",
                 label,
                 lambda dest: staging.copy_description_and_files(
-                    path, dest, self._settings, progress
+                    path, dest, self._settings, progress, references=self._references
                 ),
             )
         raise errors.InvalidSourceError(
@@ -198,7 +207,14 @@ class SourceStager:
             self._downloader.download(url, downloaded, progress=progress)
             package = folder / "package"
             if staging.is_zip(downloaded):
-                return staging.unpack_package(downloaded, package, self._settings, label, progress)
+                return staging.unpack_package(
+                    downloaded,
+                    package,
+                    self._settings,
+                    label,
+                    progress,
+                    references=self._references,
+                )
             package.mkdir()
             name = PurePosixPath(urlsplit(url).path).name
             rdf = downloaded.rename(package / staging.staged_description_name(name))
@@ -212,7 +228,7 @@ class SourceStager:
     ) -> None:
         budget = staging.PackageBudget(self._settings)
         budget.add(rdf.name, rdf.stat().st_size)
-        for rel in staging.relative_references(rdf):
+        for rel in staging.relative_references(rdf, self._references):
             file_url = urljoin(yaml_url, quote(rel))
             target = package / rel
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -386,6 +386,25 @@ def test_an_add_is_killed_when_its_client_goes_away(start_server: ServerFactory)
     assert list(control.stub.ListModels(control_pb2.ListModelsRequest()).models) == []
 
 
+def test_listing_a_descriptions_files_runs_in_a_worker_and_stops_with_its_client(
+    start_server: ServerFactory,
+) -> None:
+    """Staging reads an untrusted description with bioimageio.spec to find the files it names:
+    that happens in a description worker too, which is killed when the client goes away."""
+    control = start_server()
+    workers = control.server.registry.description_workers
+    SlowJobs(control, description_jobs.referenced_files, burn_cpu, 60)
+    call = control.stub.AddModel(
+        control_pb2.AddModelRequest(source=source(path=str(NUCLEI))), timeout=60
+    )
+    wait_for(lambda: bool(workers.busy_pids()), timeout=20)
+    pids = workers.busy_pids()
+    assert_answering(control)
+    call.cancel()
+    wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=10)
+    assert list(control.stub.ListModels(control_pb2.ListModelsRequest()).models) == []
+
+
 def test_a_slow_validation_does_not_block_add_model(start_server: ServerFactory) -> None:
     control = start_server()
     workers = control.server.registry.description_workers
