@@ -12,7 +12,10 @@ Roles are ordered: each one may do what the ones below it may.
 * ``admin``: also everyone's models (any workspace, publish), the runtimes and the cache.
 
 ``runtime`` is apart from that order: the credential a runtime registers with, fetches packages
-with and checks its callers' tokens with; it cannot use models itself.
+with and checks its callers' tokens with; it cannot use models itself. ``control`` is the control
+service's own, never in the token file: one token per runtime, which only that runtime accepts
+(to test and unload models) and the control service itself refuses, so a runtime that forwards
+what it is sent gains nothing.
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ class Role(str, enum.Enum):
     WRITE = "write"
     ADMIN = "admin"
     RUNTIME = "runtime"
+    CONTROL = "control"
 
     def allows(self, needed: Role) -> bool:
         """Whether a caller with this role may do what ``needed`` may."""
+        if self is Role.CONTROL or needed is Role.CONTROL:
+            return self is needed
         if self is Role.RUNTIME or needed is Role.RUNTIME:
             return self is needed or self is Role.ADMIN
         return _ORDER[self] >= _ORDER[needed]
@@ -57,16 +63,21 @@ class Identity:
     name: str
     role: Role
     workspace: str
+    audience: str = ""
+    """A ``control`` token: the runtime it was issued for (the only one that accepts it)."""
 
-    def require(self, needed: Role, what: str) -> None:
-        if not self.role.allows(needed):
+    def require(self, needed: Role | tuple[Role, ...], what: str) -> None:
+        """PermissionDeniedError unless the role allows one of ``needed``."""
+        roles = needed if isinstance(needed, tuple) else (needed,)
+        if not any(self.role.allows(r) for r in roles):
             raise errors.PermissionDeniedError(
-                f"{what} needs the {needed.value} role; token {self.name!r} has {self.role.value}",
-                details={"needed_role": needed.value, "role": self.role.value},
+                f"{what} needs the {roles[0].value} role; token {self.name!r} has "
+                f"{self.role.value}",
+                details={"needed_role": roles[0].value, "role": self.role.value},
             )
 
     def sees_all_workspaces(self) -> bool:
-        return self.role is Role.ADMIN or self.role is Role.RUNTIME
+        return self.role in (Role.ADMIN, Role.RUNTIME, Role.CONTROL)
 
 
 ANONYMOUS = Identity(token_id="", name="anonymous", role=Role.ADMIN, workspace=DEFAULT_WORKSPACE)

@@ -23,7 +23,7 @@ def add_token_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     create.add_argument("name", help="who or what holds it, e.g. alice or gpu-runtime-1")
     create.add_argument(
         "--role",
-        choices=[r.value for r in Role],
+        choices=[r.value for r in Role if r is not Role.CONTROL],
         default=Role.READ.value,
         help="read: list, describe, predict, test; write: also add and remove models; "
         "admin: everything; runtime: a runtime's credential (default read)",

@@ -112,7 +112,9 @@ def start_runtime(
     server = RuntimeFlightServer(
         f"{scheme}://{host}:{settings.flight_port}",
         service,
-        caller_checks=CallerChecks(caller_check if settings.auth else None),
+        caller_checks=CallerChecks(
+            caller_check if settings.auth else None, lambda: service.runtime_id
+        ),
         **(server_tls.flight_kwargs() if server_tls is not None else {}),
     )
     try:

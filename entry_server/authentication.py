@@ -7,8 +7,8 @@ the control service presents to runtimes), checks the role the method needs (:da
 and hands the identity to the handler through :func:`current_identity`. An unknown method needs
 ``admin``. Without ``settings.auth`` every caller is :data:`~modelrunner.auth.ANONYMOUS`.
 
-Errors leave as ``UnauthenticatedError`` / ``PermissionDeniedError`` through the error
-interceptor, which runs outside this one.
+A refused call ends with ``UnauthenticatedError`` / ``PermissionDeniedError`` (status, message
+and the ``modelrunner-error-bin`` trailer, as every error) before its request is read.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from modelrunner.auth import (
     token_from_header,
     token_hash,
 )
+from modelrunner.entry_server.error_interceptor import abort
 from modelrunner.entry_server.token_store import TokenStore
 from modelrunner.settings import Settings
 
@@ -63,14 +64,19 @@ OPEN_PREFIXES = (
 """Methods anyone may call: health checks (for load balancers and orchestrators) and
 reflection (the schema, which the .proto files publish anyway)."""
 
-_IDENTITY: contextvars.ContextVar[Identity] = contextvars.ContextVar(
-    "modelrunner_identity", default=ANONYMOUS
+_IDENTITY: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "modelrunner_identity", default=None
 )
 
 
 def current_identity() -> Identity:
-    """The caller of the control-service call running in this thread."""
-    return _IDENTITY.get()
+    """The caller of the control-service call running in this thread (ANONYMOUS, an admin,
+    only when authentication is off). Outside a call it fails rather than fall back to
+    anyone: a thread a handler starts must be handed the identity."""
+    identity = _IDENTITY.get()
+    if identity is None:
+        raise errors.InternalError("no caller identity: this code runs outside a call")
+    return identity
 
 
 class Authenticator:
@@ -88,11 +94,18 @@ class Authenticator:
                 self.store.path,
             )
 
-    def issue_internal(self, name: str, role: Role) -> str:
+    def issue_internal(self, name: str, role: Role, *, audience: str = "") -> str:
         """A token valid until this process ends, never written anywhere (the embedded
-        runtime's credential, and the one the control service presents to runtimes)."""
+        runtime's credential, and the ``control`` tokens the control service presents to
+        runtimes, one per runtime: ``audience``)."""
         token, token_id = new_token()
-        identity = Identity(token_id=token_id, name=name, role=role, workspace=DEFAULT_WORKSPACE)
+        identity = Identity(
+            token_id=token_id,
+            name=name,
+            role=role,
+            workspace=DEFAULT_WORKSPACE,
+            audience=audience,
+        )
         with self._lock:
             self._internal[token_hash(token)] = identity
         return token
@@ -115,6 +128,10 @@ class Authenticator:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
+    """The outermost interceptor: the caller is identified from the call's metadata before
+    anything reads its request, so a caller without a valid token is refused
+    (UNAUTHENTICATED / PERMISSION_DENIED) without its body being parsed or a stream read."""
+
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
 
@@ -127,69 +144,90 @@ class AuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        role = METHOD_ROLES.get(method, (Role.ADMIN,))
+        try:
+            identity = self._caller(handler_call_details)
+        except errors.ModelRunnerError as exc:
+            return _refusing(handler, exc, method)
         codecs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, role), **codecs
-            )
+            return grpc.unary_unary_rpc_method_handler(_as(identity, handler.unary_unary), **codecs)
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, role), **codecs
+                _as(identity, handler.stream_unary), **codecs
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method, role), **codecs
+                _streaming_as(identity, handler.unary_stream), **codecs
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._streaming(handler.stream_stream, method, role), **codecs
+                _streaming_as(identity, handler.stream_stream), **codecs
             )
         return handler
 
-    def _caller(
-        self, context: grpc.ServicerContext, method: str, roles: tuple[Role, ...]
-    ) -> Identity:
+    def _caller(self, details: grpc.HandlerCallDetails) -> Identity:
         token = None
-        for key, value in context.invocation_metadata() or ():
+        for key, value in details.invocation_metadata or ():
             if key == AUTHORIZATION_HEADER:
                 token = token_from_header(value)
                 break
         identity = self._auth.identify(token)
-        if not any(identity.role.allows(r) for r in roles):
-            identity.require(roles[0], method.rsplit("/", 1)[-1])
+        roles = METHOD_ROLES.get(details.method, (Role.ADMIN,))
+        identity.require(roles, details.method.rsplit("/", 1)[-1])
         return identity
 
-    def _unary(
-        self, behavior: Callable[..., Any], method: str, role: tuple[Role, ...]
-    ) -> Callable[..., Any]:
-        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-            reset = _IDENTITY.set(self._caller(context, method, role))
+
+def _as(identity: Identity, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+        reset = _IDENTITY.set(identity)
+        try:
+            return behavior(request, context)
+        finally:
+            _IDENTITY.reset(reset)
+
+    return wrapper
+
+
+def _streaming_as(
+    identity: Identity, behavior: Callable[..., Iterator[Any]]
+) -> Callable[..., Iterator[Any]]:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        # A generator runs piecewise in grpc's thread: set the identity for each piece.
+        reset = _IDENTITY.set(identity)
+        try:
+            responses = behavior(request, context)
+        finally:
+            _IDENTITY.reset(reset)
+        while True:
+            reset = _IDENTITY.set(identity)
             try:
-                return behavior(request, context)
+                response = next(responses)
+            except StopIteration:
+                return
             finally:
                 _IDENTITY.reset(reset)
+            yield response
 
-        return wrapper
+    return wrapper
 
-    def _streaming(
-        self, behavior: Callable[..., Iterator[Any]], method: str, role: tuple[Role, ...]
-    ) -> Callable[..., Iterator[Any]]:
-        def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            identity = self._caller(context, method, role)
-            # A generator runs piecewise in grpc's thread: set the identity for each piece.
-            responses = behavior(request, context)
-            while True:
-                reset = _IDENTITY.set(identity)
-                try:
-                    response = next(responses)
-                except StopIteration:
-                    return
-                finally:
-                    _IDENTITY.reset(reset)
-                yield response
 
-        return wrapper
+def _refusing(
+    handler: grpc.RpcMethodHandler, error: errors.ModelRunnerError, method: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that ends the call with ``error``, reading no request (its
+    body arrives as raw bytes, never parsed; a request stream is never read)."""
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        abort(context, error, method)
+
+    raw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, **raw)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **raw)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, **raw)
+    return grpc.stream_stream_rpc_method_handler(refuse, **raw)

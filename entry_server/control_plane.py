@@ -7,18 +7,20 @@ directly.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from modelrunner import errors, types
-from modelrunner.auth import ANONYMOUS, Identity
+from modelrunner.auth import ANONYMOUS, Identity, Role
 from modelrunner.entry_server import runtime_actions
 from modelrunner.entry_server.authentication import Authenticator
 from modelrunner.entry_server.model_access import ModelAccess
 from modelrunner.entry_server.progress import ProgressCallback, no_progress
-from modelrunner.entry_server.registry import ModelRegistry, model_not_found
+from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import Registration, RuntimeDirectory
 from modelrunner.entry_server.server_info import server_info
 from modelrunner.settings import Settings
+from modelrunner.tls import ClientTls
 
 logger = logging.getLogger(__name__)
 
@@ -42,27 +44,36 @@ class ControlPlane:
         *,
         authenticator: Authenticator | None = None,
         access: ModelAccess | None = None,
-        runtime_caller: runtime_actions.RuntimeCaller = runtime_actions.NO_CREDENTIALS,
+        runtime_tls: ClientTls | None = None,
     ) -> None:
+        """``runtime_tls``: how to reach runtimes that speak TLS."""
         self.settings = settings
         self.registry = registry
         self.runtimes = runtimes
         self.authenticator = authenticator or Authenticator(settings)
         self.access = access or ModelAccess(settings.cache_dir / "model_access.json")
-        self.runtime_caller = runtime_caller
+        self._runtime_tls = runtime_tls
+        self._runtime_callers: dict[str, runtime_actions.RuntimeCaller] = {}
+        self._callers_lock = threading.Lock()
+        self._models_lock = threading.RLock()
+        """Held while a model is granted to a workspace or removed: an add and a remove of the
+        same package never interleave."""
 
     # -- who sees what ---------------------------------------------------------------------------
 
     def visible_id(self, model_ref: str, identity: Identity = ANONYMOUS) -> str:
         """The full id of a model the caller may see; a model of another workspace is as
         unknown to it as one that does not exist (same error, same message)."""
-        model_id = self.registry.resolve(model_ref)
-        if not self.access.visible(model_id, identity):
-            raise model_not_found(model_ref.strip())
-        return model_id
+        if identity.sees_all_workspaces():
+            return self.registry.resolve(model_ref)
+        return self.registry.resolve(model_ref, lambda m: self.access.visible(m, identity))
 
-    def _with_access(self, info: types.ModelInfo) -> types.ModelInfo:
+    def _with_access(self, info: types.ModelInfo, identity: Identity) -> types.ModelInfo:
+        """The model's workspaces as the caller may know them: an admin all, others only
+        their own (which other workspaces hold a package is theirs to know)."""
         workspaces, published = self.access.workspaces(info.id)
+        if not identity.sees_all_workspaces():
+            workspaces = tuple(w for w in workspaces if w == identity.workspace)
         return info.model_copy(update={"workspaces": workspaces, "published": published})
 
     def check_caller(self, token: str, model_ref: str = "") -> tuple[Identity, str]:
@@ -70,6 +81,23 @@ class ControlPlane:
         may use it (UnauthenticatedError, ModelNotFoundError otherwise)."""
         identity = self.authenticator.identify(token)
         return identity, self.visible_id(model_ref, identity) if model_ref else ""
+
+    def _caller_for(self, runtime_id: str) -> runtime_actions.RuntimeCaller:
+        """How to call one runtime: with authentication on, a ``control`` token issued for it
+        alone (which no other runtime and not the control service accept)."""
+        with self._callers_lock:
+            caller = self._runtime_callers.get(runtime_id)
+            if caller is None:
+                token = (
+                    self.authenticator.issue_internal(
+                        "control-service", Role.CONTROL, audience=runtime_id
+                    )
+                    if self.authenticator.enabled
+                    else None
+                )
+                caller = runtime_actions.RuntimeCaller(token=token, tls=self._runtime_tls)
+                self._runtime_callers[runtime_id] = caller
+            return caller
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -80,13 +108,21 @@ class ControlPlane:
         identity: Identity = ANONYMOUS,
     ) -> tuple[types.ModelInfo, bool]:
         """Add a model to the caller's workspace."""
-        info, created = self.registry.add(source, progress)
-        self.access.grant(info.id, identity.workspace)
-        return self._with_access(info), created
+        for _ in range(3):
+            info, created = self.registry.add(source, progress)
+            with self._models_lock:
+                # a remove of the same package may have run between the store and now
+                if self.registry.cache.find(info.id) is not None:
+                    self.access.grant(info.id, identity.workspace)
+                    return self._with_access(info, identity), created
+        raise errors.UnavailableError(
+            "the package was removed while it was being added, three times; try again",
+            details={"model_id": info.id},
+        )
 
     def list_models(self, identity: Identity = ANONYMOUS) -> list[types.ModelInfo]:
         return [
-            self._with_access(m)
+            self._with_access(m, identity)
             for m in self.registry.list_models()
             if self.access.visible(m.id, identity)
         ]
@@ -111,7 +147,7 @@ class ControlPlane:
         loaded = tuple(
             m for r in self.runtimes.runtimes() for m in r.loaded_models if m.model_id == info.id
         )
-        return self._with_access(info).model_copy(update={"loaded": loaded})
+        return self._with_access(info, identity).model_copy(update={"loaded": loaded})
 
     def route(
         self,
@@ -155,7 +191,7 @@ class ControlPlane:
                         weight_format=weight_format,
                         device=device,
                         timeout_s=timeout,
-                        caller=self.runtime_caller,
+                        caller=self._caller_for(runtime.runtime_id),
                     )
                 except errors.UnavailableError as exc:
                     logger.warning("runtime %s unreachable: %s", runtime.runtime_id, exc)
@@ -170,16 +206,24 @@ class ControlPlane:
         holds it any more (an admin removes it from every workspace): runtimes that have it
         warm unload it first (a runtime serving it right now refuses with ModelInUseError, and
         nothing is removed)."""
-        model_id = self.visible_id(model_ref, identity)
-        if not identity.sees_all_workspaces():
-            if identity.workspace not in self.access.workspaces(model_id)[0]:
-                raise errors.PermissionDeniedError(
-                    f"model {model_id[:12]} is published from another workspace: only an admin "
-                    "may remove it",
-                    details={"model_id": model_id},
-                )
-            if not self.access.leave(model_id, identity.workspace):
-                return model_id, 0
+        with self._models_lock:
+            model_id = self.visible_id(model_ref, identity)
+            if not identity.sees_all_workspaces():
+                held, published = self.access.workspaces(model_id)
+                if identity.workspace not in held:
+                    raise errors.PermissionDeniedError(
+                        f"model {model_id[:12]} is published from another workspace: only an "
+                        "admin may remove it",
+                        details={"model_id": model_id},
+                    )
+                if len(held) > 1 or published:
+                    self.access.leave(model_id, identity.workspace)
+                    return model_id, 0
+            # The last workspace holding it, or an admin: the package goes. Its access record
+            # goes only once it is gone (a runtime serving it refuses, and nothing changes).
+            return self._remove_package(model_id)
+
+    def _remove_package(self, model_id: str) -> tuple[str, int]:
         for runtime in self.runtimes.runtimes():
             if not any(m.model_id == model_id for m in runtime.loaded_models):
                 continue
@@ -188,7 +232,7 @@ class ControlPlane:
                     runtime.flight_uri,
                     model_id=model_id,
                     timeout_s=30.0,
-                    caller=self.runtime_caller,
+                    caller=self._caller_for(runtime.runtime_id),
                 )
             except errors.UnavailableError as exc:
                 # a vanished runtime holds nothing; its registration expires on its own
@@ -230,4 +274,11 @@ class ControlPlane:
             )
             for r in self.runtimes.runtimes()
         ]
-        return server_info(self.registry.cache_info(), runtimes)
+        cache = self.registry.cache_info()
+        if not identity.sees_all_workspaces():
+            # the cache's place and the count of everyone's models are the admins' to know
+            visible = sum(
+                1 for m in self.registry.list_models() if self.access.visible(m.id, identity)
+            )
+            cache = cache.model_copy(update={"directory": "", "models": visible})
+        return server_info(cache, runtimes)

@@ -56,8 +56,11 @@ class FetchPolicy:
         )
 
     def is_allowed(self, address: IPAddress) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        if isinstance(address, ipaddress.IPv6Address):
+            # An IPv4 address inside IPv6 (mapped, 6to4, Teredo) is judged as that address.
+            embedded = address.ipv4_mapped or address.sixtofour or _teredo_client(address)
+            if embedded is not None:
+                address = embedded
         for network in self.allowed_networks:
             if network.version == address.version and address in network:
                 return True
@@ -69,6 +72,7 @@ class FetchPolicy:
             and not address.is_private
             and not address.is_reserved
             and not address.is_unspecified
+            and not (isinstance(address, ipaddress.IPv6Address) and address.is_site_local)
         )
 
     def check_literal(self, host: str) -> None:
@@ -120,6 +124,11 @@ class FetchPolicy:
             return
 
 
+def _teredo_client(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    teredo = address.teredo
+    return teredo[1] if teredo is not None else None
+
+
 def ip_literal(host: str) -> IPAddress | None:
     """``host`` as an IP address when it is one (``[::1]`` included), else None."""
     try:
@@ -133,7 +142,14 @@ process_policy = FetchPolicy()
 description worker may set the server's (``FetchPolicy(settings.fetch_allowed_networks)``)."""
 
 _UNCHECKED_CONNECT_TCP = httpcore.SyncBackend.connect_tcp
-_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")
+_PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
 
 
 def guard_process(policy: FetchPolicy) -> None:

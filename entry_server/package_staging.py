@@ -88,7 +88,14 @@ def is_yaml(path: Path) -> bool:
 
 
 def find_description(folder: Path) -> Path | None:
-    """``bioimageio.yaml`` or ``rdf.yaml``, else the only ``*.bioimageio.yaml``, else None."""
+    """``bioimageio.yaml`` or ``rdf.yaml``, else the only ``*.bioimageio.yaml``, else None.
+
+    A link by one of those names counts whether its target exists or not, so that what it
+    points to is judged by where it points (a link out of the folder is refused), never by
+    whether it exists there."""
+    for name in cache_layout.RDF_NAMES:
+        if (folder / name).is_symlink():
+            return folder / name
     found = cache_layout.find_rdf(folder)
     if found is not None:
         return found
@@ -213,7 +220,9 @@ def stage_declared_files(
     Files it names that do not exist are left out: checking the description reports them.
     With ``list_extras``, the files of ``root`` it does not name are counted and logged.
     """
-    declared = checked_references(root, rdf_path, references)
+    declared = checked_references(
+        root, rdf_path, references, yaml_limits.YamlLimits.from_settings(settings)
+    )
     dest.mkdir(parents=True, exist_ok=True)
     budget = PackageBudget(settings)
     staged_rdf = dest / staged_description_name(rdf_path.name)
@@ -251,7 +260,10 @@ def stage_declared_files(
 
 
 def checked_references(
-    root: Path, rdf_path: Path, references: ReferenceLister = descriptions.referenced_files
+    root: Path,
+    rdf_path: Path,
+    references: ReferenceLister = descriptions.referenced_files,
+    limits: yaml_limits.YamlLimits | None = None,
 ) -> list[str]:
     """The files the description names, relative to ``root``; InvalidPackageError when one is
     outside ``root``: by its name (absolute, ``..``, ``file:``) or through a link.
@@ -259,9 +271,12 @@ def checked_references(
     Nothing outside ``root`` is looked at, so the answer never depends on whether a file there
     exists, nor on its content.
     """
-    declared = relative_references(rdf_path, references)
-    base = rdf_path.parent.relative_to(root)
     real_root = root.resolve()
+    if not rdf_path.resolve().is_relative_to(real_root):
+        # the description itself is a link out of the folder: refused before it is read
+        raise _outside(rdf_path.name, rdf_path.name, "a link leaving its folder")
+    declared = relative_references(rdf_path, references, limits)
+    base = rdf_path.parent.relative_to(root)
     checked = []
     for rel in declared:
         rel_to_root = (base / rel).as_posix()
@@ -292,10 +307,13 @@ def staged_description_name(name: str) -> str:
 
 
 def relative_references(
-    rdf_path: Path, references: ReferenceLister = descriptions.referenced_files
+    rdf_path: Path,
+    references: ReferenceLister = descriptions.referenced_files,
+    limits: yaml_limits.YamlLimits | None = None,
 ) -> list[str]:
-    """The relative files a description names; refuses names that leave its folder."""
-    yaml_limits.check_description(rdf_path)
+    """The relative files a description names; refuses names that leave its folder.
+    ``limits``: the server's description limits (default: the built-in ones)."""
+    yaml_limits.check_description(rdf_path, limits)
     try:
         content = descriptions.read_rdf(rdf_path)
     except descriptions.UnreadableYamlError:

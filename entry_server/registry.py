@@ -173,8 +173,11 @@ class ModelRegistry:
     def list_models(self) -> list[types.ModelInfo]:
         return [entry.info for entry in self.cache.entries()]
 
-    def resolve(self, model_ref: str) -> str:
-        """The full id of a model given by id, unique id prefix (>= 6 characters) or alias."""
+    def resolve(self, model_ref: str, visible: Callable[[str], bool] | None = None) -> str:
+        """The full id of a model given by id, unique id prefix (>= 6 characters) or alias.
+
+        ``visible``: only the models it accepts count (a caller's workspace): the others are
+        neither matched nor named in errors, so a prefix or alias cannot probe them."""
         ref = model_ref.strip()
         if not ref:
             raise errors.InvalidArgumentError(
@@ -183,13 +186,14 @@ class ModelRegistry:
             )
         check_model_ref(ref)
         lowered = ref.lower()
+        keep = visible or (lambda _: True)
         if _HEX.match(lowered) and len(lowered) >= MIN_PREFIX_LENGTH:
-            matches = self.cache.ids_with_prefix(lowered)
+            matches = [m for m in self.cache.ids_with_prefix(lowered) if keep(m)]
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
                 raise _ambiguous(ref, "model id prefix", matches)
-        matches = self.cache.ids_with_alias(ref)
+        matches = [m for m in self.cache.ids_with_alias(ref) if keep(m)]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

@@ -20,13 +20,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelrunner import errors
-from modelrunner.auth import Role
 from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
 from modelrunner.entry_server.call_limits import threads_for_limited_calls
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.error_interceptor import ErrorInterceptor
 from modelrunner.entry_server.registry import ModelRegistry
-from modelrunner.entry_server.runtime_actions import RuntimeCaller
 from modelrunner.entry_server.runtimes import RuntimeDirectory
 from modelrunner.entry_server.servicer import ControlServicer
 from modelrunner.settings import Settings
@@ -114,12 +112,6 @@ def start_control_server(
     )
     server_tls = server_tls_for(settings)
     authenticator = Authenticator(settings)
-    runtime_caller = RuntimeCaller(
-        token=authenticator.issue_internal("control-service", Role.ADMIN)
-        if settings.auth
-        else None,
-        tls=client_tls_for(settings) if server_tls is not None else None,
-    )
     runtimes = RuntimeDirectory(settings)
     registry = ModelRegistry(settings, loaded_models=runtimes.loaded_model_ids)
     try:
@@ -128,7 +120,7 @@ def start_control_server(
             registry,
             runtimes,
             authenticator=authenticator,
-            runtime_caller=runtime_caller,
+            runtime_tls=client_tls_for(settings) if server_tls is not None else None,
         )
         server = grpc.server(
             # -- resource limits: uploads, validations and adds get threads of their own on top
@@ -137,8 +129,9 @@ def start_control_server(
                 max_workers=max_workers + threads_for_limited_calls(settings),
                 thread_name_prefix="control",
             ),
-            # the error interceptor runs outside: authentication failures become statuses too
-            interceptors=[ErrorInterceptor(), AuthInterceptor(authenticator)],
+            # authentication first: a caller without a valid token is refused before its request
+            # is parsed (the error interceptor parses requests, and maps every other error)
+            interceptors=[AuthInterceptor(authenticator), ErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

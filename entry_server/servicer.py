@@ -234,6 +234,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             role=identity.role.value,
             workspace=identity.workspace,
             model_id=model_id,
+            audience=identity.audience,
         )
 
 

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urljoin, urlsplit
 
 from modelrunner import errors, types
-from modelrunner.entry_server import descriptions
+from modelrunner.entry_server import descriptions, yaml_limits
 from modelrunner.entry_server import package_staging as staging
 from modelrunner.entry_server.downloads import Downloader
 from modelrunner.entry_server.package_staging import StagedPackage
@@ -61,6 +61,7 @@ class SourceStager:
         an untrusted description); the registry runs it in a description worker."""
         self._settings = settings
         self._references = list_references or descriptions.referenced_files
+        self._yaml_limits = yaml_limits.YamlLimits.from_settings(settings)
         self._new_staging_dir = new_staging_dir
         self._downloader = downloader
         self._uploads = uploads
@@ -136,7 +137,7 @@ class SourceStager:
                 details={"path": value},
             )
         if in_place:
-            staging.checked_references(path, rdf, self._references)
+            staging.checked_references(path, rdf, self._references, self._yaml_limits)
             return StagedPackage(path, rdf, label, None)
         return self._build(
             "folder",
@@ -185,7 +186,7 @@ class SourceStager:
             )
         if staging.is_yaml(path):
             if in_place:
-                staging.checked_references(path.parent, path, self._references)
+                staging.checked_references(path.parent, path, self._references, self._yaml_limits)
                 return StagedPackage(path.parent, path, label, None)
             return self._build(
                 "yaml",
@@ -228,7 +229,7 @@ class SourceStager:
     ) -> None:
         budget = staging.PackageBudget(self._settings)
         budget.add(rdf.name, rdf.stat().st_size)
-        for rel in staging.relative_references(rdf, self._references):
+        for rel in staging.relative_references(rdf, self._references, self._yaml_limits):
             file_url = urljoin(yaml_url, quote(rel))
             target = package / rel
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ class TokenStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._by_id: dict[str, TokenRecord] = {}
 
     # -- checking -------------------------------------------------------------------------------
@@ -86,7 +86,9 @@ class TokenStore:
         except FileNotFoundError:
             self._stamp, self._by_id = None, {}
             return
-        stamp = (st.st_mtime_ns, st.st_size)
+        # the inode too: every write replaces the file, so a revoke followed by a create of
+        # the same size within one timestamp tick is still seen
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return
         self._by_id = {r.token_id: r for r in _read(self.path)}
@@ -99,6 +101,10 @@ class TokenStore:
         if not name or len(name) > _MAX_NAME or not name.isprintable():
             raise errors.InvalidArgumentError(f"a token name is 1-{_MAX_NAME} printable characters")
         checked_workspace(workspace)
+        if role is Role.CONTROL:
+            raise errors.InvalidArgumentError(
+                "the control role is the control service's own; it is never in the token file"
+            )
         token, token_id = new_token()
         record = TokenRecord(
             token_id=token_id,

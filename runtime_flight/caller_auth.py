@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -51,19 +52,24 @@ class RemoteCallerCheck:
         self._cache_s = cache_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._verdicts: dict[tuple[str, str], tuple[float, Any]] = {}
+        # Accepted callers and refusals are kept apart, each evicting its oldest entry: a flood
+        # of made-up tokens can push out only other refusals, never the callers that work.
+        self._accepted: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        self._refused: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
 
     def __call__(self, token: str, model_ref: str) -> tuple[Identity, str]:
         key = (_hash(token), model_ref)
         now = self._clock()
         with self._lock:
-            cached = self._verdicts.get(key)
+            cached = self._accepted.get(key) or self._refused.get(key)
         if cached is None or cached[0] < now:
             cached = (now + self._cache_s, self._ask(token, model_ref))
             with self._lock:
-                if len(self._verdicts) >= _MAX_CACHED:
-                    self._verdicts.clear()
-                self._verdicts[key] = cached
+                table = self._refused if isinstance(cached[1], Exception) else self._accepted
+                table[key] = cached
+                table.move_to_end(key)
+                while len(table) > _MAX_CACHED:
+                    table.popitem(last=False)
         verdict = cached[1]
         if isinstance(verdict, errors.ModelRunnerError):
             raise verdict
@@ -87,6 +93,7 @@ class RemoteCallerCheck:
             name=response.name,
             role=Role(response.role),
             workspace=response.workspace,
+            audience=response.audience,
         )
         return identity, response.model_id
 
@@ -126,16 +133,25 @@ class CallerAuthFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
 
 
 class CallerChecks:
-    """The runtime's side of authorisation: the role a call needs, and the model it names."""
+    """The runtime's side of authorisation: the role a call needs, and the model it names.
+    ``runtime_id`` names this runtime: a control service's token issued for another runtime
+    is refused."""
 
-    def __init__(self, check: CallerCheck | None) -> None:
+    def __init__(
+        self, check: CallerCheck | None, runtime_id: Callable[[], str] = lambda: ""
+    ) -> None:
         self.check = check
+        self._runtime_id = runtime_id
 
     def middleware(self) -> dict[str, flight.ServerMiddlewareFactory]:
         return {} if self.check is None else {MIDDLEWARE_KEY: CallerAuthFactory(self.check)}
 
     def require(
-        self, context: flight.ServerCallContext, role: Role, what: str, model_ref: str = ""
+        self,
+        context: flight.ServerCallContext,
+        role: Role | tuple[Role, ...],
+        what: str,
+        model_ref: str = "",
     ) -> None:
         """PermissionDeniedError when the caller's role is too low; ModelNotFoundError when
         the model is not visible to it. Nothing without authentication."""
@@ -146,6 +162,11 @@ class CallerChecks:
             raise errors.UnauthenticatedError("the call carries no token")
         caller: Caller = middleware.caller
         caller.identity.require(role, what)
+        if caller.identity.role is Role.CONTROL and caller.identity.audience != self._runtime_id():
+            raise errors.PermissionDeniedError(
+                f"{what}: this control service token was issued for another runtime",
+                details={"role": Role.CONTROL.value},
+            )
         if model_ref:
             self.check(caller.token, model_ref)
 

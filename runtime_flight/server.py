@@ -434,14 +434,16 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _unload(self, context: flight.ServerCallContext, body: bytes) -> bytes:
         # Unloading stops other users' work: the control service does it when a model is
         # removed, with its own admin credential.
-        self.caller_checks.require(context, Role.ADMIN, "unload_model")
+        self.caller_checks.require(context, (Role.ADMIN, Role.CONTROL), "unload_model")
         request = _parse(runtime_pb2.UnloadModelRequest(), body)
         count = self.service.unload(request.model_id, request.weight_format, request.device)
         return runtime_pb2.UnloadModelResponse(unloaded=count).SerializeToString()
 
     def _test(self, context: flight.ServerCallContext, body: bytes) -> bytes:
         request = _parse(control_pb2.TestModelRequest(), body)
-        self.caller_checks.require(context, Role.READ, "test_model", request.model_id)
+        self.caller_checks.require(
+            context, (Role.READ, Role.CONTROL), "test_model", request.model_id
+        )
         report = self.service.test(request.model_id, request.weight_format, request.device)
         return control_pb2.TestModelResponse(
             report=converters.to_pb_report(report)

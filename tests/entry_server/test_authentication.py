@@ -218,7 +218,7 @@ def test_a_published_model_is_visible_everywhere_but_stays_its_workspaces(
         with secured.client("admin") as admin:
             admin.publish_model(info.id)
         seen = bob.describe(info.id)
-        assert seen.published and seen.workspaces == ("lab-a",)
+        assert seen.published and seen.workspaces == ()  # which workspace holds it is theirs
         with pytest.raises(errors.PermissionDeniedError):
             bob.remove_model(info.id)  # published from lab-a: not bob's to remove
         with secured.client("admin") as admin:
@@ -235,7 +235,9 @@ def test_removing_a_shared_package_from_one_workspace_keeps_it_for_the_other(
     with secured.client("alice") as alice, secured.client("bob") as bob:
         info = alice.add_model(package, upload=True)
         assert bob.add_model(package, upload=True).id == info.id
-        assert set(bob.describe(info.id).workspaces) == {"lab-a", "lab-b"}
+        assert bob.describe(info.id).workspaces == ("lab-b",)
+        with secured.client("admin") as admin:
+            assert set(admin.describe(info.id).workspaces) == {"lab-a", "lab-b"}
         alice.remove_model(info.id)
         with pytest.raises(errors.ModelNotFoundError):
             alice.describe(info.id)
@@ -268,3 +270,40 @@ def test_anonymous_callers_are_admins_when_authentication_is_off(
     """Loopback without tokens, as before: every model is visible, in workspace default."""
     info: types.ModelInfo = client.add_model(tiny("onnx"))
     assert client.describe(info.id).workspaces == ("default",)
+
+
+def test_a_malformed_request_without_a_token_is_unauthenticated_not_parsed(
+    raw: grpc.Channel,
+) -> None:
+    """The token is checked from the metadata before the body is read, on every kind of call."""
+    garbage = b"\xff\xff\xff\xff"
+    codec: dict[str, Callable[[bytes], bytes]] = {
+        "request_serializer": lambda b: b,
+        "response_deserializer": lambda b: b,
+    }
+    path = "/modelrunner.v1.ControlService/"
+    calls: list[Callable[[], object]] = [
+        lambda: raw.unary_unary(path + "DescribeModel", **codec)(garbage, timeout=10),
+        lambda: list(raw.unary_stream(path + "AddModel", **codec)(garbage, timeout=10)),
+        lambda: raw.stream_unary(path + "UploadPackage", **codec)(iter([garbage]), timeout=10),
+    ]
+    for call in calls:
+        assert _status(call) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_prefix_or_alias_resolves_among_the_callers_models_only(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models share a prefix (or an alias Bob copied from Alice's description): each
+    workspace resolves it to its own model, with no ambiguity naming the other's."""
+    registry = secured.server.control.registry
+    ours, theirs = "abcdef" + "0" * 58, "abcdef" + "1" * 58
+    monkeypatch.setattr(registry.cache, "ids_with_prefix", lambda prefix: [ours, theirs])
+    monkeypatch.setattr(registry.cache, "ids_with_alias", lambda alias: [ours, theirs])
+    mine = {ours}.__contains__
+    assert registry.resolve("abcdef", mine) == ours
+    assert registry.resolve("affable-shark", mine) == ours
+    with pytest.raises(errors.InvalidArgumentError, match="ambiguous"):
+        registry.resolve("abcdef")  # an admin sees both
+    with pytest.raises(errors.ModelNotFoundError):
+        registry.resolve("abcdef", lambda _: False)

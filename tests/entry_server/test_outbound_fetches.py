@@ -109,6 +109,9 @@ def test_a_url_on_loopback_is_refused_by_default(
         ("http://[fc00::1]/model.zip", "fc00::1"),
         ("http://[fe80::1]/model.zip", "fe80::1"),
         ("http://[::ffff:127.0.0.1]/model.zip", "::ffff:127.0.0.1"),
+        ("http://[2002:7f00:1::]/model.zip", "2002:7f00:1::"),  # 6to4 of 127.0.0.1
+        ("http://[2002:a00:1::]/model.zip", "2002:a00:1::"),  # 6to4 of 10.0.0.1
+        ("http://[fec0::1]/model.zip", "fec0::1"),  # IPv6 site-local
         ("http://127.1.2.3:9/model.zip", "127.1.2.3"),
     ],
 )

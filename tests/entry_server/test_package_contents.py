@@ -219,6 +219,24 @@ def test_a_declared_file_that_is_a_link_leaving_the_folder_is_refused(
     assert message == _outside_message("weights.onnx", "a link leaving its folder")
 
 
+@pytest.mark.parametrize("target", ["/etc/hostname", "/no/such/bioimageio.yaml"])
+@pytest.mark.parametrize("action", ["add", "validate"])
+def test_a_description_that_is_a_link_leaving_the_folder_is_refused_unread(
+    control: Running, tmp_path: Path, target: str, action: str
+) -> None:
+    """A folder under a root whose bioimageio.yaml points elsewhere: refused before the link is
+    followed, with one message whether its target exists or not."""
+    package = copy_package(NUCLEI, tmp_path / "linked-description")
+    (package / "bioimageio.yaml").unlink()
+    (package / "bioimageio.yaml").symlink_to(target)
+    if action == "add":
+        call = lambda: add_model(control.stub, path=str(package))  # noqa: E731
+    else:
+        call = lambda: _validate(control, path=str(package))  # noqa: E731
+    message = expect_rpc_error(call, grpc.StatusCode.INVALID_ARGUMENT, "InvalidPackageError")
+    assert message == _outside_message("bioimageio.yaml", "a link leaving its folder")
+
+
 def test_a_declared_file_under_a_linked_folder_outside_is_refused(
     control: Running, tmp_path: Path
 ) -> None:

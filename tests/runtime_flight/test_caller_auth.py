@@ -20,7 +20,7 @@ from modelrunner.entry_server.token_store import TokenStore
 from modelrunner.serving import RunningServer, start_embedded, start_runtime
 from modelrunner.settings import Settings
 from modelrunner.transport_errors import from_flight_error
-from modelrunner.v1 import models_pb2, runtime_pb2
+from modelrunner.v1 import control_pb2, control_pb2_grpc, models_pb2, runtime_pb2
 from tests.conftest import Secured
 from tests.tiny_models import build_onnx_identity
 
@@ -232,3 +232,66 @@ def test_warm_models_of_other_workspaces_are_not_listed(
     with secured.client("admin") as admin:
         listed = [m.model_id for r in admin.server_info().runtimes for m in r.loaded_models]
     assert alice_model.id in listed
+
+
+# -- what a runtime is sent cannot be used elsewhere ----------------------------------------------
+
+
+class _RecordingRuntime(flight.FlightServerBase):  # type: ignore[misc]
+    """A fake runtime that keeps the authorization header of every call and fails them."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        recorder = self
+
+        class Record(flight.ServerMiddlewareFactory):  # type: ignore[misc]
+            def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> None:
+                recorder.seen += headers.get("authorization", [])
+
+        super().__init__("grpc://127.0.0.1:0", middleware={"record": Record()})
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> None:
+        raise flight.FlightUnavailableError("a fake runtime")
+
+
+def test_the_token_the_control_service_sends_a_runtime_is_good_for_nothing_else(
+    secured: Secured, alice_model: ModelInfo
+) -> None:
+    """A runtime credential registers a runtime claiming Alice's model, and a model test sends
+    it the control service's token: that token opens neither the control service nor any other
+    runtime (it was issued for the fake one alone)."""
+    fake = _RecordingRuntime()
+    stub = control_pb2_grpc.ControlServiceStub(grpc.insecure_channel(secured.address))
+    runtime = models_pb2.RuntimeInfo(
+        runtime_id="fake-runtime",
+        flight_uri=f"grpc://127.0.0.1:{fake.port}",
+        available=True,
+        loaded_models=[models_pb2.LoadedModel(model_id=alice_model.id, weight_format="onnx")],
+    )
+    stub.RegisterRuntime(
+        control_pb2.RegisterRuntimeRequest(runtime=runtime),
+        timeout=10,
+        metadata=(("authorization", f"Bearer {secured.tokens['runtime']}"),),
+    )
+    try:
+        with secured.client("admin") as admin:
+            admin.test(alice_model.id)  # the fake fails: the real runtime answers
+        assert len(fake.seen) == 1
+        stolen = fake.seen[0].removeprefix("Bearer ")
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListModels(
+                control_pb2.ListModelsRequest(),
+                timeout=10,
+                metadata=(("authorization", f"Bearer {stolen}"),),
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        body = runtime_pb2.UnloadModelRequest(model_id=alice_model.id).SerializeToString()
+        with flight.connect(_uri(secured)) as raw:
+            error = _error(
+                lambda: list(raw.do_action(flight.Action("unload_model", body), _headers(stolen)))
+            )
+        assert isinstance(error, errors.PermissionDeniedError)
+        assert "issued for another runtime" in error.message
+    finally:
+        secured.server.control.runtimes.unregister("fake-runtime")
+        fake.shutdown()

@@ -239,13 +239,15 @@ class CheckCallerRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., model_id: _Optional[str] = ...) -> None: ...
 
 class CheckCallerResponse(_message.Message):
-    __slots__ = ("name", "role", "workspace", "model_id")
+    __slots__ = ("name", "role", "workspace", "model_id", "audience")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
     workspace: str
     model_id: str
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., workspace: _Optional[str] = ..., model_id: _Optional[str] = ...) -> None: ...
+    audience: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., workspace: _Optional[str] = ..., model_id: _Optional[str] = ..., audience: _Optional[str] = ...) -> None: ...
