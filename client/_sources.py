@@ -16,6 +16,10 @@ from modelrunner.types import ModelSourceSpec
 SourceLike = str | os.PathLike[str] | bytes
 _BIOIMAGEIO_ID = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*(?:/[0-9.]+|/draft)?$")
 CHUNK_BYTES = 1024 * 1024
+MAX_FOLDER_UPLOAD_BYTES = 2 * 1024**3
+"""The most a folder may hold to travel as one package (it is zipped in memory; the server's
+default ``max_upload_bytes`` is the same)."""
+_YAML_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -73,16 +77,42 @@ def interpret_source(
 
 
 def _upload_for(path: Path, *, compress: bool = True) -> Upload:
+    if path.is_file() and path.suffix.lower() in _YAML_SUFFIXES:
+        # A description names files beside it: its folder travels with it (the server keeps
+        # only the files the description names), the description as bioimageio.yaml.
+        return _zipped(path.parent, compress, description=path)
     if path.is_file():
         return Upload(path.name, path=path)
-    # A folder travels as a zip built in memory: packages are small next to the tensors. To a
-    # server on this host it is stored uncompressed: deflating would take longer than sending.
+    return _zipped(path, compress)
+
+
+def _zipped(folder: Path, compress: bool, *, description: Path | None = None) -> Upload:
+    """A folder as a zip built in memory: packages are small next to the tensors. To a server
+    on this host it is stored uncompressed: deflating would take longer than sending. With
+    ``description``, that file is the zip's ``bioimageio.yaml`` and the folder's other
+    descriptions stay home."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if description is not None:
+        files = [f for f in files if f == description or not _is_description(f, folder)]
+    total = sum(f.stat().st_size for f in files)
+    if total > MAX_FOLDER_UPLOAD_BYTES:
+        raise InvalidSourceError(
+            f"{folder} holds {total / 1024**3:.1f} GiB, too much to upload as one package: "
+            "give a folder (or a .zip) holding only the model's files",
+            details={"source": str(folder)},
+        )
     buffer = io.BytesIO()
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with zipfile.ZipFile(buffer, "w", method, compresslevel=1 if compress else None) as zf:
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            zf.write(file, file.relative_to(path).as_posix())
-    return Upload(f"{path.name}.zip", data=buffer.getvalue())
+        for file in files:
+            name = "bioimageio.yaml" if file == description else file.relative_to(folder).as_posix()
+            zf.write(file, name)
+    return Upload(f"{folder.name}.zip", data=buffer.getvalue())
+
+
+def _is_description(file: Path, folder: Path) -> bool:
+    name = file.relative_to(folder).as_posix()
+    return name in ("bioimageio.yaml", "rdf.yaml") or name.endswith(".bioimageio.yaml")
 
 
 def is_local_address(address: str) -> bool:

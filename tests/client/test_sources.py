@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from modelrunner.client import ModelRunnerClient
 from modelrunner.client._sources import Upload, interpret_source, is_local_address
 from modelrunner.errors import InvalidSourceError, SourceNotFoundError
 from modelrunner.types import ModelSourceSpec
@@ -54,3 +55,30 @@ def test_missing_paths_and_nonsense_are_clear_errors() -> None:
 )
 def test_local_addresses(address: str, local: bool) -> None:
     assert is_local_address(address) is local
+
+
+def test_a_description_file_travels_with_its_folder(tmp_path: Path) -> None:
+    """A bioimageio.yaml names the files beside it: uploading it alone would lose them."""
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "my-model.yaml").write_text("name: mine\n")
+    (folder / "rdf.yaml").write_text("name: another description\n")
+    (folder / "weights.pt").write_bytes(b"w")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "test.npy").write_bytes(b"t")
+    up = interpret_source(folder / "my-model.yaml", upload=True, server_is_local=True)
+    assert isinstance(up, Upload) and up.filename == "pkg.zip"
+    archive = zipfile.ZipFile(BytesIO(b"".join(up.chunks())))
+    assert sorted(archive.namelist()) == ["bioimageio.yaml", "sub/test.npy", "weights.pt"]
+    assert archive.read("bioimageio.yaml") == b"name: mine\n"
+
+
+def test_a_description_file_is_added_to_a_server_that_reads_no_paths(
+    client: ModelRunnerClient,
+) -> None:
+    """The shared server has no path_source_roots: the client uploads the description with its
+    folder, and the model keeps every file it names."""
+    info = client.add_model(ZOO / "unet2d_nuclei_broad" / "bioimageio.yaml")
+    assert info.name == "UNet 2D Nuclei Broad"
+    report = client.validate(ZOO / "unet2d_nuclei_broad" / "bioimageio.yaml")
+    assert report.status in ("passed", "valid-format"), report.markdown
