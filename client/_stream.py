@@ -277,12 +277,16 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
 
 class _IdleWatchdog:
     """One thread per stream that cancels the exchange when a read waits longer than
-    ``timeout`` (a thread per read would cost more than reading a small frame)."""
+    ``timeout`` (a thread per read would cost more than reading a small frame). Arming it for
+    each read wakes its thread only when it is parked (no read was waiting): while frames keep
+    coming it sleeps on, and finds the newest deadline when its wait ends."""
 
     def __init__(self, timeout: float, reader: flight.FlightStreamReader) -> None:
         self.timeout, self.reader = timeout, reader
         self.fired = False
-        self._deadline: float | None = None
+        self._deadline = 0.0
+        self._reading = False
+        self._parked = False
         self._stopped = False
         self._wake = threading.Condition()
         threading.Thread(target=self._run, name="modelrunner-stream-idle", daemon=True).start()
@@ -290,11 +294,13 @@ class _IdleWatchdog:
     def arm(self) -> None:
         with self._wake:
             self._deadline = time.monotonic() + self.timeout
-            self._wake.notify()
+            self._reading = True
+            if self._parked:
+                self._wake.notify()
 
     def disarm(self) -> None:
         with self._wake:
-            self._deadline = None
+            self._reading = False
 
     def stop(self) -> None:
         with self._wake:
@@ -304,8 +310,10 @@ class _IdleWatchdog:
     def _run(self) -> None:
         with self._wake:
             while not self._stopped:
-                if self._deadline is None:
+                if not self._reading:
+                    self._parked = True
                     self._wake.wait()
+                    self._parked = False
                     continue
                 left = self._deadline - time.monotonic()
                 if left > 0:

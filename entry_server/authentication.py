@@ -33,6 +33,7 @@ from modelrunner.auth import (
     token_hash,
 )
 from modelrunner.entry_server.error_interceptor import abort
+from modelrunner.entry_server.handler_wrapping import rewrapped
 from modelrunner.entry_server.token_store import TokenStore
 from modelrunner.settings import Settings
 
@@ -148,25 +149,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
             identity = self._caller(handler_call_details)
         except errors.ModelRunnerError as exc:
             return _refusing(handler, exc, method)
-        codecs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_as(identity, handler.unary_unary), **codecs)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _as(identity, handler.stream_unary), **codecs
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming_as(identity, handler.unary_stream), **codecs
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _streaming_as(identity, handler.stream_stream), **codecs
-            )
-        return handler
+        return rewrapped(
+            handler,
+            lambda behavior, _, response_streaming: (_streaming_as if response_streaming else _as)(
+                identity, behavior
+            ),
+        )
 
     def _caller(self, details: grpc.HandlerCallDetails) -> Identity:
         token = None
@@ -223,11 +211,4 @@ def _refusing(
     def refuse(request: Any, context: grpc.ServicerContext) -> Any:
         abort(context, error, method)
 
-    raw = {"request_deserializer": None, "response_serializer": handler.response_serializer}
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(refuse, **raw)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(refuse, **raw)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(refuse, **raw)
-    return grpc.stream_stream_rpc_method_handler(refuse, **raw)
+    return rewrapped(handler, lambda *_: refuse, request_deserializer=None)

@@ -31,6 +31,7 @@ import httpx
 
 from modelrunner import errors
 from modelrunner.entry_server.fetch_policy import AddressNotAllowed, CheckedTransport, FetchPolicy
+from modelrunner.entry_server.limits import over_limit
 from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.settings import Settings
 
@@ -215,8 +216,9 @@ def _check_status(url: str, response: httpx.Response) -> None:
 
 
 def _too_large(url: str, limit: int, why: str) -> errors.ResourceExhaustedError:
-    return errors.ResourceExhaustedError(
-        f"download of {url} refused: {why}, over the limit of {limit} bytes "
-        "(setting max_download_bytes)",
-        details={"url": url, "limit": limit},
+    return over_limit(
+        "max_download_bytes",
+        limit,
+        f"download of {url} refused: {why}, over the limit of {limit} bytes",
+        url=url,
     )

@@ -20,11 +20,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from modelrunner import errors
+from modelrunner.entry_server.handler_wrapping import Behavior, rewrapped
 from modelrunner.transport_errors import bounded, error_trailer
 
 logger = logging.getLogger(__name__)
-
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -38,25 +37,14 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         parse = handler.request_deserializer
-        # None: gRPC hands the handler the request's bytes, which the wrapper parses
-        codecs = {"request_deserializer": None, "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(_parsing_one(handler.unary_unary, parse, method), method), **codecs
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(_parsing_one(handler.unary_stream, parse, method), method), **codecs
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(_parsing_each(handler.stream_unary, parse, method), method), **codecs
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _streaming(_parsing_each(handler.stream_stream, parse, method), method), **codecs
-            )
-        return handler
+
+        def wrap(behavior: Behavior, request_streaming: bool, response_streaming: bool) -> Behavior:
+            parsing = _parsing_each if request_streaming else _parsing_one
+            mapping = _streaming if response_streaming else _unary
+            return mapping(parsing(behavior, parse, method), method)
+
+        # no deserializer: gRPC hands the behaviour the request's bytes, which it parses
+        return rewrapped(handler, wrap, request_deserializer=None)
 
 
 Parse = Callable[[bytes], Any] | None

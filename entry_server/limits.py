@@ -13,8 +13,10 @@ from modelrunner import errors
 def over_limit(
     setting: str, value: object, message: str, **details: object
 ) -> errors.ResourceExhaustedError:
-    """``message`` (without the setting) for the limit ``setting`` of ``value``."""
+    """``message`` for the limit ``setting`` of ``value``; ``(setting <name>)`` is appended
+    unless the message names the setting already."""
+    named = f"(setting {setting})"
     return errors.ResourceExhaustedError(
-        f"{message} (setting {setting})",
+        message if named in message else f"{message} {named}",
         details={**details, "limit": setting, "limit_value": value},
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from modelrunner import cache_layout, errors, types
 from modelrunner.entry_server import descriptions, yaml_limits
+from modelrunner.entry_server.limits import over_limit
 from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.entry_server.safe_zip import safe_entry_path, unpack_zip
 from modelrunner.settings import Settings
@@ -72,11 +73,17 @@ class PackageBudget:
                 details={"entry": name, "limit": self.max_files},
             )
         if self.bytes > self.max_bytes:
-            raise errors.ResourceExhaustedError(
-                f"package exceeds the limit of {self.max_bytes} bytes "
-                f"(setting max_unpacked_bytes) at {name!r}",
-                details={"entry": name, "limit": self.max_bytes},
-            )
+            raise self.exceeded(name)
+
+    def exceeded(self, name: str) -> errors.ResourceExhaustedError:
+        """The error for a package that passes ``max_unpacked_bytes`` at file ``name``."""
+        return over_limit(
+            "max_unpacked_bytes",
+            self.max_bytes,
+            f"package exceeds the limit of {self.max_bytes} bytes "
+            f"(setting max_unpacked_bytes) at {name!r}",
+            entry=name,
+        )
 
 
 def is_zip(path: Path) -> bool:

@@ -244,11 +244,7 @@ class SourceStager:
             except errors.ResourceExhaustedError as exc:
                 if budget.bytes_left >= self._settings.max_download_bytes:
                     raise
-                raise errors.ResourceExhaustedError(
-                    f"package exceeds the limit of {budget.max_bytes} bytes "
-                    f"(setting max_unpacked_bytes) at {rel!r}",
-                    details={"entry": rel, "limit": budget.max_bytes},
-                ) from exc
+                raise budget.exceeded(rel) from exc
             budget.add(rel, size)
 
 

@@ -125,12 +125,23 @@ def predict_mapped(
     (:mod:`.batch_split`)."""
     parts = split_batch(descr, arrays)
     if parts is not None:
-        outputs = [predict_mapped(pipeline, descr, part, options, progress) for part in parts]
-        return Outputs.of(stack_outputs(descr, outputs), outputs[0].path)
+        return _predict_parts(pipeline, descr, parts, options, progress)
     plan, sample = _planned(pipeline, descr, arrays, options)
     if not isinstance(sample, Sample):
         return sample  # the fast path's outputs
     return _predict_planned(pipeline, descr, sample, plan, options, progress)
+
+
+def _predict_parts(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    parts: list[dict[MemberId, np.ndarray]],
+    options: PredictOptions,
+    progress: Progress | None,
+) -> Outputs:
+    """The one-sample parts of a split batch, predicted one by one, outputs stacked."""
+    outputs = [predict_mapped(pipeline, descr, part, options, progress) for part in parts]
+    return Outputs.of(stack_outputs(descr, outputs), outputs[0].path)
 
 
 def start_prediction(
@@ -153,9 +164,10 @@ def start_prediction(
     descr = model_descr(pipeline)
     arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
-    if split_batch(descr, arrays) is not None:
+    parts = split_batch(descr, arrays)
+    if parts is not None:
         # sample by sample, whole outputs: a split batch is not streamed band by band
-        return predict_mapped(pipeline, descr, arrays, options, _polling(progress, cancelled))
+        return _predict_parts(pipeline, descr, parts, options, _polling(progress, cancelled))
     plan, sample = _planned(pipeline, descr, arrays, options)
     del arrays
     if not isinstance(sample, Sample):

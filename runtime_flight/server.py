@@ -432,8 +432,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         ).SerializeToString()
 
     def _unload(self, context: flight.ServerCallContext, body: bytes) -> bytes:
-        # Unloading stops other users' work: the control service does it when a model is
-        # removed, with its own admin credential.
+        # Unloading stops other users' work: an admin, or the control service when a model is
+        # removed (with the control token it issued for this runtime).
         self.caller_checks.require(context, (Role.ADMIN, Role.CONTROL), "unload_model")
         request = _parse(runtime_pb2.UnloadModelRequest(), body)
         count = self.service.unload(request.model_id, request.weight_format, request.device)
@@ -629,7 +629,6 @@ def _parse_command(descriptor: flight.FlightDescriptor) -> runtime_pb2.PredictCo
     command = _parse(runtime_pb2.PredictCommand(), descriptor.command)
     if not command.model_id:
         raise errors.InvalidArgumentError("PredictCommand.model_id is empty")
-    check_model_ref(command.model_id)
     return command
 
 
