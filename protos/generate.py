@@ -16,12 +16,30 @@ import tempfile
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
-PACKAGE_DIR = PROTO_ROOT / "modelrunner" / "v1"
+PACKAGE_DIRS = (
+    PROTO_ROOT / "modelrunner" / "v1",
+    # the Open Inference Protocol (package ``inference``), served by the control service
+    PROTO_ROOT / "modelrunner" / "open_inference",
+)
+"""The folders whose protos become Python code. The protos under ``arrow/`` and ``grpc/`` are
+for clients in other languages: pyarrow and grpcio bring their own code for them."""
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def proto_files() -> list[Path]:
-    return sorted(PACKAGE_DIR.glob("*.proto"))
+    return sorted(p for d in PACKAGE_DIRS for p in d.glob("*.proto"))
+
+
+def _generated_in(root: Path) -> dict[str, Path]:
+    """Generated files under ``root`` (a package folder's parent tree), by their path below it."""
+    found = {}
+    for d in PACKAGE_DIRS:
+        folder = root / d.relative_to(PROTO_ROOT)
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.endswith(GENERATED_SUFFIXES):
+                    found[str(p.relative_to(root))] = p
+    return found
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -41,18 +59,15 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted(
-        p for p in (out_dir / "modelrunner" / "v1").iterdir() if p.name.endswith(GENERATED_SUFFIXES)
-    )
+    return sorted(_generated_in(out_dir).values())
 
 
 def stale_files() -> list[str]:
     """Names of generated files that differ from what the protos produce now."""
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = {p.name: p for p in generate(Path(tmp))}
-        checked_in = {
-            p.name: p for p in PACKAGE_DIR.iterdir() if p.name.endswith(GENERATED_SUFFIXES)
-        }
+        generate(Path(tmp))
+        fresh = _generated_in(Path(tmp))
+        checked_in = _generated_in(PROTO_ROOT)
         names = sorted(set(fresh) | set(checked_in))
         return [
             n
@@ -75,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         print("generated protobuf code is fresh")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        for p in PACKAGE_DIR.iterdir():
-            if p.name.endswith(GENERATED_SUFFIXES):
-                p.unlink()
-        for p in generate(Path(tmp)):
-            shutil.copy2(p, PACKAGE_DIR / p.name)
-    print(f"generated code for {len(proto_files())} protos in {PACKAGE_DIR}")
+        for p in _generated_in(PROTO_ROOT).values():
+            p.unlink()
+        generate(Path(tmp))
+        for name, p in _generated_in(Path(tmp)).items():
+            shutil.copy2(p, PROTO_ROOT / name)
+    print(f"generated code for {len(proto_files())} protos under {PROTO_ROOT}")
     return 0
 
 
