@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path(__file__).resolve().parent / ".triton-venv"
 REQUIREMENTS = ("nvidia-pytriton==0.7.0", "tritonclient[grpc]==2.73.0", "numpy<2")
+CLIENT_PATH = Path(__file__).resolve().parents[1] / ".venv-tritonclient"
+"""tritonclient alone (no server, any numpy): what the tests and the V2 benchmark call
+modelrunner's Open Inference endpoint with, made in about 20 s."""
+CLIENT_REQUIREMENTS = ("tritonclient[grpc]==2.73.0",)
 MARKER = "benchmark-ready.json"
 SITECUSTOMIZE = '''"""Written by benchmarks/triton_venv.py.
 
@@ -59,32 +63,41 @@ def venv_python(path: Path) -> Path:
     return path / "bin" / "python"
 
 
-def is_ready(path: Path) -> bool:
+def is_ready(path: Path, requirements: tuple[str, ...] = REQUIREMENTS) -> bool:
     marker = path / MARKER
     if not marker.is_file() or not venv_python(path).exists():
         return False
     try:
-        return json.loads(marker.read_text()).get("requirements") == list(REQUIREMENTS)
+        return json.loads(marker.read_text()).get("requirements") == list(requirements)
     except (OSError, ValueError):
         return False
 
 
+def ensure_tritonclient_venv(*, log_path: Path | None = None) -> TritonVenv:
+    """The tritonclient-only environment (:data:`CLIENT_PATH`), created unless complete."""
+    return ensure_triton_venv(CLIENT_PATH, requirements=CLIENT_REQUIREMENTS, log_path=log_path)
+
+
 def ensure_triton_venv(
-    path: Path = DEFAULT_PATH, *, force: bool = False, log_path: Path | None = None
+    path: Path = DEFAULT_PATH,
+    *,
+    requirements: tuple[str, ...] = REQUIREMENTS,
+    force: bool = False,
+    log_path: Path | None = None,
 ) -> TritonVenv:
     """Create the environment unless a complete one is there; pip's output goes to
     ``log_path``. Raises ``RuntimeError`` when the setup fails (no network, for instance)."""
-    if not force and is_ready(path):
+    if not force and is_ready(path, requirements):
         return TritonVenv(path, created=False, setup_seconds=0.0)
     started = time.monotonic()
     if path.exists():
         shutil.rmtree(path)
-    logger.info("creating the Triton environment in %s (%s)", path, ", ".join(REQUIREMENTS))
+    logger.info("creating the Triton environment in %s (%s)", path, ", ".join(requirements))
     log = log_path.open("wb") if log_path is not None else None
     try:
         _run([sys.executable, "-m", "venv", str(path)], log)
         python = str(venv_python(path))
-        _run([python, "-m", "pip", "install", "--quiet", *REQUIREMENTS], log)
+        _run([python, "-m", "pip", "install", "--quiet", *requirements], log)
         purelib = subprocess.run(
             [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
             check=True,
@@ -97,7 +110,7 @@ def ensure_triton_venv(
             log.close()
     seconds = time.monotonic() - started
     (path / MARKER).write_text(
-        json.dumps({"requirements": list(REQUIREMENTS), "setup_seconds": round(seconds, 1)})
+        json.dumps({"requirements": list(requirements), "setup_seconds": round(seconds, 1)})
     )
     logger.info("Triton environment ready after %.0f s", seconds)
     return TritonVenv(path, created=True, setup_seconds=seconds)

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     """TestModel calls served at once (each waits for a runtime to load and run the model)."""
     max_concurrent_package_fetches: int = Field(4, gt=0)
     """FetchModelPackage streams served at once (runtimes on other hosts fetching packages)."""
+    max_concurrent_infers: int = Field(16, gt=0)
+    """Open Inference Protocol (V2) ModelInfer calls served at once; each holds a thread of the
+    control service while its runtime computes. More are refused with RESOURCE_EXHAUSTED."""
+    max_concurrent_infer_streams: int = Field(8, gt=0)
+    """V2 ModelStreamInfer streams open at once (each holds a thread for as long as it is
+    open)."""
     max_concurrent_uploads: int = Field(8, gt=0)
     """UploadPackage streams open at once, from all clients together."""
     max_concurrent_uploads_per_client: int = Field(4, gt=0)

@@ -40,6 +40,7 @@ from modelrunner.settings import Settings
 logger = logging.getLogger(__name__)
 
 _SERVICE = "/modelrunner.v1.ControlService/"
+_V2_SERVICE = "/inference.GRPCInferenceService/"
 METHOD_ROLES: dict[str, tuple[Role, ...]] = {
     f"{_SERVICE}AddModel": (Role.WRITE,),
     f"{_SERVICE}UploadPackage": (Role.WRITE,),
@@ -55,12 +56,21 @@ METHOD_ROLES: dict[str, tuple[Role, ...]] = {
     f"{_SERVICE}RegisterRuntime": (Role.RUNTIME,),
     f"{_SERVICE}FetchModelPackage": (Role.RUNTIME,),
     f"{_SERVICE}CheckCaller": (Role.RUNTIME,),
+    # the Open Inference Protocol: predictions and model metadata, like Flight and DescribeModel
+    f"{_V2_SERVICE}ServerMetadata": (Role.READ,),
+    f"{_V2_SERVICE}ModelReady": (Role.READ,),
+    f"{_V2_SERVICE}ModelMetadata": (Role.READ,),
+    f"{_V2_SERVICE}ModelInfer": (Role.READ,),
+    f"{_V2_SERVICE}ModelStreamInfer": (Role.READ,),
 }
 """The roles that may call each method (admin may call all)."""
 OPEN_PREFIXES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
+    # the Open Inference Protocol's liveness and readiness: its health checks
+    f"{_V2_SERVICE}ServerLive",
+    f"{_V2_SERVICE}ServerReady",
 )
 """Methods anyone may call: health checks (for load balancers and orchestrators) and
 reflection (the schema, which the .proto files publish anyway)."""

@@ -1,8 +1,9 @@
 """How many long calls of each kind the control service serves at once, and who may wait how long.
 
-Uploads, validations, adds, model tests and package fetches hold one of the gRPC server's threads for as long as they run (an
-upload for as long as its client takes to send). Each kind has its own :class:`CallLimit`, and
-uploads also one per client (:class:`PerClientLimit`); a call over its limit is refused at once
+Uploads, validations, adds, model tests, package fetches and V2 inference calls hold one of the
+gRPC server's threads for as long as they run (an upload for as long as its client takes to
+send). Each kind has its own :class:`CallLimit`, and uploads also one per client
+(:class:`PerClientLimit`); a call over its limit is refused at once
 with RESOURCE_EXHAUSTED naming the setting, never queued. The server's thread pool is larger
 than the sum of these limits (:func:`threads_for_limited_calls`), so health checks, listings,
 routing and runtime heartbeats always find a thread.
@@ -43,6 +44,8 @@ def threads_for_limited_calls(settings: Settings) -> int:
         + settings.max_concurrent_adds
         + settings.max_concurrent_tests
         + settings.max_concurrent_package_fetches
+        + settings.max_concurrent_infers
+        + settings.max_concurrent_infer_streams
     )
 
 
@@ -135,6 +138,14 @@ class ControlCallLimits:
             "max_concurrent_package_fetches",
             settings.max_concurrent_package_fetches,
             "package fetches",
+        )
+        self.infers = CallLimit(
+            "max_concurrent_infers", settings.max_concurrent_infers, "V2 inference calls"
+        )
+        self.infer_streams = CallLimit(
+            "max_concurrent_infer_streams",
+            settings.max_concurrent_infer_streams,
+            "V2 inference streams",
         )
 
 

@@ -59,6 +59,11 @@ class ControlPlane:
         """Held while a model is granted to a workspace or removed: an add and a remove of the
         same package never interleave."""
 
+    @property
+    def runtime_tls(self) -> ClientTls | None:
+        """How the control service reaches runtimes that speak TLS (None: plaintext)."""
+        return self._runtime_tls
+
     # -- who sees what ---------------------------------------------------------------------------
 
     def visible_id(self, model_ref: str, identity: Identity = ANONYMOUS) -> str:
@@ -148,6 +153,11 @@ class ControlPlane:
             m for r in self.runtimes.runtimes() for m in r.loaded_models if m.model_id == info.id
         )
         return self._with_access(info, identity).model_copy(update={"loaded": loaded})
+
+    def model_info(self, model_ref: str, identity: Identity = ANONYMOUS) -> types.ModelInfo:
+        """The model's tensors and weight formats from the cache's index, without its
+        description: what a prediction needs to know, cheap enough for every call."""
+        return self.registry.cache.get(self.visible_id(model_ref, identity)).info
 
     def route(
         self,

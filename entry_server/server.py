@@ -17,16 +17,21 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from modelrunner import errors
 from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
 from modelrunner.entry_server.call_limits import threads_for_limited_calls
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.error_interceptor import ErrorInterceptor
+from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
+from modelrunner.entry_server.open_inference import OpenInferenceServicer
 from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import RuntimeDirectory
+from modelrunner.entry_server.server_reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
+from modelrunner.entry_server.server_reflection import enable_server_reflection
 from modelrunner.entry_server.servicer import ControlServicer
+from modelrunner.open_inference import grpc_predict_v2_pb2
+from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.settings import Settings
 from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
 from modelrunner.v1 import control_pb2, control_pb2_grpc
@@ -49,6 +54,8 @@ class ControlServer:
     """The bound port (the chosen one when ``settings.port`` is 0)."""
     control: ControlPlane
     health: health.HealthServicer
+    forwarding: RuntimeForwarding
+    """The Open Inference Protocol's connections to runtimes."""
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -79,6 +86,7 @@ class ControlServer:
         self.health.enter_graceful_shutdown()
         period = self.settings.grace_period_s if grace is None else grace
         self.server.stop(period).wait()
+        self.forwarding.close()
         self.registry.close()
         logger.info("control service on port %d stopped", self.port)
 
@@ -141,12 +149,22 @@ def start_control_server(
             ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(control), server)
+        forwarding = RuntimeForwarding(control)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            OpenInferenceServicer(control, forwarding), server
+        )
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in ("", SERVICE_NAME):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health.SERVICE_NAME,
+                *REFLECTION_SERVICE_NAMES,
+                grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            ),
+            server,
         )
         target = f"{settings.host}:{settings.port}"
         try:
@@ -171,5 +189,10 @@ def start_control_server(
         "tokens required" if settings.auth else "no authentication",
     )
     return ControlServer(
-        settings=settings, server=server, port=port, control=control, health=health_servicer
+        settings=settings,
+        server=server,
+        port=port,
+        control=control,
+        health=health_servicer,
+        forwarding=forwarding,
     )

@@ -1,0 +1,163 @@
+"""The Open Inference Protocol (KServe V2, ``inference.GRPCInferenceService``) on the control
+service's address, so tritonclient, KServe tooling and plain gRPC clients that know no Arrow can
+run modelrunner's models: proto in, :class:`.RuntimeForwarding` (the runtime that holds the
+model, over Flight), proto out.
+
+Models are named by modelrunner id (or a unique prefix, or their bioimage.io id); the caller's
+workspaces and the control service's routing apply as for Flight clients. Errors are
+``ModelRunnerError`` with their status codes, mapped by the error interceptor; in a
+``ModelStreamInfer`` stream a failed request is answered with its ``error_message`` and the
+stream goes on, as Triton does. docs/open-inference.md has the rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from modelrunner import __version__, errors, types
+from modelrunner.auth import AUTHORIZATION_HEADER, token_from_header
+from modelrunner.entry_server.authentication import current_identity
+from modelrunner.entry_server.call_limits import ControlCallLimits
+from modelrunner.entry_server.control_plane import ControlPlane
+from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
+from modelrunner.entry_server.open_inference_tensors import (
+    declared_datatype,
+    infer_response,
+    input_arrays,
+    metadata_shape,
+    predict_options,
+    requested_outputs,
+)
+from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
+from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from modelrunner.transport_errors import bounded
+
+SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+EXTENSIONS = ("model_stream_infer", "parameters")
+"""What the server metadata announces beyond the core protocol: Triton's streaming extension,
+and request parameters (weight format, device, blocksize, ...)."""
+
+
+class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, control: ControlPlane, forwarding: RuntimeForwarding) -> None:
+        self._control = control
+        self._forwarding = forwarding
+        self._limits = ControlCallLimits(control.settings)
+
+    # -- health and metadata -----------------------------------------------------------------
+
+    def ServerLive(
+        self, request: v2.ServerLiveRequest, context: grpc.ServicerContext
+    ) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    def ServerReady(
+        self, request: v2.ServerReadyRequest, context: grpc.ServicerContext
+    ) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=bool(self._control.runtimes.runtimes()))
+
+    def ServerMetadata(
+        self, request: v2.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(
+            name="modelrunner", version=__version__, extensions=list(EXTENSIONS)
+        )
+
+    def ModelReady(
+        self, request: v2.ModelReadyRequest, context: grpc.ServicerContext
+    ) -> v2.ModelReadyResponse:
+        """Ready when the caller may use the model and a runtime can serve it; a model the
+        caller may not see is as unready as one that does not exist."""
+        try:
+            self._model(request.name, request.version)
+            self._control.route(request.name, identity=current_identity())
+        except (errors.NotFoundError, errors.UnavailableError):
+            return v2.ModelReadyResponse(ready=False)
+        return v2.ModelReadyResponse(ready=True)
+
+    def ModelMetadata(
+        self, request: v2.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> v2.ModelMetadataResponse:
+        model = self._model(request.name, request.version)
+        return v2.ModelMetadataResponse(
+            name=model.id,
+            versions=[model.version] if model.version else [],
+            platform="bioimageio",
+            inputs=[_tensor_metadata(t) for t in model.inputs],
+            outputs=[_tensor_metadata(t) for t in model.outputs],
+        )
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def ModelInfer(
+        self, request: v2.ModelInferRequest, context: grpc.ServicerContext
+    ) -> v2.ModelInferResponse:
+        with self._limits.infers.slot():
+            return self._infer(request, context)
+
+    def ModelStreamInfer(
+        self, requests: Iterator[v2.ModelInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[v2.ModelStreamInferResponse]:
+        with self._limits.infer_streams.slot():
+            for request in requests:
+                try:
+                    response = self._infer(request, context)
+                except errors.ModelRunnerError as exc:
+                    error = bounded(exc)
+                    yield v2.ModelStreamInferResponse(
+                        error_message=f"[{error.code.name}] {error.message}",
+                        infer_response=v2.ModelInferResponse(
+                            model_name=request.model_name,
+                            model_version=request.model_version,
+                            id=request.id,
+                        ),
+                    )
+                    continue
+                yield v2.ModelStreamInferResponse(infer_response=response)
+
+    def _infer(
+        self, request: v2.ModelInferRequest, context: grpc.ServicerContext
+    ) -> v2.ModelInferResponse:
+        model = self._model(request.model_name, request.model_version)
+        names = requested_outputs(request, model)
+        arrays, dims = input_arrays(request)
+        options = predict_options(request.parameters, context.time_remaining())
+        prediction = self._forwarding.predict(
+            model.id,
+            arrays,
+            dims,
+            options,
+            identity=current_identity(),
+            token=_caller_token(context),
+        )
+        return infer_response(request, model, prediction.outputs, names)
+
+    def _model(self, name: str, version: str) -> types.ModelInfo:
+        if not name:
+            raise errors.InvalidArgumentError(
+                "name the model: its modelrunner id (or a unique prefix) or bioimage.io id"
+            )
+        model = self._control.model_info(name, current_identity())
+        if version and version != model.version:
+            raise errors.ModelNotFoundError(
+                f"model {name!r} has no version {version!r}"
+                + (f"; it has {model.version!r}" if model.version else ""),
+                details={"model_id": model.id, "version": version},
+            )
+        return model
+
+
+def _tensor_metadata(tensor: types.TensorSpec) -> v2.ModelMetadataResponse.TensorMetadata:
+    return v2.ModelMetadataResponse.TensorMetadata(
+        name=tensor.id, datatype=declared_datatype(tensor.dtype), shape=metadata_shape(tensor)
+    )
+
+
+def _caller_token(context: grpc.ServicerContext) -> str | None:
+    """The caller's bearer token, which goes on to the runtime with the request."""
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION_HEADER:
+            return token_from_header(value)
+    return None
