@@ -11,7 +11,8 @@ Mapping rules, in this order:
 * Without dim names, an array of the model's rank is taken in the model's axis order. A lower
   rank gets singleton axes inserted where size 1 is valid, in axis order, as bioimageio.core's
   ``Tensor.from_numpy`` does (so a YX image becomes BCYX ``(1, 1, Y, X)``); a higher rank loses
-  leading singleton axes.
+  its first size-1 axes, from the left, until the ranks match. A refusal names the shape as it
+  was sent.
 
 Arrays are only viewed (expanded, transposed), never copied, with one exception: float16
 arrays are converted to the model's declared input dtype (float32 unless the model declares
@@ -220,6 +221,8 @@ def _map_axes(
 ) -> np.ndarray:
     if names is not None:
         return _map_named(tensor, array, t, names)
+    # the error names the shape the client sent, not one with singleton axes added or dropped
+    sent = tuple(array.shape)
     rank = len(t.axes)
     if array.ndim > rank:
         while array.ndim > rank and 1 in array.shape:
@@ -235,8 +238,8 @@ def _map_axes(
             tensor,
             "",
             f"{rank} axes {_axes_text(t)}",
-            f"{array.ndim} axes {tuple(array.shape)}",
-            f"input '{tensor}' has shape {tuple(array.shape)}, which cannot be mapped to the "
+            f"{len(sent)} axes {sent}",
+            f"input '{tensor}' has shape {sent}, which cannot be mapped to the "
             + f"model's axes {_axes_text(t)}: pass dim names, or an array with "
             + f"{rank} axes (or fewer, leaving out singleton axes)",
         )
