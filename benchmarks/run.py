@@ -6,6 +6,9 @@ Systems (``--systems``, comma-separated, default all):
 * ``modelrunner``: the identity model through ``client.predict`` and ``client.predict_stream``;
 * ``secured``: the same against a server with ``--auth``, and one with ``--auth`` and TLS on
   both planes (what security costs);
+* ``clients``: the identity from every kind of client: tritonclient over the Open Inference
+  Protocol (V2, lockstep and stream), a raw pyarrow Flight client, the Node.js example over
+  Flight and V2 (against the ``modelrunner`` system's server: run both for the ratios);
 * ``triton``: PyTriton + tritonclient (gRPC) serving the identity (own environment, set up on
   demand in ``benchmarks/.triton-venv``);
 * ``unet2d``: ``unet2d_nuclei_broad`` through modelrunner against bioimageio.core in process;
@@ -52,6 +55,7 @@ logger = logging.getLogger("benchmarks.run")
 SYSTEMS = (
     "echo",
     "modelrunner",
+    "clients",
     "secured",
     "triton",
     "unet2d",
@@ -64,6 +68,7 @@ SYSTEMS = (
 CPU_SYSTEMS = (
     "echo",
     "modelrunner",
+    "clients",
     "secured",
     "triton",
     "unet2d",
@@ -214,6 +219,8 @@ def run(args: argparse.Namespace) -> Report:
                 cases += _guarded(
                     "modelrunner", errors, lambda: modelrunner_cases(ctx, sizes), notes
                 )
+            if "clients" in systems:
+                cases += _guarded("clients", errors, lambda: _clients(ctx, sizes, notes), notes)
             if "secured" in systems:
                 from .rounds import AUTHENTICATED, SECURED
                 from .systems.modelrunner import modelrunner_cases
@@ -267,6 +274,14 @@ def run(args: argparse.Namespace) -> Report:
     for path in write(report, out):
         logger.info("wrote %s", path)
     return report
+
+
+def _clients(ctx: BenchContext, sizes: list[FrameSize], notes: list[str]) -> list[Case]:
+    from .systems.clients import client_cases
+
+    cases, skipped = client_cases(ctx, sizes)
+    notes.extend(skipped)
+    return cases
 
 
 def _triton(ctx: BenchContext, sizes: list[FrameSize], facts: dict[str, str]) -> list[Case]:

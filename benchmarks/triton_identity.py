@@ -7,7 +7,8 @@ Two commands:
   (Triton's Python backend, on CPU), until SIGINT or SIGTERM.
 * ``client``: a measuring worker speaking JSON lines on stdin/stdout, so the harness in the project
   environment can interleave Triton rounds with the other systems' rounds. Requests:
-  ``{"op": "connect", "url": "127.0.0.1:PORT"}``, ``{"op": "check", "shape": [...]}``,
+  ``{"op": "connect", "url": "127.0.0.1:PORT", "model": NAME}`` (model default ``identity``;
+  modelrunner's V2 endpoint names its identity by model id), ``{"op": "check", "shape": [...]}``,
   ``{"op": "lockstep", "shape": [...], "frames": N}``,
   ``{"op": "stream", "shape": [...], "frames": N, "max_in_flight": K}``, ``{"op": "versions"}``,
   ``{"op": "quit"}``. Frames are random float32 arrays of the given shape, made once per shape.
@@ -73,6 +74,7 @@ class Worker:
 
     def __init__(self) -> None:
         self.client: Any = None
+        self.model = MODEL
         self.frames: dict[tuple[int, ...], np.ndarray] = {}
 
     def frame(self, shape: list[int]) -> np.ndarray:
@@ -84,6 +86,7 @@ class Worker:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request["op"]
         if op == "connect":
+            self.model = request.get("model", MODEL)
             return self.connect(request["url"], float(request.get("timeout", 120)))
         if op == "check":
             frame = self.frame(request["shape"])
@@ -98,13 +101,15 @@ class Worker:
             frames, in_flight = int(request["frames"]), int(request["max_in_flight"])
             return {"seconds": self.stream(frame, frames, in_flight)}
         if op == "versions":
-            from importlib.metadata import version
+            from importlib.metadata import PackageNotFoundError, version
 
-            return {
-                "versions": {
-                    p: version(p) for p in ("nvidia-pytriton", "tritonclient", "numpy", "grpcio")
-                }
-            }
+            found = {}
+            for name in ("nvidia-pytriton", "tritonclient", "numpy", "grpcio"):
+                try:
+                    found[name] = version(name)
+                except PackageNotFoundError:  # the tritonclient-only environment has no server
+                    pass
+            return {"versions": found}
         raise ValueError(f"unknown op {op!r}")
 
     def connect(self, url: str, timeout: float) -> dict[str, Any]:
@@ -114,12 +119,12 @@ class Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.client.is_model_ready(MODEL):
+                if self.client.is_model_ready(self.model):
                     return {}
             except Exception:  # noqa: BLE001 - not up yet: try again until the deadline
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"Triton model {MODEL!r} not ready at {url} after {timeout:.0f} s")
+        raise TimeoutError(f"model {self.model!r} not ready at {url} after {timeout:.0f} s")
 
     @staticmethod
     def _inputs(frame: np.ndarray) -> list[Any]:
@@ -134,7 +139,7 @@ class Worker:
         import tritonclient.grpc as grpcclient
 
         result = self.client.infer(
-            MODEL, self._inputs(frame), outputs=[grpcclient.InferRequestedOutput(OUTPUT)]
+            self.model, self._inputs(frame), outputs=[grpcclient.InferRequestedOutput(OUTPUT)]
         )
         return result.as_numpy(OUTPUT)
 
@@ -173,7 +178,7 @@ class Worker:
             for i in range(frames):
                 credits.acquire()
                 self.client.async_stream_infer(
-                    MODEL, self._inputs(frame), outputs=outputs, request_id=str(i)
+                    self.model, self._inputs(frame), outputs=outputs, request_id=str(i)
                 )
             if not done.wait(timeout=600):
                 raise TimeoutError(f"only {received} of {frames} stream results arrived")

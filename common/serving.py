@@ -185,6 +185,9 @@ def start_embedded(settings: Settings, *, with_runtime: bool = True) -> Iterator
                 runtime_token=token,
                 caller_check=plane.check_caller,
             )
+            # Open Inference requests for it skip the Flight hop (entry_server.inference_forwarding)
+            service = running.runtime.server.service
+            control.forwarding.attach_local(service.runtime_id, service)
         yield running
 
 

@@ -5,6 +5,10 @@ Modules, one responsibility each::
 
     server            start_control_server(settings) -> ControlServer (health, reflection)
     servicer          the thin gRPC ControlService: proto <-> control_plane
+    open_inference    the Open Inference Protocol (KServe V2) servicer: proto <-> forwarding
+    open_inference_tensors  V2 tensors, datatypes and parameters <-> numpy and predict options
+    inference_forwarding    V2 requests to the routed runtime: in process, or over Flight sessions
+    server_reflection gRPC server reflection, v1 and v1alpha
     error_interceptor ModelRunnerError -> gRPC status + ErrorDetail trailer
     control_plane     ControlPlane: the transport-free logic layer (registry + runtimes)
     registry          ModelRegistry: add, list, describe, validate, remove, package folders

@@ -1,36 +1,46 @@
 """Predictions the control service makes for a caller: the Open Inference Protocol endpoint
-(:mod:`.open_inference`) hands each request here, and it goes on over Arrow Flight to the runtime
-the control service routes the model to, exactly as the Python client's ``predict`` would send
-it (same command, same sessions, same errors).
+(:mod:`.open_inference`) hands each request here, and it goes to the runtime the control service
+routes the model to with the same command, and so the same runtime logic and errors, as the
+Python client's ``predict``.
 
-The caller's own token travels on to the runtime, which checks it as it checks every caller:
-forwarding adds no power a caller does not have. Each token gets its own Flight connections and
-predict sessions (an open exchange is bound to the token that opened it); the least recently used
-are closed beyond :data:`MAX_CALLERS`.
+* The runtime embedded in this process (``modelrunner serve``) is called in process
+  (:class:`LocalRuntime`): its service predicts on the request's arrays, views of the request's
+  protobuf bytes, with no Flight hop and no copy. The caller's role and its right to the model
+  were checked by the control service already (the interceptor, the routing).
+* Any other runtime is called over Arrow Flight, on sessions as the Python client keeps them,
+  presenting the caller's own token, which the runtime checks as it checks every caller:
+  forwarding adds no power a caller does not have. Each token gets its own Flight connections
+  and sessions (an open exchange is bound to the token that opened it); the least recently
+  used are closed beyond :data:`MAX_CALLERS`.
 
-The input arrays are views of the request's protobuf bytes and go to Flight without a copy; the
-outputs arrive as views of the received buffers.
+Routes are kept for :data:`ROUTE_TTL_S` per caller's view (workspace), as the Python client
+keeps them for longer: resolving a model costs a few index queries, as much as moving a small
+frame. A model removed or unpublished is served to V2 callers for at most that long.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from modelrunner import errors
-from modelrunner.auth import ANONYMOUS, Identity
+from modelrunner.auth import Identity
 from modelrunner.client._flight import RuntimeConnections, exchange_predict, reachable_uri
 from modelrunner.client._sessions import fits_session
-from modelrunner.entry_server.control_plane import ControlPlane
+from modelrunner.entry_server.control_plane import ControlPlane, Route
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
 MAX_CALLERS = 32
 """Tokens whose connections stay open at once."""
+ROUTE_TTL_S = 2.0
+MAX_ROUTES = 1024
 _LOCAL = "127.0.0.1:0"
 """A runtime announcing a wildcard host listens on loopback too: the control service's view."""
 
@@ -50,31 +60,78 @@ class PredictOptions:
     timeout_s: float | None = None
 
 
-@dataclass(frozen=True)
-class Prediction:
-    model_id: str
-    """The full model id the route resolved."""
-    outputs: dict[str, np.ndarray]
+class PredictedOutputs(Protocol):
+    @property
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+
+class LocalRuntime(Protocol):
+    """A runtime in this process (``runtime_flight.service.RuntimeService``)."""
+
+    def predict_whole(
+        self,
+        command: runtime_pb2.PredictCommand,
+        arrays: dict[str, np.ndarray],
+        dims: Mapping[str, tuple[str, ...]],
+        *,
+        cancelled: Callable[[], bool] = ...,
+    ) -> PredictedOutputs: ...
+
+
+_RouteKey = tuple[str, bool, str, str, str]
 
 
 @dataclass
 class RuntimeForwarding:
     control: ControlPlane
+    _local: dict[str, LocalRuntime] = field(default_factory=dict)
+    _routes: OrderedDict[_RouteKey, tuple[float, Route]] = field(default_factory=OrderedDict)
     _callers: OrderedDict[str, RuntimeConnections] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
 
+    def attach_local(self, runtime_id: str, runtime: LocalRuntime) -> None:
+        """Call runtime ``runtime_id`` in process (the embedded runtime)."""
+        self._local[runtime_id] = runtime
+
+    def route(self, model_ref: str, options: PredictOptions, identity: Identity) -> Route:
+        """Where the caller's ``model_ref`` runs (NOT_FOUND for a model it may not see)."""
+        key = (
+            identity.workspace,
+            identity.sees_all_workspaces(),
+            model_ref,
+            options.weight_format,
+            options.device,
+        )
+        now = time.monotonic()
+        with self._lock:
+            kept = self._routes.get(key)
+        if kept is not None and now - kept[0] < ROUTE_TTL_S:
+            return kept[1]
+        route = self.control.route(model_ref, options.weight_format, options.device, identity)
+        with self._lock:
+            self._routes[key] = (now, route)
+            self._routes.move_to_end(key)
+            while len(self._routes) > MAX_ROUTES:
+                self._routes.popitem(last=False)
+        return route
+
+    def _forget_route(self, route: Route) -> None:
+        with self._lock:
+            for key in [k for k, (_, r) in self._routes.items() if r == route]:
+                del self._routes[key]
+
     def predict(
         self,
-        model_ref: str,
+        route: Route,
         arrays: Mapping[str, np.ndarray],
         dim_names: Mapping[str, tuple[str, ...]],
         options: PredictOptions,
         *,
-        identity: Identity = ANONYMOUS,
         token: str | None = None,
-    ) -> Prediction:
-        """Route ``model_ref`` for the caller and predict one sample on the best runtime."""
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> dict[str, np.ndarray]:
+        """Predict one sample on the route's best runtime."""
         if options.nan_policy not in NAN_POLICIES:
             raise errors.InvalidArgumentError(
                 f"nan_policy must be one of {sorted(NAN_POLICIES)}, got {options.nan_policy!r}",
@@ -85,8 +142,6 @@ class RuntimeForwarding:
                 f"blocksize must be >= 0, got {options.blocksize}",
                 details={"parameter": "blocksize"},
             )
-        route = self.control.route(model_ref, options.weight_format, options.device, identity)
-        uri = reachable_uri(route.flight_uris[0], _LOCAL)
         command = runtime_pb2.PredictCommand(
             model_id=route.model_id,
             weight_format=options.weight_format,
@@ -97,12 +152,33 @@ class RuntimeForwarding:
         )
         if options.blocksize is not None:
             command.blocksize = options.blocksize
+        try:
+            local = self._local.get(route.runtime_id)
+            if local is not None:
+                return local.predict_whole(
+                    command, dict(arrays), dim_names, cancelled=cancelled
+                ).arrays
+            return self._over_flight(route, command, arrays, dim_names, options, token)
+        except errors.UnavailableError:
+            self._forget_route(route)
+            raise
+
+    def _over_flight(
+        self,
+        route: Route,
+        command: runtime_pb2.PredictCommand,
+        arrays: Mapping[str, np.ndarray],
+        dim_names: Mapping[str, tuple[str, ...]],
+        options: PredictOptions,
+        token: str | None,
+    ) -> dict[str, np.ndarray]:
+        uri = reachable_uri(route.flight_uris[0], _LOCAL)
         connections = self._connections(token)
         client = connections.get(uri)
         try:
             if fits_session(arrays):
                 command.session = True
-                outputs = connections.sessions.predict(
+                return connections.sessions.predict(
                     client,
                     uri,
                     command,
@@ -111,20 +187,18 @@ class RuntimeForwarding:
                     timeout=options.timeout_s,
                     batch_bytes=DEFAULT_BATCH_BYTES,
                 )
-            else:
-                outputs = exchange_predict(
-                    client,
-                    command,
-                    arrays,
-                    dim_names,
-                    timeout=options.timeout_s,
-                    batch_bytes=DEFAULT_BATCH_BYTES,
-                    progress=None,
-                )
+            return exchange_predict(
+                client,
+                command,
+                arrays,
+                dim_names,
+                timeout=options.timeout_s,
+                batch_bytes=DEFAULT_BATCH_BYTES,
+                progress=None,
+            )
         except errors.UnavailableError:
             connections.drop(uri)  # the runtime went away: reconnect next time
             raise
-        return Prediction(model_id=route.model_id, outputs=outputs)
 
     def _connections(self, token: str | None) -> RuntimeConnections:
         key = token or ""

@@ -34,6 +34,7 @@ from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.transport_errors import bounded
 
+_MAX_INFOS = 256
 SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ("model_stream_infer", "parameters")
 """What the server metadata announces beyond the core protocol: Triton's streaming extension,
@@ -45,6 +46,7 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self._control = control
         self._forwarding = forwarding
         self._limits = ControlCallLimits(control.settings)
+        self._infos: dict[str, types.ModelInfo] = {}
 
     # -- health and metadata -----------------------------------------------------------------
 
@@ -120,33 +122,55 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def _infer(
         self, request: v2.ModelInferRequest, context: grpc.ServicerContext
     ) -> v2.ModelInferResponse:
-        model = self._model(request.model_name, request.model_version)
+        if not request.model_name:
+            raise _unnamed()
+        options = predict_options(request.parameters, context.time_remaining())
+        route = self._forwarding.route(request.model_name, options, current_identity())
+        model = self._by_id(route.model_id)
+        _check_version(request.model_name, request.model_version, model)
         names = requested_outputs(request, model)
         arrays, dims = input_arrays(request)
-        options = predict_options(request.parameters, context.time_remaining())
-        prediction = self._forwarding.predict(
-            model.id,
+        outputs = self._forwarding.predict(
+            route,
             arrays,
             dims,
             options,
-            identity=current_identity(),
             token=_caller_token(context),
+            cancelled=lambda: not context.is_active(),
         )
-        return infer_response(request, model, prediction.outputs, names)
+        return infer_response(request, model, outputs, names)
+
+    def _by_id(self, model_id: str) -> types.ModelInfo:
+        """A model's tensors by full id (a package's content never changes under its id)."""
+        model = self._infos.get(model_id)
+        if model is None:
+            model = self._control.registry.cache.get(model_id).info
+            if len(self._infos) >= _MAX_INFOS:
+                self._infos.clear()
+            self._infos[model_id] = model
+        return model
 
     def _model(self, name: str, version: str) -> types.ModelInfo:
         if not name:
-            raise errors.InvalidArgumentError(
-                "name the model: its modelrunner id (or a unique prefix) or bioimage.io id"
-            )
+            raise _unnamed()
         model = self._control.model_info(name, current_identity())
-        if version and version != model.version:
-            raise errors.ModelNotFoundError(
-                f"model {name!r} has no version {version!r}"
-                + (f"; it has {model.version!r}" if model.version else ""),
-                details={"model_id": model.id, "version": version},
-            )
+        _check_version(name, version, model)
         return model
+
+
+def _unnamed() -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(
+        "name the model: its modelrunner id (or a unique prefix) or bioimage.io id"
+    )
+
+
+def _check_version(name: str, version: str, model: types.ModelInfo) -> None:
+    if version and version != model.version:
+        raise errors.ModelNotFoundError(
+            f"model {name!r} has no version {version!r}"
+            + (f"; it has {model.version!r}" if model.version else ""),
+            details={"model_id": model.id, "version": version},
+        )
 
 
 def _tensor_metadata(tensor: types.TensorSpec) -> v2.ModelMetadataResponse.TensorMetadata:

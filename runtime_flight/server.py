@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -40,7 +39,7 @@ from modelrunner.wire import (
 
 from .caller_auth import CallerChecks
 from .memory_release import release_free_memory
-from .service import Outputs, RuntimeService, StreamedOutputs
+from .service import Outputs, RuntimeService, StreamedOutputs, whole_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +238,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self,
         writer: flight.MetadataRecordBatchWriter,
         layout: SampleLayout | None,
-        outputs: Outputs | _WholeOutputs,
+        outputs: Outputs,
         *,
         frame: int,
     ) -> SampleLayout:
@@ -366,7 +365,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             )
             del sample
             outputs = (
-                _whole(cancelled, predicted)
+                whole_outputs(predicted, cancelled)
                 if isinstance(predicted, StreamedOutputs)
                 else predicted
             )
@@ -558,45 +557,6 @@ def _write_error(
         runtime_pb2.FrameResult(
             frame=frame, error=converters.to_pb_error(bounded(error))
         ).SerializeToString()
-    )
-
-
-@dataclass(frozen=True)
-class _WholeOutputs:
-    """A streamed prediction's outputs assembled whole (a session answers with whole arrays)."""
-
-    arrays: dict[str, np.ndarray]
-    dim_names: dict[str, tuple[str, ...]]
-    weight_format: str
-    device: str
-    serving_path: str
-
-
-def _whole(cancelled: Callable[[], bool], outputs: StreamedOutputs) -> _WholeOutputs:
-    """Read a streamed prediction's bands into whole arrays. Sessions are for samples of a few
-    MiB, which the service rarely streams (``stream_tiles_min_bytes``), so holding the whole
-    output here costs no more than an ordinary prediction does."""
-    with closing(outputs):
-        arrays = {
-            name: np.empty(shape, dtype=outputs.dtypes[name])
-            for name, shape in outputs.shapes.items()
-        }
-        filled = dict.fromkeys(arrays, 0)
-        for bands in outputs.bands:
-            if cancelled():
-                raise errors.CancelledError("the client cancelled the prediction")
-            for name, band in bands.items():
-                flat = arrays[name].reshape(-1)
-                flat[filled[name] : filled[name] + band.size] = band.reshape(-1)
-                filled[name] += band.size
-    if any(filled[name] != a.size for name, a in arrays.items()):
-        raise errors.InternalError("the tiled prediction ended before its outputs were whole")
-    return _WholeOutputs(
-        arrays,
-        outputs.dim_names,
-        outputs.weight_format,
-        outputs.device,
-        getattr(outputs, "serving_path", ""),
     )
 
 

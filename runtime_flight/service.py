@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +157,21 @@ class RuntimeService:
             )
         raise AssertionError("unreachable")  # for mypy: ExitStack may swallow exceptions
 
+    def predict_whole(
+        self,
+        command: runtime_pb2.PredictCommand,
+        arrays: dict[str, np.ndarray],
+        dims: Mapping[str, tuple[str, ...]],
+        *,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Outputs:
+        """One sample's outputs, whole: what a session answers over Flight, for a caller in this
+        process (the control service's Open Inference endpoint, with its embedded runtime)."""
+        outputs = self.predict(command, arrays, dims, cancelled=cancelled)
+        if isinstance(outputs, StreamedOutputs):
+            return whole_outputs(outputs, cancelled)
+        return outputs
+
     def predict_frames(
         self,
         command: runtime_pb2.PredictCommand,
@@ -245,6 +260,35 @@ class RuntimeService:
             available=True,
             memory_budget_bytes=self.pool.memory_budget_bytes,
         )
+
+
+def whole_outputs(outputs: StreamedOutputs, cancelled: Callable[[], bool]) -> Outputs:
+    """Read a streamed prediction's bands into whole arrays. Whole answers are for samples of a
+    few MiB (sessions, Open Inference requests), which the service rarely streams
+    (``stream_tiles_min_bytes``), so holding the whole output costs no more than an ordinary
+    prediction does."""
+    with closing(outputs):
+        arrays = {
+            name: np.empty(shape, dtype=outputs.dtypes[name])
+            for name, shape in outputs.shapes.items()
+        }
+        filled = dict.fromkeys(arrays, 0)
+        for bands in outputs.bands:
+            if cancelled():
+                raise errors.CancelledError("the client cancelled the prediction")
+            for name, band in bands.items():
+                flat = arrays[name].reshape(-1)
+                flat[filled[name] : filled[name] + band.size] = band.reshape(-1)
+                filled[name] += band.size
+    if any(filled[name] != a.size for name, a in arrays.items()):
+        raise errors.InternalError("the tiled prediction ended before its outputs were whole")
+    return Outputs(
+        arrays,
+        outputs.dim_names,
+        outputs.weight_format,
+        outputs.device,
+        outputs.serving_path,
+    )
 
 
 def _unnamed_to_single(

@@ -70,7 +70,7 @@ class InProcess:
         self.pipeline.unload()
 
 
-def _test_data() -> tuple[np.ndarray, np.ndarray, str]:
+def nuclei_test_data() -> tuple[np.ndarray, np.ndarray, str]:
     array = np.load(ZOO_MODEL / "test_input.npy")
     expected = np.load(ZOO_MODEL / "test_output.npy")
     return array, expected, "x".join(str(s) for s in array.shape[-2:])
@@ -78,7 +78,7 @@ def _test_data() -> tuple[np.ndarray, np.ndarray, str]:
 
 def in_process_case(ctx: BenchContext) -> Case:
     rdf = find_model()
-    array, expected, size = _test_data()
+    array, expected, size = nuclei_test_data()
     local = InProcess(rdf, weights_for(ctx.settings.device), ctx.settings.device)
     ctx.stack.callback(local.close)
 
@@ -107,7 +107,7 @@ def in_process_case(ctx: BenchContext) -> Case:
 
 def remote_cases(ctx: BenchContext) -> list[Case]:
     rdf = find_model()
-    array, expected, size = _test_data()
+    array, expected, size = nuclei_test_data()
     weights = weights_for(ctx.settings.device)
     runner = ctx.modelrunner()
     model_id = runner.add_and_load(rdf, weights)

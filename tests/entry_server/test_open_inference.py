@@ -14,14 +14,17 @@ import grpc
 import numpy as np
 import pytest
 
+from modelrunner.auth import Role
 from modelrunner.client import ModelRunnerClient
 from modelrunner.entry_server.server import start_control_server
+from modelrunner.entry_server.token_store import TokenStore
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from modelrunner.serving import RunningServer
+from modelrunner.serving import RunningServer, start_embedded, start_runtime
 from modelrunner.settings import Settings
 from modelrunner.types import ModelInfo
 from tests.conftest import Secured
+from tests.tiny_models import build_onnx_identity
 
 Input = v2.ModelInferRequest.InferInputTensor
 
@@ -402,3 +405,66 @@ def test_tokens_and_workspaces_apply(secured: Secured, tiny: object) -> None:
         with pytest.raises(grpc.RpcError) as info_:
             stub.ModelInfer(_request(info.id, x), metadata=as_("runtime"))
         assert info_.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# -- a runtime in another process: the request goes on over Flight -------------------------------
+
+
+def test_a_stand_alone_runtime_is_called_over_flight_with_the_callers_token(
+    tmp_path: Path,
+) -> None:
+    """The embedded runtime is called in process; any other over Flight, presenting the
+    caller's own token, which that runtime checks itself (a revoked token stops working there
+    too, once the control service's view of it is gone)."""
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        flight_port=0,
+        cache_dir=tmp_path / "control",
+        heartbeat_interval_s=1.0,
+        grace_period_s=0.5,
+        auth=True,
+    )
+    store = TokenStore(settings.effective_tokens_file)
+    runtime_token, _ = store.create("gpu-1", Role.RUNTIME, "default")
+    user_token, _ = store.create("dana", Role.WRITE, "lab-d")
+    runtime_settings = Settings(
+        host="127.0.0.1",
+        flight_port=0,
+        cache_dir=tmp_path / "runtime",
+        heartbeat_interval_s=1.0,
+        auth=True,
+        auth_cache_s=0.0,
+        runtime_token=runtime_token,
+    )
+    with start_embedded(settings, with_runtime=False) as running:
+        runtime = start_runtime(runtime_settings, running.address)
+        try:
+            package = build_onnx_identity(tmp_path / "m", name="remote-identity")
+            with ModelRunnerClient(running.address, token=user_token, timeout=60) as dana:
+                info = dana.add_model(package, upload=True)
+            metadata = [("authorization", f"Bearer {user_token}")]
+            x = _frame(30)
+            with grpc.insecure_channel(running.address) as channel:
+                stub = v2_grpc.GRPCInferenceServiceStub(channel)
+                for _ in range(2):  # the second on the session the first opened
+                    got = stub.ModelInfer(_request(info.id, x), metadata=metadata)
+                    np.testing.assert_array_equal(_output(got), x)
+                answers = list(
+                    stub.ModelStreamInfer(
+                        iter([_request(info.id, x, id="a"), _request(info.id, x, id="b")]),
+                        metadata=metadata,
+                    )
+                )
+                assert [a.infer_response.id for a in answers] == ["a", "b"]
+                e = _refused(
+                    lambda r: stub.ModelInfer(r, metadata=metadata),
+                    _request(info.id, _frame(0, (1, 3, 8, 8))),
+                )
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "has 3 channel(s)" in e.details()
+                store.revoke("dana")
+                e = _refused(lambda r: stub.ModelInfer(r, metadata=metadata), _request(info.id, x))
+                assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            runtime.stop()
