@@ -10,11 +10,12 @@ exception's type, and only its Flight error types carry ``extra_info`` (sent as
 ``grpc-status-details-bin``), so:
 
 * UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, INTERNAL, UNAUTHENTICATED, PERMISSION_DENIED: the
-  matching Flight error, ``extra_info`` a serialized ``ErrorDetail``;
+  matching Flight error, ``extra_info`` a serialized ``RpcStatus`` (``google.rpc.Status``, which
+  gRPC libraries parse from that trailer) holding the ``ErrorDetail``;
 * INVALID_ARGUMENT and NOT_FOUND: ``ArrowInvalid`` and ``ArrowKeyError`` (the only types pyarrow
   gives these codes), the ``ErrorDetail`` in the ``modelrunner-error-bin`` trailer;
 * FAILED_PRECONDITION, RESOURCE_EXHAUSTED and UNKNOWN, for which pyarrow has no type: UNKNOWN
-  (``FlightServerError``), the ``ErrorDetail`` (with the real code) in ``extra_info`` and the
+  (``FlightServerError``), the ``RpcStatus`` with the real code in ``extra_info``, and the
   trailer.
 
 Every Flight error also carries the trailer when the server passes its call context, so a client
@@ -36,6 +37,7 @@ from typing import Any
 import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
+from google.protobuf import any_pb2
 
 from modelrunner import errors
 from modelrunner.converters import from_pb_error, to_pb_error
@@ -137,15 +139,28 @@ def to_flight_error(
     ``context`` no trailer can be added: every error is then a Flight error with ``extra_info``
     (INVALID_ARGUMENT and NOT_FOUND then arrive as UNKNOWN)."""
     exc = bounded(exc)
-    detail = to_pb_error(exc).SerializeToString()
+    detail = to_pb_error(exc)
     text = f"[{exc.code.name}] {exc.message}"
     if context is not None:
-        context.add_trailer(ERROR_TRAILER_KEY, detail)
+        context.add_trailer(ERROR_TRAILER_KEY, detail.SerializeToString())
         arrow_class = _ARROW_CLASS_BY_CODE.get(exc.code)
         if arrow_class is not None:
             return arrow_class(text)
     cls = _FLIGHT_CLASS_BY_CODE.get(exc.code, flight.FlightServerError)
-    return cls(text, detail)
+    return cls(text, rpc_status(exc, detail))
+
+
+ERROR_DETAIL_TYPE_URL = "type.googleapis.com/modelrunner.v1.ErrorDetail"
+
+
+def rpc_status(exc: errors.ModelRunnerError, detail: models_pb2.ErrorDetail) -> bytes:
+    """A serialized google.rpc.Status for ``exc``: its real code (a Flight call's status may be
+    UNKNOWN for want of a pyarrow type), its message, and the ErrorDetail."""
+    status = models_pb2.RpcStatus(code=exc.code.value[0], message=exc.message)
+    status.details.append(
+        any_pb2.Any(type_url=ERROR_DETAIL_TYPE_URL, value=detail.SerializeToString())
+    )
+    return status.SerializeToString()
 
 
 _trailers = threading.local()
@@ -192,9 +207,22 @@ def flight_message(exc: BaseException) -> str:
     return _CODE_PREFIX.sub("", _PYARROW_SUFFIX.sub("", _text(exc), count=1))
 
 
+def _detail_of_status(data: bytes) -> models_pb2.ErrorDetail | None:
+    """The ErrorDetail inside a serialized RpcStatus (a runtime's ``extra_info``)."""
+    status = models_pb2.RpcStatus()
+    try:
+        status.ParseFromString(data)
+    except Exception:  # noqa: BLE001 - not a status: no detail of ours
+        return None
+    for any_detail in status.details:
+        if any_detail.type_url == ERROR_DETAIL_TYPE_URL:
+            return _parsed_detail(any_detail.value)
+    return None
+
+
 def from_flight_error(exc: BaseException) -> errors.ModelRunnerError:
     """The typed error for a failed Flight call."""
-    detail = _parsed_detail(getattr(exc, "extra_info", b"") or b"")
+    detail = _detail_of_status(getattr(exc, "extra_info", b"") or b"")
     if detail is None:
         received = getattr(_trailers, "detail", None)
         _trailers.detail = None

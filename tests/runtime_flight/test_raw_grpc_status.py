@@ -62,8 +62,20 @@ def _trailers(error: grpc.RpcError) -> dict[str, Any]:
     return dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
 
 
-def _detail(error: grpc.RpcError, key: str = ERROR_TRAILER) -> models_pb2.ErrorDetail:
-    return models_pb2.ErrorDetail.FromString(_trailers(error)[key])
+def _detail(error: grpc.RpcError) -> models_pb2.ErrorDetail:
+    return models_pb2.ErrorDetail.FromString(_trailers(error)[ERROR_TRAILER])
+
+
+def _status_detail(error: grpc.RpcError, code: grpc.StatusCode) -> models_pb2.ErrorDetail:
+    """The ErrorDetail inside grpc-status-details-bin, read as any gRPC library reads it: a
+    google.rpc.Status (built here from its field numbers) with the error's real code."""
+    status = _google_rpc_status().FromString(_trailers(error)["grpc-status-details-bin"])
+    assert status.code == code.value[0]
+    (detail,) = status.details
+    assert detail.type_url == "type.googleapis.com/modelrunner.v1.ErrorDetail"
+    parsed = models_pb2.ErrorDetail.FromString(detail.value)
+    assert status.message == parsed.message
+    return parsed
 
 
 def _command(model_id: str, **fields: Any) -> bytes:
@@ -274,11 +286,9 @@ def test_failed_precondition_arrives_as_unknown_with_the_real_code_in_the_error_
     trailers = _trailers(error)
     assert trailers["x-arrow-status-detail-bin"] == b"Failed"
     assert trailers["x-arrow-status"] == "5"  # Arrow C++ StatusCode::IOError (a Flight status)
-    # grpc-status-details-bin holds pyarrow's extra_info: the same ErrorDetail, which is not the
-    # google.rpc.Status gRPC libraries look for there
-    assert trailers["grpc-status-details-bin"] == trailers[ERROR_TRAILER]
-    with pytest.raises(Exception, match="Error parsing message"):
-        _google_rpc_status().FromString(trailers["grpc-status-details-bin"])
+    # grpc-status-details-bin holds pyarrow's extra_info: a google.rpc.Status, as gRPC libraries
+    # expect there (grpc-go takes its code for the call's), with the real code and the detail
+    assert _status_detail(error, grpc.StatusCode.FAILED_PRECONDITION) == detail
 
 
 def test_a_call_without_a_token_is_unauthenticated_without_the_modelrunner_trailer(
@@ -300,7 +310,7 @@ def test_a_call_without_a_token_is_unauthenticated_without_the_modelrunner_trail
     _assert_pyarrow_message(error, f"[UNAUTHENTICATED] {message}", "Unauthenticated")
     trailers = _trailers(error)
     assert ERROR_TRAILER not in trailers
-    detail = _detail(error, "grpc-status-details-bin")
+    detail = _status_detail(error, grpc.StatusCode.UNAUTHENTICATED)
     assert (detail.code, detail.type, detail.message) == (
         "UNAUTHENTICATED",
         "UnauthenticatedError",

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelrunner/v1/models.proto\x12\x0emodelrunner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x08\x41xisSize\x12\x0f\n\x05\x66ixed\x18\x01 \x01(\x03H\x00\x12:\n\rparameterized\x18\x02 \x01(\x0b\x32!.modelrunner.v1.ParameterizedSizeH\x00\x12\x32\n\treference\x18\x03 \x01(\x0b\x32\x1d.modelrunner.v1.SizeReferenceH\x00\x12;\n\x0e\x64\x61ta_dependent\x18\x04 \x01(\x0b\x32!.modelrunner.v1.DataDependentSizeH\x00\x42\x06\n\x04kind\".\n\x11ParameterizedSize\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0c\n\x04step\x18\x02 \x01(\x03\"C\n\rSizeReference\x12\x11\n\ttensor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61xis_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"-\n\x11\x44\x61taDependentSize\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\"\xa4\x01\n\x08\x41xisSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x04size\x18\x03 \x01(\x0b\x32\x18.modelrunner.v1.AxisSize\x12\x0c\n\x04halo\x18\x04 \x01(\x03\x12\r\n\x05scale\x18\x05 \x01(\x01\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x15\n\rchannel_names\x18\x07 \x03(\t\x12\x14\n\x0c\x63oncatenable\x18\x08 \x01(\x08\"1\n\x0eProcessingStep\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x02 \x01(\t\"\xf9\x01\n\nTensorSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12&\n\x04\x61xes\x18\x03 \x03(\x0b\x32\x18.modelrunner.v1.AxisSpec\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x35\n\rpreprocessing\x18\x05 \x03(\x0b\x32\x1e.modelrunner.v1.ProcessingStep\x12\x36\n\x0epostprocessing\x18\x06 \x03(\x0b\x32\x1e.modelrunner.v1.ProcessingStep\x12\x10\n\x08optional\x18\x07 \x01(\x08\x12\x12\n\ntest_shape\x18\x08 \x03(\x03\"^\n\x06\x41uthor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x66\x66iliation\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x13\n\x0bgithub_user\x18\x04 \x01(\t\x12\r\n\x05orcid\x18\x05 \x01(\t\"\x9d\x04\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x07\x61uthors\x18\x04 \x03(\x0b\x32\x16.modelrunner.v1.Author\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x0f\n\x07license\x18\x06 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x07 \x01(\t\x12\x15\n\rbioimageio_id\x18\x08 \x01(\t\x12\x16\n\x0eweight_formats\x18\t \x03(\t\x12*\n\x06inputs\x18\n \x03(\x0b\x32\x1a.modelrunner.v1.TensorSpec\x12+\n\x07outputs\x18\x0b \x03(\x0b\x32\x1a.modelrunner.v1.TensorSpec\x12\x0e\n\x06source\x18\x0c \x01(\t\x12\x12\n\nsize_bytes\x18\r \x01(\x03\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08rdf_json\x18\x10 \x01(\t\x12\x0f\n\x07version\x18\x11 \x01(\t\x12+\n\x06loaded\x18\x12 \x03(\x0b\x32\x1b.modelrunner.v1.LoadedModel\x12\x12\n\nworkspaces\x18\x13 \x03(\t\x12\x11\n\tpublished\x18\x14 \x01(\x08\"b\n\x0bModelSource\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x17\n\rbioimageio_id\x18\x03 \x01(\tH\x00\x12\x13\n\tupload_id\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\"^\n\x0fValidationEntry\x12\x0b\n\x03loc\x18\x01 \x03(\t\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08severity\x18\x04 \x01(\x05\x12\x11\n\ttraceback\x18\x05 \x01(\t\"\xa1\x01\n\x10ValidationDetail\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0b\n\x03loc\x18\x03 \x03(\t\x12/\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x1f.modelrunner.v1.ValidationEntry\x12\x31\n\x08warnings\x18\x05 \x03(\x0b\x32\x1f.modelrunner.v1.ValidationEntry\"\x9b\x02\n\x10ValidationReport\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\x12\x31\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32 .modelrunner.v1.ValidationDetail\x12\x36\n\x03\x65nv\x18\x08 \x03(\x0b\x32).modelrunner.v1.ValidationReport.EnvEntry\x12\x10\n\x08markdown\x18\t \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x39\n\x07\x64\x65tails\x18\x04 \x03(\x0b\x32(.modelrunner.v1.ErrorDetail.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\nDeviceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x03\"\xe8\x02\n\x0bLoadedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rweight_format\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x14\n\x0cserving_path\x18\x07 \x01(\t\x12\x1b\n\x13serving_path_reason\x18\x08 \x01(\t\x12V\n\x17precision_max_abs_error\x18\t \x03(\x0b\x32\x35.modelrunner.v1.LoadedModel.PrecisionMaxAbsErrorEntry\x1a;\n\x19PrecisionMaxAbsErrorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb0\x03\n\x0bRuntimeInfo\x12\x12\n\nruntime_id\x18\x01 \x01(\t\x12\x12\n\nflight_uri\x18\x02 \x01(\t\x12+\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x1a.modelrunner.v1.DeviceInfo\x12\x32\n\rloaded_models\x18\x04 \x03(\x0b\x32\x1b.modelrunner.v1.LoadedModel\x12J\n\x10package_versions\x18\x05 \x03(\x0b\x32\x30.modelrunner.v1.RuntimeInfo.PackageVersionsEntry\x12\x16\n\x0eweight_formats\x18\x06 \x03(\t\x12\x11\n\tavailable\x18\x07 \x01(\x08\x12\x1a\n\x12unavailable_reason\x18\x08 \x01(\t\x12\x30\n\x0clast_seen_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13memory_budget_bytes\x18\n \x01(\x03\x1a\x36\n\x14PackageVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0c\n\x04unit\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelrunner/v1/models.proto\x12\x0emodelrunner.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x08\x41xisSize\x12\x0f\n\x05\x66ixed\x18\x01 \x01(\x03H\x00\x12:\n\rparameterized\x18\x02 \x01(\x0b\x32!.modelrunner.v1.ParameterizedSizeH\x00\x12\x32\n\treference\x18\x03 \x01(\x0b\x32\x1d.modelrunner.v1.SizeReferenceH\x00\x12;\n\x0e\x64\x61ta_dependent\x18\x04 \x01(\x0b\x32!.modelrunner.v1.DataDependentSizeH\x00\x42\x06\n\x04kind\".\n\x11ParameterizedSize\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0c\n\x04step\x18\x02 \x01(\x03\"C\n\rSizeReference\x12\x11\n\ttensor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61xis_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"-\n\x11\x44\x61taDependentSize\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\"\xa4\x01\n\x08\x41xisSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x04size\x18\x03 \x01(\x0b\x32\x18.modelrunner.v1.AxisSize\x12\x0c\n\x04halo\x18\x04 \x01(\x03\x12\r\n\x05scale\x18\x05 \x01(\x01\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x15\n\rchannel_names\x18\x07 \x03(\t\x12\x14\n\x0c\x63oncatenable\x18\x08 \x01(\x08\"1\n\x0eProcessingStep\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x02 \x01(\t\"\xf9\x01\n\nTensorSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12&\n\x04\x61xes\x18\x03 \x03(\x0b\x32\x18.modelrunner.v1.AxisSpec\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x35\n\rpreprocessing\x18\x05 \x03(\x0b\x32\x1e.modelrunner.v1.ProcessingStep\x12\x36\n\x0epostprocessing\x18\x06 \x03(\x0b\x32\x1e.modelrunner.v1.ProcessingStep\x12\x10\n\x08optional\x18\x07 \x01(\x08\x12\x12\n\ntest_shape\x18\x08 \x03(\x03\"^\n\x06\x41uthor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x66\x66iliation\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x13\n\x0bgithub_user\x18\x04 \x01(\t\x12\r\n\x05orcid\x18\x05 \x01(\t\"\x9d\x04\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x07\x61uthors\x18\x04 \x03(\x0b\x32\x16.modelrunner.v1.Author\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x0f\n\x07license\x18\x06 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x07 \x01(\t\x12\x15\n\rbioimageio_id\x18\x08 \x01(\t\x12\x16\n\x0eweight_formats\x18\t \x03(\t\x12*\n\x06inputs\x18\n \x03(\x0b\x32\x1a.modelrunner.v1.TensorSpec\x12+\n\x07outputs\x18\x0b \x03(\x0b\x32\x1a.modelrunner.v1.TensorSpec\x12\x0e\n\x06source\x18\x0c \x01(\t\x12\x12\n\nsize_bytes\x18\r \x01(\x03\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08rdf_json\x18\x10 \x01(\t\x12\x0f\n\x07version\x18\x11 \x01(\t\x12+\n\x06loaded\x18\x12 \x03(\x0b\x32\x1b.modelrunner.v1.LoadedModel\x12\x12\n\nworkspaces\x18\x13 \x03(\t\x12\x11\n\tpublished\x18\x14 \x01(\x08\"b\n\x0bModelSource\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x17\n\rbioimageio_id\x18\x03 \x01(\tH\x00\x12\x13\n\tupload_id\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\"^\n\x0fValidationEntry\x12\x0b\n\x03loc\x18\x01 \x03(\t\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08severity\x18\x04 \x01(\x05\x12\x11\n\ttraceback\x18\x05 \x01(\t\"\xa1\x01\n\x10ValidationDetail\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0b\n\x03loc\x18\x03 \x03(\t\x12/\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x1f.modelrunner.v1.ValidationEntry\x12\x31\n\x08warnings\x18\x05 \x03(\x0b\x32\x1f.modelrunner.v1.ValidationEntry\"\x9b\x02\n\x10ValidationReport\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\x12\x31\n\x07\x64\x65tails\x18\x07 \x03(\x0b\x32 .modelrunner.v1.ValidationDetail\x12\x36\n\x03\x65nv\x18\x08 \x03(\x0b\x32).modelrunner.v1.ValidationReport.EnvEntry\x12\x10\n\x08markdown\x18\t \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x39\n\x07\x64\x65tails\x18\x04 \x03(\x0b\x32(.modelrunner.v1.ErrorDetail.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\tRpcStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"f\n\nDeviceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x03\"\xe8\x02\n\x0bLoadedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rweight_format\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x14\n\x0cserving_path\x18\x07 \x01(\t\x12\x1b\n\x13serving_path_reason\x18\x08 \x01(\t\x12V\n\x17precision_max_abs_error\x18\t \x03(\x0b\x32\x35.modelrunner.v1.LoadedModel.PrecisionMaxAbsErrorEntry\x1a;\n\x19PrecisionMaxAbsErrorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb0\x03\n\x0bRuntimeInfo\x12\x12\n\nruntime_id\x18\x01 \x01(\t\x12\x12\n\nflight_uri\x18\x02 \x01(\t\x12+\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x1a.modelrunner.v1.DeviceInfo\x12\x32\n\rloaded_models\x18\x04 \x03(\x0b\x32\x1b.modelrunner.v1.LoadedModel\x12J\n\x10package_versions\x18\x05 \x03(\x0b\x32\x30.modelrunner.v1.RuntimeInfo.PackageVersionsEntry\x12\x16\n\x0eweight_formats\x18\x06 \x03(\t\x12\x11\n\tavailable\x18\x07 \x01(\x08\x12\x1a\n\x12unavailable_reason\x18\x08 \x01(\t\x12\x30\n\x0clast_seen_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13memory_budget_bytes\x18\n \x01(\x03\x1a\x36\n\x14PackageVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0c\n\x04unit\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,48 +41,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADEDMODEL_PRECISIONMAXABSERRORENTRY']._serialized_options = b'8\001'
   _globals['_RUNTIMEINFO_PACKAGEVERSIONSENTRY']._loaded_options = None
   _globals['_RUNTIMEINFO_PACKAGEVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_AXISSIZE']._serialized_start=81
-  _globals['_AXISSIZE']._serialized_end=289
-  _globals['_PARAMETERIZEDSIZE']._serialized_start=291
-  _globals['_PARAMETERIZEDSIZE']._serialized_end=337
-  _globals['_SIZEREFERENCE']._serialized_start=339
-  _globals['_SIZEREFERENCE']._serialized_end=406
-  _globals['_DATADEPENDENTSIZE']._serialized_start=408
-  _globals['_DATADEPENDENTSIZE']._serialized_end=453
-  _globals['_AXISSPEC']._serialized_start=456
-  _globals['_AXISSPEC']._serialized_end=620
-  _globals['_PROCESSINGSTEP']._serialized_start=622
-  _globals['_PROCESSINGSTEP']._serialized_end=671
-  _globals['_TENSORSPEC']._serialized_start=674
-  _globals['_TENSORSPEC']._serialized_end=923
-  _globals['_AUTHOR']._serialized_start=925
-  _globals['_AUTHOR']._serialized_end=1019
-  _globals['_MODELINFO']._serialized_start=1022
-  _globals['_MODELINFO']._serialized_end=1563
-  _globals['_MODELSOURCE']._serialized_start=1565
-  _globals['_MODELSOURCE']._serialized_end=1663
-  _globals['_VALIDATIONENTRY']._serialized_start=1665
-  _globals['_VALIDATIONENTRY']._serialized_end=1759
-  _globals['_VALIDATIONDETAIL']._serialized_start=1762
-  _globals['_VALIDATIONDETAIL']._serialized_end=1923
-  _globals['_VALIDATIONREPORT']._serialized_start=1926
-  _globals['_VALIDATIONREPORT']._serialized_end=2209
-  _globals['_VALIDATIONREPORT_ENVENTRY']._serialized_start=2167
-  _globals['_VALIDATIONREPORT_ENVENTRY']._serialized_end=2209
-  _globals['_ERRORDETAIL']._serialized_start=2212
-  _globals['_ERRORDETAIL']._serialized_end=2377
-  _globals['_ERRORDETAIL_DETAILSENTRY']._serialized_start=2331
-  _globals['_ERRORDETAIL_DETAILSENTRY']._serialized_end=2377
-  _globals['_DEVICEINFO']._serialized_start=2379
-  _globals['_DEVICEINFO']._serialized_end=2481
-  _globals['_LOADEDMODEL']._serialized_start=2484
-  _globals['_LOADEDMODEL']._serialized_end=2844
-  _globals['_LOADEDMODEL_PRECISIONMAXABSERRORENTRY']._serialized_start=2785
-  _globals['_LOADEDMODEL_PRECISIONMAXABSERRORENTRY']._serialized_end=2844
-  _globals['_RUNTIMEINFO']._serialized_start=2847
-  _globals['_RUNTIMEINFO']._serialized_end=3279
-  _globals['_RUNTIMEINFO_PACKAGEVERSIONSENTRY']._serialized_start=3225
-  _globals['_RUNTIMEINFO_PACKAGEVERSIONSENTRY']._serialized_end=3279
-  _globals['_PROGRESS']._serialized_start=3281
-  _globals['_PROGRESS']._serialized_end=3349
+  _globals['_AXISSIZE']._serialized_start=108
+  _globals['_AXISSIZE']._serialized_end=316
+  _globals['_PARAMETERIZEDSIZE']._serialized_start=318
+  _globals['_PARAMETERIZEDSIZE']._serialized_end=364
+  _globals['_SIZEREFERENCE']._serialized_start=366
+  _globals['_SIZEREFERENCE']._serialized_end=433
+  _globals['_DATADEPENDENTSIZE']._serialized_start=435
+  _globals['_DATADEPENDENTSIZE']._serialized_end=480
+  _globals['_AXISSPEC']._serialized_start=483
+  _globals['_AXISSPEC']._serialized_end=647
+  _globals['_PROCESSINGSTEP']._serialized_start=649
+  _globals['_PROCESSINGSTEP']._serialized_end=698
+  _globals['_TENSORSPEC']._serialized_start=701
+  _globals['_TENSORSPEC']._serialized_end=950
+  _globals['_AUTHOR']._serialized_start=952
+  _globals['_AUTHOR']._serialized_end=1046
+  _globals['_MODELINFO']._serialized_start=1049
+  _globals['_MODELINFO']._serialized_end=1590
+  _globals['_MODELSOURCE']._serialized_start=1592
+  _globals['_MODELSOURCE']._serialized_end=1690
+  _globals['_VALIDATIONENTRY']._serialized_start=1692
+  _globals['_VALIDATIONENTRY']._serialized_end=1786
+  _globals['_VALIDATIONDETAIL']._serialized_start=1789
+  _globals['_VALIDATIONDETAIL']._serialized_end=1950
+  _globals['_VALIDATIONREPORT']._serialized_start=1953
+  _globals['_VALIDATIONREPORT']._serialized_end=2236
+  _globals['_VALIDATIONREPORT_ENVENTRY']._serialized_start=2194
+  _globals['_VALIDATIONREPORT_ENVENTRY']._serialized_end=2236
+  _globals['_ERRORDETAIL']._serialized_start=2239
+  _globals['_ERRORDETAIL']._serialized_end=2404
+  _globals['_ERRORDETAIL_DETAILSENTRY']._serialized_start=2358
+  _globals['_ERRORDETAIL_DETAILSENTRY']._serialized_end=2404
+  _globals['_RPCSTATUS']._serialized_start=2406
+  _globals['_RPCSTATUS']._serialized_end=2487
+  _globals['_DEVICEINFO']._serialized_start=2489
+  _globals['_DEVICEINFO']._serialized_end=2591
+  _globals['_LOADEDMODEL']._serialized_start=2594
+  _globals['_LOADEDMODEL']._serialized_end=2954
+  _globals['_LOADEDMODEL_PRECISIONMAXABSERRORENTRY']._serialized_start=2895
+  _globals['_LOADEDMODEL_PRECISIONMAXABSERRORENTRY']._serialized_end=2954
+  _globals['_RUNTIMEINFO']._serialized_start=2957
+  _globals['_RUNTIMEINFO']._serialized_end=3389
+  _globals['_RUNTIMEINFO_PACKAGEVERSIONSENTRY']._serialized_start=3335
+  _globals['_RUNTIMEINFO_PACKAGEVERSIONSENTRY']._serialized_end=3389
+  _globals['_PROGRESS']._serialized_start=3391
+  _globals['_PROGRESS']._serialized_end=3459
 # @@protoc_insertion_point(module_scope)
