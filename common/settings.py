@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     max_concurrent_infer_streams: int = Field(8, gt=0)
     """V2 ModelStreamInfer streams open at once (each holds a thread for as long as it is
     open)."""
+    max_concurrent_infer_streams_per_client: int = Field(4, gt=0)
+    """V2 ModelStreamInfer streams one client (its token, else its host) may have open at
+    once."""
+    infer_stream_idle_timeout_s: float = Field(120.0, gt=0)
+    """A V2 stream whose client sends no request for this long is ended (DEADLINE_EXCEEDED),
+    so idle streams cannot hold every stream slot."""
     max_concurrent_uploads: int = Field(8, gt=0)
     """UploadPackage streams open at once, from all clients together."""
     max_concurrent_uploads_per_client: int = Field(4, gt=0)

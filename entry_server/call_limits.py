@@ -139,14 +139,6 @@ class ControlCallLimits:
             settings.max_concurrent_package_fetches,
             "package fetches",
         )
-        self.infers = CallLimit(
-            "max_concurrent_infers", settings.max_concurrent_infers, "V2 inference calls"
-        )
-        self.infer_streams = CallLimit(
-            "max_concurrent_infer_streams",
-            settings.max_concurrent_infer_streams,
-            "V2 inference streams",
-        )
 
 
 # -- cancellation ---------------------------------------------------------------------------------

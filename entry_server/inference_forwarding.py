@@ -4,14 +4,17 @@ routes the model to with the same command, and so the same runtime logic and err
 Python client's ``predict``.
 
 * The runtime embedded in this process (``modelrunner serve``) is called in process
-  (:class:`LocalRuntime`): its service predicts on the request's arrays, views of the request's
-  protobuf bytes, with no Flight hop and no copy. The caller's role and its right to the model
-  were checked by the control service already (the interceptor, the routing).
+  (:class:`LocalRuntime`): its service predicts on the request's arrays, views of the bytes
+  protobuf hands out, with no Flight hop and no copy of its own. The caller's role and its
+  right to the model were checked by the control service already (the interceptor, the
+  routing), as the runtime would check them (``caller_auth``).
 * Any other runtime is called over Arrow Flight, on sessions as the Python client keeps them,
   presenting the caller's own token, which the runtime checks as it checks every caller:
   forwarding adds no power a caller does not have. Each token gets its own Flight connections
-  and sessions (an open exchange is bound to the token that opened it); the least recently
-  used are closed beyond :data:`MAX_CALLERS`.
+  and sessions (an open exchange is bound to the token that opened it); beyond
+  :data:`MAX_CALLERS` tokens the least recently used ones that no call is using are closed.
+  A call's cancellation reaches the runtime through its deadline only (a session's exchange
+  outlives calls).
 
 Routes are kept for :data:`ROUTE_TTL_S` per caller's view (workspace), as the Python client
 keeps them for longer: resolving a model costs a few index queries, as much as moving a small
@@ -23,14 +26,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from modelrunner import errors
-from modelrunner.auth import Identity
+from modelrunner.auth import Identity, token_hash
 from modelrunner.client._flight import RuntimeConnections, exchange_predict, reachable_uri
 from modelrunner.client._sessions import fits_session
 from modelrunner.entry_server.control_plane import ControlPlane, Route
@@ -82,11 +86,18 @@ _RouteKey = tuple[str, bool, str, str, str]
 
 
 @dataclass
+class _Caller:
+    connections: RuntimeConnections
+    users: int = 0
+    """Calls using the connections now: they are closed only when none is."""
+
+
+@dataclass
 class RuntimeForwarding:
     control: ControlPlane
     _local: dict[str, LocalRuntime] = field(default_factory=dict)
     _routes: OrderedDict[_RouteKey, tuple[float, Route]] = field(default_factory=OrderedDict)
-    _callers: OrderedDict[str, RuntimeConnections] = field(default_factory=OrderedDict)
+    _callers: OrderedDict[str, _Caller] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
 
@@ -173,54 +184,73 @@ class RuntimeForwarding:
         token: str | None,
     ) -> dict[str, np.ndarray]:
         uri = reachable_uri(route.flight_uris[0], _LOCAL)
-        connections = self._connections(token)
-        client = connections.get(uri)
-        try:
-            if fits_session(arrays):
-                command.session = True
-                return connections.sessions.predict(
+        with self._connections(token) as connections:
+            client = connections.get(uri)
+            try:
+                if fits_session(arrays):
+                    command.session = True
+                    return connections.sessions.predict(
+                        client,
+                        uri,
+                        command,
+                        arrays,
+                        dim_names,
+                        timeout=options.timeout_s,
+                        batch_bytes=DEFAULT_BATCH_BYTES,
+                    )
+                return exchange_predict(
                     client,
-                    uri,
                     command,
                     arrays,
                     dim_names,
                     timeout=options.timeout_s,
                     batch_bytes=DEFAULT_BATCH_BYTES,
+                    progress=None,
                 )
-            return exchange_predict(
-                client,
-                command,
-                arrays,
-                dim_names,
-                timeout=options.timeout_s,
-                batch_bytes=DEFAULT_BATCH_BYTES,
-                progress=None,
-            )
-        except errors.UnavailableError:
-            connections.drop(uri)  # the runtime went away: reconnect next time
-            raise
+            except errors.UnavailableError:
+                connections.drop(uri)  # the runtime went away: reconnect next time
+                raise
 
-    def _connections(self, token: str | None) -> RuntimeConnections:
-        key = token or ""
-        evicted = None
+    @contextmanager
+    def _connections(self, token: str | None) -> Iterator[RuntimeConnections]:
+        """The token's connections, in use for the block; the least recently used idle ones
+        beyond :data:`MAX_CALLERS` are closed (keyed by the token's hash: no raw token kept
+        as a key)."""
+        key = token_hash(token) if token else ""
+        idle: list[RuntimeConnections] = []
         with self._lock:
             if self._closed:
                 raise errors.UnavailableError("the control service is stopping")
-            connections = self._callers.get(key)
-            if connections is None:
-                connections = RuntimeConnections(token=token, tls=self.control.runtime_tls)
-                self._callers[key] = connections
-                if len(self._callers) > MAX_CALLERS:
-                    _, evicted = self._callers.popitem(last=False)
-            else:
-                self._callers.move_to_end(key)
-        if evicted is not None:
-            evicted.close()
-        return connections
+            caller = self._callers.get(key)
+            if caller is None:
+                caller = _Caller(RuntimeConnections(token=token, tls=self.control.runtime_tls))
+                self._callers[key] = caller
+            self._callers.move_to_end(key)
+            caller.users += 1
+            surplus = len(self._callers) - MAX_CALLERS
+            for other_key in list(self._callers):
+                if surplus <= 0:
+                    break
+                other = self._callers[other_key]
+                if other.users == 0:
+                    del self._callers[other_key]
+                    idle.append(other.connections)
+                    surplus -= 1
+        for connections in idle:
+            connections.close()
+        try:
+            yield caller.connections
+        finally:
+            with self._lock:
+                caller.users -= 1
+                orphaned = caller.users == 0 and self._callers.get(key) is not caller
+            if orphaned:  # closed for the service's stop while in use
+                caller.connections.close()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            callers, self._callers = list(self._callers.values()), OrderedDict()
-        for connections in callers:
+            idle = [c.connections for c in self._callers.values() if c.users == 0]
+            self._callers = OrderedDict()
+        for connections in idle:
             connections.close()

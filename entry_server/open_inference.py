@@ -12,14 +12,22 @@ stream goes on, as Triton does. docs/open-inference.md has the rules.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from modelrunner import __version__, errors, types
 from modelrunner.auth import AUTHORIZATION_HEADER, token_from_header
 from modelrunner.entry_server.authentication import current_identity
-from modelrunner.entry_server.call_limits import ControlCallLimits
+from modelrunner.entry_server.call_limits import (
+    CallLimit,
+    ClientIdentity,
+    PerClientLimit,
+    peer_host,
+    with_idle_timeout,
+)
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
 from modelrunner.entry_server.open_inference_tensors import (
@@ -34,6 +42,8 @@ from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.transport_errors import bounded
 
+logger = logging.getLogger(__name__)
+
 _MAX_INFOS = 256
 SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ("model_stream_infer", "parameters")
@@ -42,10 +52,32 @@ and request parameters (weight format, device, blocksize, ...)."""
 
 
 class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, control: ControlPlane, forwarding: RuntimeForwarding) -> None:
+    def __init__(
+        self,
+        control: ControlPlane,
+        forwarding: RuntimeForwarding,
+        *,
+        client_identity: ClientIdentity | None = None,
+    ) -> None:
+        """``client_identity`` says who a call comes from, for the per-client stream limit:
+        by default the caller's token when calls are authenticated, else its host."""
+        settings = control.settings
         self._control = control
         self._forwarding = forwarding
-        self._limits = ControlCallLimits(control.settings)
+        self._client_identity = client_identity or _token_or_host
+        self._infers = CallLimit(
+            "max_concurrent_infers", settings.max_concurrent_infers, "V2 inference calls"
+        )
+        self._streams = CallLimit(
+            "max_concurrent_infer_streams",
+            settings.max_concurrent_infer_streams,
+            "V2 inference streams",
+        )
+        self._streams_per_client = PerClientLimit(
+            "max_concurrent_infer_streams_per_client",
+            settings.max_concurrent_infer_streams_per_client,
+            "V2 inference streams",
+        )
         self._infos: dict[str, types.ModelInfo] = {}
 
     # -- health and metadata -----------------------------------------------------------------
@@ -96,18 +128,26 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(
         self, request: v2.ModelInferRequest, context: grpc.ServicerContext
     ) -> v2.ModelInferResponse:
-        with self._limits.infers.slot():
+        with self._infers.slot():
             return self._infer(request, context)
 
     def ModelStreamInfer(
         self, requests: Iterator[v2.ModelInferRequest], context: grpc.ServicerContext
     ) -> Iterator[v2.ModelStreamInferResponse]:
-        with self._limits.infer_streams.slot():
-            for request in requests:
+        client = self._client_identity(context)
+        with self._streams.slot(), self._streams_per_client.slot(client):
+            timeout_s = self._control.settings.infer_stream_idle_timeout_s
+            received = with_idle_timeout(
+                requests,
+                timeout_s=timeout_s,
+                setting="infer_stream_idle_timeout_s",
+                what=f"the stream sent no request for {timeout_s:g} s and was ended",
+            )
+            for request in received:
                 try:
                     response = self._infer(request, context)
-                except errors.ModelRunnerError as exc:
-                    error = bounded(exc)
+                except Exception as exc:  # noqa: BLE001 - one request's failure, not the stream's
+                    error = _as_error(exc)
                     yield v2.ModelStreamInferResponse(
                         error_message=f"[{error.code.name}] {error.message}",
                         infer_response=v2.ModelInferResponse(
@@ -136,7 +176,7 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             dims,
             options,
             token=_caller_token(context),
-            cancelled=lambda: not context.is_active(),
+            cancelled=_cancelled_or_late(context, options.timeout_s),
         )
         return infer_response(request, model, outputs, names)
 
@@ -177,6 +217,38 @@ def _tensor_metadata(tensor: types.TensorSpec) -> v2.ModelMetadataResponse.Tenso
     return v2.ModelMetadataResponse.TensorMetadata(
         name=tensor.id, datatype=declared_datatype(tensor.dtype), shape=metadata_shape(tensor)
     )
+
+
+def _as_error(exc: Exception) -> errors.ModelRunnerError:
+    """A request's failure as the error a stream answers it with (bugs logged, as INTERNAL)."""
+    if isinstance(exc, errors.ModelRunnerError):
+        return bounded(exc)
+    logger.error("a V2 stream request failed unexpectedly", exc_info=exc)
+    return errors.InternalError(
+        f"ModelStreamInfer failed: {type(exc).__name__}: {errors.clip(exc)}"
+    )
+
+
+def _cancelled_or_late(
+    context: grpc.ServicerContext, timeout_s: float | None
+) -> Callable[[], bool]:
+    """What the runtime asks between blocks: whether the client went away; past the request's
+    timeout it raises DEADLINE_EXCEEDED instead."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def cancelled() -> bool:
+        if deadline is not None and time.monotonic() > deadline:
+            raise errors.DeadlineExceededError(
+                f"the prediction did not finish within its timeout of {timeout_s:g} s"
+            )
+        return not context.is_active()
+
+    return cancelled
+
+
+def _token_or_host(context: grpc.ServicerContext) -> str:
+    token_id = current_identity().token_id
+    return f"token:{token_id}" if token_id else peer_host(context)
 
 
 def _caller_token(context: grpc.ServicerContext) -> str | None:

@@ -2,8 +2,8 @@
 the converters of :mod:`.open_inference`.
 
 Inputs are read from ``raw_input_contents`` (one entry per input, C order, little endian) as
-numpy views of the request's bytes, without a copy; from the typed ``contents`` lists when a
-request carries no raw contents. Outputs always go out as ``raw_output_contents``.
+numpy views of the bytes protobuf hands out (its one copy of them); from the typed ``contents``
+lists when a request carries no raw contents. Outputs always go out as ``raw_output_contents``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,12 @@ REQUEST_PARAMETERS = (
 )
 _TENSOR_PARAMETERS = ("dim_names",)
 _NO_DEADLINE_S = 365 * 24 * 3600.0
+MAX_DIMS = 32
+"""More axes than any model has (numpy's own limit is 64)."""
+MAX_TENSOR_BYTES = 64 * 1024**2
+"""The most an input may decode to: one request's size limit, also for typed contents, whose
+varints of zeros would otherwise grow eightfold into int64 arrays."""
+_INT64_MAX = 2**63 - 1
 _IGNORED_TENSOR_PARAMETERS = frozenset({"content_type", "binary_data", "binary_data_size"})
 
 
@@ -144,6 +150,19 @@ def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | Non
             f"input {name!r}: shape {list(shape)} has a negative size",
             details={"tensor": name, "got": list(shape)},
         )
+    if len(shape) > MAX_DIMS:
+        raise errors.InvalidTensorError(
+            f"input {name!r}: shape has {len(shape)} axes, at most {MAX_DIMS} are taken",
+            details={"tensor": name, "expected": MAX_DIMS, "got": len(shape)},
+        )
+    # sizes without the zeros: an empty array of 2**62 * 2**62 "values" is still refused
+    if math.prod(s for s in shape if s) * dtype.itemsize > MAX_TENSOR_BYTES:
+        raise errors.InvalidTensorError(
+            f"input {name!r}: shape {list(shape)} of {tensor.datatype} is more than "
+            f"{MAX_TENSOR_BYTES // 1024**2} MiB, the most one request carries; send larger "
+            "images over Arrow Flight",
+            details={"tensor": name, "got": list(shape)},
+        )
     count = math.prod(shape)
     if raw is not None:
         expected = count * dtype.itemsize
@@ -153,6 +172,8 @@ def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | Non
                 f"but its raw_input_contents hold {len(raw)}",
                 details={"tensor": name, "expected": expected, "got": len(raw)},
             )
+        if tensor.datatype == "BOOL":
+            return _booleans(name, np.frombuffer(raw, dtype=np.uint8)).reshape(shape)
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     field = _CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
@@ -174,6 +195,16 @@ def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | Non
             f"input {name!r}: a value does not fit {tensor.datatype}: {e}",
             details={"tensor": name},
         ) from None
+
+
+def _booleans(name: str, values: np.ndarray) -> np.ndarray:
+    """BOOL bytes as booleans; a byte other than 0 or 1 is no boolean numpy can hold."""
+    if values.size and values.max() > 1:
+        raise errors.InvalidTensorError(
+            f"input {name!r}: BOOL values must be the bytes 0 or 1",
+            details={"tensor": name},
+        )
+    return values.view(np.bool_)
 
 
 def _tensor_dim_names(tensor: v2.ModelInferRequest.InferInputTensor, ndim: int) -> tuple[str, ...]:
@@ -251,6 +282,11 @@ def _integer(value: v2.InferParameter, key: str) -> int:
     if kind == "int64_param":
         return value.int64_param
     if kind == "uint64_param":
+        if value.uint64_param > _INT64_MAX:
+            raise errors.InvalidArgumentError(
+                f"parameter {key!r} is {value.uint64_param}, more than an int64 holds",
+                details={"parameter": key},
+            )
         return value.uint64_param
     raise errors.InvalidArgumentError(
         f"parameter {key!r} takes an int64_param, got {kind}", details={"parameter": key}
@@ -305,13 +341,9 @@ def infer_response(
         tensor = response.outputs.add(
             name=name, datatype=datatype_of(array.dtype), shape=list(array.shape)
         )
-        axis_ids = model.output(name).axis_ids if _has_output(model, name) else ()
+        axis_ids = model.output(name).axis_ids
         if len(axis_ids) == array.ndim:
             tensor.parameters["dim_names"].string_param = ",".join(axis_ids)
         # protobuf holds bytes: this is the one copy of the outputs the protocol costs
         response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
     return response
-
-
-def _has_output(model: types.ModelInfo, name: str) -> bool:
-    return any(t.id == name for t in model.outputs)

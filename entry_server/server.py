@@ -24,13 +24,13 @@ from modelrunner.entry_server.call_limits import threads_for_limited_calls
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.error_interceptor import ErrorInterceptor
 from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
+from modelrunner.entry_server.open_inference import SERVICE_NAME as V2_SERVICE_NAME
 from modelrunner.entry_server.open_inference import OpenInferenceServicer
 from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import RuntimeDirectory
 from modelrunner.entry_server.server_reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
 from modelrunner.entry_server.server_reflection import enable_server_reflection
 from modelrunner.entry_server.servicer import ControlServicer
-from modelrunner.open_inference import grpc_predict_v2_pb2
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.settings import Settings
 from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
@@ -155,14 +155,14 @@ def start_control_server(
         )
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         enable_server_reflection(
             (
                 SERVICE_NAME,
                 health.SERVICE_NAME,
                 *REFLECTION_SERVICE_NAMES,
-                grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                V2_SERVICE_NAME,
             ),
             server,
         )

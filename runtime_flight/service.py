@@ -166,7 +166,16 @@ class RuntimeService:
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Outputs:
         """One sample's outputs, whole: what a session answers over Flight, for a caller in this
-        process (the control service's Open Inference endpoint, with its embedded runtime)."""
+        process (the control service's Open Inference endpoint, with its embedded runtime).
+        The runtime's sample limit holds as it does for a Flight exchange's schema."""
+        nbytes = sum(a.nbytes for a in arrays.values())
+        if nbytes > self.settings.max_sample_bytes:
+            raise errors.InvalidTensorError(
+                f"the sample takes {nbytes} bytes, more than this runtime's limit of "
+                f"{self.settings.max_sample_bytes} bytes (setting max_sample_bytes); predict it "
+                "in smaller parts",
+                details={"got": nbytes, "expected": f"at most {self.settings.max_sample_bytes}"},
+            )
         outputs = self.predict(command, arrays, dims, cancelled=cancelled)
         if isinstance(outputs, StreamedOutputs):
             return whole_outputs(outputs, cancelled)

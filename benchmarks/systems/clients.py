@@ -163,6 +163,8 @@ def _raw_v2_cases(
                 min_frames=ctx.settings.lockstep_min_frames,
             )
         )
+    if ctx.settings.smoke:
+        return cases  # unet2d's frames take a quarter of a second each: not for a smoke run
     array, expected, label = nuclei_test_data()
     weights = weights_for(ctx.settings.device)
     unet2d = ctx.modelrunner().add_and_load(find_model(), weights)
@@ -280,6 +282,8 @@ def _raw_predict(client: flight.FlightClient, command: bytes, frame: np.ndarray)
 
 
 def _node_cases(ctx: BenchContext, address: str, sizes: list[FrameSize]) -> tuple[list[Case], str]:
+    if ctx.settings.smoke:
+        return [], "not in smoke mode (a node process per round; tests/examples runs it)"
     node = shutil.which("node")
     if node is None:
         return [], "node is not on PATH"

@@ -228,7 +228,33 @@ def test_a_tensor_the_model_cannot_take_is_invalid_argument(
         (
             "a shape whose product overflows (allocation bomb)",
             lambda r: r.inputs[0].shape.extend([2**40, 2**40]),
-            "but its raw_input_contents hold 6204",
+            "is more than 64 MiB, the most one request carries",
+        ),
+        (
+            "an empty shape of huge sizes (numpy cannot make it)",
+            lambda r: (
+                r.inputs[0].ClearField("shape"),
+                r.inputs[0].shape.extend([0, 2**62, 2**62]),
+            ),
+            "is more than 64 MiB, the most one request carries",
+        ),
+        (
+            "more axes than numpy holds",
+            lambda r: r.inputs[0].shape.extend([1] * 70),
+            "input 'input': shape has 74 axes, at most 32 are taken",
+        ),
+        (
+            "a blocksize beyond int64",
+            lambda r: r.parameters["blocksize"].MergeFrom(v2.InferParameter(uint64_param=2**63)),
+            "parameter 'blocksize' is 9223372036854775808, more than an int64 holds",
+        ),
+        (
+            "BOOL bytes that are no booleans",
+            lambda r: (
+                setattr(r.inputs[0], "datatype", "BOOL"),
+                r.raw_input_contents.__setitem__(0, b"\x07" * 1551),
+            ),
+            "input 'input': BOOL values must be the bytes 0 or 1",
         ),
         (
             "a negative size",
@@ -318,7 +344,7 @@ def test_typed_contents_that_do_not_fill_the_shape_are_refused_unallocated(
     )
     e = _refused(stub.ModelInfer, request)
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "holds 1152921504606846976 values, but contents.fp32_contents has 3" in e.details()
+    assert "is more than 64 MiB, the most one request carries" in e.details()
 
 
 def test_garbage_bytes_are_invalid_argument(server: RunningServer) -> None:
@@ -338,6 +364,31 @@ def test_a_request_over_the_message_limit_is_resource_exhausted(
     x = np.zeros((1, 1, 4096, 4160), np.float32)
     e = _refused(stub.ModelInfer, _request(identity.id, x))
     assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_stream_that_sends_nothing_is_ended(tmp_path: Path) -> None:
+    """Attacks the stream slots: a client that opens streams and never sends a request."""
+    settings = Settings(
+        host="127.0.0.1", port=0, cache_dir=tmp_path, infer_stream_idle_timeout_s=0.5
+    )
+    held: queue.Queue[v2.ModelInferRequest | None] = queue.Queue()
+
+    def requests() -> Iterator[v2.ModelInferRequest]:
+        while (item := held.get()) is not None:
+            yield item
+
+    with (
+        start_control_server(settings) as control,
+        grpc.insecure_channel(control.address) as channel,
+    ):
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.ModelStreamInfer(requests(), timeout=30))
+        finally:
+            held.put(None)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "infer_stream_idle_timeout_s" in info.value.details()
 
 
 def test_streams_over_their_limit_are_refused(tmp_path: Path) -> None:
