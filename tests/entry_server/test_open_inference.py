@@ -6,7 +6,6 @@ malformed or hostile request."""
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -408,20 +407,16 @@ def test_streams_over_their_limit_are_refused(tmp_path: Path) -> None:
                 yield item
 
         first = stub.ModelStreamInfer(requests())
-        opened = threading.Event()
-        threading.Thread(target=lambda: (first.initial_metadata(), opened.set())).start()
         try:
-            e = None
-            for _ in range(50):  # until the first stream holds its slot
-                try:
-                    list(stub.ModelStreamInfer(iter([]), timeout=5))
-                except grpc.RpcError as error:
-                    e = error
-                    break
-                threading.Event().wait(0.1)
-            assert e is not None
-            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "max_concurrent_infer_streams" in e.details()
+            # an answer on the first stream: its handler runs and holds the one slot
+            held.put(_request("no-such-model", _frame(0), id="probe"))
+            probe = next(first)
+            assert probe.infer_response.id == "probe"
+            assert probe.error_message.startswith("[NOT_FOUND]")
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.ModelStreamInfer(iter([]), timeout=30))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_concurrent_infer_streams" in info.value.details()
         finally:
             held.put(None)
             first.cancel()
