@@ -103,6 +103,50 @@ class RuntimeConnections:
             c.close()
 
 
+NAN_POLICIES = {"reject": runtime_pb2.NAN_POLICY_REJECT, "allow": runtime_pb2.NAN_POLICY_ALLOW}
+
+
+def predict_command(
+    model_id: str,
+    weight_format: str | None,
+    device: str | None,
+    *,
+    nan_policy: str = "reject",
+    blocksize: int | None = None,
+    stream: bool = False,
+    max_batch_size: int = 1,
+    skip_preprocessing: bool = False,
+    skip_postprocessing: bool = False,
+    reference_path: bool = False,
+    precision: str | None = None,
+    report_progress: bool = False,
+) -> runtime_pb2.PredictCommand:
+    """The ``PredictCommand`` of a prediction, its options checked (also the control service's
+    for the Open Inference requests it forwards)."""
+    if nan_policy not in NAN_POLICIES:
+        raise errors.InvalidArgumentError(
+            f"nan_policy must be one of {sorted(NAN_POLICIES)}, got {nan_policy!r}"
+        )
+    if blocksize is not None and blocksize < 0:
+        raise errors.InvalidArgumentError(f"blocksize must be >= 0, got {blocksize}")
+    command = runtime_pb2.PredictCommand(
+        model_id=model_id,
+        weight_format=weight_format or "",
+        device=device or "",
+        stream=stream,
+        max_batch_size=max_batch_size,
+        nan_policy=NAN_POLICIES[nan_policy],
+        skip_preprocessing=skip_preprocessing,
+        skip_postprocessing=skip_postprocessing,
+        reference_path=reference_path,
+        precision=precision or "",
+        report_progress=report_progress,
+    )
+    if blocksize is not None:
+        command.blocksize = blocksize
+    return command
+
+
 def call_options(timeout: float | None) -> flight.FlightCallOptions:
     return flight.FlightCallOptions(timeout=timeout, read_options=READ_OPTIONS)
 

@@ -27,7 +27,6 @@ from ._timeouts import USE_CLIENT_DEFAULT, Timeout, resolve_timeout
 _T = TypeVar("_T")
 NanPolicy = Literal["reject", "allow"]
 Precision = Literal["float16", "bfloat16"]
-_NAN_POLICIES = {"reject": runtime_pb2.NAN_POLICY_REJECT, "allow": runtime_pb2.NAN_POLICY_ALLOW}
 
 
 class ModelRunnerClient:
@@ -259,7 +258,7 @@ class ModelRunnerClient:
         an exchange of their own. A session idle for 5 s is closed.
         """
         arrays, dims = normalise_inputs(inputs, None)
-        command = self._command(
+        command = _flight.predict_command(
             model_id,
             weight_format,
             device,
@@ -270,7 +269,6 @@ class ModelRunnerClient:
             reference_path=reference_path,
             precision=precision,
             report_progress=bool(progress),
-            timeout=timeout,
         )
         route, uri, client = self._runtime_for(model_id, weight_format, device, timeout)
         command.model_id = route.model_id
@@ -326,7 +324,7 @@ class ModelRunnerClient:
         DeadlineExceededError (a frozen runtime). ``reference_path``: run bioimageio.core's own pipeline even
         where the runtime's verified fast path serves the model.
         """
-        command = self._command(
+        command = _flight.predict_command(
             model_id,
             weight_format,
             device,
@@ -335,7 +333,6 @@ class ModelRunnerClient:
             max_batch_size=max_batch_size,
             reference_path=reference_path,
             precision=precision,
-            timeout=timeout,
         )
         route, _, client = self._runtime_for(model_id, weight_format, device, timeout)
         command.model_id = route.model_id
@@ -351,46 +348,6 @@ class ModelRunnerClient:
         )
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _command(
-        self,
-        model_id: str,
-        weight_format: str | None,
-        device: str | None,
-        *,
-        nan_policy: NanPolicy,
-        timeout: Timeout,
-        blocksize: int | None = None,
-        stream: bool = False,
-        max_batch_size: int = 1,
-        skip_preprocessing: bool = False,
-        skip_postprocessing: bool = False,
-        reference_path: bool = False,
-        precision: Precision | None = None,
-        report_progress: bool = False,
-    ) -> runtime_pb2.PredictCommand:
-        if nan_policy not in _NAN_POLICIES:
-            raise errors.InvalidArgumentError(
-                f"nan_policy must be one of {sorted(_NAN_POLICIES)}, got {nan_policy!r}"
-            )
-        if blocksize is not None and blocksize < 0:
-            raise errors.InvalidArgumentError(f"blocksize must be >= 0, got {blocksize}")
-        command = runtime_pb2.PredictCommand(
-            model_id=model_id,
-            weight_format=weight_format or "",
-            device=device or "",
-            stream=stream,
-            max_batch_size=max_batch_size,
-            nan_policy=_NAN_POLICIES[nan_policy],
-            skip_preprocessing=skip_preprocessing,
-            skip_postprocessing=skip_postprocessing,
-            reference_path=reference_path,
-            precision=precision or "",
-            report_progress=report_progress,
-        )
-        if blocksize is not None:
-            command.blocksize = blocksize
-        return command
 
     def _runtime_for(
         self, model_id: str, weight_format: str | None, device: str | None, timeout: Timeout

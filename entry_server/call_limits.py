@@ -27,6 +27,7 @@ from typing import TypeVar
 import grpc
 
 from modelrunner import errors
+from modelrunner.entry_server.authentication import current_identity
 from modelrunner.entry_server.limits import over_limit
 from modelrunner.settings import Settings
 
@@ -47,6 +48,13 @@ def threads_for_limited_calls(settings: Settings) -> int:
         + settings.max_concurrent_infers
         + settings.max_concurrent_infer_streams
     )
+
+
+def token_or_host(context: grpc.ServicerContext) -> str:
+    """Who a call comes from, for per-client limits: the caller's token when calls are
+    authenticated, else its host."""
+    token_id = current_identity().token_id
+    return f"token:{token_id}" if token_id else peer_host(context)
 
 
 def peer_host(context: grpc.ServicerContext) -> str:

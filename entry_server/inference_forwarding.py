@@ -35,7 +35,12 @@ import numpy as np
 
 from modelrunner import errors
 from modelrunner.auth import Identity, token_hash
-from modelrunner.client._flight import RuntimeConnections, exchange_predict, reachable_uri
+from modelrunner.client._flight import (
+    RuntimeConnections,
+    exchange_predict,
+    predict_command,
+    reachable_uri,
+)
 from modelrunner.client._sessions import fits_session
 from modelrunner.entry_server.control_plane import ControlPlane, Route
 from modelrunner.v1 import runtime_pb2
@@ -47,8 +52,6 @@ ROUTE_TTL_S = 2.0
 MAX_ROUTES = 1024
 _LOCAL = "127.0.0.1:0"
 """A runtime announcing a wildcard host listens on loopback too: the control service's view."""
-
-NAN_POLICIES = {"reject": runtime_pb2.NAN_POLICY_REJECT, "allow": runtime_pb2.NAN_POLICY_ALLOW}
 
 
 @dataclass(frozen=True)
@@ -143,26 +146,15 @@ class RuntimeForwarding:
         cancelled: Callable[[], bool] = lambda: False,
     ) -> dict[str, np.ndarray]:
         """Predict one sample on the route's best runtime."""
-        if options.nan_policy not in NAN_POLICIES:
-            raise errors.InvalidArgumentError(
-                f"nan_policy must be one of {sorted(NAN_POLICIES)}, got {options.nan_policy!r}",
-                details={"parameter": "nan_policy"},
-            )
-        if options.blocksize is not None and options.blocksize < 0:
-            raise errors.InvalidArgumentError(
-                f"blocksize must be >= 0, got {options.blocksize}",
-                details={"parameter": "blocksize"},
-            )
-        command = runtime_pb2.PredictCommand(
-            model_id=route.model_id,
-            weight_format=options.weight_format,
-            device=options.device,
-            nan_policy=NAN_POLICIES[options.nan_policy],
+        command = predict_command(
+            route.model_id,
+            options.weight_format,
+            options.device,
+            nan_policy=options.nan_policy,
+            blocksize=options.blocksize,
             reference_path=options.reference_path,
             precision=options.precision,
         )
-        if options.blocksize is not None:
-            command.blocksize = options.blocksize
         try:
             local = self._local.get(route.runtime_id)
             if local is not None:

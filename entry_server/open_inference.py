@@ -25,7 +25,7 @@ from modelrunner.entry_server.call_limits import (
     CallLimit,
     ClientIdentity,
     PerClientLimit,
-    peer_host,
+    token_or_host,
     with_idle_timeout,
 )
 from modelrunner.entry_server.control_plane import ControlPlane
@@ -64,7 +64,7 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         settings = control.settings
         self._control = control
         self._forwarding = forwarding
-        self._client_identity = client_identity or _token_or_host
+        self._client_identity = client_identity or token_or_host
         self._infers = CallLimit(
             "max_concurrent_infers", settings.max_concurrent_infers, "V2 inference calls"
         )
@@ -244,11 +244,6 @@ def _cancelled_or_late(
         return not context.is_active()
 
     return cancelled
-
-
-def _token_or_host(context: grpc.ServicerContext) -> str:
-    token_id = current_identity().token_id
-    return f"token:{token_id}" if token_id else peer_host(context)
 
 
 def _caller_token(context: grpc.ServicerContext) -> str | None:

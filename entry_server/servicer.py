@@ -23,7 +23,7 @@ from modelrunner.entry_server.call_limits import (
     ControlCallLimits,
     cancelled_when,
     client_gone,
-    peer_host,
+    token_or_host,
     with_idle_timeout,
 )
 from modelrunner.entry_server.control_plane import ControlPlane
@@ -40,7 +40,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self._control = control
         self._registry = control.registry
         self._limits = ControlCallLimits(control.settings)
-        self._client_identity = client_identity or _token_or_host
+        self._client_identity = client_identity or token_or_host
 
     def AddModel(
         self, request: control_pb2.AddModelRequest, context: grpc.ServicerContext
@@ -236,8 +236,3 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             model_id=model_id,
             audience=identity.audience,
         )
-
-
-def _token_or_host(context: grpc.ServicerContext) -> str:
-    token_id = current_identity().token_id
-    return f"token:{token_id}" if token_id else peer_host(context)

@@ -46,12 +46,11 @@ from ..rounds import (
     OPEN_INFERENCE,
     RAW_FLIGHT,
     RAW_V2,
-    STREAM,
     UNET2D,
     Case,
 )
 from ..triton_venv import ensure_tritonclient_venv
-from .triton import TritonSkipped, TritonWorker
+from .triton import TritonSkipped, TritonWorker, worker_cases
 from .unet2d import find_model, nuclei_test_data, weights_for
 
 logger = logging.getLogger(__name__)
@@ -89,47 +88,7 @@ def _v2_cases(ctx: BenchContext, address: str, model_id: str, sizes: list[FrameS
         raise TritonSkipped(f"the tritonclient environment could not be set up: {e}") from e
     worker = ctx.stack.enter_context(TritonWorker(venv.python, ctx.log_dir / "v2-client.log"))
     worker.request({"op": "connect", "url": address, "model": model_id, "timeout": 60})
-    in_flight = ctx.settings.max_in_flight
-    cases = []
-    for size in sizes:
-        shape = list(size.shape)
-
-        def lockstep(n: int, shape: list[int] = shape) -> float:
-            return float(worker.request({"op": "lockstep", "shape": shape, "frames": n})["seconds"])
-
-        def stream(n: int, shape: list[int] = shape) -> float:
-            request = {"op": "stream", "shape": shape, "frames": n, "max_in_flight": in_flight}
-            return float(worker.request(request)["seconds"])
-
-        def check(shape: list[int] = shape) -> None:
-            worker.request({"op": "check", "shape": shape})
-
-        cases.append(
-            Case(
-                OPEN_INFERENCE,
-                LOCKSTEP,
-                IDENTITY,
-                size.label,
-                size.nbytes,
-                call="tritonclient.grpc infer on the control address",
-                run=lockstep,
-                check=check,
-                min_frames=ctx.settings.lockstep_min_frames,
-            )
-        )
-        cases.append(
-            Case(
-                OPEN_INFERENCE,
-                STREAM,
-                IDENTITY,
-                size.label,
-                size.nbytes,
-                call=f"tritonclient.grpc async_stream_infer, {in_flight} in flight",
-                run=stream,
-                min_frames=ctx.settings.stream_min_frames,
-            )
-        )
-    return cases
+    return worker_cases(ctx, worker, sizes, OPEN_INFERENCE, where=" on the control address")
 
 
 # -- raw grpcio V2 --------------------------------------------------------------------------------
@@ -238,17 +197,7 @@ def _raw_flight_cases(
     cases = []
     for size in sizes:
         frame = make_frame(size.shape)
-
-        def run(n: int, frame: np.ndarray = frame) -> float:
-            start = time.perf_counter()
-            for _ in range(n):
-                _raw_predict(client, command, frame)
-            return time.perf_counter() - start
-
-        def check(frame: np.ndarray = frame) -> None:
-            if not np.array_equal(_raw_predict(client, command, frame), frame):
-                raise RuntimeError("the raw Flight client got another frame back")
-
+        predict = partial(_raw_predict, client, command, frame)
         cases.append(
             Case(
                 RAW_FLIGHT,
@@ -257,8 +206,8 @@ def _raw_flight_cases(
                 size.label,
                 size.nbytes,
                 call="pyarrow do_exchange per frame",
-                run=run,
-                check=check,
+                run=partial(_repeat, predict),
+                check=partial(_same, predict, frame),
                 min_frames=ctx.settings.lockstep_min_frames,
             )
         )

@@ -141,6 +141,15 @@ def triton_cases(ctx: BenchContext, sizes: list[FrameSize]) -> tuple[list[Case],
     }
     if venv.created:
         facts["triton venv setup seconds (this run)"] = f"{venv.setup_seconds:.0f}"
+    cases = worker_cases(ctx, worker, sizes, TRITON, where="")
+    return cases, facts
+
+
+def worker_cases(
+    ctx: BenchContext, worker: TritonWorker, sizes: list[FrameSize], system: str, *, where: str
+) -> list[Case]:
+    """Lockstep ``infer`` and stream cases of a connected worker, one pair per size (the Triton
+    system's, and modelrunner's V2 endpoint's with ``where`` saying so in the call)."""
     in_flight = ctx.settings.max_in_flight
     cases = []
     for size in sizes:
@@ -158,12 +167,12 @@ def triton_cases(ctx: BenchContext, sizes: list[FrameSize]) -> tuple[list[Case],
 
         cases.append(
             Case(
-                TRITON,
+                system,
                 LOCKSTEP,
                 IDENTITY,
                 size.label,
                 size.nbytes,
-                call="tritonclient.grpc infer",
+                call=f"tritonclient.grpc infer{where}",
                 run=lockstep,
                 check=check,
                 min_frames=ctx.settings.lockstep_min_frames,
@@ -171,7 +180,7 @@ def triton_cases(ctx: BenchContext, sizes: list[FrameSize]) -> tuple[list[Case],
         )
         cases.append(
             Case(
-                TRITON,
+                system,
                 STREAM,
                 IDENTITY,
                 size.label,
@@ -181,4 +190,4 @@ def triton_cases(ctx: BenchContext, sizes: list[FrameSize]) -> tuple[list[Case],
                 min_frames=ctx.settings.stream_min_frames,
             )
         )
-    return cases, facts
+    return cases
