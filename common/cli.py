@@ -23,6 +23,7 @@ from modelrunner.cli_tokens import add_token_commands
 if TYPE_CHECKING:
     from modelrunner.client import ModelRunnerClient
     from modelrunner.settings import Settings
+    from modelrunner.types import ValidationReport
 
 logger = logging.getLogger("modelrunner")
 
@@ -37,9 +38,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except errors.ModelRunnerError as e:
         print(f"error ({e.code.name}): {e.message}", file=sys.stderr)
+        hint = _hint(args, e)
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+_NOT_LISTENING = ("failed to connect to all addresses", "Connection refused")
+
+
+def _hint(args: argparse.Namespace, error: errors.ModelRunnerError) -> str:
+    """What to do about an error whose fix is outside the command: no server at the address."""
+    server = getattr(args, "server", None)
+    if not server or not isinstance(error, errors.UnavailableError):
+        return ""
+    if not any(text in error.message for text in _NOT_LISTENING):
+        return ""
+    return (
+        f"no modelrunner server answers at {server}: start one with `modelrunner serve` "
+        "(in another terminal, or as a service), or name a running one with --server HOST:PORT "
+        "or $MODELRUNNER_SERVER"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("source")
     validate.add_argument("--no-io-checks", action="store_true", help="skip file checks")
     validate.add_argument("--upload", action="store_true", help="upload a local package")
+    validate.add_argument("--details", action="store_true", help="print the full report")
     validate.set_defaults(run=_validate)
 
     remove = sub.add_parser("remove", help="remove a model from the server")
@@ -112,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("model", help="model id, or a package path (added first)")
     test.add_argument("--weight-format")
     test.add_argument("--device")
+    test.add_argument("--details", action="store_true", help="print bioimageio.core's full report")
     test.set_defaults(run=_test)
 
     predict = sub.add_parser(
@@ -309,11 +332,19 @@ def _validate(args: argparse.Namespace) -> int:
         report = client.validate(
             args.source, perform_io_checks=not args.no_io_checks, upload=args.upload or None
         )
+    _print_report(args, report, f"validation of {args.source}")
+    return 0 if report.passed else 1
+
+
+def _print_report(args: argparse.Namespace, report: ValidationReport, title: str) -> None:
+    from modelrunner.report_summary import report_summary
+
     if args.json:
         _print_json(report.model_dump(mode="json"))
+    elif args.details and report.markdown:
+        print(report.markdown)
     else:
-        print(report.markdown or f"status: {report.status}")
-    return 0 if report.passed else 1
+        print(report_summary(report, title))
 
 
 def _remove(args: argparse.Namespace) -> int:
@@ -352,10 +383,7 @@ def _model_id(client: ModelRunnerClient, model: str) -> str:
 def _test(args: argparse.Namespace) -> int:
     with _client(args) as client:
         report = client.test(_model_id(client, args.model), args.weight_format, device=args.device)
-    if args.json:
-        _print_json(report.model_dump(mode="json"))
-    else:
-        print(report.markdown or f"status: {report.status}")
+    _print_report(args, report, f"model test of {args.model}")
     return 0 if report.passed else 1
 
 
