@@ -10,7 +10,7 @@ Systems (``--systems``, comma-separated, default all):
   Protocol (V2, lockstep and stream), a raw pyarrow Flight client, the Node.js example over
   Flight and V2 (against the ``modelrunner`` system's server: run both for the ratios);
 * ``triton``: PyTriton + tritonclient (gRPC) serving the identity (own environment, set up on
-  demand in ``benchmarks/.triton-venv``);
+  demand in ``~/.cache/modelrunner-benchmarks/triton-venv``, outside the repository);
 * ``unet2d``: ``unet2d_nuclei_broad`` through modelrunner against bioimageio.core in process;
 * ``floor`` (raw torch): ``unet2d_nuclei_broad``'s TorchScript network alone on the device, and
   numpy -> device -> network -> numpy, with cudnn autotuning: the floor for unet2d;
