@@ -230,3 +230,29 @@ def test_dataset_statistics_with_remote_processing_are_refused(
         remote_pipeline(
             tiny("onnx"), server=server.address, keep_updating_initial_dataset_statistics=True
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tensorflow_saved_model_bundle", "keras_v3", "keras_hdf5"])
+def test_predict_matches_bioimageio_core_with_tensorflow(
+    tiny: Callable[[str], Path], remote: Callable[..., Any], name: str, in_tmp_dir: Path
+) -> None:
+    package = tiny(name)
+    inputs = _inputs(package)
+    want = _in_process(package, name, inputs=inputs)
+    for processing in MODES:
+        got = _arrays(
+            predict(model=remote(package, processing, name), inputs=inputs), descr(package)
+        )
+        _assert_same(got, want)
+
+
+@pytest.mark.slow
+def test_predict_matches_bioimageio_core_for_the_careamics_model(
+    n2v_package: Path, remote: Callable[..., Any]
+) -> None:
+    inputs = _inputs(n2v_package)
+    want = _in_process(n2v_package, None, inputs=inputs)
+    for processing in MODES:
+        pipeline = remote(n2v_package, processing, None)
+        _assert_same(_arrays(predict(model=pipeline, inputs=inputs), descr(n2v_package)), want)
