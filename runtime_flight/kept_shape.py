@@ -25,6 +25,8 @@ from bioimageio.core import PredictionPipeline, Sample
 from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
+from modelrunner.errors import ResourceExhaustedError
+
 from .core_blocks import follow_implied_references
 from .input_mapping import as_sample
 from .options import PredictOptions
@@ -40,7 +42,13 @@ def predict_kept_shape(
     network_dtypes: Mapping[MemberId, str],
     progress: Progress | None = None,
 ) -> Sample:
-    """The predicted sample (outputs in bioimageio.core's layout; the caller converts them)."""
+    """The predicted sample (outputs in bioimageio.core's layout; the caller converts them).
+
+    Raises:
+        ResourceExhaustedError: the network input (the whole sample, or one block) would exceed
+            ``max_tile_input_bytes``, the bound every other call is tiled under.
+    """
+    _check_network_input(descr, arrays, options, network_dtypes)
     sample = as_sample(descr, arrays)
     if options.skip_preprocessing:
         # as for every call that skips preprocessing: the network gets its own dtype
@@ -70,3 +78,39 @@ def predict_kept_shape(
             progress(done, total)  # also where a cancelled call stops
     assert last is not None, "bioimageio.core predicted no blocks"
     return last.sample
+
+
+def _check_network_input(
+    descr: v0_5.ModelDescr,
+    arrays: Mapping[MemberId, np.ndarray],
+    options: PredictOptions,
+    network_dtypes: Mapping[MemberId, str],
+) -> None:
+    """Kept whole, a sample reaches the network as sent: bound it as tiles are bounded."""
+    if options.blocksize is None:
+        what = "the sample"
+        sizes = {m: int(np.prod(a.shape)) for m, a in arrays.items()}
+    else:
+        what = f"a block of blocksize {options.blocksize}"
+        shapes = descr.get_tensor_sizes(
+            {
+                (t.id, a.id): options.blocksize
+                for t in descr.inputs
+                for a in t.axes
+                if isinstance(a.size, v0_5.ParameterizedSize)
+            },
+            1,
+        ).inputs
+        sizes = {m: int(np.prod(list(shape.values()))) for m, shape in shapes.items()}
+    nbytes = sum(n * np.dtype(network_dtypes[m]).itemsize for m, n in sizes.items())
+    if nbytes > options.max_tile_input_bytes:
+        raise ResourceExhaustedError(
+            f"{what} takes {nbytes} bytes at the network's input, more than this runtime's "
+            f"{options.max_tile_input_bytes} (setting max_tile_input_bytes): predict it in "
+            "smaller blocks",
+            details={
+                "got": nbytes,
+                "limit": "max_tile_input_bytes",
+                "limit_value": options.max_tile_input_bytes,
+            },
+        )

@@ -12,7 +12,7 @@ import pytest
 from bioimageio.core import Sample, Tensor
 
 from modelrunner.client import ModelInfo
-from modelrunner.errors import InvalidArgumentError
+from modelrunner.errors import InvalidArgumentError, ResourceExhaustedError
 from modelrunner.runtime_flight.inference import predict
 from modelrunner.runtime_flight.options import PredictOptions
 from modelrunner.runtime_flight.server import RuntimeFlightServer
@@ -76,3 +76,17 @@ def test_a_frame_stream_with_keep_shape_is_refused(
     results = runtime.service.predict_frames(command, [frame, frame], {})
     assert all(isinstance(r, InvalidArgumentError) for r in results)
     assert "frame streams" in str(results[0])
+
+
+@pytest.mark.parametrize("blocksize", [None, 1000], ids=["whole", "huge-blocks"])
+def test_a_kept_sample_or_block_beyond_the_tile_bound_is_refused(
+    tiny: Tiny, pipelines: Pipelines, blocksize: int | None
+) -> None:
+    """Attack: keep_shape to make the network take a whole sample (or blocks) larger than the
+    bound every other call is tiled under."""
+    pipeline = pipelines.get(tiny("halo"), "pytorch_state_dict")
+    image = np.zeros((1, 1, 64, 64), np.float32)
+    options = PredictOptions(keep_shape=True, blocksize=blocksize, max_tile_input_bytes=8192)
+    with pytest.raises(ResourceExhaustedError, match="max_tile_input_bytes") as caught:
+        predict(pipeline, {"raw": image}, options=options)
+    assert caught.value.details["limit"] == "max_tile_input_bytes"
