@@ -63,7 +63,7 @@ def remote(server: RunningServer) -> Iterator[Callable[..., Any]]:
 
         def make(package: Path, processing: str, weight_format: str, **kwargs: object):
             pipeline = remote_pipeline(
-                descr(package),
+                package if not isinstance(package, Path) else descr(package),
                 server=client,
                 processing=processing,  # type: ignore[arg-type]
                 weight_format=weight_format,
@@ -256,3 +256,25 @@ def test_predict_matches_bioimageio_core_for_the_careamics_model(
     for processing in MODES:
         pipeline = remote(n2v_package, processing, None)
         _assert_same(_arrays(predict(model=pipeline, inputs=inputs), descr(n2v_package)), want)
+
+
+def test_a_description_read_from_a_zip_is_sent_as_a_package(
+    tiny: Callable[[str], Path], remote: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Its root is no folder the client could add: the package is written and uploaded."""
+    from bioimageio.spec import load_model_description
+
+    from tests.tiny_models import _zip_folder
+
+    package = tiny("torchscript")
+    zipped = load_model_description(_zip_folder(package, tmp_path / "tiny.zip"))
+    inputs = _inputs(package)
+    pipeline = remote(zipped, "remote", "torchscript")
+    got = _arrays(predict(model=pipeline, inputs=inputs), descr(package))
+    _assert_same(got, _in_process(package, "torchscript", inputs=inputs))
+
+
+def test_a_model_of_the_wrong_kind_is_refused(server: RunningServer) -> None:
+    """Attack: something that is neither a description nor a source."""
+    with pytest.raises(InvalidArgumentError, match="model must be"):
+        remote_pipeline(42, server=server.address)  # type: ignore[arg-type]
