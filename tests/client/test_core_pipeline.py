@@ -149,6 +149,21 @@ def test_blockwise_prediction_matches_bioimageio_core(
         _assert_same(_arrays(sample, descr(package)), want)
 
 
+def test_fixed_block_shapes_match_bioimageio_core(
+    tiny: Callable[[str], Path], remote: Callable[..., Any]
+) -> None:
+    """``input_block_shape``: blocks cut here (processing here), each block's network on the
+    server, in both modes."""
+    package = tiny("halo")
+    image = np.random.default_rng(4).random((1, 1, 96, 112), dtype=np.float32)
+    blocks = {"raw": {"batch": 1, "channel": 1, "y": 64, "x": 48}}
+    want = _in_process(package, "pytorch_state_dict", inputs=image, input_block_shape=blocks)
+    for processing in MODES:
+        pipeline = remote(package, processing, "pytorch_state_dict")
+        sample = predict(model=pipeline, inputs=image, input_block_shape=blocks)
+        _assert_same(_arrays(sample, descr(package)), want)
+
+
 @pytest.mark.slow
 @needs_zoo
 def test_blockwise_prediction_of_the_nuclei_model_matches_bioimageio_core(
