@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 from bioimageio.core import PredictionPipeline, Sample, Tensor
+
+# bioimageio.core 0.11 (pinned) keeps its remote-backend base class and the batch-index helper
+# its RemoteModelAdapter.forward uses in private modules; the gradio backend imports them so too
 from bioimageio.core._model_adapter import RemoteModelAdapter
 from bioimageio.core._restore_batch_multi_index import restore_batch_multi_index
 from bioimageio.core.common import MemberId, PerMember
@@ -60,6 +63,7 @@ class ServerLink:
         if isinstance(source, (str, Path)):
             return self.client.add_model(source).id
         root = source.root
+        # the folder it was read from (changes made to the description in memory stay here)
         if isinstance(root, Path) and root.is_dir():
             return self.client.add_model(root).id
         # a description in memory, or read from a zip or URL: send the package as it is here
