@@ -57,6 +57,7 @@ from ._async import AsyncFrameStream, AsyncModelRunnerClient
 from ._stream import FrameError, FrameStream
 from ._sync import ModelRunnerClient
 from ._timeouts import USE_CLIENT_DEFAULT
+from .core_pipeline import create_prediction_pipeline
 
 __all__ = [
     "USE_CLIENT_DEFAULT",
@@ -93,4 +94,5 @@ __all__ = [
     "TensorSpec",
     "UnavailableError",
     "ValidationReport",
+    "create_prediction_pipeline",
 ]

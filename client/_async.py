@@ -153,6 +153,7 @@ class AsyncModelRunnerClient:
         skip_postprocessing: bool = False,
         reference_path: bool = False,
         precision: Precision | None = None,
+        keep_shape: bool = False,
         progress: ProgressOption = False,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, np.ndarray]:
@@ -170,6 +171,7 @@ class AsyncModelRunnerClient:
             skip_postprocessing=skip_postprocessing,
             reference_path=reference_path,
             precision=precision,
+            keep_shape=keep_shape,
             progress=progress,
             timeout=timeout,
         )

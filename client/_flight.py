@@ -120,6 +120,7 @@ def predict_command(
     reference_path: bool = False,
     precision: str | None = None,
     report_progress: bool = False,
+    keep_shape: bool = False,
 ) -> runtime_pb2.PredictCommand:
     """The ``PredictCommand`` of a prediction, its options checked (also the control service's
     for the Open Inference requests it forwards)."""
@@ -141,6 +142,7 @@ def predict_command(
         reference_path=reference_path,
         precision=precision or "",
         report_progress=report_progress,
+        keep_shape=keep_shape,
     )
     if blocksize is not None:
         command.blocksize = blocksize

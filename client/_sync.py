@@ -239,6 +239,7 @@ class ModelRunnerClient:
         skip_postprocessing: bool = False,
         reference_path: bool = False,
         precision: Precision | None = None,
+        keep_shape: bool = False,
         progress: ProgressOption = False,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, np.ndarray]:
@@ -251,7 +252,9 @@ class ModelRunnerClient:
         fast path serves the model. ``precision`` ("float16" or "bfloat16") runs the network in
         reduced precision on the fast path (PyTorch and TorchScript weights; the error it costs
         on the package's test inputs is in ``describe(model_id).loaded``). Outputs arrive as
-        read-only views of the received buffers: ``.copy()`` one to change it.
+        read-only views of the received buffers: ``.copy()`` one to change it. ``keep_shape``:
+        bioimageio.core's own call on the sample exactly as sent, no padding or tiling to the
+        model's sizes (what :func:`create_prediction_pipeline` sends).
 
         Calls in a row reuse one open exchange (a session) per model, options and input shapes,
         which matters for small frames; samples over 64 MiB, and calls with ``progress``, take
@@ -269,6 +272,7 @@ class ModelRunnerClient:
             reference_path=reference_path,
             precision=precision,
             report_progress=bool(progress),
+            keep_shape=keep_shape,
         )
         route, uri, client = self._runtime_for(model_id, weight_format, device, timeout)
         command.model_id = route.model_id

@@ -110,7 +110,36 @@ def predict(
     descr = model_descr(pipeline)
     arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
+    if options.keep_shape:
+        return _predict_kept_shape(pipeline, descr, arrays, options, _polling(progress, cancelled))
     return predict_mapped(pipeline, descr, arrays, options, _polling(progress, cancelled))
+
+
+def _predict_kept_shape(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    arrays: Mapping[MemberId, np.ndarray],
+    options: PredictOptions,
+    progress: Progress | None,
+) -> Outputs:
+    from .kept_shape import predict_kept_shape
+
+    dtypes = _memo(pipeline, descr).network_dtypes
+    try:
+        output = predict_kept_shape(pipeline, descr, arrays, options, dtypes, progress)
+    except ModelRunnerError:
+        raise
+    except Exception as e:
+        shapes = input_shapes(descr, arrays)
+        if options.blocksize is None and _plan(pipeline, descr, shapes, options).mode != "whole":
+            # A shape outside the model's sizes that its network refuses (bioimageio.core's
+            # halo padding of a fixed-size ONNX model fails in process too): fitted instead.
+            logger.info("the network refused %s (%s): fitting it to the model", shapes, e)
+            return predict_mapped(
+                pipeline, descr, arrays, replace(options, keep_shape=False), progress
+            )
+        raise _translate(e, descr) from e
+    return Outputs.of(output_arrays(descr, output), "reference")
 
 
 def predict_mapped(
@@ -164,6 +193,8 @@ def start_prediction(
     descr = model_descr(pipeline)
     arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
+    if options.keep_shape:
+        return _predict_kept_shape(pipeline, descr, arrays, options, _polling(progress, cancelled))
     parts = split_batch(descr, arrays)
     if parts is not None:
         # sample by sample, whole outputs: a split batch is not streamed band by band
