@@ -1,0 +1,393 @@
+"""Image files in and out for ``modelrunner predict``: OME-TIFF, ImageJ and plain TIFF
+(tifffile), PNG and JPEG (pillow), ``.npy`` and OME-Zarr (:mod:`modelrunner.ome_zarr_io`).
+
+An :class:`ImageFile` knows its shape, axes (from the file's metadata or ``--axes``), physical
+pixel sizes and whether it is RGB before any pixel is read; planes are read on demand (OME-Zarr:
+only the chunks a plane touches). Outputs are written under a temporary name in their folder and
+renamed when complete, so a failed or cancelled run never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from modelrunner.errors import InvalidArgumentError, SourceNotFoundError
+from modelrunner.image_axes import axes_from_tiff
+from modelrunner.ome_zarr_io import UNIT_NAMES, is_zarr, read_ome_zarr
+
+Format = Literal["npy", "tiff", "png", "zarr"]
+INPUT_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
+OUTPUT_SUFFIXES: dict[str, Format] = {
+    ".ome.tif": "tiff",
+    ".ome.tiff": "tiff",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".ome.zarr": "zarr",
+    ".zarr": "zarr",
+    ".npy": "npy",
+    ".png": "png",
+}
+DEFAULT_OUTPUT_SUFFIX = {"npy": ".npy", "zarr": ".ome.zarr"}
+"""By input kind; everything else becomes OME-TIFF (PNG and JPEG hold no float values)."""
+_OME_UNITS = {name: symbol for symbol, name in UNIT_NAMES.items() if symbol not in ("um", "micron")}
+
+
+def full_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (".ome.tif", ".ome.tiff", ".ome.zarr"):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def stem(path: Path) -> str:
+    return path.name[: len(path.name) - len(full_suffix(path))] or path.name
+
+
+def output_format(path: Path) -> Format:
+    suffix = full_suffix(path)
+    if suffix not in OUTPUT_SUFFIXES:
+        raise InvalidArgumentError(
+            f"-o {path}: cannot write {suffix or 'files without a suffix'} (JPEG would lose "
+            "the values); use .ome.tif, .tif, .ome.zarr, .npy or .png, or a folder (ending "
+            "in /) for one file per input and output"
+        )
+    return OUTPUT_SUFFIXES[suffix]
+
+
+@dataclass
+class ImageFile:
+    path: Path
+    kind: str
+    """npy, tiff, png, jpeg or zarr."""
+    shape: tuple[int, ...]
+    axes: tuple[str, ...] | None
+    rgb: bool = False
+    pixel_sizes: dict[str, tuple[float, str]] = field(default_factory=dict)
+    """Physical size (and unit) of one pixel by axis, from the file's metadata."""
+    zarr_version: str = "0.4"
+    _source: Any = None
+    _channel: tuple[int, int] | None = None
+    """(axis, index) chosen with ``--channel``: dropped from ``shape`` and ``axes``."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def read(self, index: tuple[int | slice, ...]) -> np.ndarray:
+        """The region ``index`` (over ``shape``) as a numpy array."""
+        if self._source is None:
+            self._source = _load(self)
+        if self._channel is not None:
+            axis, chosen = self._channel
+            index = (*index[:axis], chosen, *index[axis:])
+        return np.asarray(self._source[index])
+
+
+def find_inputs(patterns: list[str]) -> list[Path]:
+    """Files named, the image files in folders named, and glob matches, in order."""
+    import glob
+
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if any(c in pattern for c in "*?[") and not path.exists():
+            matches = sorted(Path(m) for m in glob.glob(pattern))
+            if not matches:
+                raise SourceNotFoundError(f"no files match {pattern!r}")
+            found.extend(matches)
+        elif path.is_dir() and not is_zarr(path):
+            inside = sorted(
+                p
+                for p in path.iterdir()
+                if full_suffix(p) in (*INPUT_SUFFIXES, ".ome.tif", ".ome.tiff", ".ome.zarr")
+                and not p.name.startswith(".")
+            )
+            if not inside:
+                raise SourceNotFoundError(
+                    f"no image files in folder {path} (looked for {', '.join(INPUT_SUFFIXES)})"
+                )
+            found.extend(inside)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise SourceNotFoundError(f"no such file: {path}")
+    return found
+
+
+def open_image(path: Path, axes: tuple[str, ...] | None, channel: int | None) -> ImageFile:
+    """Shape, axes and metadata of ``path``; ``axes`` (from ``--axes``) wins over the file's."""
+    suffix = full_suffix(path)
+    if suffix in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
+        image = _open_tiff(path, forced=axes is not None)
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        image = _open_pillow(path)
+    elif suffix == ".npy":
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        guess = ("y", "x") if array.ndim == 2 else None
+        image = ImageFile(path, "npy", tuple(array.shape), guess, _source=array)
+    elif suffix in (".zarr", ".ome.zarr"):
+        ome = read_ome_zarr(path, forced_axes=axes is not None)
+        image = ImageFile(
+            path,
+            "zarr",
+            tuple(ome.array.shape),
+            ome.axes,
+            pixel_sizes=ome.pixel_sizes,
+            zarr_version=ome.version,
+            _source=ome.array,
+        )
+    else:
+        raise InvalidArgumentError(
+            f"{path}: unsupported file type {suffix or '(none)'}; use one of "
+            f"{', '.join(INPUT_SUFFIXES)} (.ome.tif and .ome.zarr included)"
+        )
+    if axes is not None:
+        if len(axes) != len(image.shape):
+            raise InvalidArgumentError(
+                f"{path.name}: --axes names {len(axes)} axes, but the image has "
+                f"{len(image.shape)} (shape {image.shape})"
+            )
+        image.axes = axes
+    if channel is not None:
+        _choose_channel(image, channel)
+    return image
+
+
+def _choose_channel(image: ImageFile, channel: int) -> None:
+    if image.axes is None or "channel" not in image.axes:
+        raise InvalidArgumentError(
+            f"--channel {channel}: {image.name} has no channel axis (axes "
+            f"{''.join(a[0] for a in image.axes or ())}); name it with --axes"
+        )
+    axis = image.axes.index("channel")
+    if not 0 <= channel < image.shape[axis]:
+        raise InvalidArgumentError(
+            f"--channel {channel}: {image.name} has channels 0 to {image.shape[axis] - 1}"
+        )
+    image._channel = (axis, channel)
+    image.shape = image.shape[:axis] + image.shape[axis + 1 :]
+    image.axes = image.axes[:axis] + image.axes[axis + 1 :]
+    image.rgb = False
+
+
+def _open_tiff(path: Path, *, forced: bool) -> ImageFile:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        pages = [p for p in series.pages if p is not None]
+        held = sum(p.size for p in pages)
+        if held != math.prod(series.shape):
+            if not forced:
+                raise InvalidArgumentError(
+                    f"{path.name}: its metadata claims axes {series.axes} of shape "
+                    f"{tuple(series.shape)}, but it holds {len(pages)} plane(s) of "
+                    f"{tuple(pages[0].shape) if pages else ()}; give its axes with --axes"
+                )
+            return _open_plain_tiff(path)
+        image = ImageFile(path, "tiff", tuple(series.shape), axes_from_tiff(series.axes))
+        image.rgb = "S" in series.axes and series.keyframe.photometric == 2  # RGB
+        if tif.is_ome and tif.ome_metadata:
+            image.pixel_sizes = _ome_pixel_sizes(tif.ome_metadata)
+        elif tif.is_imagej and tif.imagej_metadata:
+            image.pixel_sizes = _imagej_pixel_sizes(tif.imagej_metadata, pages[0])
+    return image
+
+
+def _open_plain_tiff(path: Path) -> ImageFile:
+    """The pages as they are, ignoring OME and ImageJ metadata (which did not fit them)."""
+    import tifffile
+
+    with tifffile.TiffFile(path, is_ome=False, is_imagej=False, is_shaped=False) as tif:
+        array = tif.asarray(key=range(len(tif.pages))) if len(tif.pages) > 1 else tif.asarray()
+    return ImageFile(path, "tiff", tuple(array.shape), None, _source=array)
+
+
+def _ome_pixel_sizes(xml: str) -> dict[str, tuple[float, str]]:
+    sizes: dict[str, tuple[float, str]] = {}
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return sizes
+    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels")), None)
+    if pixels is None:
+        return sizes
+    for axis in ("x", "y", "z"):
+        value = pixels.get(f"PhysicalSize{axis.upper()}")
+        if value is not None:
+            unit = pixels.get(f"PhysicalSize{axis.upper()}Unit", "µm")
+            sizes[axis] = (float(value), unit)
+    if pixels.get("TimeIncrement") is not None:
+        sizes["time"] = (
+            float(pixels.get("TimeIncrement", 1)),
+            pixels.get("TimeIncrementUnit", "s"),
+        )
+    return sizes
+
+
+def _imagej_pixel_sizes(meta: dict[str, Any], page: Any) -> dict[str, tuple[float, str]]:
+    unit = str(meta.get("unit", "")).replace("\\u00B5", "µ")
+    sizes: dict[str, tuple[float, str]] = {}
+    for axis, tag in (("x", "XResolution"), ("y", "YResolution")):
+        resolution = page.tags.get(tag)
+        if resolution is not None:
+            num, den = resolution.value
+            if num:
+                sizes[axis] = (den / num, unit)
+    if "spacing" in meta:
+        sizes["z"] = (float(meta["spacing"]), unit)
+    if "finterval" in meta:
+        sizes["time"] = (float(meta["finterval"]), "s")
+    return sizes
+
+
+def _open_pillow(path: Path) -> ImageFile:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        mode, size = image.mode, image.size
+    bands = {"RGB": 3, "RGBA": 4, "LA": 2, "P": 3, "PA": 4}.get(mode, 1)
+    if bands > 1:
+        return ImageFile(
+            path, _kind(path), (size[1], size[0], bands), ("y", "x", "channel"), rgb=True
+        )
+    return ImageFile(path, _kind(path), (size[1], size[0]), ("y", "x"))
+
+
+def _kind(path: Path) -> str:
+    return "png" if full_suffix(path) == ".png" else "jpeg"
+
+
+def _load(image: ImageFile) -> Any:
+    if image.kind == "tiff":
+        import tifffile
+
+        return tifffile.imread(image.path, series=0)
+    from PIL import Image
+
+    with Image.open(image.path) as opened:
+        if opened.mode in ("P", "PA"):
+            return np.asarray(opened.convert("RGBA" if opened.mode == "PA" else "RGB"))
+        return np.asarray(opened)
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path``, renamed to ``path`` when the block completes and
+    removed when it fails."""
+    temporary = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        yield temporary
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(temporary, path)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary.exists():
+            temporary.unlink()
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be made or written."""
+    from modelrunner.errors import PermissionDeniedError
+
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionDeniedError(f"-o {path}: cannot write in {existing}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionDeniedError(f"-o {path}: cannot make folder {folder}: {e}") from e
+
+
+def write_image(
+    path: Path,
+    fmt: Format,
+    array: np.ndarray,
+    axes: tuple[str, ...],
+    pixel_sizes: dict[str, tuple[float, str]],
+    *,
+    name: str,
+) -> None:
+    """Write a whole array (TIFF, PNG, npy) to ``path`` (a temporary name from
+    :func:`atomic_path`; ``name`` is the final one); OME-TIFF keeps axes and pixel sizes."""
+    if fmt == "npy":
+        with path.open("wb") as f:
+            np.save(f, array)
+    elif fmt == "tiff":
+        _write_ome_tiff(path, name, array, axes, pixel_sizes)
+    elif fmt == "png":
+        _write_png(path, name, array)
+    else:  # pragma: no cover - zarr is written plane by plane by the caller
+        raise AssertionError(fmt)
+
+
+def _write_ome_tiff(
+    path: Path,
+    name: str,
+    array: np.ndarray,
+    axes: tuple[str, ...],
+    sizes: dict[str, tuple[float, str]],
+) -> None:
+    import tifffile
+
+    ome = {"time": "T", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
+    if not axes or any(a not in ome for a in axes):
+        raise InvalidArgumentError(
+            f"{name}: OME-TIFF holds time, channel, z, y and x axes, the output has "
+            f"{list(axes) or list(array.shape)}; name the input's axes (--axes) or write .npy"
+        )
+    letters = "".join(ome[a] for a in axes)
+    metadata: dict[str, Any] = {"axes": letters}
+    for axis in ("x", "y", "z"):
+        if axis in sizes and axis in axes:
+            value, unit = sizes[axis]
+            metadata[f"PhysicalSize{axis.upper()}"] = value
+            if unit:
+                metadata[f"PhysicalSize{axis.upper()}Unit"] = _OME_UNITS.get(unit, unit)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    tifffile.imwrite(path, array, ome=True, metadata=metadata, photometric="minisblack")
+
+
+def _write_png(path: Path, name: str, array: np.ndarray) -> None:
+    from PIL import Image
+
+    image = np.squeeze(array)
+    if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
+        image = np.moveaxis(image, 0, -1)
+    if image.ndim not in (2, 3):
+        raise InvalidArgumentError(
+            f"{name}: a PNG holds a 2-D image (or 2-D with 3/4 channels), the output has shape "
+            f"{list(array.shape)}; write .ome.tif, .ome.zarr or .npy instead"
+        )
+    if image.dtype not in (np.uint8, np.uint16):
+        lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
+        print(
+            f"note: {name}: {image.dtype} values in [{lo:.3g}, {hi:.3g}] scaled to 8 bit "
+            "for PNG; use .ome.tif or .npy to keep them",
+            file=sys.stderr,
+        )
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        image = ((np.nan_to_num(image, nan=lo) - lo) * scale).astype(np.uint8)
+    Image.fromarray(image).save(path, format="PNG")
