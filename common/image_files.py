@@ -81,15 +81,23 @@ class ImageFile:
     _source: Any = None
     _channel: tuple[int, int] | None = None
     """(axis, index) chosen with ``--channel``: dropped from ``shape`` and ``axes``."""
+    _handle: Any = None
+
+    def close(self) -> None:
+        """Let go of an open TIFF (it is opened again when read again)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = self._source = None
 
     @property
     def name(self) -> str:
         return self.path.name
 
     def read(self, index: tuple[int | slice, ...]) -> np.ndarray:
-        """The region ``index`` (over ``shape``) as a numpy array."""
+        """The region ``index`` (over ``shape``) as a numpy array; TIFF and OME-Zarr read only
+        the pages or chunks it touches."""
         if self._source is None:
-            self._source = _load(self)
+            self._source, self._handle = _load(self)
         if self._channel is not None:
             axis, chosen = self._channel
             index = (*index[:axis], chosen, *index[axis:])
@@ -271,17 +279,25 @@ def _kind(path: Path) -> str:
     return "png" if full_suffix(path) == ".png" else "jpeg"
 
 
-def _load(image: ImageFile) -> Any:
+def _load(image: ImageFile) -> tuple[Any, Any]:
+    """The pixels to index, and what to close when done."""
     if image.kind == "tiff":
         import tifffile
+        import zarr
 
-        return tifffile.imread(image.path, series=0)
+        # tifffile's zarr view of the series: a plane is read (and decoded) when indexed
+        tif = tifffile.TiffFile(image.path)
+        try:
+            return zarr.open_array(tif.series[0].aszarr(), mode="r"), tif
+        except BaseException:
+            tif.close()
+            raise
     from PIL import Image
 
     with Image.open(image.path) as opened:
         if opened.mode in ("P", "PA"):
-            return np.asarray(opened.convert("RGBA" if opened.mode == "PA" else "RGB"))
-        return np.asarray(opened)
+            return np.asarray(opened.convert("RGBA" if opened.mode == "PA" else "RGB")), None
+        return np.asarray(opened), None
 
 
 # -- writing -------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from modelrunner.cli_predict import DEFAULT_ADDRESS
 from modelrunner.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
+    InvalidTensorError,
     ModelRunnerError,
     UnavailableError,
 )
@@ -243,6 +244,8 @@ def _run_job(
 ) -> None:
     first, plan = job.images[0], job.plans[0]
     with ExitStack() as stack:
+        for image in job.images:
+            stack.callback(image.close)
         outputs = {
             oid: _Output(path, fmt, first, plan, info.output(oid), args.keep_singletons, stack)
             for oid, (path, fmt) in job.targets.items()
@@ -252,16 +255,30 @@ def _run_job(
                 spec.id: _plane(image, p, index)
                 for image, p, spec in zip(job.images, job.plans, info.inputs, strict=True)
             }
-            results = client.predict(
-                info.id,
-                inputs,
-                weight_format=args.weight_format,
-                device=args.device,
-                blocksize=args.blocksize,
-                reference_path=args.reference_path,
-                precision=args.precision,
-                progress=tile_progress and not args.no_progress,
-            )
+            try:
+                results = client.predict(
+                    info.id,
+                    inputs,
+                    weight_format=args.weight_format,
+                    device=args.device,
+                    blocksize=args.blocksize,
+                    reference_path=args.reference_path,
+                    precision=args.precision,
+                    progress=tile_progress and not args.no_progress,
+                )
+            except InvalidTensorError as e:
+                unnamed = [
+                    i.name
+                    for i, p in zip(job.images, job.plans, strict=True)
+                    if p.sent_dims is None
+                ]
+                if not unnamed:
+                    raise
+                raise InvalidTensorError(
+                    f"{e.message}; {', '.join(unnamed)} has no axis names: give them with "
+                    "--axes (e.g. zyx --per-plane for z planes, cyx for channels)",
+                    details=e.details,
+                ) from e
             for oid, target in outputs.items():
                 target.put(index, results[oid])
             bar.update(1)
