@@ -49,7 +49,7 @@ def add_predict_command(sub: Any) -> None:
     predict.add_argument(
         "--keep-singletons",
         action="store_true",
-        help="keep the model's size-1 batch and channel axes in outputs (batch: .npy only)",
+        help="keep the model's size-1 channel axis in outputs (and batch axis in .npy)",
     )
     where = predict.add_mutually_exclusive_group()
     where.add_argument(

@@ -344,3 +344,35 @@ def test_predict_without_a_server_runs_the_model_in_process(
         "`modelrunner serve`)"
     ) in err
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "in_output.ome.tif"), _stack(1)[0])
+
+
+def test_channels_from_metadata_channel_choice_and_singletons(
+    server: RunningServer, identity: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    two = _stack(2)
+    tifffile.imwrite(tmp_path / "two.ome.tif", two, ome=True, metadata={"axes": "CYX"})
+    at = ["--server", server.address]
+    error = _raised(identity.id, str(tmp_path / "two.ome.tif"), "-o", str(tmp_path) + "/", *at)
+    assert type(error) is errors.InvalidTensorError
+    assert error.message == (
+        "two.ome.tif has 2 channels (axes cyx); model 'tiny-onnx-identity' input 'input' "
+        "(axes bcyx) wants 1 channel: pick one channel with --channel N (0-based), or, if its "
+        "2 'channels' are z planes, --axes zyx --per-plane"
+    )
+    code, err = _run(
+        capsys, identity.id, str(tmp_path / "two.ome.tif"), "--channel", "1",
+        "-o", str(tmp_path / "one.npy"), "--keep-singletons", *at,
+    )  # fmt: skip
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "one.npy"), two[1][None, None])
+    code, err = _run(
+        capsys, identity.id, str(tmp_path / "two.ome.tif"), "--channel", "0",
+        "-o", str(tmp_path / "one.ome.zarr"), "--keep-singletons", *at,
+    )  # fmt: skip
+    assert code == 0, err
+    written = zarr.open_group(str(tmp_path / "one.ome.zarr"), mode="r")
+    assert [a["name"] for a in written.attrs["multiscales"][0]["axes"]] == ["c", "y", "x"]
+    np.testing.assert_array_equal(written["0"][:], two[:1])
+    error = _raised(identity.id, str(tmp_path / "two.ome.tif"), "--channel", "2", "-o", "x/", *at)
+    assert type(error) is errors.InvalidArgumentError
+    assert error.message == "--channel 2: two.ome.tif has channels 0 to 1"
