@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from modelrunner.errors import InvalidArgumentError, SourceNotFoundError
+from modelrunner.errors import InvalidArgumentError, ModelRunnerError, SourceNotFoundError
 from modelrunner.image_axes import axes_from_tiff
 from modelrunner.ome_zarr_io import UNIT_NAMES, is_zarr, read_ome_zarr
 
@@ -96,12 +96,13 @@ class ImageFile:
     def read(self, index: tuple[int | slice, ...]) -> np.ndarray:
         """The region ``index`` (over ``shape``) as a numpy array; TIFF and OME-Zarr read only
         the pages or chunks it touches."""
-        if self._source is None:
-            self._source, self._handle = _load(self)
         if self._channel is not None:
             axis, chosen = self._channel
             index = (*index[:axis], chosen, *index[axis:])
-        return np.asarray(self._source[index])
+        with _unreadable(self.path):
+            if self._source is None:
+                self._source, self._handle = _load(self)
+            return np.asarray(self._source[index])
 
 
 def find_inputs(patterns: list[str]) -> list[Path]:
@@ -137,9 +138,39 @@ def find_inputs(patterns: list[str]) -> list[Path]:
 
 def open_image(path: Path, axes: tuple[str, ...] | None, channel: int | None) -> ImageFile:
     """Shape, axes and metadata of ``path``; ``axes`` (from ``--axes``) wins over the file's."""
+    with _unreadable(path):
+        image = _open(path, forced=axes is not None)
+    if axes is not None:
+        if len(axes) != len(image.shape):
+            raise InvalidArgumentError(
+                f"{path.name}: --axes names {len(axes)} axes, but the image has "
+                f"{len(image.shape)} (shape {image.shape})"
+            )
+        image.axes = axes
+    if channel is not None:
+        _choose_channel(image, channel)
+    return image
+
+
+@contextmanager
+def _unreadable(path: Path) -> Iterator[None]:
+    """tifffile, pillow, numpy and zarr each raise their own errors for a damaged file: one
+    error, naming the file, instead of a traceback."""
+    try:
+        yield
+    except ModelRunnerError:
+        raise
+    except Exception as e:
+        raise InvalidArgumentError(
+            f"{path.name}: cannot read it as {full_suffix(path) or 'an image'}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _open(path: Path, *, forced: bool) -> ImageFile:
     suffix = full_suffix(path)
     if suffix in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
-        image = _open_tiff(path, forced=axes is not None)
+        image = _open_tiff(path, forced=forced)
     elif suffix in (".png", ".jpg", ".jpeg"):
         image = _open_pillow(path)
     elif suffix == ".npy":
@@ -147,7 +178,7 @@ def open_image(path: Path, axes: tuple[str, ...] | None, channel: int | None) ->
         guess = ("y", "x") if array.ndim == 2 else None
         image = ImageFile(path, "npy", tuple(array.shape), guess, _source=array)
     elif suffix in (".zarr", ".ome.zarr"):
-        ome = read_ome_zarr(path, forced_axes=axes is not None)
+        ome = read_ome_zarr(path, forced_axes=forced)
         image = ImageFile(
             path,
             "zarr",
@@ -162,15 +193,6 @@ def open_image(path: Path, axes: tuple[str, ...] | None, channel: int | None) ->
             f"{path}: unsupported file type {suffix or '(none)'}; use one of "
             f"{', '.join(INPUT_SUFFIXES)} (.ome.tif and .ome.zarr included)"
         )
-    if axes is not None:
-        if len(axes) != len(image.shape):
-            raise InvalidArgumentError(
-                f"{path.name}: --axes names {len(axes)} axes, but the image has "
-                f"{len(image.shape)} (shape {image.shape})"
-            )
-        image.axes = axes
-    if channel is not None:
-        _choose_channel(image, channel)
     return image
 
 
@@ -195,6 +217,8 @@ def _open_tiff(path: Path, *, forced: bool) -> ImageFile:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise InvalidArgumentError(f"{path.name}: no image in this TIFF file")
         series = tif.series[0]
         pages = [p for p in series.pages if p is not None]
         held = sum(p.size for p in pages)

@@ -282,6 +282,25 @@ def test_hostile_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         error = _raised("m", str(tmp_path / "ij.tif"), "--axes", axes, *out, *nowhere)
         assert type(error) is errors.InvalidArgumentError
         assert error.message == message
+    # damaged files of each kind: one error naming the file, not a traceback
+    (tmp_path / "noise.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "empty.ome.zarr").mkdir()
+    flat = zarr.open_group(str(tmp_path / "flat.ome.zarr"), mode="w", zarr_format=2)
+    flat.create_array("0", shape=(2, 8, 8), dtype="float32")
+    flat.attrs["multiscales"] = [
+        {"version": "0.4", "axes": [{"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}]}
+    ]
+    for name, start in (
+        ("noise.tif", "noise.tif: no image in this TIFF file"),
+        ("objects.npy", "objects.npy: cannot read it as .npy: ValueError: "),
+        ("empty.ome.zarr", f"{tmp_path / 'empty.ome.zarr'}: not a zarr group"),
+        ("flat.ome.zarr", "flat.ome.zarr: its metadata names 2 axes but the array has 3 (shape "
+         "(2, 8, 8)); give its axes with --axes"),
+    ):  # fmt: skip
+        error = _raised("m", str(tmp_path / name), *out, *nowhere)
+        assert type(error) is errors.InvalidArgumentError, error
+        assert error.message.startswith(start), error.message
     code, err = _run(capsys, "m", str(tmp_path / "nothing-*.tif"), *out, *nowhere)
     assert code == 1 and err.startswith("error (NOT_FOUND): no files match")
 
