@@ -37,18 +37,14 @@ from modelrunner.image_axes import (
     parse_axes,
     plan_input,
 )
-from modelrunner.image_files import (
-    DEFAULT_OUTPUT_SUFFIX,
+from modelrunner.image_files import DEFAULT_OUTPUT_SUFFIX, ImageFile, find_inputs, open_image, stem
+from modelrunner.image_outputs import (
     OUTPUT_SUFFIXES,
     Format,
-    ImageFile,
     atomic_path,
     check_writable,
-    find_inputs,
     full_suffix,
-    open_image,
     output_format,
-    stem,
     write_image,
 )
 
