@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import sys
 from contextlib import ExitStack
@@ -298,9 +299,15 @@ def _plane(image: ImageFile, plan: InputPlan, index: tuple[int, ...]) -> Any:
     return _Named(np.ascontiguousarray(image.read(region)), plan.sent_dims)
 
 
+IN_MEMORY_BYTES = 256 * 1024**2
+"""A TIFF or PNG output larger than this is gathered in a file-backed buffer next to it (the
+page cache, not the process, holds it) before it is written."""
+
+
 class _Output:
-    """One output file, filled plane by plane: in memory for TIFF, PNG and npy, straight into
-    the (temporary) OME-Zarr for zarr."""
+    """One output file, filled plane by plane: straight into the (temporary) OME-Zarr or
+    ``.npy`` (memory-mapped); TIFF and PNG gathered in memory, or in a file-backed buffer when
+    large, and written when complete."""
 
     def __init__(
         self,
@@ -315,6 +322,7 @@ class _Output:
         self.path, self.fmt, self.image, self.plan, self.spec = path, fmt, image, plan, spec
         self.keep = keep_singletons
         self.temporary = stack.enter_context(atomic_path(path))
+        self._stack = stack
         self.axes: tuple[str, ...] = ()
         self.shape: tuple[int, ...] = ()
         self._squeeze: tuple[int, ...] = ()
@@ -350,6 +358,16 @@ class _Output:
                 name=stem(self.path),
                 version=self.image.zarr_version,
             )
+        elif self.fmt == "npy":
+            self._data = np.lib.format.open_memmap(
+                self.temporary, mode="w+", dtype=plane.dtype, shape=self.shape
+            )
+        elif math.prod(self.shape) * plane.dtype.itemsize > IN_MEMORY_BYTES:
+            buffer = self.temporary.with_name(self.temporary.name + ".buffer")
+            self._stack.callback(buffer.unlink, missing_ok=True)
+            self._data = np.lib.format.open_memmap(
+                buffer, mode="w+", dtype=plane.dtype, shape=self.shape
+            )
         else:
             self._data = np.empty(self.shape, plane.dtype)
 
@@ -363,7 +381,9 @@ class _Output:
         self._data[tuple(region)] = plane
 
     def finish(self) -> None:
-        if self.fmt != "zarr":
+        if isinstance(self._data, np.memmap):
+            self._data.flush()
+        if self.fmt not in ("zarr", "npy"):
             write_image(
                 self.temporary,
                 self.fmt,
