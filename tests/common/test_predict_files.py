@@ -107,8 +107,16 @@ def test_wrong_channels_say_what_the_image_has_and_the_model_wants(
 
 
 def test_ome_tiff_keeps_axes_and_pixel_sizes(
-    server: RunningServer, identity: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: RunningServer,
+    identity: ModelInfo,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import modelrunner.predict_files as predict_files
+
+    # gathered in the file-backed buffer large outputs take, which is gone afterwards
+    monkeypatch.setattr(predict_files, "IN_MEMORY_BYTES", 0)
     stack = _stack()
     tifffile.imwrite(
         tmp_path / "zstack.ome.tif",
