@@ -22,12 +22,15 @@ REPO = Path(__file__).resolve().parents[2]
 SECTION = "## From the command line"
 
 
-def readme_commands() -> str:
+def readme_section() -> str:
     text = (REPO / "README.md").read_text()
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
-    section = text[start : end if end >= 0 else None]
-    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    return text[start : end if end >= 0 else None]
+
+
+def readme_commands() -> str:
+    blocks = re.findall(r"```bash\n(.*?)```", readme_section(), flags=re.DOTALL)
     assert blocks, f"no bash block in {SECTION!r}"
     return "".join(blocks)
 
@@ -75,3 +78,13 @@ def test_the_readme_commands_run_as_written(
     assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["t", "y", "x"]
     np.testing.assert_allclose(group["0"][:], zstack, atol=1e-5)
     assert not [p for p in results.rglob("*") if "partial" in p.name]
+
+    # the error the section quotes, for the RGB image without --channel
+    quoted = re.search(r"Without it the command\s+says `(.*?)`", readme_section(), re.DOTALL)
+    assert quoted is not None
+    command = "modelrunner predict ../shared/zoo/unet2d_nuclei_broad samples/nuclei_rgb.png -o x/"
+    refused = subprocess.run(
+        ["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 1
+    assert f"error (INVALID_ARGUMENT): {' '.join(quoted.group(1).split())}\n" in refused.stderr
