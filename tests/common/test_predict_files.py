@@ -76,6 +76,14 @@ def test_rgb_png_is_three_channels(
     with tifffile.TiffFile(written) as tif:
         assert tif.series[0].axes == "CYX"
         np.testing.assert_array_equal(tif.asarray(), np.moveaxis(rgb, -1, 0).astype(np.float32))
+    # the same pixels as a .npy, whose axes only --axes can name
+    np.save(tmp_path / "cells.npy", rgb)
+    code, err = _run(
+        capsys, rgb_identity.id, str(tmp_path / "cells.npy"), "--axes", "yxs",
+        "-o", str(tmp_path / "cells_out.npy"), "--server", server.address,
+    )  # fmt: skip
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "cells_out.npy"), np.moveaxis(rgb, -1, 0))
 
 
 def test_wrong_channels_say_what_the_image_has_and_the_model_wants(
