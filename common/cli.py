@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelrunner import __version__, errors
+from modelrunner.cli_predict import add_predict_command
 from modelrunner.cli_tokens import add_token_commands
 
 if TYPE_CHECKING:
@@ -137,39 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--details", action="store_true", help="print bioimageio.core's full report")
     test.set_defaults(run=_test)
 
-    predict = sub.add_parser(
-        "predict",
-        help="run a model on image files (.npy, .tif, .png); without --server on an embedded runner",
-    )
-    predict.add_argument("model", help="model id, or a package path (added first)")
-    predict.add_argument("inputs", nargs="+", help="one file per model input, in input order")
-    predict.add_argument("-o", "--output", required=True, help="output file (or folder)")
-    predict.add_argument(
-        "--server", default=os.environ.get("MODELRUNNER_SERVER"), help="server address"
-    )
-    predict.add_argument(
-        "--token", default=os.environ.get("MODELRUNNER_TOKEN"), help="access token (--server)"
-    )
-    predict.add_argument(
-        "--tls-ca", default=os.environ.get("MODELRUNNER_TLS_CA"), help="TLS roots (--server)"
-    )
-    predict.add_argument("--tls", action="store_true", help="connect with TLS (--server)")
-    predict.add_argument("--weight-format")
-    predict.add_argument("--device")
-    predict.add_argument("--blocksize", type=int, help="bioimageio.core blocksize parameter")
-    predict.add_argument(
-        "--reference-path",
-        action="store_true",
-        help="run bioimageio.core's own pipeline, not the runtime's checked fast path",
-    )
-    predict.add_argument(
-        "--precision",
-        choices=("float16", "bfloat16"),
-        help="run the network in reduced precision (fast path, PyTorch/TorchScript weights)",
-    )
-    predict.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
-    predict.add_argument("--no-progress", action="store_true", help="no progress bars")
-    predict.set_defaults(run=_predict)
+    add_predict_command(sub)
     return parser
 
 
@@ -385,12 +354,6 @@ def _test(args: argparse.Namespace) -> int:
         report = client.test(_model_id(client, args.model), args.weight_format, device=args.device)
     _print_report(args, report, f"model test of {args.model}")
     return 0 if report.passed else 1
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from modelrunner.cli_predict import run_predict
-
-    return run_predict(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
