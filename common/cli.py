@@ -2,8 +2,8 @@
 
 ``serve`` starts the control service with one embedded runtime; ``runtime`` starts a runtime
 alone; the other commands are clients of a running server (``--server``, default
-``$MODELRUNNER_SERVER`` or ``localhost:50051``). Server settings come from flags, then
-``MODELRUNNER_*`` environment variables, then defaults.
+``$MODELRUNNER_SERVER``, ``$MODELRUNNER_ADDRESS`` or ``localhost:50051``). Server settings come
+from flags, then ``MODELRUNNER_*`` environment variables, then defaults.
 """
 
 from __future__ import annotations
@@ -179,8 +179,13 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
-        default=os.environ.get("MODELRUNNER_SERVER", "localhost:50051"),
-        help="server address (default $MODELRUNNER_SERVER or localhost:50051)",
+        default=(
+            os.environ.get("MODELRUNNER_SERVER")
+            or os.environ.get("MODELRUNNER_ADDRESS")
+            or "localhost:50051"
+        ),
+        help="server address (default $MODELRUNNER_SERVER, $MODELRUNNER_ADDRESS or "
+        "localhost:50051)",
     )
     p.add_argument(
         "--token",
