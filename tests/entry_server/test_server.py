@@ -14,18 +14,54 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modelrunner import __version__, errors
+from modelrunner.converters import to_pb_runtime
 from modelrunner.entry_server import start_control_server
 from modelrunner.entry_server.server import SERVICE_NAME
+from modelrunner.types import RuntimeInfo
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 from tests.entry_server.conftest import Running, ServerFactory, make_settings
 from tests.entry_server.helpers import NUCLEI, add_model, expect_rpc_error
 
 
-def test_health_check_reports_serving_for_the_server_and_the_service(control: Running) -> None:
+def test_health_is_ready_only_while_a_runtime_can_predict(start_server: ServerFactory) -> None:
+    """Readiness ("", the services) waits for a runtime; liveness does not."""
+    control = start_server(heartbeat_interval_s=0.2)
     health = health_pb2_grpc.HealthStub(control.channel)
-    for service in ("", "modelrunner.v1.ControlService"):
-        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    def statuses() -> dict[str, int]:
+        return {
+            service: health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            for service in ("", SERVICE_NAME, "inference.GRPCInferenceService", "liveness")
+        }
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert statuses() == {
+        "": not_serving,
+        SERVICE_NAME: not_serving,
+        "inference.GRPCInferenceService": not_serving,
+        "liveness": serving,
+    }
+    control.stub.RegisterRuntime(
+        control_pb2.RegisterRuntimeRequest(
+            runtime=to_pb_runtime(
+                RuntimeInfo(runtime_id="a", flight_uri="grpc://127.0.0.1:9", available=True)
+            )
+        ),
+        timeout=5,
+    )
+    assert set(statuses().values()) == {serving}
+    deadline = time.monotonic() + 5
+    while statuses()[""] == serving and time.monotonic() < deadline:
+        time.sleep(0.1)  # three missed heartbeats (0.6 s), noticed within a second
+    assert statuses() == {
+        "": not_serving,
+        SERVICE_NAME: not_serving,
+        "inference.GRPCInferenceService": not_serving,
+        "liveness": serving,
+    }
 
 
 def test_health_check_of_an_unknown_service_is_not_found(control: Running) -> None:
