@@ -174,7 +174,17 @@ def _uri_host(host: str) -> str:
 
 @contextmanager
 def start_embedded(settings: Settings, *, with_runtime: bool = True) -> Iterator[RunningServer]:
-    """The control service plus one runtime in this process; stopped on exit."""
+    """The control service plus one runtime in this process, ready (a runtime can predict)
+    when this yields; stopped on exit."""
+    running = start_serving(settings, with_runtime=with_runtime)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningServer:
+    """Start what ``start_embedded`` starts; the caller stops it (``RunningServer.stop``)."""
     from modelrunner.entry_server.server import start_control_server
 
     with ExitStack() as stack:
@@ -201,7 +211,8 @@ def start_embedded(settings: Settings, *, with_runtime: bool = True) -> Iterator
             control.forwarding.attach_local(service.runtime_id, service)
             # it registered before start_runtime returned; ready means a runtime can predict
             control.readiness.wait(settings.runtime_wait_s)
-        yield running
+        stack.pop_all()
+    return running
 
 
 def _local_address(port: int, host: str) -> str:
@@ -212,28 +223,13 @@ def serve_forever(settings: Settings, *, with_runtime: bool = True) -> None:
     """``modelrunner serve``: start, say "ready" on stderr once a runtime can predict, serve
     until SIGTERM or SIGINT, drain (``graceful_shutdown``)."""
     signals = ShutdownSignals()
-    running = _start_serving(settings, with_runtime, signals)
-    if running is None:
-        return
+    running = start_serving(settings, with_runtime=with_runtime)
     try:
         print(_banner(settings, running), flush=True)
         announce_ready(running, signals.requested)
         signals.wait()
     finally:
         stop_within(running.stop, settings.grace_period_s)
-
-
-def _start_serving(
-    settings: Settings, with_runtime: bool, signals: ShutdownSignals
-) -> RunningServer | None:
-    """``start_embedded`` outside a ``with`` block: the drain runs under ``stop_within``."""
-    with ExitStack() as stack:
-        running = stack.enter_context(start_embedded(settings, with_runtime=with_runtime))
-        if signals.requested.is_set():
-            return None  # stopped (by the ExitStack) before it served
-        stack.pop_all()
-        return running
-    return None  # pragma: no cover - the with block returns
 
 
 def run_runtime_forever(settings: Settings) -> None:
