@@ -314,8 +314,11 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                         out_layout = self._write_outputs(writer, out_layout, result, frame=index)
         finally:
             if self.draining.is_set():
-                # the reader may wait for a client that waits for us: end the call, not wait
+                # The reader must not outlive the call (it reads the call's stream: pyarrow
+                # aborts the process). It ends at the client's next message, which a stream
+                # with frames to send brings soon; the process's grace period bounds the rest.
                 reading.stop_reading()
+                reading.join()
             else:
                 reading.stop()
         if reading.error is not None and not context.is_cancelled():
