@@ -130,10 +130,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def begin_drain(self) -> None:
         """The start of a graceful shutdown (``modelrunner.graceful_shutdown``): open streams
-        answer the frames already received, then end with ServerShuttingDownError; sessions end
-        before their next sample; single predictions run on."""
+        answer the frames already received, then end with ServerShuttingDownError; single
+        predictions run on; sessions end before their next sample once :meth:`shutdown` runs."""
         self.draining.set()
-        self.retire_sessions()
 
     def retire_sessions(self) -> None:
         """End the sessions open now before their next sample: the runtime ends the exchange
