@@ -13,7 +13,8 @@ Exceptions (all from :mod:`modelrunner.errors`; callers never see ``grpc.RpcErro
     ├── InvalidArgumentError (InvalidSourceError, InvalidPackageError, InvalidTensorError)
     ├── FailedPreconditionError (ModelInUseError, CorruptModelError, DeviceNotAvailableError)
     ├── ResourceExhaustedError
-    ├── UnavailableError
+    ├── UnavailableError (.frames_answered when it ends a stream)
+    │   └── ServerShuttingDownError
     ├── DeadlineExceededError
     ├── CancelledError
     ├── InternalError
@@ -36,6 +37,7 @@ from modelrunner.errors import (
     ModelRunnerError,
     NotFoundError,
     ResourceExhaustedError,
+    ServerShuttingDownError,
     SourceNotFoundError,
     UnavailableError,
 )
@@ -89,6 +91,7 @@ __all__ = [
     "ResourceExhaustedError",
     "RuntimeInfo",
     "ServerInfo",
+    "ServerShuttingDownError",
     "SizeReference",
     "SourceNotFoundError",
     "TensorSpec",

@@ -20,6 +20,7 @@ from modelrunner.wire import DEFAULT_BATCH_BYTES
 
 from ._inputs import Inputs
 from ._progress import ProgressOption
+from ._retries import DEFAULT_RETRY_S
 from ._sources import SourceLike
 from ._stream import FrameStream, OnError
 from ._sync import ModelRunnerClient, NanPolicy, Precision
@@ -42,6 +43,7 @@ class AsyncModelRunnerClient:
         timeout: float | None = 300.0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_concurrency: int = 64,
+        retry_s: float = DEFAULT_RETRY_S,
     ) -> None:
         """The arguments of :class:`ModelRunnerClient`, and how many calls may run at once."""
         self._sync = ModelRunnerClient(
@@ -51,6 +53,7 @@ class AsyncModelRunnerClient:
             client_cert=client_cert,
             timeout=timeout,
             batch_bytes=batch_bytes,
+            retry_s=retry_s,
         )
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="modelrunner-async")
         self.address = address
@@ -96,6 +99,12 @@ class AsyncModelRunnerClient:
             upload=upload,
             timeout=timeout,
         )
+
+    async def health(self, service: str = "", *, timeout: Timeout = USE_CLIENT_DEFAULT) -> str:
+        return await self._run(self._sync.health, service, timeout=timeout)
+
+    async def wait_until_ready(self, timeout: float = 60.0) -> None:
+        await self._run(self._sync.wait_until_ready, timeout)
 
     async def list_models(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[types.ModelInfo]:
         return await self._run(self._sync.list_models, timeout=timeout)

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import grpc
+
 from modelrunner import converters, types
 from modelrunner.channels import control_channel
 from modelrunner.tls import ClientTls
@@ -46,6 +48,11 @@ class ControlClient:
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
         self._routes: dict[tuple[str, str, str], tuple[float, Route]] = {}
         self._routes_lock = threading.Lock()
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel to the control service (health checks use it too)."""
+        return self._channel
 
     def close(self) -> None:
         self._channel.close()

@@ -9,6 +9,10 @@ runtime sends nothing for ``idle_timeout`` seconds while the client waits for an
 stream is cancelled and ``next()`` raises DeadlineExceededError, so a frozen runtime cannot make
 the client wait forever. gRPC keepalive would not notice: a runtime whose handler hangs still
 answers HTTP/2 pings.
+
+A stream that loses its runtime (a restart, a shutdown: ServerShuttingDownError) raises an
+UnavailableError whose ``frames_answered`` is the number of frames answered before it, so the
+caller can send the rest on a new stream; the stream itself is never resent behind its back.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -153,6 +158,10 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
             )
         self._on_error = on_error
         self._idle_timeout = idle_timeout
+        self.frames_answered = 0
+        """Frames whose answer (outputs or FrameError) this stream gave so far."""
+        self.on_unavailable: Callable[[], None] | None = None
+        """Called when the stream ends with UnavailableError (the client forgets the route)."""
         self._decoder: SampleDecoder | None = None
         self._watchdog: _IdleWatchdog | None = None
         descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
@@ -172,6 +181,20 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
     def __next__(self) -> dict[str, np.ndarray]:
         if self._upload.closed.is_set():
             raise StopIteration
+        with self._noting_interruption():
+            return self._next()
+
+    @contextmanager
+    def _noting_interruption(self) -> Iterator[None]:
+        try:
+            yield
+        except errors.UnavailableError as e:
+            e.frames_answered = self.frames_answered
+            if self.on_unavailable is not None:
+                self.on_unavailable()
+            raise
+
+    def _next(self) -> dict[str, np.ndarray]:
         item = self._upload.sent.get()
         if item is _DONE:
             self._upload.sent.put(_DONE)
@@ -230,9 +253,11 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
                 self._decoder = SampleDecoder(SampleLayout.from_schema(self._reader.schema))
             samples = self._decoder.feed(chunk.data)
             if samples:
+                self.frames_answered += 1
                 return samples[0]
 
     def _fail(self, error: FrameError) -> dict[str, np.ndarray]:
+        self.frames_answered += 1
         if self._on_error == "yield":
             return error  # type: ignore[return-value]
         raise error

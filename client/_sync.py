@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,10 @@ from modelrunner.wire import DEFAULT_BATCH_BYTES
 
 from . import _flight
 from ._control import ControlClient, Route
+from ._health import check_health
 from ._inputs import Inputs, normalise_inputs
 from ._progress import ProgressOption, progress_callback
+from ._retries import DEFAULT_RETRY_S, with_retries
 from ._sessions import fits_session
 from ._sources import SourceLike, Upload, interpret_source, is_local_address
 from ._stream import DEFAULT_IDLE_TIMEOUT_S, FrameStream, OnError
@@ -38,6 +41,8 @@ class ModelRunnerClient:
 
     Every method takes ``timeout`` in seconds: ``None`` waits forever, and by default the client's
     own ``timeout`` applies. Errors are :class:`modelrunner.errors.ModelRunnerError` subclasses.
+    Calls that are safe to repeat ride through a server or runtime restart (``retry_s``, see
+    ``client/_retries.py``); predictions are never repeated behind your back.
     """
 
     def __init__(
@@ -49,13 +54,17 @@ class ModelRunnerClient:
         client_cert: tuple[str | Path, str | Path] | None = None,
         timeout: float | None = 300.0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        retry_s: float = DEFAULT_RETRY_S,
     ) -> None:
         """``token``: the bearer token a server with authentication wants (default
         ``$MODELRUNNER_TOKEN``); ``tls``: True for TLS with the system's root certificates, or
         the path of a PEM file of roots; ``client_cert``: (certificate, key) PEM paths for a
-        server that wants mutual TLS."""
+        server that wants mutual TLS; ``retry_s``: how long calls that are safe to repeat
+        (list, describe, route, server info, health, load) retry a server or runtime that is
+        unavailable, within each call's timeout (0: never retry)."""
         self.address = address
         self.timeout = timeout
+        self.retry_s = retry_s
         self.batch_bytes = batch_bytes
         token = token or os.environ.get("MODELRUNNER_TOKEN") or None
         client_tls = ClientTls.from_option(tls, client_cert)
@@ -79,6 +88,50 @@ class ModelRunnerClient:
 
     def _timeout(self, timeout: Timeout) -> float | None:
         return resolve_timeout(timeout, self.timeout)
+
+    def _retried(
+        self,
+        what: str,
+        call: Callable[[float | None], _T],
+        timeout: Timeout,
+        before_retry: Callable[[errors.ModelRunnerError], None] | None = None,
+    ) -> _T:
+        return with_retries(
+            call,
+            timeout=self._timeout(timeout),
+            retry_s=self.retry_s,
+            what=what,
+            before_retry=before_retry,
+        )
+
+    # -- health --------------------------------------------------------------------------------
+
+    def health(self, service: str = "", *, timeout: Timeout = USE_CLIENT_DEFAULT) -> str:
+        """The standard gRPC health status of ``service``: "SERVING" or "NOT_SERVING". ``""``
+        (the server) is SERVING while a runtime can predict; ``"liveness"`` while the process
+        lives (see docs/deployment.md)."""
+        return self._retried(
+            "health check",
+            lambda left: check_health(self._control.channel, service, timeout=left),
+            timeout,
+        )
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the server is ready (a runtime can predict); DeadlineExceededError after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if self.health(timeout=max(0.1, left)) == "SERVING":
+                    return
+            except errors.UnavailableError:
+                pass
+            if left <= 0:
+                raise errors.DeadlineExceededError(
+                    f"the server at {self.address} was not ready within {timeout:g} s"
+                )
+            time.sleep(min(0.1, max(0.0, left)))
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -164,11 +217,15 @@ class ModelRunnerClient:
         return interpreted
 
     def list_models(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[types.ModelInfo]:
-        return self._control.list_models(timeout=self._timeout(timeout))
+        return self._retried(
+            "list models", lambda left: self._control.list_models(timeout=left), timeout
+        )
 
     def describe(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> types.ModelInfo:
         """Full metadata of a model: tensor specs, weight formats and the description (``rdf``)."""
-        return self._control.describe(model_id, timeout=self._timeout(timeout))
+        return self._retried(
+            "describe", lambda left: self._control.describe(model_id, timeout=left), timeout
+        )
 
     def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Remove the model from your workspace (and from the server when no other workspace
@@ -183,7 +240,9 @@ class ModelRunnerClient:
         self._control.publish(model_id, published, timeout=self._timeout(timeout))
 
     def server_info(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> types.ServerInfo:
-        return self._control.server_info(timeout=self._timeout(timeout))
+        return self._retried(
+            "server info", lambda left: self._control.server_info(timeout=left), timeout
+        )
 
     # -- runtime -------------------------------------------------------------------------------
 
@@ -208,18 +267,26 @@ class ModelRunnerClient:
         device: str | None = None,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> types.LoadInfo:
-        """Warm the model up on its runtime, so the first prediction does not pay for loading."""
-        route, _, client = self._runtime_for(model_id, weight_format, device, timeout)
+        """Warm the model up on its runtime, so the first prediction does not pay for loading.
+        A runtime that is gone is replaced by the one the control service routes to next."""
         response = runtime_pb2.LoadModelResponse()
-        _flight.do_action(
-            client,
-            "load_model",
-            runtime_pb2.LoadModelRequest(
-                model_id=route.model_id, weight_format=weight_format or "", device=device or ""
-            ),
-            response,
-            timeout=self._timeout(timeout),
-        )
+
+        def load_once(left: float | None) -> None:
+            route, _, client = self._runtime_for(model_id, weight_format, device, left)
+            with self._forget_route_if_gone(route):
+                _flight.do_action(
+                    client,
+                    "load_model",
+                    runtime_pb2.LoadModelRequest(
+                        model_id=route.model_id,
+                        weight_format=weight_format or "",
+                        device=device or "",
+                    ),
+                    response,
+                    timeout=left,
+                )
+
+        self._retried("load", load_once, timeout)
         from modelrunner.converters import from_pb_loaded_model
 
         return types.LoadInfo(
@@ -340,7 +407,7 @@ class ModelRunnerClient:
         )
         route, _, client = self._runtime_for(model_id, weight_format, device, timeout)
         command.model_id = route.model_id
-        return FrameStream(
+        stream = FrameStream(
             client,
             command,
             frames,
@@ -350,14 +417,20 @@ class ModelRunnerClient:
             on_error=on_error,
             idle_timeout=idle_timeout,
         )
+        stream.on_unavailable = lambda: self._forget_route(route)
+        return stream
 
     # -- internals -----------------------------------------------------------------------------
 
     def _runtime_for(
         self, model_id: str, weight_format: str | None, device: str | None, timeout: Timeout
     ) -> tuple[Route, str, _flight.flight.FlightClient]:
-        route = self._control.route(
-            model_id, weight_format or "", device or "", timeout=self._timeout(timeout)
+        route = self._retried(
+            "route",
+            lambda left: self._control.route(
+                model_id, weight_format or "", device or "", timeout=left
+            ),
+            timeout,
         )
         if not route.flight_uris:
             raise errors.UnavailableError(f"no runtime serves model {model_id!r}")
@@ -369,9 +442,12 @@ class ModelRunnerClient:
         try:
             yield
         except errors.UnavailableError:
-            # The runtime went away (restart, scale-down): forget the cached route and
-            # connection, so the next call asks the control service again.
-            self._control.forget_routes()
-            for uri in route.flight_uris:
-                self._runtimes.drop(_flight.reachable_uri(uri, self.address))
+            self._forget_route(route)
             raise
+
+    def _forget_route(self, route: Route) -> None:
+        """The runtime went away (restart, scale-down): forget the cached route and connection,
+        so the next call asks the control service again."""
+        self._control.forget_routes()
+        for uri in route.flight_uris:
+            self._runtimes.drop(_flight.reachable_uri(uri, self.address))

@@ -21,7 +21,8 @@ and the client turns both back into these types, so callers never see ``grpc.Rpc
     ├── UnauthenticatedError            UNAUTHENTICATED (no token, or one not known)
     ├── PermissionDeniedError           PERMISSION_DENIED (the token's role or workspace)
     ├── ResourceExhaustedError          RESOURCE_EXHAUSTED
-    ├── UnavailableError                UNAVAILABLE
+    ├── UnavailableError                UNAVAILABLE (retrying may help)
+    │   └── ServerShuttingDownError     (the server is draining: try again after its restart)
     ├── DeadlineExceededError           DEADLINE_EXCEEDED
     ├── CancelledError                  CANCELLED
     └── InternalError                   INTERNAL
@@ -119,9 +120,19 @@ class ResourceExhaustedError(ModelRunnerError):
 
 
 class UnavailableError(ModelRunnerError):
-    """A server, runtime or remote source cannot be reached right now; retrying may help."""
+    """A server, runtime or remote source cannot be reached right now; retrying may help.
+
+    When it ends a frame stream (``predict_stream``), ``frames_answered`` is the number of frames
+    whose answers (outputs or frame errors) the stream yielded before it: send the frames from
+    that index on again, on a new stream. Elsewhere it is None."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    frames_answered: int | None = None
+
+
+class ServerShuttingDownError(UnavailableError):
+    """The server or runtime is shutting down (SIGTERM, Ctrl+C): it answered the work already
+    under way and ended the call; a restarted or another runtime takes the next one."""
 
 
 class DeadlineExceededError(ModelRunnerError):
@@ -155,6 +166,7 @@ _ALL_ERRORS: tuple[type[ModelRunnerError], ...] = (
     PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
+    ServerShuttingDownError,
     DeadlineExceededError,
     CancelledError,
     InternalError,

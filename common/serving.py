@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from modelrunner import errors
 from modelrunner.auth import Role
+from modelrunner.graceful_shutdown import ShutdownSignals, stop_within
 from modelrunner.settings import Settings
 from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
 
@@ -37,7 +37,14 @@ class RunningRuntime:
     registration: Registration
     flight_uri: str
 
-    def stop(self) -> None:
+    def stop(self, *, leave: bool = True) -> None:
+        """Drain and stop: the control service is told this runtime leaves (``leave``), streams
+        answer the frames they hold and end with ServerShuttingDownError, Flight refuses new
+        calls and waits for those under way; then the models are unloaded. The process bounds
+        the wait (``graceful_shutdown.stop_within``)."""
+        if leave:
+            self.registration.leave()  # routed to no more, first
+        self.server.begin_drain()
         self.registration.stop()
         self.server.shutdown()
         self.server.service.close()
@@ -56,11 +63,15 @@ class RunningServer:
         return self.control.address
 
     def stop(self) -> None:
+        """Health NOT_SERVING and no new calls on the control service at once; the embedded
+        runtime drains; the control service's calls under way get ``grace_period_s``."""
         if self._stopped:
             return
         self._stopped = True
+        self.control.begin_shutdown()
         if self.runtime is not None:
-            self.runtime.stop()
+            # its control service is going too: no need to say it leaves
+            self.runtime.stop(leave=False)
         self.control.stop()
 
 
@@ -163,7 +174,17 @@ def _uri_host(host: str) -> str:
 
 @contextmanager
 def start_embedded(settings: Settings, *, with_runtime: bool = True) -> Iterator[RunningServer]:
-    """The control service plus one runtime in this process; stopped on exit."""
+    """The control service plus one runtime in this process, ready (a runtime can predict)
+    when this yields; stopped on exit."""
+    running = start_serving(settings, with_runtime=with_runtime)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningServer:
+    """Start what ``start_embedded`` starts; the caller stops it (``RunningServer.stop``)."""
     from modelrunner.entry_server.server import start_control_server
 
     with ExitStack() as stack:
@@ -188,42 +209,32 @@ def start_embedded(settings: Settings, *, with_runtime: bool = True) -> Iterator
             # Open Inference requests for it skip the Flight hop (entry_server.inference_forwarding)
             service = running.runtime.server.service
             control.forwarding.attach_local(service.runtime_id, service)
-        yield running
+            # it registered before start_runtime returned; ready means a runtime can predict
+            control.readiness.wait(settings.runtime_wait_s)
+        stack.pop_all()
+    return running
 
 
 def _local_address(port: int, host: str) -> str:
     return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else _uri_host(host)}:{port}"
 
 
-def _stop_on_signal() -> threading.Event:
-    """An event set by SIGINT or SIGTERM. Installed before the servers start, so a signal that
-    comes while they start stops them cleanly instead of interrupting the start."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return stop
-
-
-def _wait(stop: threading.Event) -> None:
-    while not stop.wait(1.0):
-        pass
-
-
 def serve_forever(settings: Settings, *, with_runtime: bool = True) -> None:
-    stop = _stop_on_signal()
-    with start_embedded(settings, with_runtime=with_runtime) as running:
+    """``modelrunner serve``: start, say "ready" on stderr once a runtime can predict, serve
+    until SIGTERM or SIGINT, drain (``graceful_shutdown``)."""
+    signals = ShutdownSignals()
+    running = start_serving(settings, with_runtime=with_runtime)
+    try:
         print(_banner(settings, running), flush=True)
-        _wait(stop)
+        announce_ready(running, signals.requested)
+        signals.wait()
+    finally:
+        stop_within(running.stop, settings.grace_period_s)
 
 
 def run_runtime_forever(settings: Settings) -> None:
     assert settings.control_address
-    stop = _stop_on_signal()
+    signals = ShutdownSignals()
     runtime = start_runtime(settings, settings.control_address)
     try:
         print(
@@ -231,9 +242,36 @@ def run_runtime_forever(settings: Settings) -> None:
             f"{runtime.flight_uri}, registered with {settings.control_address}",
             flush=True,
         )
-        _wait(stop)
+        signals.wait()
     finally:
-        runtime.stop()
+        stop_within(runtime.stop, settings.grace_period_s)
+
+
+def announce_ready(running: RunningServer, stop: threading.Event) -> None:
+    """Write one line, ``modelrunner ready: control service HOST:PORT[, runtime URI]``, to
+    stderr once a runtime can predict: at once with the embedded runtime, else when the first
+    runtime registers. Scripts and tests wait for it instead of polling."""
+
+    def wait() -> None:
+        while not stop.is_set():
+            if running.control.readiness.wait(0.5):
+                runtime = f", runtime {running.runtime.flight_uri}" if running.runtime else ""
+                print(
+                    f"modelrunner ready: control service {running.address}{runtime}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return
+
+    if running.control.readiness.ready:
+        wait()
+    else:
+        print(
+            f"modelrunner waiting for a runtime to register at {running.address}",
+            file=sys.stderr,
+            flush=True,
+        )
+        threading.Thread(target=wait, name="modelrunner-ready", daemon=True).start()
 
 
 def _banner(settings: Settings, running: RunningServer) -> str:

@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     runtime_memory_budget_bytes: int = Field(16 * GiB, gt=0)
     """Memory the runtime's warm pipelines may take; least recently used ones are unloaded."""
     heartbeat_interval_s: float = Field(10.0, gt=0)
-    """How often a runtime repeats its registration."""
+    """How often a runtime repeats its registration. One silent for three intervals is dropped
+    (and the server is no longer ready when it was the last)."""
     runtime_call_timeout_s: float = Field(900.0, gt=0)
     """Longest the control service waits for a runtime to answer a forwarded call (a model test
     loads the model and runs it, which can take minutes for large models)."""
@@ -197,8 +198,16 @@ class Settings(BaseSettings):
     """Entries and packages unpacking to less than this are not held to
     ``max_compression_ratio`` (a small all-zero test tensor compresses 1000:1)."""
 
-    grace_period_s: float = Field(5.0, ge=0)
-    """How long shutdown waits for calls in flight."""
+    grace_period_s: float = Field(10.0, ge=0)
+    """How long a shutdown (SIGTERM, Ctrl+C) lets calls in flight finish: new calls are refused
+    at once, open frame streams answer the frames already received and end with
+    ServerShuttingDownError, single predictions run to their end; whatever still runs after this
+    long is cut off and the process exits. Keep it under the orchestrator's kill timeout
+    (Kubernetes' ``terminationGracePeriodSeconds``, 30 s by default)."""
+    runtime_wait_s: float = Field(5.0, ge=0)
+    """How long a call that needs a runtime (route, test, V2 inference) waits for one to
+    register when none is available, as while ``modelrunner serve`` starts its embedded runtime
+    or a runtime restarts; after that it fails with UNAVAILABLE."""
     log_level: str = "INFO"
 
     @field_validator("cache_dir", mode="after")

@@ -90,7 +90,8 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def ServerReady(
         self, request: v2.ServerReadyRequest, context: grpc.ServicerContext
     ) -> v2.ServerReadyResponse:
-        return v2.ServerReadyResponse(ready=bool(self._control.runtimes.runtimes()))
+        # the same readiness as the health service's (entry_server/readiness.py)
+        return v2.ServerReadyResponse(ready=self._control.runtimes.available_count() > 0)
 
     def ServerMetadata(
         self, request: v2.ServerMetadataRequest, context: grpc.ServicerContext
@@ -104,6 +105,8 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ModelReadyResponse:
         """Ready when the caller may use the model and a runtime can serve it; a model the
         caller may not see is as unready as one that does not exist."""
+        if not self._control.runtimes.available_count():
+            return v2.ModelReadyResponse(ready=False)  # a probe answers now, without waiting
         try:
             self._model(request.name, request.version)
             self._control.route(request.name, identity=current_identity())

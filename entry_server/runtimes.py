@@ -1,8 +1,11 @@
 """The directory of registered runtimes and the choice of runtime for a model.
 
 A runtime registers with ``RegisterRuntime`` and repeats the call every ``heartbeat_interval_s``;
-one silent for three intervals is dropped. For a model, runtimes that report it loaded come
-first, then the least loaded.
+one silent for three intervals is dropped, and one registering at the address of another
+replaces it (a runtime restarted on its port is routed to at once). For a model, runtimes that
+report it loaded come first, then the least loaded. A call that finds no available runtime waits
+up to ``runtime_wait_s`` for one (start-up, a restart). Listeners hear of every change in the
+number of available runtimes (readiness, ``entry_server/readiness.py``).
 """
 
 from __future__ import annotations
@@ -48,8 +51,20 @@ class RuntimeDirectory:
         self.heartbeat_interval_s = settings.heartbeat_interval_s
         self._cache_dir = settings.cache_dir
         self._clock = clock
+        self.runtime_wait_s = settings.runtime_wait_s
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._entries: dict[str, _Entry] = {}
+        self._listeners: list[Callable[[int], None]] = []
+        self._available = 0
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """``listener(n)`` is called (now, and whenever it changes) with the number of
+        available runtimes; it must be quick and not call back into the directory."""
+        with self._lock:
+            self._listeners.append(listener)
+            count = self._available
+        listener(count)
 
     def register(
         self, info: types.RuntimeInfo, cache_dir: str = "", *, owner: str = ""
@@ -72,7 +87,18 @@ class RuntimeDirectory:
                     f"runtime {info.runtime_id[:200]!r} is registered by another credential",
                     details={"runtime_id": info.runtime_id[:200]},
                 )
+            for other in [
+                k
+                for k, e in self._entries.items()
+                if e.info.flight_uri == info.flight_uri
+                and k != info.runtime_id
+                and e.owner == owner
+            ]:
+                # the address is taken by a new process: the old one is gone
+                logger.info("runtime %s replaced by %s", other, info.runtime_id)
+                del self._entries[other]
             self._entries[info.runtime_id] = _Entry(info=info, seen_at=self._clock(), owner=owner)
+            self._count_changed()
         if not known:
             logger.info("runtime %s registered at %s", info.runtime_id, info.flight_uri)
         return Registration(
@@ -82,13 +108,45 @@ class RuntimeDirectory:
 
     def unregister(self, runtime_id: str) -> bool:
         with self._lock:
-            return self._entries.pop(runtime_id, None) is not None
+            found = self._entries.pop(runtime_id, None) is not None
+            self._count_changed()
+            return found
 
     def runtimes(self) -> list[types.RuntimeInfo]:
         """The live runtimes, by id."""
         with self._lock:
             self._prune()
             return [self._entries[k].info for k in sorted(self._entries)]
+
+    def available_count(self) -> int:
+        """How many live runtimes can predict (drops the silent ones first)."""
+        with self._lock:
+            self._prune()
+            return self._available
+
+    def wait_for_available(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until a runtime that can predict is registered."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                self._prune()
+                if self._available:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, self.heartbeat_interval_s))
+
+    def _count_changed(self) -> None:
+        """Under the lock: tell listeners and waiters when the number of available runtimes
+        changed."""
+        count = sum(1 for e in self._entries.values() if e.info.available)
+        if count == self._available:
+            return
+        self._available = count
+        self._changed.notify_all()
+        for listener in self._listeners:
+            listener(count)
 
     def forget_loaded(self, runtime_id: str, model_id: str) -> None:
         """Note that a runtime unloaded a model (before its next heartbeat says so)."""
@@ -113,6 +171,9 @@ class RuntimeDirectory:
         device: str = "",
     ) -> list[types.RuntimeInfo]:
         """Runtimes that can serve the model, best first; UnavailableError when none can."""
+        if self.runtime_wait_s > 0:
+            # start-up, or a runtime restarting: a few seconds' wait beats a failed call
+            self.wait_for_available(self.runtime_wait_s)
         runtimes = self.runtimes()
         if not runtimes:
             raise errors.UnavailableError("no runtime registered")
@@ -159,6 +220,7 @@ class RuntimeDirectory:
                 "runtime %s missed %d heartbeats; dropping it", runtime_id, MISSED_HEARTBEATS
             )
             del self._entries[runtime_id]
+        self._count_changed()
 
     def _shared_cache_dir(self, cache_dir: str) -> str:
         if not cache_dir:

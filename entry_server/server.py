@@ -1,5 +1,7 @@
 """Start and stop the control service: gRPC ``ControlService`` with standard health checking and
 server reflection, so ``grpcurl`` and clients in any language work from the ``.proto`` files.
+Its health statuses say whether a runtime can predict (readiness) and whether the process lives
+(``liveness``): see ``entry_server/readiness.py``.
 
 ``start_control_server(settings)`` returns a running :class:`ControlServer`. An embedded runtime
 in the same process registers through ``server.control.register_runtime(...)`` (or over gRPC like
@@ -11,12 +13,13 @@ Nothing here imports bioimageio.spec: the service starts in about a second.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from modelrunner import errors
 from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
@@ -26,6 +29,7 @@ from modelrunner.entry_server.error_interceptor import ErrorInterceptor
 from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
 from modelrunner.entry_server.open_inference import SERVICE_NAME as V2_SERVICE_NAME
 from modelrunner.entry_server.open_inference import OpenInferenceServicer
+from modelrunner.entry_server.readiness import Readiness
 from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import RuntimeDirectory
 from modelrunner.entry_server.server_reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
@@ -56,7 +60,10 @@ class ControlServer:
     health: health.HealthServicer
     forwarding: RuntimeForwarding
     """The Open Inference Protocol's connections to runtimes."""
+    readiness: Readiness
+    """SERVING once a runtime that can predict is registered (``readiness.wait()``)."""
     _stopped: bool = field(default=False, repr=False)
+    _stopping: threading.Event | None = field(default=None, repr=False)
 
     @property
     def registry(self) -> ModelRegistry:
@@ -83,12 +90,21 @@ class ControlServer:
         if self._stopped:
             return
         self._stopped = True
-        self.health.enter_graceful_shutdown()
-        period = self.settings.grace_period_s if grace is None else grace
-        self.server.stop(period).wait()
+        self.begin_shutdown(grace).wait()
+        self.readiness.stop()
         self.forwarding.close()
         self.registry.close()
         logger.info("control service on port %d stopped", self.port)
+
+    def begin_shutdown(self, grace: float | None = None) -> threading.Event:
+        """Every health status NOT_SERVING and new calls refused from now on; calls in flight
+        are cancelled after ``grace`` seconds (default ``settings.grace_period_s``). Returns the
+        event set when the last call has ended; :meth:`stop` waits for it."""
+        if self._stopping is None:
+            self.health.enter_graceful_shutdown()
+            period = self.settings.grace_period_s if grace is None else grace
+            self._stopping = self.server.stop(period)
+        return self._stopping
 
     def __enter__(self) -> ControlServer:
         return self
@@ -155,8 +171,8 @@ def start_control_server(
         )
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # NOT_SERVING until a runtime that can predict registers (readiness); "liveness" at once
+        readiness = Readiness(health_servicer, runtimes, ("", SERVICE_NAME, V2_SERVICE_NAME))
         enable_server_reflection(
             (
                 SERVICE_NAME,
@@ -195,4 +211,5 @@ def start_control_server(
         control=control,
         health=health_servicer,
         forwarding=forwarding,
+        readiness=readiness,
     )

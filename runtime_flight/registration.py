@@ -1,4 +1,8 @@
-"""A runtime announces itself to the control service and repeats it as a heartbeat."""
+"""A runtime announces itself to the control service and repeats it as a heartbeat.
+
+A runtime that starts registers before it serves (so it is routed to at once, also after a
+restart: the control service replaces the entry of the process that had its address); one that
+shuts down says so (:meth:`Registration.leave`), so it is routed to no more while it drains."""
 
 from __future__ import annotations
 
@@ -44,9 +48,14 @@ class Registration:
         self._thread: threading.Thread | None = None
         self.shared_cache_dir: Path | None = None
 
-    def register_once(self, timeout: float = 10.0) -> None:
+    def register_once(self, timeout: float = 10.0, *, leaving: bool = False) -> None:
+        info = self._info()
+        if leaving:
+            info = info.model_copy(
+                update={"available": False, "unavailable_reason": "shutting down"}
+            )
         request = control_pb2.RegisterRuntimeRequest(
-            runtime=converters.to_pb_runtime(self._info()),
+            runtime=converters.to_pb_runtime(info),
             cache_dir=str(self._cache_dir or ""),
         )
         try:
@@ -83,6 +92,19 @@ class Registration:
                 self.register_once()
             except Exception as e:  # noqa: BLE001 - keep beating: the control service may come back
                 logger.warning("heartbeat to %s failed: %s", self.control_address, e)
+
+    def leave(self, timeout: float = 2.0) -> None:
+        """Stop the heartbeats and tell the control service this runtime takes no new calls
+        (it shuts down); a control service that does not answer in ``timeout`` drops the
+        runtime after three missed heartbeats instead."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)  # its last heartbeat must not land after this one
+        try:
+            self.register_once(timeout, leaving=True)
+        except Exception as e:  # noqa: BLE001 - shutting down either way
+            logger.info("could not tell %s this runtime leaves: %s", self.control_address, e)
 
     def stop(self) -> None:
         self._stop.set()

@@ -50,6 +50,8 @@ _ACTIONS = {
     "runtime_info": "Devices, warm models and versions: (empty) -> RuntimeInfo",
 }
 _END = object()
+_DRAIN_POLL_S = 0.2
+"""How often an idle stream looks whether the runtime is shutting down."""
 CANCEL_POLL_S = 0.05
 """How often a prediction asks whether its call was cancelled. gRPC takes about 75 µs to answer
 (here), as long as the runtime's whole work on a 512x512 frame: a quick prediction never asks."""
@@ -123,6 +125,14 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self._exchanges_lock = threading.Lock()
         self._session_epoch = 0
         """Sessions opened before the last :meth:`retire_sessions` end at their next sample."""
+        self.draining = threading.Event()
+        """Set by :meth:`begin_drain`: streams answer the frames they hold and end."""
+
+    def begin_drain(self) -> None:
+        """The start of a graceful shutdown (``modelrunner.graceful_shutdown``): open streams
+        answer the frames already received, then end with ServerShuttingDownError; single
+        predictions run on; sessions end before their next sample once :meth:`shutdown` runs."""
+        self.draining.set()
 
     def retire_sessions(self) -> None:
         """End the sessions open now before their next sample: the runtime ends the exchange
@@ -278,7 +288,12 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         out_layout: SampleLayout | None = None
         try:
             while True:
-                batch = _take_batch(frames, max_batch)
+                batch = _take_batch(frames, max_batch, self.draining, reading)
+                if batch is None:
+                    raise errors.ServerShuttingDownError(
+                        "the runtime is shutting down: the frames received were answered; "
+                        "send the rest again on a new stream"
+                    )
                 if not batch:
                     break
                 if cancelled():
@@ -297,7 +312,14 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     else:
                         out_layout = self._write_outputs(writer, out_layout, result, frame=index)
         finally:
-            reading.stop()
+            if self.draining.is_set():
+                # The reader must not outlive the call (it reads the call's stream: pyarrow
+                # aborts the process). It ends at the client's next message, which a stream
+                # with frames to send brings soon; the process's grace period bounds the rest.
+                reading.stop_reading()
+                reading.join()
+            else:
+                reading.stop()
         if reading.error is not None and not context.is_cancelled():
             with malformed_input(context):
                 raise reading.error
@@ -636,16 +658,39 @@ class _FrameReader(threading.Thread):
                     return False
         return False
 
+    def stop_reading(self) -> None:
+        """Queue no more frames (those queued stay)."""
+        self._stopped.set()
+
     def stop(self) -> None:
         self._stopped.set()
         self.join(timeout=5)
 
 
 def _take_batch(
-    frames: queue.Queue[object], max_batch: int
-) -> list[tuple[int, dict[str, np.ndarray]]]:
-    """Wait for one frame, then take whatever else is already waiting, up to ``max_batch``."""
-    first = frames.get()
+    frames: queue.Queue[object],
+    max_batch: int,
+    draining: threading.Event,
+    reading: _FrameReader,
+) -> list[tuple[int, dict[str, np.ndarray]]] | None:
+    """Wait for one frame, then take whatever else is already waiting, up to ``max_batch``.
+    Once ``draining`` is set, no more frames are read and None follows the frames received."""
+    while True:
+        if draining.is_set():
+            reading.stop_reading()
+            try:
+                first = frames.get_nowait()
+            except queue.Empty:
+                return None
+            if first is _END:
+                frames.put(_END)
+                return []
+            break
+        try:
+            first = frames.get(timeout=_DRAIN_POLL_S)
+            break
+        except queue.Empty:
+            continue
     if first is _END:
         frames.put(_END)
         return []

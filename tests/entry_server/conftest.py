@@ -32,6 +32,8 @@ def make_settings(cache_dir: Path, **overrides: Any) -> Settings:
         "host": "127.0.0.1",
         "port": 0,
         "grace_period_s": 0.5,
+        # most of these servers have no runtime: calls that need one fail at once
+        "runtime_wait_s": 0,
         "download_timeout_s": 5.0,
         "download_retries": 2,
         "download_backoff_s": 0.01,
@@ -84,7 +86,8 @@ class ServerFactory:
 def _assert_serving(running: Running) -> None:
     running.stub.ListModels(control_pb2.ListModelsRequest(), timeout=10)
     health = health_pb2_grpc.HealthStub(running.channel)
-    answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    # alive; "" is NOT_SERVING without a runtime (readiness)
+    answer = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -343,3 +344,48 @@ def test_removing_a_model_a_runtime_is_serving_fails(
         f"model {model.id} is in use on cpu",
     )
     control.stub.DescribeModel(control_pb2.DescribeModelRequest(model_id=model.id))  # still there
+
+
+# -- restarts and start-up (issue 14) ---------------------------------------------------------
+
+
+def test_a_route_during_start_up_waits_for_the_first_runtime(start_server: ServerFactory) -> None:
+    control = start_server(runtime_wait_s=5)
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    timer = threading.Timer(0.3, lambda: _register(control, _runtime_info("a", "grpc://a:1")))
+    timer.start()
+    try:
+        assert _route(control, model.id).runtime_id == "a"
+    finally:
+        timer.join()
+
+
+def test_a_route_waits_only_runtime_wait_s(start_server: ServerFactory) -> None:
+    control = start_server(runtime_wait_s=0.3)
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    start = time.monotonic()
+    expect_rpc_error(
+        lambda: _route(control, model.id),
+        grpc.StatusCode.UNAVAILABLE,
+        "UnavailableError",
+        "no runtime registered",
+    )
+    assert time.monotonic() - start >= 0.3
+
+
+def test_a_runtime_restarted_at_the_same_address_replaces_the_old_one(
+    control: Running,
+) -> None:
+    """A new process on the old one's port is routed to at once, not after three heartbeats."""
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    _register(control, _runtime_info("old", "grpc://h:7", loaded=(model.id,)))
+    _register(control, _runtime_info("new", "grpc://h:7"))
+    route = _route(control, model.id)
+    assert (route.runtime_id, list(route.flight_uris)) == ("new", ["grpc://h:7"])
+
+
+def test_a_leaving_runtime_is_routed_to_no_more(control: Running) -> None:
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    _register(control, _runtime_info("a", "grpc://a:1", available=False))
+    _register(control, _runtime_info("b", "grpc://b:1"))
+    assert _route(control, model.id).runtime_id == "b"

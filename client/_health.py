@@ -1,0 +1,41 @@
+"""The standard gRPC health check (``grpc.health.v1.Health/Check``) from the client.
+
+The client's base install has no ``grpcio-health-checking``; the two messages have one field
+each, so they are encoded here (field 1: the service name; field 1 of the answer: the status)."""
+
+from __future__ import annotations
+
+import grpc
+
+from ._errors import translated_errors
+
+_CHECK = "/grpc.health.v1.Health/Check"
+_STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def _encode_request(service: str) -> bytes:
+    name = service.encode()
+    length, size = bytearray(), len(name)
+    while True:  # varint
+        byte, size = size & 0x7F, size >> 7
+        length.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return (b"\x0a" + bytes(length) + name) if name else b""
+
+
+def _decode_status(data: bytes) -> str:
+    # HealthCheckResponse{status = 1 (enum, varint)}; an absent field is 0 (UNKNOWN)
+    if len(data) >= 2 and data[0] == 0x08:
+        return _STATUSES.get(data[1], "UNKNOWN")
+    return "UNKNOWN"
+
+
+def check_health(channel: grpc.Channel, service: str, *, timeout: float | None) -> str:
+    """The status of ``service`` ("" for the server): "SERVING", "NOT_SERVING", ...; an unknown
+    service name raises NotFoundError."""
+    call = channel.unary_unary(
+        _CHECK, request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    with translated_errors():
+        return _decode_status(call(_encode_request(service), timeout=timeout))
