@@ -47,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+CLI_RETRY_S = 2.0
+"""A command rides through a blip of the server (``retry_s``), not the 15 s a long-lived client
+waits for a restart: someone typing ``modelrunner models`` with no server running wants the
+hint at once."""
+
 _NOT_LISTENING = ("failed to connect to all addresses", "Connection refused")
 
 
@@ -258,7 +263,9 @@ def _client(args: argparse.Namespace) -> ModelRunnerClient:
     from modelrunner.client import ModelRunnerClient
 
     tls = getattr(args, "tls_ca", None) or getattr(args, "tls", False)
-    return ModelRunnerClient(args.server, token=getattr(args, "token", None), tls=tls)
+    return ModelRunnerClient(
+        args.server, token=getattr(args, "token", None), tls=tls, retry_s=CLI_RETRY_S
+    )
 
 
 def _print_json(data: Any) -> None:
