@@ -18,6 +18,7 @@ import numpy as np
 from modelrunner import types
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
+from ._cancellation import CancelScope
 from ._inputs import Inputs
 from ._progress import ProgressOption
 from ._sources import SourceLike
@@ -58,6 +59,21 @@ class AsyncModelRunnerClient:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def _run_cancellable(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`_run` for a call that stops on the runtime when its task is cancelled (the
+        executor's thread cannot be stopped, but its Flight call can)."""
+        scope = CancelScope()
+
+        def call() -> T:
+            with scope.current():
+                return fn(*args, **kwargs)
+
+        try:
+            return await self._run(call)
+        except asyncio.CancelledError:
+            scope.cancel("its task was cancelled")
+            raise
 
     async def close(self) -> None:
         await self._run(self._sync.close)
@@ -158,7 +174,7 @@ class AsyncModelRunnerClient:
     ) -> dict[str, np.ndarray]:
         """See :meth:`ModelRunnerClient.predict`. ``reference_path``: run bioimageio.core's own
         pipeline even where the runtime's verified fast path serves the model."""
-        return await self._run(
+        return await self._run_cancellable(
             self._sync.predict,
             model_id,
             inputs,

@@ -111,6 +111,7 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
     from modelrunner.client import ModelRunnerClient
     from modelrunner.client._control import Route
     from modelrunner.client._sessions import SessionPool
+    from modelrunner.client._cancellation import CallRegistry
     from modelrunner.v1 import runtime_pb2
     from modelrunner.wire import SampleLayout, encode_sample
 
@@ -194,7 +195,8 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
             pass
 
     class Runtimes:
-        sessions = SessionPool()
+        calls = CallRegistry()
+        sessions = SessionPool(calls)
 
         def get(self, uri: str) -> Flight:
             return Flight()
