@@ -109,9 +109,9 @@ def _per_call(call: Callable[[], Any], seconds: float) -> float:
 def _client_predict(frame: np.ndarray) -> Callable[[], object]:
     """``client.predict`` of ``frame`` whose control and Flight calls answer at once."""
     from modelrunner.client import ModelRunnerClient
+    from modelrunner.client._cancellation import CallRegistry
     from modelrunner.client._control import Route
     from modelrunner.client._sessions import SessionPool
-    from modelrunner.client._cancellation import CallRegistry
     from modelrunner.v1 import runtime_pb2
     from modelrunner.wire import SampleLayout, encode_sample
 
