@@ -29,6 +29,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Protocol
 
 import pyarrow.flight as flight
@@ -145,34 +146,47 @@ class _SigintWatcher:
         self._send: socket.socket | None = None
         self._forward = -1
         """The wakeup fd that was set before ours (asyncio's, say): it gets the bytes too."""
+        self._interrupted = False
+        """SIGINT came while a call was watched; the program's handler runs when it returns."""
 
     @contextmanager
     def watching(self, reader: Cancellable) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread() or signal.getsignal(
-            signal.SIGINT
-        ) in (signal.SIG_IGN, signal.SIG_DFL, None):
-            yield  # only the main thread gets signals; nothing to do when SIGINT is ignored
+        handler = signal.getsignal(signal.SIGINT)
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or not callable(handler)  # SIGINT ignored, or left to the system
+            or handler == self._defer  # an outer call of this thread watches already
+        ):
+            yield
             return
         send = self._start()
         try:
-            previous = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+            previous_fd = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
         except (ValueError, OSError):  # not the main interpreter, or the fd went away
             yield
             return
-        ours = previous == send.fileno()  # an outer call of this thread set it already
+        # Until the call returns, SIGINT is only noted, then handed to the program's handler:
+        # raised while pyarrow runs a middleware callback, KeyboardInterrupt would be logged
+        # and dropped by pyarrow instead of reaching the caller.
+        self._interrupted = False
+        signal.signal(signal.SIGINT, self._defer)
         with self._lock:
-            if not ours:
-                self._forward = previous
+            self._forward = previous_fd
             self._readers.add(reader)
         try:
             yield
         finally:
             with self._lock:
                 self._readers.discard(reader)
-                if not ours:
-                    self._forward = -1
-            if not ours:
-                signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+                self._forward = -1
+            signal.set_wakeup_fd(previous_fd, warn_on_full_buffer=False)
+            signal.signal(signal.SIGINT, handler)
+            if self._interrupted:
+                self._interrupted = False
+                handler(signal.SIGINT, None)  # KeyboardInterrupt, with the default handler
+
+    def _defer(self, signum: int, frame: FrameType | None) -> None:
+        self._interrupted = True
 
     def _start(self) -> socket.socket:
         with self._lock:
