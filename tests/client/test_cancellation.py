@@ -234,9 +234,10 @@ class _Stderr(threading.Thread):
 
 
 def _interrupt(process: subprocess.Popen[str], stderr: _Stderr) -> float:
-    """SIGINT, then the seconds until the process exits."""
+    """SIGINT to the process's group, as Ctrl-C in a terminal sends it (the embedded runner's
+    worker processes get it too), then the seconds until the process exits."""
     start = time.monotonic()
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     process.wait(60)
     stderr.join(10)
     return time.monotonic() - start
@@ -267,6 +268,7 @@ def test_ctrl_c_in_modelrunner_predict_stops_the_server_work(
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,
     )
     stderr = _Stderr(process)
     stderr.start()
@@ -305,6 +307,7 @@ def test_ctrl_c_stops_modelrunner_predicts_embedded_runner(
         stdout=subprocess.DEVNULL,
         text=True,
         cwd=tmp_path,
+        start_new_session=True,
     )
     stderr = _Stderr(process)
     stderr.start()
@@ -315,4 +318,6 @@ def test_ctrl_c_stops_modelrunner_predicts_embedded_runner(
         exited = _interrupt(process, stderr)
     _assert_cancelled_cleanly(process, stderr.text, output)
     assert stderr.text.count("cancelled by the client") == 1, stderr.text
-    assert exited < STOPPED_WITHIN_S + 2  # and the embedded servers stopped
+    # the work stopped at once (the log line above); the embedded servers stop, and the
+    # interpreter takes about 2 s to exit after torch and bioimageio.core, cancelled or not
+    assert exited < STOPPED_WITHIN_S + 5
