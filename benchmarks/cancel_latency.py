@@ -11,7 +11,8 @@ time from the cancel to the runtime's count of predictions in progress reaching 
 - ``embedded``: ``modelrunner predict`` without a server (its private embedded runner) gets
   SIGINT; the server is inside the process, so the figure is the time until the process exits.
 
-``python -m benchmarks.cancel_latency [--side 8192] [--blocksize 4] [--ways close,kill,sigint,embedded]``
+``python -m benchmarks.cancel_latency [--side 8192] [--blocksize 4] [--after 2]
+[--ways close,kill,sigint,embedded]``
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from modelrunner.settings import Settings
 
 WAYS = ("close", "kill", "sigint", "embedded")
 RUN_FOR_S = 2.0
-"""How long the prediction runs on the server before it is cancelled."""
+"""How long the prediction runs on the server before it is cancelled (``--after``)."""
 
 
 def _wait(condition: Callable[[], bool], timeout: float, step: float = 0.005) -> float:
@@ -156,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=8192)
     parser.add_argument("--blocksize", type=int, default=4, help="n of the halo model's tiles")
     parser.add_argument("--ways", default=",".join(WAYS))
+    parser.add_argument(
+        "--after", type=float, default=RUN_FOR_S, help="seconds of work before the cancel"
+    )
     args = parser.parse_args(argv)
+    global RUN_FOR_S
+    RUN_FOR_S = args.after
     from tests.tiny_models import build_halo_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             with ModelRunnerClient(running.address) as client:
                 model = client.add_model(package).id
                 client.load(model)
-            print(f"{args.side}x{args.side} float32, halo model, blocksize {args.blocksize}")
+            print(
+                f"{args.side}x{args.side} float32, halo model, blocksize {args.blocksize}, "
+                f"cancelled after {RUN_FOR_S:g} s"
+            )
             for way in args.ways.split(","):
                 runtime = running.runtime.server if way != "embedded" else None
                 target = str(package) if way == "embedded" else model
