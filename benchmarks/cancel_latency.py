@@ -69,6 +69,7 @@ def measure(
     blocksize: int,
     work: Path,
     env: dict[str, str],
+    after: float = RUN_FOR_S,
 ) -> dict[str, float]:
     """One cancelled prediction: seconds from the cancel until the server stopped, and more."""
     tiles = {"done": 0, "total": 0}
@@ -91,7 +92,7 @@ def measure(
         thread = threading.Thread(target=run)
         thread.start()
         _wait(lambda: runtime.active_exchanges > 0, 60)
-        time.sleep(RUN_FOR_S)
+        time.sleep(after)
         cancelled_at = time.monotonic()
         client.close()
         stopped = _wait(lambda: runtime.active_exchanges == 0, 300)
@@ -108,7 +109,7 @@ def measure(
         script = _client_script(address, model, image, blocksize)
         process = subprocess.Popen([sys.executable, "-c", script], env=env)
         _wait(lambda: runtime.active_exchanges > 0, 60)
-        time.sleep(RUN_FOR_S)
+        time.sleep(after)
         cancelled_at = time.monotonic()
         process.kill()
         stopped = _wait(lambda: runtime.active_exchanges == 0, 300)
@@ -132,9 +133,9 @@ def measure(
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     if runtime is not None:
         _wait(lambda: runtime.active_exchanges > 0, 120)
-        time.sleep(RUN_FOR_S)
+        time.sleep(after)
     else:
-        time.sleep(RUN_FOR_S + 8.0)  # the embedded runner starts and loads the model first
+        time.sleep(after + 8.0)  # the embedded runner starts and loads the model first
     cancelled_at = time.monotonic()
     process.send_signal(signal.SIGINT)
     stopped = (
@@ -161,8 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         "--after", type=float, default=RUN_FOR_S, help="seconds of work before the cancel"
     )
     args = parser.parse_args(argv)
-    global RUN_FOR_S
-    RUN_FOR_S = args.after
     from tests.tiny_models import build_halo_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 client.load(model)
             print(
                 f"{args.side}x{args.side} float32, halo model, blocksize {args.blocksize}, "
-                f"cancelled after {RUN_FOR_S:g} s"
+                f"cancelled after {args.after:g} s"
             )
             for way in args.ways.split(","):
                 runtime = running.runtime.server if way != "embedded" else None
@@ -205,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     blocksize=args.blocksize,
                     work=work,
                     env=env,
+                    after=args.after,
                 )
                 print(
                     way,
