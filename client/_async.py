@@ -246,7 +246,13 @@ class AsyncFrameStream(AsyncIterator[dict[str, np.ndarray]]):
         if self._stream is None:
             loop = asyncio.get_running_loop()
             self._stream = await self._client._run(self._open, loop)
-        result = await self._client._run(next, self._stream, _END)
+        try:
+            result = await self._client._run(next, self._stream, _END)
+        except asyncio.CancelledError:
+            # the task was cancelled while a thread waits for the next answer: stop the stream
+            # (its exchange is cancelled, so the runtime stops too, and the thread's wait ends)
+            self._stream.close()
+            raise
         if result is _END:
             raise StopAsyncIteration
         return result  # type: ignore[return-value]
