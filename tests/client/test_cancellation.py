@@ -10,6 +10,7 @@ runtime ends the call (its count of exchanges in progress drops back) and counts
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -76,10 +77,11 @@ class _Baseline:
     def __init__(self, runtime: RuntimeFlightServer) -> None:
         self.runtime = runtime
         self.active = runtime.active_exchanges
+        self.opened = runtime.exchanges_opened
         self.cancelled = runtime.exchanges_cancelled
 
     def started(self) -> bool:
-        return self.runtime.active_exchanges > self.active
+        return self.runtime.exchanges_opened > self.opened
 
     def assert_stopped(self) -> float:
         waited = _wait_until(lambda: self.runtime.active_exchanges <= self.active, 30)
@@ -122,7 +124,9 @@ def test_closing_the_client_cancels_a_tiled_prediction(
     halo: ModelInfo,
     image: np.ndarray,
     options: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="modelrunner.runtime_flight.server")
     baseline = _Baseline(runtime)
     own = ModelRunnerClient(server.address, timeout=60)
     call = _Predict(own, halo.id, image, **options)
@@ -136,6 +140,8 @@ def test_closing_the_client_cancels_a_tiled_prediction(
     assert baseline.assert_stopped() < STOPPED_WITHIN_S
     done, total = call.tiles
     assert total > 1000 and done < total // 2
+    said = [r.getMessage() for r in caplog.records if "cancelled" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"prediction of model {halo.id[:12]} cancelled")
     with pytest.raises(CancelledError, match="the client was closed"):
         own.predict(halo.id, image[:64, :64])
 
