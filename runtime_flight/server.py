@@ -163,19 +163,21 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         started = time.monotonic()
         command: runtime_pb2.PredictCommand | None = None
-        try:
-            with self._counting_exchange(), flight_errors("prediction", context):
-                command = _parse_command(descriptor)
-                self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
-                if command.session:
-                    self._serve_session(context, command, reader, writer)
-                elif command.stream:
-                    self._serve_stream(context, command, reader, writer)
-                else:
-                    self._serve_one(context, command, reader, writer)
-        finally:
-            if context.is_cancelled():
-                self._cancelled(command, started)
+        with self._counting_exchange():
+            try:
+                with flight_errors("prediction", context):
+                    command = _parse_command(descriptor)
+                    self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
+                    if command.session:
+                        self._serve_session(context, command, reader, writer)
+                    elif command.stream:
+                        self._serve_stream(context, command, reader, writer)
+                    else:
+                        self._serve_one(context, command, reader, writer)
+            finally:
+                # counted before the exchange stops counting as active
+                if context.is_cancelled():
+                    self._cancelled(command, started)
 
     def _cancelled(self, command: runtime_pb2.PredictCommand | None, started: float) -> None:
         """The one line a cancelled exchange leaves, once its work has stopped and its buffers
