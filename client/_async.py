@@ -18,6 +18,7 @@ import numpy as np
 from modelrunner import types
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
+from ._cancellation import CancelScope
 from ._inputs import Inputs
 from ._progress import ProgressOption
 from ._retries import DEFAULT_RETRY_S
@@ -61,6 +62,21 @@ class AsyncModelRunnerClient:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def _run_cancellable(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`_run` for a call that stops on the runtime when its task is cancelled (the
+        executor's thread cannot be stopped, but its Flight call can)."""
+        scope = CancelScope()
+
+        def call() -> T:
+            with scope.current():
+                return fn(*args, **kwargs)
+
+        try:
+            return await self._run(call)
+        except asyncio.CancelledError:
+            scope.cancel("its task was cancelled")
+            raise
 
     async def close(self) -> None:
         await self._run(self._sync.close)
@@ -168,7 +184,7 @@ class AsyncModelRunnerClient:
     ) -> dict[str, np.ndarray]:
         """See :meth:`ModelRunnerClient.predict`. ``reference_path``: run bioimageio.core's own
         pipeline even where the runtime's verified fast path serves the model."""
-        return await self._run(
+        return await self._run_cancellable(
             self._sync.predict,
             model_id,
             inputs,
@@ -241,7 +257,13 @@ class AsyncFrameStream(AsyncIterator[dict[str, np.ndarray]]):
         if self._stream is None:
             loop = asyncio.get_running_loop()
             self._stream = await self._client._run(self._open, loop)
-        result = await self._client._run(next, self._stream, _END)
+        try:
+            result = await self._client._run(next, self._stream, _END)
+        except asyncio.CancelledError:
+            # the task was cancelled while a thread waits for the next answer: stop the stream
+            # (its exchange is cancelled, so the runtime stops too, and the thread's wait ends)
+            self._stream.close()
+            raise
         if result is _END:
             raise StopAsyncIteration
         return result  # type: ignore[return-value]

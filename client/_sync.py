@@ -75,6 +75,9 @@ class ModelRunnerClient:
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the connections. Calls in progress (from other threads) are cancelled: they
+        raise :class:`~modelrunner.errors.CancelledError`, and the runtime stops their work at
+        its next tile or frame."""
         if not self._closed:
             self._closed = True
             self._runtimes.close()
@@ -326,7 +329,12 @@ class ModelRunnerClient:
         Calls in a row reuse one open exchange (a session) per model, options and input shapes,
         which matters for small frames; samples over 64 MiB, and calls with ``progress``, take
         an exchange of their own. A session idle for 5 s is closed.
+
+        Ctrl-C (``KeyboardInterrupt`` in the main thread) or :meth:`close` from another thread
+        cancels the call: the runtime stops at its next tile, and the call raises
+        ``KeyboardInterrupt`` or :class:`~modelrunner.errors.CancelledError`.
         """
+        self._runtimes.calls.raise_if_cancelled("the prediction")
         arrays, dims = normalise_inputs(inputs, None)
         command = _flight.predict_command(
             model_id,
@@ -363,6 +371,7 @@ class ModelRunnerClient:
                 timeout=self._timeout(timeout),
                 batch_bytes=self.batch_bytes,
                 progress=report,
+                calls=self._runtimes.calls,
             )
 
     def predict_stream(
@@ -411,6 +420,7 @@ class ModelRunnerClient:
             client,
             command,
             frames,
+            calls=self._runtimes.calls,
             max_in_flight=max_in_flight,
             timeout=self._timeout(timeout),
             batch_bytes=self.batch_bytes,

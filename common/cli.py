@@ -37,14 +37,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
+    except (KeyboardInterrupt, errors.CancelledError):
+        return _cancelled()
     except errors.ModelRunnerError as e:
         print(f"error ({e.code.name}): {e.message}", file=sys.stderr)
         hint = _hint(args, e)
         if hint:
             print(hint, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+
+
+def _cancelled() -> int:
+    """Ctrl-C: the client cancelled its calls on the way out (the server stops their work);
+    one line, the shell's code for SIGINT, no traceback."""
+    print("cancelled", file=sys.stderr)
+    return 130
 
 
 CLI_RETRY_S = 2.0

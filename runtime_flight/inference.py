@@ -112,7 +112,9 @@ def predict(
     check_cancelled(cancelled)
     if options.keep_shape:
         return _predict_kept_shape(pipeline, descr, arrays, options, _polling(progress, cancelled))
-    return predict_mapped(pipeline, descr, arrays, options, _polling(progress, cancelled))
+    return predict_mapped(
+        pipeline, descr, arrays, options, _polling(progress, cancelled), cancelled=cancelled
+    )
 
 
 def _predict_kept_shape(
@@ -148,13 +150,15 @@ def predict_mapped(
     arrays: Mapping[MemberId, np.ndarray],
     options: PredictOptions,
     progress: Progress | None = None,
+    *,
+    cancelled: Cancelled | None = None,
 ) -> Outputs:
     """:func:`predict` of arrays that :func:`~.input_mapping.map_inputs` checked and mapped.
     A batch larger than the model's fixed batch size is predicted sample by sample
-    (:mod:`.batch_split`)."""
+    (:mod:`.batch_split`), ``cancelled`` asked between samples."""
     parts = split_batch(descr, arrays)
     if parts is not None:
-        return _predict_parts(pipeline, descr, parts, options, progress)
+        return _predict_parts(pipeline, descr, parts, options, progress, cancelled)
     plan, sample = _planned(pipeline, descr, arrays, options)
     if not isinstance(sample, Sample):
         return sample  # the fast path's outputs
@@ -167,9 +171,13 @@ def _predict_parts(
     parts: list[dict[MemberId, np.ndarray]],
     options: PredictOptions,
     progress: Progress | None,
+    cancelled: Cancelled | None,
 ) -> Outputs:
     """The one-sample parts of a split batch, predicted one by one, outputs stacked."""
-    outputs = [predict_mapped(pipeline, descr, part, options, progress) for part in parts]
+    outputs = []
+    for part in parts:
+        check_cancelled(cancelled)
+        outputs.append(predict_mapped(pipeline, descr, part, options, progress))
     return Outputs.of(stack_outputs(descr, outputs), outputs[0].path)
 
 
@@ -198,7 +206,9 @@ def start_prediction(
     parts = split_batch(descr, arrays)
     if parts is not None:
         # sample by sample, whole outputs: a split batch is not streamed band by band
-        return _predict_parts(pipeline, descr, parts, options, _polling(progress, cancelled))
+        return _predict_parts(
+            pipeline, descr, parts, options, _polling(progress, cancelled), cancelled
+        )
     plan, sample = _planned(pipeline, descr, arrays, options)
     del arrays
     if not isinstance(sample, Sample):
@@ -213,6 +223,7 @@ def start_prediction(
             options,
             report,
             network_dtypes=_memo(pipeline, descr).network_dtypes,
+            cancelled=cancelled,
         )
     except ModelRunnerError:
         raise

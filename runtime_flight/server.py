@@ -69,6 +69,11 @@ def flight_errors(what: str, context: flight.ServerCallContext | None = None) ->
     except flight.FlightError:
         raise
     except Exception as e:
+        if context is not None and context.is_cancelled():
+            # writing to a call the client cancelled fails: the client went away, no bug
+            raise to_flight_error(
+                errors.CancelledError(f"{what} was cancelled by the client"), context
+            ) from None
         logger.exception("%s failed", what)
         raise to_flight_error(
             errors.InternalError(f"{what} failed: {type(e).__name__}: {errors.clip(e)}"),
@@ -122,6 +127,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         """Prediction exchanges opened since the start (a session counts once, however many
         samples it carries)."""
         self.active_sessions = 0
+        self.exchanges_cancelled = 0
+        """Prediction exchanges the client cancelled (or dropped) since the start: not
+        failures, which the client would have been told about."""
         self._exchanges_lock = threading.Lock()
         self._session_epoch = 0
         """Sessions opened before the last :meth:`retire_sessions` end at their next sample."""
@@ -163,15 +171,43 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        with self._counting_exchange(), flight_errors("prediction", context):
-            command = _parse_command(descriptor)
-            self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
-            if command.session:
-                self._serve_session(context, command, reader, writer)
-            elif command.stream:
-                self._serve_stream(context, command, reader, writer)
-            else:
-                self._serve_one(context, command, reader, writer)
+        started = time.monotonic()
+        command: runtime_pb2.PredictCommand | None = None
+        with self._counting_exchange():
+            try:
+                with flight_errors("prediction", context):
+                    command = _parse_command(descriptor)
+                    self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
+                    if command.session:
+                        self._serve_session(context, command, reader, writer)
+                    elif command.stream:
+                        self._serve_stream(context, command, reader, writer)
+                    else:
+                        self._serve_one(context, command, reader, writer)
+            finally:
+                # counted before the exchange stops counting as active
+                if context.is_cancelled():
+                    self._cancelled(command, started)
+
+    def _cancelled(self, command: runtime_pb2.PredictCommand | None, started: float) -> None:
+        """The one line a cancelled exchange leaves, once its work has stopped and its buffers
+        are gone."""
+        with self._exchanges_lock:
+            self.exchanges_cancelled += 1
+        release_free_memory()
+        kind = (
+            "session"
+            if command is not None and command.session
+            else "stream"
+            if command is not None and command.stream
+            else "prediction"
+        )
+        logger.info(
+            "%s of model %s cancelled by the client after %.2f s",
+            kind,
+            command.model_id[:12] if command is not None else "?",
+            time.monotonic() - started,
+        )
 
     @contextmanager
     def _counting_exchange(self) -> Iterator[None]:
@@ -297,8 +333,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 if not batch:
                     break
                 if cancelled():
-                    logger.info("stream cancelled by the client")
-                    return
+                    return  # logged once by do_exchange
                 indices = [i for i, _ in batch]
                 results = self.service.predict_frames(
                     command,
