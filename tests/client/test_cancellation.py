@@ -300,13 +300,12 @@ def test_ctrl_c_stops_modelrunner_predicts_embedded_runner(
     tiny: Tiny, image_file: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "out.tif"
-    # no --server, no MODELRUNNER_SERVER, and nothing answers at the address a server would
-    # have (port 9, discard): the command starts its own embedded runner
-    env = _env(MODELRUNNER_ADDRESS="127.0.0.1:9", MODELRUNNER_CACHE_DIR=str(tmp_path / "cache"))
+    # --embedded: the command starts its own runner whatever answers at the default address
+    env = _env(MODELRUNNER_CACHE_DIR=str(tmp_path / "cache"))
     process = subprocess.Popen(
         [
             *(sys.executable, "-c", _LOGGING_CLI, "predict", str(tiny("halo")), str(image_file)),
-            *("-o", str(output), "--blocksize", "2"),
+            *("-o", str(output), "--blocksize", "2", "--embedded"),
         ],
         env=env,
         stderr=subprocess.PIPE,
