@@ -43,5 +43,5 @@ ENV MODELRUNNER_HOST=0.0.0.0 \
     MODELRUNNER_CACHE_DIR=/cache
 VOLUME /cache
 EXPOSE 50051 8815
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import grpc; from grpc_health.v1 import health_pb2, health_pb2_grpc; ch = grpc.insecure_channel('localhost:50051'); s = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3); raise SystemExit(s.status != 1)"
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import grpc; from grpc_health.v1 import health_pb2, health_pb2_grpc; ch = grpc.insecure_channel('localhost:50051'); s = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service='liveness'), timeout=3); raise SystemExit(s.status != 1)"
 CMD ["modelrunner", "serve"]

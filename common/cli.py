@@ -20,6 +20,12 @@ from typing import TYPE_CHECKING, Any
 from modelrunner import __version__, errors
 from modelrunner.cli_predict import add_predict_command
 from modelrunner.cli_tokens import add_token_commands
+from modelrunner.server_address import (
+    COMMAND_RETRY_S,
+    DEFAULT_ADDRESS,
+    address_from_environment,
+    start_hint,
+)
 
 if TYPE_CHECKING:
     from modelrunner.client import ModelRunnerClient
@@ -37,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (KeyboardInterrupt, errors.CancelledError):
+    except KeyboardInterrupt:
+        # Ctrl-C only: a CancelledError from the server (a call cut off by its shutdown, say)
+        # is an error like any other, not the user's own cancel
         return _cancelled()
     except errors.ModelRunnerError as e:
         print(f"error ({e.code.name}): {e.message}", file=sys.stderr)
@@ -54,11 +62,6 @@ def _cancelled() -> int:
     return 130
 
 
-CLI_RETRY_S = 2.0
-"""A command rides through a blip of the server (``retry_s``), not the 15 s a long-lived client
-waits for a restart: someone typing ``modelrunner models`` with no server running wants the
-hint at once."""
-
 _NOT_LISTENING = ("failed to connect to all addresses", "Connection refused")
 
 
@@ -69,11 +72,7 @@ def _hint(args: argparse.Namespace, error: errors.ModelRunnerError) -> str:
         return ""
     if not any(text in error.message for text in _NOT_LISTENING):
         return ""
-    return (
-        f"no modelrunner server answers at {server}: start one with `modelrunner serve` "
-        "(in another terminal, or as a service), or name a running one with --server HOST:PORT "
-        "or $MODELRUNNER_SERVER"
-    )
+    return start_hint(server)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,13 +190,9 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
-        default=(
-            os.environ.get("MODELRUNNER_SERVER")
-            or os.environ.get("MODELRUNNER_ADDRESS")
-            or "localhost:50051"
-        ),
-        help="server address (default $MODELRUNNER_SERVER, $MODELRUNNER_ADDRESS or "
-        "localhost:50051)",
+        default=address_from_environment() or DEFAULT_ADDRESS,
+        help=f"server address (default $MODELRUNNER_SERVER, $MODELRUNNER_ADDRESS or "
+        f"{DEFAULT_ADDRESS})",
     )
     p.add_argument(
         "--token",
@@ -271,7 +266,7 @@ def _client(args: argparse.Namespace) -> ModelRunnerClient:
 
     tls = getattr(args, "tls_ca", None) or getattr(args, "tls", False)
     return ModelRunnerClient(
-        args.server, token=getattr(args, "token", None), tls=tls, retry_s=CLI_RETRY_S
+        args.server, token=getattr(args, "token", None), tls=tls, retry_s=COMMAND_RETRY_S
     )
 
 

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-DEFAULT_ADDRESS = "localhost:50051"
+from modelrunner.server_address import DEFAULT_ADDRESS
 
 
 def add_predict_command(sub: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from modelrunner.errors import InvalidArgumentError, PermissionDeniedError
+from modelrunner.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from modelrunner.ome_zarr_io import UNIT_NAMES
 
 Format = Literal["npy", "tiff", "png", "zarr"]
@@ -58,13 +58,19 @@ def output_format(path: Path) -> Format:
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path next to ``path``, renamed to ``path`` when the block completes and
-    removed when it fails."""
+    removed when it fails. A failure to write (a full disk, a folder in the way of a file) is
+    an error naming the file, not a traceback."""
     temporary = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
-        yield temporary
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(temporary, path)
+        try:
+            yield temporary
+            if temporary.is_dir() and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # an older OME-Zarr of the same name, replaced by the new
+            os.replace(temporary, path)
+        except OSError as e:
+            raise FailedPreconditionError(
+                f"cannot write {path}: {e.strerror or e}; nothing was written there"
+            ) from e
     finally:
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)

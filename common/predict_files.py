@@ -14,6 +14,7 @@ import argparse
 import itertools
 import math
 import os
+import re
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelrunner.cli_predict import DEFAULT_ADDRESS
 from modelrunner.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -47,6 +47,12 @@ from modelrunner.image_outputs import (
     full_suffix,
     output_format,
     write_image,
+)
+from modelrunner.server_address import (
+    COMMAND_RETRY_S,
+    DEFAULT_ADDRESS,
+    address_from_environment,
+    start_hint,
 )
 
 if TYPE_CHECKING:
@@ -109,14 +115,14 @@ def _connect(args: argparse.Namespace, stack: ExitStack) -> ModelRunnerClient:
     from modelrunner.client import ModelRunnerClient
 
     if not args.embedded:
-        named = (
-            args.server
-            or os.environ.get("MODELRUNNER_SERVER")
-            or os.environ.get("MODELRUNNER_ADDRESS")
-        )
+        named = args.server or address_from_environment()
         address = named or DEFAULT_ADDRESS
         client = ModelRunnerClient(
-            address, timeout=None, token=args.token, tls=args.tls_ca or args.tls
+            address,
+            timeout=None,
+            token=args.token,
+            tls=args.tls_ca or args.tls,
+            retry_s=COMMAND_RETRY_S,
         )
         if _answers(client):
             print(f"using the server at {address}", file=sys.stderr)
@@ -124,8 +130,7 @@ def _connect(args: argparse.Namespace, stack: ExitStack) -> ModelRunnerClient:
         client.close()
         if named:
             raise UnavailableError(
-                f"no modelrunner server answers at {address}: start one with `modelrunner "
-                "serve`, or run the model in this process with --embedded"
+                f"{start_hint(address)}; or run the model in this process with --embedded"
             )
         print(
             f"no server at {address}: running the model in this process (start one with "
@@ -145,11 +150,12 @@ def _connect(args: argparse.Namespace, stack: ExitStack) -> ModelRunnerClient:
 
 
 def _answers(client: ModelRunnerClient) -> bool:
+    """A server listens there (its liveness; a server still starting counts: calls wait)."""
     try:
-        client.server_info(timeout=HEALTH_TIMEOUT_S)
+        client.health("liveness", timeout=HEALTH_TIMEOUT_S)
     except (UnavailableError, DeadlineExceededError):
         return False
-    except ModelRunnerError:  # it answered (say, wanting a token): the real call will tell
+    except ModelRunnerError:  # it answered, and refused: the real call will tell
         return True
     return True
 
@@ -215,9 +221,19 @@ def _jobs(
     return jobs
 
 
+_SAFE_OUTPUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 def _targets(
     image: ImageFile, output_ids: list[str], output: Path, fixed: Format | None
 ) -> dict[str, tuple[Path, Format]]:
+    for oid in output_ids:
+        # output ids come from the server; a file name made of one must stay in the folder asked
+        # for (bioimageio.spec's ids are of this shape; a hostile --server's need not be)
+        if not _SAFE_OUTPUT_ID.fullmatch(oid) or ".." in oid:
+            raise InvalidArgumentError(
+                f"the model's output id {oid[:64]!r} cannot name a file: refusing to write it"
+            )
     if fixed is None:
         suffix = DEFAULT_OUTPUT_SUFFIX.get(image.kind, ".ome.tif")
         return {

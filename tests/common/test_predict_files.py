@@ -351,8 +351,9 @@ def test_predict_uses_the_named_server_and_refuses_a_silent_one(
     error = _raised(identity.id, str(tmp_path / "in.npy"), "-o", "o.npy", "--server", address)
     assert type(error) is errors.UnavailableError
     assert error.message == (
-        f"no modelrunner server answers at {address}: start one with `modelrunner serve`, "
-        "or run the model in this process with --embedded"
+        f"no modelrunner server answers at {address}: start one with `modelrunner serve` (in "
+        "another terminal, or as a service), or name a running one with --server HOST:PORT or "
+        "$MODELRUNNER_SERVER; or run the model in this process with --embedded"
     )
 
 
