@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,7 +80,8 @@ class AsyncModelRunnerClient:
             raise
 
     async def close(self) -> None:
-        await self._run(self._sync.close)
+        # on a thread of its own: the pool may be full of predictions this close should stop
+        await asyncio.to_thread(self._sync.close)
         self._pool.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncModelRunnerClient:
@@ -261,8 +263,11 @@ class AsyncFrameStream(AsyncIterator[dict[str, np.ndarray]]):
             result = await self._client._run(next, self._stream, _END)
         except asyncio.CancelledError:
             # the task was cancelled while a thread waits for the next answer: stop the stream
-            # (its exchange is cancelled, so the runtime stops too, and the thread's wait ends)
-            self._stream.close()
+            # (its exchange is cancelled, so the runtime stops too, and the thread's wait ends);
+            # on a thread, not the loop's: close waits for the stream's upload thread
+            threading.Thread(
+                target=self._stream.close, name="modelrunner-stream-close", daemon=True
+            ).start()
             raise
         if result is _END:
             raise StopAsyncIteration

@@ -215,15 +215,26 @@ class _SigintWatcher:
         if not callable(handler) or handler == self._defer:
             return None
         send = self._send if self._send is not None else self._start()
-        try:
-            previous_fd = _signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
-        except (ValueError, OSError):  # not the main interpreter, or the fd went away
-            return None
+        # In this order, each step undone if a SIGINT (KeyboardInterrupt) comes between two:
+        # published first, so that no wakeup fd is borrowed without a watched call to give
+        # it back; the fd is borrowed last, once _defer holds SIGINT.
         self._interrupted = False
-        _signal.signal(SIGINT, self._defer)
-        watched = _SigintDeferral(self, reader, handler, previous_fd)
+        watched = _SigintDeferral(self, reader, handler, -1)
         with self._lock:
             self._watched = watched
+        deferring = False
+        try:
+            _signal.signal(SIGINT, self._defer)
+            deferring = True
+            watched.wakeup_fd = _signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+        except BaseException as e:
+            with self._lock:
+                self._watched = None
+            if deferring:
+                _signal.signal(SIGINT, handler)  # type: ignore[arg-type]
+            if isinstance(e, (ValueError, OSError)):  # not the main interpreter, fd gone
+                return None
+            raise
         return watched
 
     def unwatch(self, watched: _SigintDeferral) -> None:

@@ -165,10 +165,13 @@ class ControlPlane:
         weight_format: str = "",
         device: str = "",
         identity: Identity = ANONYMOUS,
+        *,
+        wait_s: float | None = None,
     ) -> Route:
-        """Which runtimes serve the model, best first (one with it loaded comes first)."""
+        """Which runtimes serve the model, best first (one with it loaded comes first).
+        ``wait_s``: the most to wait for a runtime to register (the call's remaining time)."""
         with self.registry.use(self.visible_id(model_ref, identity)) as package:
-            candidates = self._candidates(package.model_id, weight_format, device)
+            candidates = self._candidates(package.model_id, weight_format, device, wait_s)
         return Route(
             model_id=package.model_id,
             flight_uris=tuple(r.flight_uri for r in candidates),
@@ -191,7 +194,7 @@ class ControlPlane:
         limit = self.settings.runtime_call_timeout_s
         timeout = limit if timeout_s is None else min(timeout_s, limit)
         with self.registry.use(self.visible_id(model_ref, identity)) as package:
-            candidates = self._candidates(package.model_id, weight_format, device)
+            candidates = self._candidates(package.model_id, weight_format, device, timeout_s)
             unreachable: list[str] = []
             for runtime in candidates:
                 try:
@@ -255,7 +258,7 @@ class ControlPlane:
         return removed
 
     def _candidates(
-        self, model_id: str, weight_format: str, device: str
+        self, model_id: str, weight_format: str, device: str, wait_s: float | None = None
     ) -> list[types.RuntimeInfo]:
         info = self.registry.cache.get(model_id).info
         if weight_format and weight_format not in info.weight_formats:
@@ -269,6 +272,7 @@ class ControlPlane:
             model_weight_formats=info.weight_formats,
             weight_format=weight_format,
             device=device,
+            wait_s=wait_s,
         )
 
     def server_info(self, identity: Identity = ANONYMOUS) -> types.ServerInfo:

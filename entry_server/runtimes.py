@@ -1,8 +1,9 @@
 """The directory of registered runtimes and the choice of runtime for a model.
 
 A runtime registers with ``RegisterRuntime`` and repeats the call every ``heartbeat_interval_s``;
-one silent for three intervals is dropped, and one registering at the address of another
-replaces it (a runtime restarted on its port is routed to at once). For a model, runtimes that
+one silent for three intervals is dropped, and one registering for the first time at the address
+of another that missed a heartbeat replaces it (a runtime restarted on its port is routed to
+at once; runtimes sharing one address that beat in time are all kept). For a model, runtimes that
 report it loaded come first, then the least loaded. A call that finds no available runtime waits
 up to ``runtime_wait_s`` for one (start-up, a restart). Listeners hear of every change in the
 number of available runtimes (readiness, ``entry_server/readiness.py``).
@@ -25,6 +26,8 @@ from modelrunner.settings import Settings
 logger = logging.getLogger(__name__)
 
 MISSED_HEARTBEATS = 3
+MAX_WAITERS = 4
+"""Calls that may wait for a runtime at once (see :meth:`RuntimeDirectory._wait_if_none`)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class RuntimeDirectory:
         self._entries: dict[str, _Entry] = {}
         self._listeners: list[Callable[[int], None]] = []
         self._available = 0
+        self._waiters = threading.BoundedSemaphore(MAX_WAITERS)
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
         """``listener(n)`` is called (now, and whenever it changes) with the number of
@@ -87,14 +91,19 @@ class RuntimeDirectory:
                     f"runtime {info.runtime_id[:200]!r} is registered by another credential",
                     details={"runtime_id": info.runtime_id[:200]},
                 )
+            now = self._clock()
             for other in [
                 k
                 for k, e in self._entries.items()
-                if e.info.flight_uri == info.flight_uri
+                if known is None
+                and e.info.flight_uri == info.flight_uri
                 and k != info.runtime_id
                 and e.owner == owner
+                and now - e.seen_at > self.heartbeat_interval_s
             ]:
-                # the address is taken by a new process: the old one is gone
+                # A new process at the address of one that missed its last heartbeat: the old
+                # one is gone. Only then: runtimes sharing an address (replicas behind one
+                # Kubernetes Service) each beat in time, and must not evict each other.
                 logger.info("runtime %s replaced by %s", other, info.runtime_id)
                 del self._entries[other]
             self._entries[info.runtime_id] = _Entry(info=info, seen_at=self._clock(), owner=owner)
@@ -137,6 +146,24 @@ class RuntimeDirectory:
                     return False
                 self._changed.wait(min(left, self.heartbeat_interval_s))
 
+    def _wait_if_none(self, wait_s: float) -> None:
+        """Start-up, or a runtime restarting: a few seconds' wait beats a failed call. The
+        waiters hold threads of the control service's shared pool, so only a few may wait;
+        the others fail at once (UnavailableError), leaving threads for health checks and
+        the registrations they wait for."""
+        if wait_s <= 0 or self.available_count():
+            return
+        if not self._waiters.acquire(blocking=False):
+            raise errors.UnavailableError(
+                "no runtime registered yet (the server is starting, or its runtimes restart): "
+                "try again in a few seconds",
+                details={"waiting_calls": MAX_WAITERS},
+            )
+        try:
+            self.wait_for_available(wait_s)
+        finally:
+            self._waiters.release()
+
     def _count_changed(self) -> None:
         """Under the lock: tell listeners and waiters when the number of available runtimes
         changed."""
@@ -169,11 +196,13 @@ class RuntimeDirectory:
         model_weight_formats: Collection[str],
         weight_format: str = "",
         device: str = "",
+        wait_s: float | None = None,
     ) -> list[types.RuntimeInfo]:
-        """Runtimes that can serve the model, best first; UnavailableError when none can."""
-        if self.runtime_wait_s > 0:
-            # start-up, or a runtime restarting: a few seconds' wait beats a failed call
-            self.wait_for_available(self.runtime_wait_s)
+        """Runtimes that can serve the model, best first; UnavailableError when none can.
+        ``wait_s``: the most the call may wait for a runtime (its remaining deadline)."""
+        self._wait_if_none(
+            self.runtime_wait_s if wait_s is None else min(wait_s, self.runtime_wait_s)
+        )
         runtimes = self.runtimes()
         if not runtimes:
             raise errors.UnavailableError("no runtime registered")

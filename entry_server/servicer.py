@@ -184,7 +184,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.GetModelRouteRequest, context: grpc.ServicerContext
     ) -> control_pb2.GetModelRouteResponse:
         route = self._control.route(
-            request.model_id, request.weight_format, request.device, current_identity()
+            request.model_id,
+            request.weight_format,
+            request.device,
+            current_identity(),
+            wait_s=context.time_remaining(),
         )
         return control_pb2.GetModelRouteResponse(
             model_id=route.model_id,

@@ -28,7 +28,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from collections.abc import Generator, Hashable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -51,17 +51,12 @@ from .input_mapping import DimNames, Inputs, as_sample, input_shapes, map_inputs
 from .options import PredictOptions
 from .serving_paths import NOT_CHECKED, PathName, ServingPath
 from .size_fitting import FitPlan, Shapes, plan_fit
-from .streamed_tiling import Bands, TileStream, stream_tiles
+from .streamed_tiling import Bands, Cancelled, Progress, TileStream, stream_tiles
 
 if TYPE_CHECKING:
     from .fast_path import FastPath
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
-"""Called with (blocks done, blocks in total) during tiled prediction."""
-Cancelled = Callable[[], bool]
-"""Returns True once the client has gone: the prediction stops at the next block or sample."""
 
 
 class Outputs(dict[str, np.ndarray]):

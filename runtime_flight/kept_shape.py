@@ -18,7 +18,7 @@ declares.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from bioimageio.core import PredictionPipeline, Sample
@@ -30,8 +30,7 @@ from modelrunner.errors import ResourceExhaustedError
 from .core_blocks import follow_implied_references
 from .input_mapping import as_sample
 from .options import PredictOptions
-
-Progress = Callable[[int, int], None]
+from .streamed_tiling import Progress
 
 
 def predict_kept_shape(
@@ -48,7 +47,7 @@ def predict_kept_shape(
         ResourceExhaustedError: the network input (the whole sample, or one block) would exceed
             ``max_tile_input_bytes``, the bound every other call is tiled under.
     """
-    _check_network_input(descr, arrays, options, network_dtypes)
+    _check_network_input(descr, arrays, options, network_dtypes, pipeline)
     sample = as_sample(descr, arrays)
     if options.skip_preprocessing:
         # as for every call that skips preprocessing: the network gets its own dtype
@@ -85,22 +84,33 @@ def _check_network_input(
     arrays: Mapping[MemberId, np.ndarray],
     options: PredictOptions,
     network_dtypes: Mapping[MemberId, str],
+    pipeline: PredictionPipeline,
 ) -> None:
     """Kept whole, a sample reaches the network as sent: bound it as tiles are bounded."""
     if options.blocksize is None:
         what = "the sample"
         sizes = {m: int(np.prod(a.shape)) for m, a in arrays.items()}
     else:
-        what = f"a block of blocksize {options.blocksize}"
-        shapes = descr.get_tensor_sizes(
-            {
-                (t.id, a.id): options.blocksize
+        # the blocksize bioimageio.core uses: it runs `ns or default`, so 0 is its default
+        used = options.blocksize or pipeline._default_blocksize_parameter
+        what = f"a block of blocksize {used}" + (
+            ""
+            if used == options.blocksize
+            else f" (bioimageio.core's default for {options.blocksize})"
+        )
+        ns = (
+            used
+            if isinstance(used, Mapping)
+            else {
+                (t.id, a.id): used
                 for t in descr.inputs
                 for a in t.axes
                 if isinstance(a.size, v0_5.ParameterizedSize)
-            },
-            1,
-        ).inputs
+            }
+        )
+        # these are the network's input shapes, halo included: bioimageio.core's blocks are
+        # this shape, their inner part this minus the halo (block_meta.split_shape_into_blocks)
+        shapes = descr.get_tensor_sizes(ns, pipeline._default_batch_size).inputs
         sizes = {m: int(np.prod(list(shape.values()))) for m, shape in shapes.items()}
     nbytes = sum(n * np.dtype(network_dtypes[m]).itemsize for m, n in sizes.items())
     if nbytes > options.max_tile_input_bytes:

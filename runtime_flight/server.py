@@ -52,6 +52,8 @@ _ACTIONS = {
 _END = object()
 _DRAIN_POLL_S = 0.2
 """How often an idle stream looks whether the runtime is shutting down."""
+_RELEASE_INTERVAL_S = 1.0
+"""Cancelled exchanges give free memory back to the system at most this often."""
 CANCEL_POLL_S = 0.05
 """How often a prediction asks whether its call was cancelled. gRPC takes about 75 µs to answer
 (here), as long as the runtime's whole work on a 512x512 frame: a quick prediction never asks."""
@@ -131,6 +133,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         """Prediction exchanges the client cancelled (or dropped) since the start: not
         failures, which the client would have been told about."""
         self._exchanges_lock = threading.Lock()
+        self._last_release = float("-inf")
+        """When a cancelled exchange last gave free memory back to the system."""
         self._session_epoch = 0
         """Sessions opened before the last :meth:`retire_sessions` end at their next sample."""
         self.draining = threading.Event()
@@ -194,7 +198,14 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         are gone."""
         with self._exchanges_lock:
             self.exchanges_cancelled += 1
-        release_free_memory()
+            now = time.monotonic()
+            # at most once a second: a client opening and cancelling empty exchanges in a
+            # loop must not make the runtime trim its heap for each
+            trim = now - self._last_release >= _RELEASE_INTERVAL_S
+            if trim:
+                self._last_release = now
+        if trim:
+            release_free_memory()
         kind = (
             "session"
             if command is not None and command.session

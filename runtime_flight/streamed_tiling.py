@@ -50,6 +50,9 @@ from .size_fitting import FitPlan
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+"""Called with (blocks done, blocks in total) during tiled prediction."""
+Cancelled = Callable[[], bool]
+"""Returns True once the client has gone: the prediction stops at the next block or sample."""
 Bands = dict[str, np.ndarray]
 """Output id -> the next rows of that output (C-contiguous, in the output's axis order)."""
 
@@ -94,7 +97,7 @@ def stream_tiles(
     progress: Progress | None,
     *,
     network_dtypes: Mapping[MemberId, str],
-    cancelled: Callable[[], bool] | None = None,
+    cancelled: Cancelled | None = None,
 ) -> TileStream | None:
     """Start predicting ``sample`` tile by tile with outputs in bands (see the module docstring);
     None when that does not apply. Runs the sample-wise preprocessing and the first block.
@@ -144,7 +147,7 @@ def plan_bands(
     descr: v0_5.ModelDescr,
     sample: Sample,
     plan: FitPlan,
-    cancelled: Callable[[], bool] | None = None,
+    cancelled: Cancelled | None = None,
 ) -> dict[MemberId, BandSchedule] | None:
     """Each output's band schedule, or None when an output cannot stream in bands of rows."""
     transform = block_transform(pipeline)

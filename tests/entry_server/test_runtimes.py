@@ -373,15 +373,37 @@ def test_a_route_waits_only_runtime_wait_s(start_server: ServerFactory) -> None:
     assert time.monotonic() - start >= 0.3
 
 
-def test_a_runtime_restarted_at_the_same_address_replaces_the_old_one(
-    control: Running,
-) -> None:
-    """A new process on the old one's port is routed to at once, not after three heartbeats."""
-    model = add_model(control.stub, path=str(NUCLEI))[0].model
-    _register(control, _runtime_info("old", "grpc://h:7", loaded=(model.id,)))
-    _register(control, _runtime_info("new", "grpc://h:7"))
-    route = _route(control, model.id)
-    assert (route.runtime_id, list(route.flight_uris)) == ("new", ["grpc://h:7"])
+def test_a_runtime_restarted_at_the_same_address_replaces_the_old_one(tmp_path: Path) -> None:
+    """A new process on the port of one that missed its heartbeat is routed to at once, not
+    after three heartbeats."""
+    now = [0.0]
+    directory = RuntimeDirectory(
+        make_settings(tmp_path, heartbeat_interval_s=10), clock=lambda: now[0]
+    )
+    directory.register(types.RuntimeInfo(runtime_id="old", flight_uri="grpc://h:7"))
+    now[0] += 11  # the old process missed a heartbeat
+    directory.register(types.RuntimeInfo(runtime_id="new", flight_uri="grpc://h:7"))
+    assert [r.runtime_id for r in directory.runtimes()] == ["new"]
+
+
+def test_runtimes_sharing_an_address_do_not_evict_each_other(tmp_path: Path) -> None:
+    """Attack (accidental): two replicas behind one Kubernetes Service advertise the same
+    flight_uri; each heartbeat must not drop the other, or routes and readiness flap."""
+    now = [0.0]
+    directory = RuntimeDirectory(
+        make_settings(tmp_path, heartbeat_interval_s=10), clock=lambda: now[0]
+    )
+    a = types.RuntimeInfo(runtime_id="a", flight_uri="grpc://svc:7")
+    b = types.RuntimeInfo(runtime_id="b", flight_uri="grpc://svc:7")
+    directory.register(a)
+    now[0] += 1
+    directory.register(b)
+    for _ in range(5):
+        now[0] += 9
+        directory.register(a)
+        now[0] += 1
+        directory.register(b)
+        assert [r.runtime_id for r in directory.runtimes()] == ["a", "b"]
 
 
 def test_a_leaving_runtime_is_routed_to_no_more(control: Running) -> None:

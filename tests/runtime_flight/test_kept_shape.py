@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bioimageio.core import Sample, Tensor
+from bioimageio.spec.model import v0_5
 
 from modelrunner.client import ModelInfo
 from modelrunner.errors import InvalidArgumentError, ResourceExhaustedError
@@ -89,4 +90,33 @@ def test_a_kept_sample_or_block_beyond_the_tile_bound_is_refused(
     options = PredictOptions(keep_shape=True, blocksize=blocksize, max_tile_input_bytes=8192)
     with pytest.raises(ResourceExhaustedError, match="max_tile_input_bytes") as caught:
         predict(pipeline, {"raw": image}, options=options)
+    assert caught.value.details["limit"] == "max_tile_input_bytes"
+
+
+def test_blocksize_zero_is_checked_at_the_blocksize_bioimageio_core_uses(
+    tiny: Tiny, pipelines: Pipelines
+) -> None:
+    """Attack: blocksize 0 passes the bound as the smallest block, but bioimageio.core runs
+    ``ns or default``: its default blocksize, whose blocks (halo included) exceed the bound."""
+    package = tiny("halo")
+    pipeline = pipelines.get(package, "pytorch_state_dict")
+    model = descr(package)
+
+    def block_bytes(n: int) -> int:
+        ns = {
+            (t.id, a.id): n
+            for t in model.inputs
+            for a in t.axes
+            if isinstance(a.size, v0_5.ParameterizedSize)
+        }
+        shape = model.get_tensor_sizes(ns, 1).inputs[model.inputs[0].id]
+        return int(np.prod(list(shape.values()))) * 4  # float32 at the network's input
+
+    default = pipeline._default_blocksize_parameter
+    assert isinstance(default, int) and block_bytes(0) < block_bytes(default)
+    image = np.zeros((1, 1, 256, 256), np.float32)
+    options = PredictOptions(keep_shape=True, blocksize=0, max_tile_input_bytes=block_bytes(0))
+    with pytest.raises(ResourceExhaustedError, match="max_tile_input_bytes") as caught:
+        predict(pipeline, {"raw": image}, options=options)
+    assert caught.value.details["got"] == str(block_bytes(default))
     assert caught.value.details["limit"] == "max_tile_input_bytes"
