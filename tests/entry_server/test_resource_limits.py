@@ -269,9 +269,12 @@ class SlowJobs:
     def __init__(self, control: Running, job: Callable[..., Any], *instead: Any) -> None:
         workers = control.server.registry.description_workers
         original = workers.run
+        self.started = threading.Event()
+        """Set when the replaced job is sent (an add runs other jobs in workers before it)."""
 
         def run(what: str, called: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             if called is job:
+                self.started.set()
                 return original(what, *instead)
             return original(what, called, *args, **kwargs)
 
@@ -375,10 +378,12 @@ def test_a_validation_is_killed_when_its_client_goes_away(start_server: ServerFa
 def test_an_add_is_killed_when_its_client_goes_away(start_server: ServerFactory) -> None:
     control = start_server()
     workers = control.server.registry.description_workers
-    SlowJobs(control, description_jobs.read_model, burn_cpu, 60)
+    slow = SlowJobs(control, description_jobs.read_model, burn_cpu, 60)
     call = control.stub.AddModel(
         control_pb2.AddModelRequest(source=source(path=str(NUCLEI))), timeout=60
     )
+    # not the worker that lists the package's files first: the one reading the model
+    wait_for(slow.started.is_set, timeout=20)
     wait_for(lambda: bool(workers.busy_pids()), timeout=20)
     pids = workers.busy_pids()
     call.cancel()
