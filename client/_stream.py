@@ -13,6 +13,9 @@ answers HTTP/2 pings.
 A stream that loses its runtime (a restart, a shutdown: ServerShuttingDownError) raises an
 UnavailableError whose ``frames_answered`` is the number of frames answered before it, so the
 caller can send the rest on a new stream; the stream itself is never resent behind its back.
+A runtime that drains sends a shutdown notice first (docs/wire-format.md, section 3): a thread
+reading the runtime's answers ends the upload at once, so the stream ends even while the caller's
+frames are slow to come.
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class _FrameUpload:
         self.batch_bytes = batch_bytes
         self.credits = threading.Semaphore(max_in_flight)
         self.closed = threading.Event()
+        self._writing = threading.Lock()
+        """Held for each write, so that :meth:`end_writing` never runs inside one."""
+        self._ended = False
+        """This side of the stream is ended (the runtime drains): no frame is sent any more."""
         # In frame order: (index, None) for a frame sent to the runtime, (index, error) for one
         # the client could not send (wrong shape, not an array); _DONE after the last.
         self.sent: queue.Queue[Any] = queue.Queue()
@@ -100,7 +107,10 @@ class _FrameUpload:
                     arrays, dims = normalise_inputs(frame, None)
                     if layout is None:
                         layout = SampleLayout.plan(arrays, dims, batch_bytes=self.batch_bytes)
-                        self.writer.begin(layout.schema(), options=WRITE_OPTIONS)
+                        with self._writing:
+                            if self._ended:
+                                break
+                            self.writer.begin(layout.schema(), options=WRITE_OPTIONS)
                     elif not layout.matches(arrays):
                         raise errors.InvalidTensorError(
                             "every frame of a stream must have the tensors, shapes and data types "
@@ -113,12 +123,15 @@ class _FrameUpload:
                     self.credits.release()
                     index += 1
                     continue
-                self.sent.put((index, None))
-                for batch in encode_sample(layout, arrays):
-                    write_aligned(self.writer, batch)
+                with self._writing:
+                    if self._ended:
+                        break  # the runtime drains: the caller resends from frames_answered
+                    self.sent.put((index, None))
+                    for batch in encode_sample(layout, arrays):
+                        write_aligned(self.writer, batch)
                 index += 1
             if not self.closed.is_set():
-                self.writer.done_writing()
+                self.end_writing()
         except BaseException as e:  # noqa: BLE001 - handed to the consumer in __next__
             if not self.closed.is_set():
                 self.error = e
@@ -127,9 +140,77 @@ class _FrameUpload:
         finally:
             self.sent.put(_DONE)
 
+    def end_writing(self) -> None:
+        """End this side of the stream (once): after the last frame, or when the runtime
+        drains (from the answer reader's thread, while this one may wait for a frame)."""
+        with self._writing:
+            if self._ended:
+                return
+            self._ended = True
+            self.writer.done_writing()
+
     def stop(self) -> None:
         self.closed.set()
         self.credits.release()
+
+    def close_writer(self) -> None:
+        """Close the writer once no write is under way (the call is cancelled, so one under
+        way fails soon); the upload thread, which may wait on the caller's frames for long,
+        writes nothing after it."""
+        if not self._writing.acquire(timeout=5):
+            return  # a write that does not end: leave the writer to the call's end
+        try:
+            self._ended = True
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - a cancelled call refuses further writes
+                pass
+        finally:
+            self._writing.release()
+
+
+_ENDED = object()
+"""In ``_FrameUpload.sent``: the exchange ended (the answer reader met its end or an error)."""
+SHUTDOWN_NOTICE_FRAME = -1
+"""``FrameResult.frame`` of the runtime's shutdown notice (docs/wire-format.md, section 3)."""
+
+
+class _AnswerReader:
+    """Reads the runtime's messages on a thread of its own into ``chunks``, so that a shutdown
+    notice is acted on even while the caller waits for its own next frame (a microscope between
+    acquisitions): this side of the stream ends, and the runtime ends the call with
+    ServerShuttingDownError. It holds no reference to the :class:`FrameStream`."""
+
+    def __init__(self, reader: flight.FlightStreamReader, upload: _FrameUpload) -> None:
+        self.reader, self.upload = reader, upload
+        self.chunks: queue.Queue[Any] = queue.Queue()
+        """Chunks in order; then the exception that ended the reading (StopIteration at the
+        end)."""
+
+    def run(self) -> None:
+        while True:
+            try:
+                chunk = self.reader.read_chunk()
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer in order
+                self.chunks.put(e)
+                self.upload.sent.put(_ENDED)  # wakes a consumer waiting for a frame to be sent
+                return
+            if chunk.data is None and _is_shutdown_notice(chunk.app_metadata):
+                logger.debug("the runtime drains: ending the stream's upload")
+                try:
+                    self.upload.end_writing()
+                except Exception:  # noqa: BLE001 - the call already ended: its error follows
+                    pass
+                continue
+            self.chunks.put(chunk)
+
+
+def _is_shutdown_notice(metadata: Any) -> bool:
+    try:
+        result = parse_frame_result(metadata)
+    except Exception:  # noqa: BLE001 - not ours to judge here: the consumer reads it again
+        return False
+    return result.frame == SHUTDOWN_NOTICE_FRAME and result.HasField("error")
 
 
 class FrameStream(Iterator[dict[str, np.ndarray]]):
@@ -177,6 +258,8 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
             target=self._upload.run, args=(iter(frames),), name="modelrunner-frames", daemon=True
         )
         self._uploader.start()
+        self._answers = _AnswerReader(self._reader, self._upload)
+        threading.Thread(target=self._answers.run, name="modelrunner-answers", daemon=True).start()
 
     def __iter__(self) -> FrameStream:
         return self
@@ -199,6 +282,11 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
 
     def _next(self) -> dict[str, np.ndarray]:
         item = self._upload.sent.get()
+        while item is _ENDED:
+            # the exchange ended with no frame waiting for its answer: raise its error, or
+            # on a normal end take what the upload sends next (its end)
+            self._raise_exchange_error()
+            item = self._upload.sent.get()
         if item is _DONE:
             self._upload.sent.put(_DONE)
             self._raise_upload_error()
@@ -216,13 +304,13 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         """The next message, cancelling the exchange when none comes within the idle timeout."""
         if self._idle_timeout is None:
             with self._calls.track(self._reader, "the stream"):
-                return self._reader.read_chunk()
+                return self._take_chunk()
         if self._watchdog is None:
             self._watchdog = _IdleWatchdog(self._idle_timeout, self._reader)
         self._watchdog.arm()
         try:
             with self._calls.track(self._reader, "the stream"):
-                return self._reader.read_chunk()
+                return self._take_chunk()
         except flight.FlightCancelledError:
             if self._watchdog.fired:
                 raise errors.DeadlineExceededError(
@@ -233,6 +321,28 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
             raise
         finally:
             self._watchdog.disarm()
+
+    def _raise_exchange_error(self) -> None:
+        """The exchange has ended: raise its error, if it ended with one."""
+        while True:
+            try:
+                with translated_errors():
+                    self._take_chunk()  # nothing should be left but the end
+            except StopIteration:
+                return
+            except errors.ModelRunnerError:
+                self._raise_upload_error()
+                self.close()
+                raise
+
+    def _take_chunk(self) -> flight.FlightStreamChunk:
+        """The answer reader's next chunk; once it has ended, its error (or StopIteration),
+        again at each call."""
+        item = self._answers.chunks.get()
+        if isinstance(item, BaseException):
+            self._answers.chunks.put(item)
+            raise item
+        return item  # type: ignore[no-any-return]
 
     def _read_frame(self, index: int) -> dict[str, np.ndarray]:
         while True:
@@ -288,11 +398,7 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
             self._reader.cancel()
         except Exception:  # noqa: BLE001 - already finished or broken: nothing left to stop
             pass
-        self._uploader.join(timeout=5)
-        try:
-            self._upload.writer.close()
-        except Exception:  # noqa: BLE001 - a cancelled call refuses further writes
-            pass
+        self._upload.close_writer()
 
     def __enter__(self) -> FrameStream:
         return self

@@ -52,6 +52,9 @@ _ACTIONS = {
 _END = object()
 _DRAIN_POLL_S = 0.2
 """How often an idle stream looks whether the runtime is shutting down."""
+SHUTDOWN_NOTICE_FRAME = -1
+"""``FrameResult.frame`` of a draining stream's shutdown notice (a metadata-only message whose
+error is ServerShuttingDownError): the client ends its side of the stream (DoneWriting)."""
 _RELEASE_INTERVAL_S = 1.0
 """Cancelled exchanges give free memory back to the system at most this often."""
 CANCEL_POLL_S = 0.05
@@ -337,10 +340,15 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             while True:
                 batch = _take_batch(frames, max_batch, self.draining, reading)
                 if batch is None:
-                    raise errors.ServerShuttingDownError(
+                    drained = errors.ServerShuttingDownError(
                         "the runtime is shutting down: the frames received were answered; "
                         "send the rest again on a new stream"
                     )
+                    # The notice asks the client to end its side of the stream: the frame
+                    # reader waits for its next message, which a client between frames (a
+                    # microscope between acquisitions) may not send for minutes.
+                    _write_error(writer, SHUTDOWN_NOTICE_FRAME, drained)
+                    raise drained
                 if not batch:
                     break
                 if cancelled():
@@ -360,8 +368,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         finally:
             if self.draining.is_set():
                 # The reader must not outlive the call (it reads the call's stream: pyarrow
-                # aborts the process). It ends at the client's next message, which a stream
-                # with frames to send brings soon; the process's grace period bounds the rest.
+                # aborts the process). It ends at the client's next message: the end of its
+                # side that the shutdown notice asks for, or a frame; the process's grace
+                # period bounds a client that sends neither.
                 reading.stop_reading()
                 reading.join()
             else:
