@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelrunner import __version__, errors
+from modelrunner.cli_status import add_status_command
 from modelrunner.cli_tokens import add_token_commands
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.set_defaults(run=_runtime)
 
     add_token_commands(sub)
+    add_status_command(sub)
 
     models = sub.add_parser("models", help="list the models on the server")
     _client_flags(models)

@@ -53,6 +53,8 @@ class ControlPlane:
         self.authenticator = authenticator or Authenticator(settings)
         self.access = access or ModelAccess(settings.cache_dir / "model_access.json")
         self._runtime_tls = runtime_tls
+        self.metrics_uri = ""
+        """Where this process's Prometheus metrics are scraped (set by whoever publishes them)."""
         self._runtime_callers: dict[str, runtime_actions.RuntimeCaller] = {}
         self._callers_lock = threading.Lock()
         self._models_lock = threading.RLock()
@@ -291,4 +293,4 @@ class ControlPlane:
                 1 for m in self.registry.list_models() if self.access.visible(m.id, identity)
             )
             cache = cache.model_copy(update={"directory": "", "models": visible})
-        return server_info(cache, runtimes)
+        return server_info(cache, runtimes).model_copy(update={"metrics_uri": self.metrics_uri})

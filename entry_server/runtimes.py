@@ -3,7 +3,8 @@
 A runtime registers with ``RegisterRuntime`` and repeats the call every ``heartbeat_interval_s``;
 one silent for three intervals is dropped, and one registering at the address of another
 replaces it (a runtime restarted on its port is routed to at once). For a model, runtimes that
-report it loaded come first, then the least loaded. A call that finds no available runtime waits
+report it loaded come first, then the least loaded; a model whose warm runtimes are all busy
+spreads to another (``entry_server/placement.py``). A call that finds no available runtime waits
 up to ``runtime_wait_s`` for one (start-up, a restart). Listeners hear of every change in the
 number of available runtimes (readiness, ``entry_server/readiness.py``).
 """
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from modelrunner import errors, types
+from modelrunner.entry_server.placement import placement_order
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class RuntimeDirectory:
         self._cache_dir = settings.cache_dir
         self._clock = clock
         self.runtime_wait_s = settings.runtime_wait_s
+        self.spread_queue_depth = settings.spread_queue_depth
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._entries: dict[str, _Entry] = {}
@@ -204,13 +207,10 @@ class RuntimeDirectory:
                 f"{', '.join(sorted(wanted))}{f' on {device}' if device else ''} ({offered})",
                 details={"model_id": model_id},
             )
-        return sorted(
+        return placement_order(
             fitting,
-            key=lambda r: (
-                not _has_loaded(r, model_id, weight_format, device),
-                len(r.loaded_models),
-                r.runtime_id,
-            ),
+            lambda r: _has_loaded(r, model_id, weight_format, device),
+            spread_queue_depth=self.spread_queue_depth,
         )
 
     def _prune(self) -> None:

@@ -38,6 +38,7 @@ from modelrunner.wire import (
 )
 
 from .caller_auth import CallerChecks
+from .exchange_metrics import ExchangeObservation, observing
 from .memory_release import release_free_memory
 from .service import Outputs, RuntimeService, StreamedOutputs, whole_outputs
 
@@ -167,12 +168,14 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         with self._counting_exchange(), flight_errors("prediction", context):
             command = _parse_command(descriptor)
             self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
-            if command.session:
-                self._serve_session(context, command, reader, writer)
-            elif command.stream:
-                self._serve_stream(context, command, reader, writer)
-            else:
-                self._serve_one(context, command, reader, writer)
+            kind = "session" if command.session else "stream" if command.stream else "predict"
+            with observing(kind, command.model_id) as seen:
+                if command.session:
+                    self._serve_session(context, command, reader, writer, seen)
+                elif command.stream:
+                    self._serve_stream(context, command, reader, writer, seen)
+                else:
+                    self._serve_one(context, command, reader, writer)
 
     @contextmanager
     def _counting_exchange(self) -> Iterator[None]:
@@ -276,6 +279,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         command: runtime_pb2.PredictCommand,
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
+        seen: ExchangeObservation,
     ) -> None:
         layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
@@ -300,18 +304,24 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 if cancelled():
                     logger.info("stream cancelled by the client")
                     return
-                indices = [i for i, _ in batch]
+                started = time.perf_counter()
                 results = self.service.predict_frames(
                     command,
                     [{k: aligned(v) for k, v in s.items()} for _, s in batch],
                     dims,
                     cancelled=cancelled,
                 )
-                for index, result in zip(indices, results, strict=True):
+                for (index, sample), result in zip(batch, results, strict=True):
                     if isinstance(result, errors.ModelRunnerError):
                         _write_error(writer, index, result)
+                        seen.frame(sum(a.nbytes for a in sample.values()), None, 0.0)
                     else:
                         out_layout = self._write_outputs(writer, out_layout, result, frame=index)
+                        seen.frame(
+                            sum(a.nbytes for a in sample.values()),
+                            result.arrays,
+                            time.perf_counter() - started,
+                        )
         finally:
             if self.draining.is_set():
                 # the reader may wait for a client that waits for us: end the call, not wait
@@ -328,6 +338,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         command: runtime_pb2.PredictCommand,
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
+        seen: ExchangeObservation,
     ) -> None:
         """Lockstep predictions on one exchange, all in this thread: read a sample, answer it,
         read the next, until the client finishes writing or cancels. A sample that fails is
@@ -362,7 +373,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                         logger.info("session ended before its frame %d", frame)
                         return
                     out_layout = self._answer_session_sample(
-                        context, command, writer, out_layout, sample, dims, frame
+                        context, command, writer, out_layout, sample, dims, frame, seen
                     )
                     frame += 1
 
@@ -375,10 +386,13 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         sample: dict[str, np.ndarray],
         dims: dict[str, tuple[str, ...]],
         frame: int,
+        seen: ExchangeObservation,
     ) -> SampleLayout | None:
         """Predict one sample of a session and write its outputs, or its error; returns the
         outputs' layout (the exchange's output schema, fixed by the first answered sample)."""
         cancelled = _CancelPolling(context)
+        started = time.perf_counter()
+        nbytes_in = sum(a.nbytes for a in sample.values())
         try:
             predicted = self.service.predict(
                 command, {k: aligned(v) for k, v in sample.items()}, dims, cancelled=cancelled
@@ -403,16 +417,20 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if context.is_cancelled():
                 raise
             _write_error(writer, frame, e)
+            seen.frame(nbytes_in, None, 0.0, e)
             return layout
         except Exception as e:
             logger.exception("frame %d of a session failed", frame)
             _write_error(
                 writer, frame, errors.InternalError(f"prediction failed: {type(e).__name__}: {e}")
             )
+            seen.frame(nbytes_in, None, 0.0)
             return layout
         if layout is None:
             writer.begin(out_layout.schema(), options=WRITE_OPTIONS)
-        return self._write_outputs(writer, out_layout, outputs, frame=frame)
+        written = self._write_outputs(writer, out_layout, outputs, frame=frame)
+        seen.frame(nbytes_in, outputs.arrays, time.perf_counter() - started)
+        return written
 
     # -- actions -------------------------------------------------------------------------------
 
