@@ -54,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the control service and an embedded runtime")
     _server_flags(serve)
     serve.add_argument("--no-runtime", action="store_true", help="control service only")
+    cluster = serve.add_argument_group("runtimes on a Ray cluster (docs/cluster.md)")
+    cluster.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the runtimes as Ray actors: auto, HOST:6379, ray://HOST:10001, or local",
+    )
+    cluster.add_argument(
+        "--ray-gpu-runtimes", type=int, help="runtimes with one GPU each (default: one per GPU)"
+    )
+    cluster.add_argument(
+        "--ray-cpu-runtimes", type=int, default=0, help="CPU-only runtimes (default 0)"
+    )
+    cluster.add_argument(
+        "--ray-gpu-resource", help="a custom Ray resource that stands for a GPU (default: GPU)"
+    )
     serve.set_defaults(run=_serve)
 
     runtime = sub.add_parser(
@@ -160,6 +175,12 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="model cache (default ~/.cache/modelrunner)")
     p.add_argument("--device", help="default device (default: cuda if available, else cpu)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="publish Prometheus metrics on this port (0: any free; default: none)",
+    )
+    p.add_argument("--metrics-host", help="metrics interface (default 127.0.0.1)")
     security = p.add_argument_group("security (docs/security.md)")
     security.add_argument(
         "--auth",
@@ -218,6 +239,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "cache_dir",
         "device",
         "log_level",
+        "metrics_port",
+        "metrics_host",
         "control_address",
         "auth",
         "insecure",
@@ -242,6 +265,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     _configure_logging(settings)
+    if args.ray:
+        from modelrunner.cluster.ray_serving import RayPlan, serve_with_ray
+
+        plan = RayPlan(
+            args.ray,
+            cpu_runtimes=args.ray_cpu_runtimes,
+            gpu_runtimes=args.ray_gpu_runtimes,
+            gpu_resource=args.ray_gpu_resource,
+        )
+        serve_with_ray(settings, plan)
+        return 0
     serve_forever(settings, with_runtime=not args.no_runtime)
     return 0
 

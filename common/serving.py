@@ -169,7 +169,7 @@ def start_runtime(
         published = metrics_uri if endpoint is None else endpoint.uri
         unpublish = add_state_source(
             runtime_state(
-                lambda: service.runtime_id, lambda: server.active_exchanges, service.pool.loaded
+                lambda: service.runtime_id, lambda: server.queue_depth, service.pool.loaded
             )
         )
         cleanup.callback(unpublish)
@@ -177,7 +177,7 @@ def start_runtime(
         def info() -> types.RuntimeInfo:
             # the queue depth routes a busy model's next clients elsewhere (docs/cluster.md)
             return service.info().model_copy(
-                update={"queue_depth": server.active_exchanges, "metrics_uri": published or ""}
+                update={"queue_depth": server.queue_depth, "metrics_uri": published or ""}
             )
 
         registration = Registration(
@@ -284,6 +284,12 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
             control.readiness.wait(settings.runtime_wait_s)
         stack.pop_all()
     return running
+
+
+def control_address_of(running: RunningServer) -> str:
+    """The address a runtime registers at (loopback when the service listens on every
+    interface)."""
+    return _local_address(running.control.port, running.control.settings.host)
 
 
 def _local_address(port: int, host: str) -> str:

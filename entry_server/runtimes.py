@@ -109,9 +109,14 @@ class RuntimeDirectory:
             shared_cache_dir=self._shared_cache_dir(cache_dir),
         )
 
-    def unregister(self, runtime_id: str) -> bool:
+    def unregister(self, runtime_id: str, flight_uri: str | None = None) -> bool:
+        """Stop routing to a runtime; with ``flight_uri``, only while it is registered at that
+        address (a process found dead; its restarted successor has registered elsewhere)."""
         with self._lock:
-            found = self._entries.pop(runtime_id, None) is not None
+            entry = self._entries.get(runtime_id)
+            found = entry is not None and flight_uri in (None, entry.info.flight_uri)
+            if found:
+                del self._entries[runtime_id]
             self._count_changed()
             return found
 

@@ -123,6 +123,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         """Prediction exchanges opened since the start (a session counts once, however many
         samples it carries)."""
         self.active_sessions = 0
+        self.busy_sessions = 0
+        """Sessions predicting a sample now (the others wait for their client's next one)."""
         self._exchanges_lock = threading.Lock()
         self._session_epoch = 0
         """Sessions opened before the last :meth:`retire_sessions` end at their next sample."""
@@ -150,6 +152,12 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         if self.active_sessions:
             logger.info("waiting for %d open session(s) to end", self.active_sessions)
         super().shutdown()
+
+    @property
+    def queue_depth(self) -> int:
+        """Predictions in progress: the exchanges open, less the sessions that wait for their
+        client's next sample (what the runtime reports for placement and metrics)."""
+        return self.active_exchanges - self.active_sessions + self.busy_sessions
 
     @property
     def max_sample_bytes(self) -> int:
@@ -372,9 +380,10 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     if self._session_epoch != epoch:
                         logger.info("session ended before its frame %d", frame)
                         return
-                    out_layout = self._answer_session_sample(
-                        context, command, writer, out_layout, sample, dims, frame, seen
-                    )
+                    with self._counting("busy_sessions"):
+                        out_layout = self._answer_session_sample(
+                            context, command, writer, out_layout, sample, dims, frame, seen
+                        )
                     frame += 1
 
     def _answer_session_sample(

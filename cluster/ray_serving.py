@@ -1,0 +1,100 @@
+"""``modelrunner serve --ray ADDRESS``: the control service in this process, its runtimes as
+Ray actors (:mod:`.ray_runtimes`), until SIGTERM or Ctrl+C (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import ray
+
+from modelrunner.auth import Role
+from modelrunner.graceful_shutdown import ShutdownSignals, stop_within
+from modelrunner.serving import RunningServer, announce_ready, control_address_of, start_serving
+from modelrunner.settings import Settings
+
+from .ray_runtimes import DEFAULT_MAX_RESTARTS, RayRuntimes, start_ray_runtimes
+
+logger = logging.getLogger(__name__)
+
+IDLE_UNLOAD_S = 600.0
+"""A spread copy of a model nobody uses goes after ten minutes, unless ``idle_unload_s`` says."""
+
+
+@dataclass(frozen=True)
+class RayPlan:
+    """What to run on the cluster."""
+
+    address: str
+    """``auto`` (the cluster this node belongs to), ``ray://HOST:10001``, ``HOST:6379``, or
+    ``local`` (start a cluster in this process: trying it out)."""
+    cpu_runtimes: int = 0
+    gpu_runtimes: int | None = None
+    """None: one per GPU in the cluster at start."""
+    gpu_resource: str | None = None
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+
+
+def connect(address: str) -> None:
+    if ray.is_initialized():
+        return
+    if address == "local":
+        ray.init(include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+
+
+@contextmanager
+def start_ray_serving(
+    settings: Settings, plan: RayPlan
+) -> Iterator[tuple[RunningServer, RayRuntimes]]:
+    """The control service here, its runtimes on the cluster, every one of them registered
+    when this yields; all stopped on exit (the runtimes drain first)."""
+    connect(plan.address)
+    if settings.idle_unload_s is None:
+        settings = settings.model_copy(update={"idle_unload_s": IDLE_UNLOAD_S})
+    running = start_serving(settings, with_runtime=False)
+    try:
+        plane = running.control.control
+        token = settings.runtime_token.get_secret_value() if settings.runtime_token else None
+        if settings.auth and token is None:
+            # the actors' credential, valid while this control service runs
+            token = plane.authenticator.issue_internal("ray-runtimes", Role.RUNTIME)
+        group = start_ray_runtimes(
+            settings,
+            control_address_of(running),
+            plane.runtimes.unregister,
+            cpu_runtimes=plan.cpu_runtimes,
+            gpu_runtimes=plan.gpu_runtimes,
+            gpu_resource=plan.gpu_resource,
+            runtime_token=token,
+            max_restarts=plan.max_restarts,
+        )
+        try:
+            for described in group.describe(timeout=max(60.0, settings.runtime_wait_s)):
+                logger.info("Ray runtime %(runtime_id)s at %(flight_uri)s (pid %(pid)s)", described)
+            group.watch()
+            yield running, group
+        finally:
+            group.stop(timeout=settings.grace_period_s + 5)
+    finally:
+        running.stop()
+
+
+def serve_with_ray(settings: Settings, plan: RayPlan) -> None:
+    """Serve until SIGTERM or Ctrl+C, then drain the runtimes and stop within the grace
+    period (a second signal exits at once)."""
+    signals = ShutdownSignals()
+    with ExitStack() as stack:
+        running, group = stack.enter_context(start_ray_serving(settings, plan))
+        print(
+            f"modelrunner control service at {running.address}; "
+            f"{len(group.runtimes)} runtime(s) on Ray ({plan.address}): "
+            + ", ".join(r.runtime_id for r in group.runtimes),
+            flush=True,
+        )
+        announce_ready(running, signals.requested)
+        signals.wait()
+        stop_within(stack.pop_all().close, settings.grace_period_s)
