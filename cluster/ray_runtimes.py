@@ -77,7 +77,8 @@ class RuntimeActor:
 
 def _actor_class(max_restarts: int) -> Any:
     # max_concurrency: pings are answered while another call (describe, stop) runs
-    return ray.remote(max_restarts=max_restarts, max_task_retries=0, max_concurrency=4)(
+    remote: Any = ray.remote  # its overloads do not list the actor options
+    return remote(max_restarts=max_restarts, max_task_retries=0, max_concurrency=4)(
         RuntimeActor
     )
 
