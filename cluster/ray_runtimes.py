@@ -78,9 +78,7 @@ class RuntimeActor:
 def _actor_class(max_restarts: int) -> Any:
     # max_concurrency: pings are answered while another call (describe, stop) runs
     remote: Any = ray.remote  # its overloads do not list the actor options
-    return remote(max_restarts=max_restarts, max_task_retries=0, max_concurrency=4)(
-        RuntimeActor
-    )
+    return remote(max_restarts=max_restarts, max_task_retries=0, max_concurrency=4)(RuntimeActor)
 
 
 @dataclass
