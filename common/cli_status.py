@@ -63,7 +63,7 @@ def _status(args: argparse.Namespace) -> int:
             uris = metrics_uris(info, args.metrics)
             before = scrape(uris)
             started = time.monotonic()
-            time.sleep(max(0.1, args.interval if not args.once else min(args.interval, 1.0)))
+            time.sleep(max(0.1, args.interval))
             info = client.server_info()
             after = scrape(uris)
             view = render(args.server, info, before, after, time.monotonic() - started, uris)

@@ -171,6 +171,9 @@ class ControlPlane:
         """Which runtimes serve the model, best first (one with it loaded comes first)."""
         with self.registry.use(self.visible_id(model_ref, identity)) as package:
             candidates = self._candidates(package.model_id, weight_format, device)
+        # until its next heartbeat, the runtime counts one more client: a burst of streams
+        # spreads instead of all going where the last heartbeat said it was quiet
+        self.runtimes.note_routed(candidates[0].runtime_id)
         return Route(
             model_id=package.model_id,
             flight_uris=tuple(r.flight_uri for r in candidates),

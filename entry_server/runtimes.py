@@ -156,6 +156,17 @@ class RuntimeDirectory:
         for listener in self._listeners:
             listener(count)
 
+    def note_routed(self, runtime_id: str) -> None:
+        """A client was sent to this runtime: count it in the runtime's queue depth until its
+        next heartbeat reports the real one."""
+        with self._lock:
+            entry = self._entries.get(runtime_id)
+            if entry is not None:
+                info = entry.info.model_copy(update={"queue_depth": entry.info.queue_depth + 1})
+                self._entries[runtime_id] = _Entry(
+                    info=info, seen_at=entry.seen_at, owner=entry.owner
+                )
+
     def forget_loaded(self, runtime_id: str, model_id: str) -> None:
         """Note that a runtime unloaded a model (before its next heartbeat says so)."""
         with self._lock:

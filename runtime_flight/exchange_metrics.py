@@ -44,7 +44,9 @@ class ExchangeObservation:
         # a session's samples are single predictions on one open exchange (the client's
         # predict): each is timed as a call too
         self._call_latency = LATENCY.labels("runtime", "predict") if kind == "session" else None
-        self._calls_ok = REQUESTS.labels("runtime", "predict", self.model, "OK")
+        self._calls_ok = (
+            REQUESTS.labels("runtime", "predict", self.model, "OK") if kind == "session" else None
+        )
 
     def frame(
         self,
@@ -67,6 +69,7 @@ class ExchangeObservation:
         self._latency.observe(seconds)
         if self._call_latency is not None:
             self._call_latency.observe(seconds)
+        if self._calls_ok is not None:
             self._calls_ok.inc()
 
 

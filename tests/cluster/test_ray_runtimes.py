@@ -113,8 +113,12 @@ def _loaded(client: ModelRunnerClient, model_id: str) -> str:
 
 
 def _route(running: RunningServer, model: types.ModelInfo) -> str:
-    """The runtime the control service sends the model's next client to."""
-    return running.control.control.route(model.id).runtime_id
+    """The runtime the control service would send the model's next client to (without
+    sending one: a route counts in the runtime's queue depth)."""
+    candidates = running.control.runtimes.candidates(
+        model.id, model_weight_formats=model.weight_formats
+    )
+    return candidates[0].runtime_id
 
 
 def test_every_actor_serves_its_own_endpoint_and_registers(

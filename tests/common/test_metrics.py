@@ -7,9 +7,11 @@ process's, so its calls are counted whether or not an endpoint publishes them.""
 from __future__ import annotations
 
 import math
+import re
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +250,20 @@ def test_status_once_shows_runtimes_models_and_rates(
     model_line = next(line for line in shown.splitlines() if line.startswith(identity.id[:12]))
     assert "ms" in model_line  # its p95 frame latency
     assert "DescribeModel" in shown or "GetServerInfo" in shown
+
+
+def test_the_grafana_dashboard_reads_only_series_that_exist() -> None:
+    root = Path(__file__).resolve().parents[2]
+    dashboard = (root / "docs" / "grafana" / "modelrunner.json").read_text()
+    queried = set(re.findall(r"modelrunner_[a-z_]+", dashboard)) - {"modelrunner"}
+    sources = "".join(
+        (root / p).read_text()
+        for p in (
+            "common/metrics.py",
+            "entry_server/state_metrics.py",
+            "runtime_flight/exchange_metrics.py",
+        )
+    )
+    for name in queried:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert f'"{base}"' in sources, name
