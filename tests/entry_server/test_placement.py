@@ -3,7 +3,11 @@ busy of them first; a model whose warm runtimes are all saturated goes to an idl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from modelrunner.entry_server.placement import placement_order
+from modelrunner.entry_server.runtimes import RuntimeDirectory
+from modelrunner.settings import Settings
 from modelrunner.types import LoadedModel, RuntimeInfo
 
 MODEL = "m" * 64
@@ -61,3 +65,20 @@ def test_without_a_warm_runtime_the_least_loaded_comes_first() -> None:
         _runtime("two", warm=False, depth=0, others=2),
         _runtime("one", warm=False, depth=0, others=1),
     ) == ["one", "two"]
+
+
+def test_a_burst_of_routes_spreads_before_the_next_heartbeat(tmp_path: Path) -> None:
+    directory = RuntimeDirectory(
+        Settings(cache_dir=tmp_path, runtime_wait_s=0, spread_queue_depth=1)
+    )
+    for name in ("a", "b"):
+        directory.register(_runtime(name, warm=True, depth=0))
+
+    def best() -> str:
+        return directory.candidates(MODEL, model_weight_formats=["onnx"])[0].runtime_id
+
+    assert best() == "a"
+    directory.note_routed("a")  # a client was sent there: it counts until a heartbeat
+    assert best() == "b"
+    directory.register(_runtime("a", warm=True, depth=0))  # the heartbeat's real depth
+    assert best() == "a"
