@@ -27,8 +27,10 @@ from typing import Any
 
 import ray
 
-from modelrunner import errors
+from modelrunner import errors, types
 from modelrunner.settings import Settings
+
+from .ray_scaling import LoadScaling
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,14 @@ class RayRuntimes:
     """Runtime ids the watcher dropped, in order (tests and the log)."""
     _alive_at: dict[str, str] = field(default_factory=dict)
     """Each runtime's address when it last answered."""
+    spawn: Callable[[], RayRuntime] | None = None
+    """Starts one more runtime actor of the kind the service started with."""
+    scaling: LoadScaling | None = None
+    """Adds and removes runtimes with load (:mod:`.ray_scaling`); None: a fixed number."""
+    registered: Callable[[], list[types.RuntimeInfo]] = list
+    """The runtimes as the control service knows them (queue depths, warm models)."""
+    added: list[str] = field(default_factory=list)
+    """Runtimes the scaling added and still runs."""
 
     def describe(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait until every actor runs and registered (also one Ray is restarting: its
@@ -162,6 +172,25 @@ class RayRuntimes:
                         last,
                     )
                     self.dropped.append(runtime.runtime_id)
+            if self.scaling is not None:
+                self._scale(self.scaling)
+
+    def _scale(self, scaling: LoadScaling) -> None:
+        known = self.registered()
+        if self.spawn is not None and scaling.wants_more(known, len(self.runtimes)):
+            runtime = self.spawn()
+            logger.info("every runtime is saturated: starting %s", runtime.runtime_id)
+            self.runtimes = [*self.runtimes, runtime]
+            self.added.append(runtime.runtime_id)
+        for runtime_id in scaling.idle_to_remove(known, self.added):
+            (runtime,) = [r for r in self.runtimes if r.runtime_id == runtime_id]
+            logger.info("%s added for load is idle: stopping it", runtime_id)
+            self.runtimes = [r for r in self.runtimes if r is not runtime]
+            self.added.remove(runtime_id)
+            self._alive_at.pop(runtime_id, None)
+            threading.Thread(
+                target=_stop_actor, args=(runtime.handle,), name="modelrunner-ray-stop", daemon=True
+            ).start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Drain and stop every actor (each tells the control service it leaves), then end
@@ -173,6 +202,12 @@ class RayRuntimes:
         ray.wait(stops, num_returns=len(stops), timeout=timeout)
         for r in self.runtimes:
             ray.kill(r.handle, no_restart=True)
+
+
+def _stop_actor(handle: Any, timeout: float = 30.0) -> None:
+    """Drain (the runtime tells the control service it leaves), then end the actor."""
+    ray.wait([handle.stop.remote()], timeout=timeout)
+    ray.kill(handle, no_restart=True)
 
 
 def start_ray_runtimes(
@@ -203,26 +238,29 @@ def start_ray_runtimes(
         )
     actor = _actor_class(max_restarts)
     values = settings.model_dump(mode="json", exclude={"runtime_token"}, exclude_none=True)
-    runtimes = []
-    for kind, count in (("gpu", gpu_runtimes), ("cpu", cpu_runtimes)):
-        for i in range(count):
-            runtime_id = f"{name_prefix}-{kind}-{i}"
-            if kind == "gpu" and gpu_resource:
-                options: dict[str, Any] = {"num_cpus": 1, "resources": {gpu_resource: 1}}
-            elif kind == "gpu":
-                # Ray sets CUDA_VISIBLE_DEVICES: the actor's one GPU is its cuda:0
-                options = {"num_cpus": 1, "num_gpus": 1}
-            else:
-                options = {"num_cpus": 1}
-            handle = actor.options(**options).remote(
-                dict(
-                    values,
-                    device="cuda" if kind == "gpu" and not gpu_resource else values.get("device"),
-                ),
-                control_address,
-                runtime_token,
-                runtime_id,
-            )
-            runtimes.append(RayRuntime(runtime_id, handle, kind))
-    group = RayRuntimes(runtimes, drop, interval_s=max(0.2, settings.heartbeat_interval_s / 2))
-    return group
+    started: dict[str, int] = {"gpu": 0, "cpu": 0}
+
+    def spawn(kind: str) -> RayRuntime:
+        runtime_id = f"{name_prefix}-{kind}-{started[kind]}"
+        started[kind] += 1
+        if kind == "gpu" and gpu_resource:
+            options: dict[str, Any] = {"num_cpus": 1, "resources": {gpu_resource: 1}}
+        elif kind == "gpu":
+            # Ray sets CUDA_VISIBLE_DEVICES: the actor's one GPU is its cuda:0
+            options = {"num_cpus": 1, "num_gpus": 1}
+        else:
+            options = {"num_cpus": 1}
+        device = "cuda" if kind == "gpu" and not gpu_resource else values.get("device")
+        handle = actor.options(**options).remote(
+            dict(values, device=device), control_address, runtime_token, runtime_id
+        )
+        return RayRuntime(runtime_id, handle, kind)
+
+    runtimes = [spawn("gpu") for _ in range(gpu_runtimes)]
+    runtimes += [spawn("cpu") for _ in range(cpu_runtimes)]
+    return RayRuntimes(
+        runtimes,
+        drop,
+        interval_s=max(0.2, settings.heartbeat_interval_s / 2),
+        spawn=lambda: spawn("gpu" if gpu_runtimes else "cpu"),
+    )

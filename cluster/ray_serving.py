@@ -16,6 +16,7 @@ from modelrunner.serving import RunningServer, announce_ready, control_address_o
 from modelrunner.settings import Settings
 
 from .ray_runtimes import DEFAULT_MAX_RESTARTS, RayRuntimes, start_ray_runtimes
+from .ray_scaling import LoadScaling
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class RayPlan:
     """None: one per GPU in the cluster at start."""
     gpu_resource: str | None = None
     max_restarts: int = DEFAULT_MAX_RESTARTS
+    max_runtimes: int | None = None
+    """Add runtimes while all are saturated, up to this many (Ray's autoscaler adds nodes for
+    them); None: the runtimes started are all there is."""
 
 
 def connect(address: str) -> None:
@@ -72,6 +76,14 @@ def start_ray_serving(
             runtime_token=token,
             max_restarts=plan.max_restarts,
         )
+        if plan.max_runtimes is not None and plan.max_runtimes > len(group.runtimes):
+            group.registered = plane.runtimes.runtimes
+            group.scaling = LoadScaling(
+                min_runtimes=len(group.runtimes),
+                max_runtimes=plan.max_runtimes,
+                spread_queue_depth=settings.spread_queue_depth,
+                idle_s=settings.idle_unload_s or IDLE_UNLOAD_S,
+            )
         try:
             for described in group.describe(timeout=max(60.0, settings.runtime_wait_s)):
                 logger.info("Ray runtime %(runtime_id)s at %(flight_uri)s (pid %(pid)s)", described)

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--ray-gpu-resource", help="a custom Ray resource that stands for a GPU (default: GPU)"
     )
+    cluster.add_argument(
+        "--ray-max-runtimes",
+        type=int,
+        help="add runtimes while all are saturated, up to this many (default: no scaling)",
+    )
     serve.set_defaults(run=_serve)
 
     runtime = sub.add_parser(
@@ -273,6 +278,7 @@ def _serve(args: argparse.Namespace) -> int:
             cpu_runtimes=args.ray_cpu_runtimes,
             gpu_runtimes=args.ray_gpu_runtimes,
             gpu_resource=args.ray_gpu_resource,
+            max_runtimes=args.ray_max_runtimes,
         )
         serve_with_ray(settings, plan)
         return 0

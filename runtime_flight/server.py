@@ -287,8 +287,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         command: runtime_pb2.PredictCommand,
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
-        seen: ExchangeObservation,
+        seen: ExchangeObservation | None = None,
     ) -> None:
+        seen = seen or ExchangeObservation("stream", command.model_id)
         layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
         max_batch = self.service.stream_batch_limit(command)
@@ -346,11 +347,12 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         command: runtime_pb2.PredictCommand,
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
-        seen: ExchangeObservation,
+        seen: ExchangeObservation | None = None,
     ) -> None:
         """Lockstep predictions on one exchange, all in this thread: read a sample, answer it,
         read the next, until the client finishes writing or cancels. A sample that fails is
         answered with its error and the session goes on."""
+        seen = seen or ExchangeObservation("session", command.model_id)
         epoch = self._session_epoch
         layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}

@@ -3,7 +3,7 @@ own raylet and object store on this machine (``ray.cluster_utils.Cluster``), the
 offering a custom resource ``fake_gpu`` that stands for a GPU.
 
 One cluster and one control service for the module (starting them costs most of its time):
-two CPU runtimes and one "GPU" runtime, heartbeats every 0.5 s. The tests that change the
+two CPU runtimes and one "GPU" runtime, heartbeats every 0.5 s, scaling up to four runtimes. The tests that change the
 runtimes (a kill, spreading) leave every runtime registered and idle again.
 """
 
@@ -47,7 +47,7 @@ def ray_cluster() -> Iterator[Cluster]:
             "include_dashboard": False,
         },
     )
-    cluster.add_node(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, resources={"fake_gpu": 1})
+    cluster.add_node(num_cpus=3, object_store_memory=OBJECT_STORE_BYTES, resources={"fake_gpu": 2})
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield cluster
@@ -72,7 +72,13 @@ def on_ray(
         idle_unload_s=4.0,
         bioimageio_base_url="http://127.0.0.1:9/unused",
     )
-    plan = RayPlan(ray_cluster.address, cpu_runtimes=2, gpu_runtimes=1, gpu_resource="fake_gpu")
+    plan = RayPlan(
+        ray_cluster.address,
+        cpu_runtimes=2,
+        gpu_runtimes=1,
+        gpu_resource="fake_gpu",
+        max_runtimes=4,
+    )
     with start_ray_serving(settings, plan) as started:
         yield started
 
@@ -232,3 +238,38 @@ def test_a_runtime_killed_mid_stream_loses_no_answered_frame_and_comes_back(
         np.testing.assert_array_equal(streaming.predict(model.id, FRAME)["output"], FRAME)
     finally:
         streaming.close()
+
+
+def test_a_saturated_service_adds_a_runtime_and_stops_it_when_idle(
+    on_ray: tuple[RunningServer, RayRuntimes],
+    ray_client: ModelRunnerClient,
+    model: types.ModelInfo,
+) -> None:
+    running, group = on_ray
+    release = threading.Event()
+
+    def held() -> Iterator[np.ndarray]:
+        yield FRAME
+        release.wait(60)
+
+    def registered() -> set[str]:
+        return {r.runtime_id for r in ray_client.server_info().runtimes if r.available}
+
+    clients = [ModelRunnerClient(running.address, timeout=60) for _ in range(3)]
+    streams = [c.predict_stream(model.id, held()) for c in clients]
+    try:
+        for stream in streams:
+            next(iter(stream))
+        # one stream on each runtime (routes spread them), each runtime saturated: the
+        # scaling starts a fourth, a "GPU" one like the service's first
+        _wait_until(lambda: "ray-gpu-1" in registered(), timeout=60)
+        assert group.added == ["ray-gpu-1"]
+    finally:
+        release.set()
+        for stream in streams:
+            stream.close()
+        for c in clients:
+            c.close()
+    # nothing routed to it and no model warm for idle_unload_s: it goes again
+    _wait_until(lambda: not group.added and "ray-gpu-1" not in registered(), timeout=30)
+    assert {r.runtime_id for r in group.runtimes} == {"ray-cpu-0", "ray-cpu-1", "ray-gpu-0"}
