@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
+import types
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -267,3 +269,33 @@ def test_the_grafana_dashboard_reads_only_series_that_exist() -> None:
     for name in queried:
         base = re.sub(r"_(total|bucket|count|sum)$", "", name)
         assert f'"{base}"' in sources, name
+
+
+def test_gpu_gauges_come_from_nvml_where_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: a stand-in for nvidia-ml-py's module, with one device."""
+    from modelrunner import metrics
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: f"handle{i}",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=3 * 2**30, total=80 * 2**30),
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=42),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    source = metrics._nvml_source()
+    assert source is not None
+    gauges = {g.name: g for g in source()}
+    assert gauges["modelrunner_gpu_memory_used_bytes"].value == 3 * 2**30
+    assert gauges["modelrunner_gpu_utilization_ratio"].value == pytest.approx(0.42)
+    assert gauges["modelrunner_gpu_memory_total_bytes"].labels == {"device": "cuda:0"}
+
+
+def test_no_gpu_gauges_without_a_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelrunner import metrics
+
+    def no_driver() -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(nvmlInit=no_driver))
+    assert metrics._nvml_source() is None
