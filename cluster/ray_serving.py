@@ -4,12 +4,14 @@ Ray actors (:mod:`.ray_runtimes`), until SIGTERM or Ctrl+C (docs/cluster.md)."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import ray
 
+from modelrunner import errors
 from modelrunner.auth import Role
 from modelrunner.graceful_shutdown import ShutdownSignals, stop_within
 from modelrunner.serving import RunningServer, announce_ready, control_address_of, start_serving
@@ -42,12 +44,35 @@ class RayPlan:
 
 
 def connect(address: str) -> None:
+    """Join the Ray cluster at ``address`` (or start one: ``local``); UnavailableError when
+    there is none to join."""
     if ray.is_initialized():
         return
-    if address == "local":
-        ray.init(include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
+    _reachable(address)
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise errors.UnavailableError(
+            f"cannot join the Ray cluster at {address!r} ({type(e).__name__}: {errors.clip(e)}); "
+            "start one with `ray start --head`, or use --ray local"
+        ) from None
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray retries an address nobody answers at for minutes: ask once, quickly, first."""
+    if address in ("auto", "local"):
+        return  # auto: Ray reads the local node's cluster address, and fails fast without one
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise errors.UnavailableError(
+            f"no Ray cluster answers at {address!r} ({errors.clip(e)}); start one with "
+            "`ray start --head`, or use --ray local"
+        ) from None
 
 
 @contextmanager

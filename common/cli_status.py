@@ -82,9 +82,11 @@ def metrics_uris(info: types.ServerInfo, extra: Iterable[str] = ()) -> list[str]
 def scrape(uris: Sequence[str], timeout: float = 2.0) -> Samples:
     """Every sample of every endpoint, summed by name and labels; an endpoint that does not
     answer is left out (the view says how many answered)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     samples: Samples = defaultdict(float)
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:  # a client-only install: runtimes and queues, no rates
+        return samples
     for uri in uris:
         if not uri.startswith(("http://", "https://")):
             continue  # a runtime reports its URI: never let it make us open a file

@@ -9,6 +9,7 @@ runtimes (a kill, spreading) leave every runtime registered and idle again.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -273,3 +274,15 @@ def test_a_saturated_service_adds_a_runtime_and_stops_it_when_idle(
     # nothing routed to it and no model warm for idle_unload_s: it goes again
     _wait_until(lambda: not group.added and "ray-gpu-1" not in registered(), timeout=30)
     assert {r.runtime_id for r in group.runtimes} == {"ray-cpu-0", "ray-cpu-1", "ray-gpu-0"}
+
+
+def test_an_address_where_no_cluster_answers_is_a_clear_error_at_once() -> None:
+    """Ray itself retries such an address for minutes; `serve --ray` says so in a second."""
+    from modelrunner.cluster.ray_serving import _reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # bound, never listening: refused
+        for address in (f"127.0.0.1:{closed}", f"ray://127.0.0.1:{closed}", "nohost:port"):
+            with pytest.raises(errors.UnavailableError, match="no Ray cluster answers"):
+                _reachable(address, timeout=2)
