@@ -123,6 +123,8 @@ def start_ray_serving(
 def serve_with_ray(settings: Settings, plan: RayPlan) -> None:
     """Serve until SIGTERM or Ctrl+C, then drain the runtimes and stop within the grace
     period (a second signal exits at once)."""
+    connect(plan.address)
+    # after ray.init: Ray's core installs its own SIGTERM handler, which would exit at once
     signals = ShutdownSignals()
     with ExitStack() as stack:
         running, group = stack.enter_context(start_ray_serving(settings, plan))
