@@ -75,7 +75,8 @@ class ExchangeObservation:
 
 @contextmanager
 def observing(kind: str, model_id: str) -> Iterator[ExchangeObservation]:
-    """Count the exchange when it ends, with the status code it ends with."""
+    """Count the exchange (or action: ``load_model``, ``test_model``, ..., without a model)
+    when it ends, with the status code it ends with."""
     seen = ExchangeObservation(kind, model_id)
     start = time.perf_counter()
     code = "OK"
@@ -94,10 +95,10 @@ def observing(kind: str, model_id: str) -> Iterator[ExchangeObservation]:
         # an unknown model never answered a frame: it gets no series of its own
         reached = code == "OK" or seen.frames_answered > 0
         REQUESTS.labels("runtime", kind, seen.model if reached else "", code).inc()
-        if kind == "predict":
+        if kind not in ("stream", "session"):  # a stream's frames are timed one by one
             LATENCY.labels("runtime", kind).observe(time.perf_counter() - start)
-            if code == "OK":
-                FRAMES.labels(seen.model, "ok").inc()
+        if kind == "predict" and code == "OK":
+            FRAMES.labels(seen.model, "ok").inc()
 
 
 def runtime_state(

@@ -458,7 +458,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 raise errors.InvalidArgumentError(
                     f"unknown action {errors.clip(action.type)!r}; actions: {sorted(_ACTIONS)}"
                 )
-            result = handler(context, body)
+            with observing(action.type, ""):
+                result = handler(context, body)
         return iter([result])
 
     def _action_handlers(

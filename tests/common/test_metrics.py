@@ -299,3 +299,21 @@ def test_no_gpu_gauges_without_a_driver(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(nvmlInit=no_driver))
     assert metrics._nvml_source() is None
+
+
+def test_runtime_actions_are_counted_and_timed(
+    client: ModelRunnerClient, identity: ModelInfo
+) -> None:
+    loads = _value(
+        "modelrunner_requests_total", plane="runtime", method="load_model", model="", code="OK"
+    )
+    client.load(identity.id)
+    assert (
+        _value(
+            "modelrunner_requests_total", plane="runtime", method="load_model", model="", code="OK"
+        )
+        == loads + 1
+    )
+    assert _value(
+        "modelrunner_request_duration_seconds_count", plane="runtime", method="load_model"
+    ) >= (loads + 1)
