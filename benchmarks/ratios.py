@@ -12,9 +12,13 @@ from dataclasses import dataclass
 
 from .rounds import (
     AUTHENTICATED,
+    CORE_LOCAL,
+    CORE_PREDICT,
+    CORE_REMOTE,
     ECHO,
     IDENTITY,
     IN_PROCESS,
+    IN_PROCESS_WARM,
     LOCKSTEP,
     MODELRUNNER,
     NODE_FLIGHT,
@@ -177,6 +181,30 @@ SPECS = (
         (IN_PROCESS, LOCKSTEP),
         target=0.5,
         at_least=False,
+        time_ratio=True,
+    ),
+    RatioSpec(
+        "bioimageio.core.predict, modelrunner pipeline with remote processing / in-process, "
+        "time per frame",
+        CORE_PREDICT,
+        (CORE_REMOTE, LOCKSTEP),
+        (IN_PROCESS, LOCKSTEP),
+        time_ratio=True,
+    ),
+    RatioSpec(
+        "bioimageio.core.predict, modelrunner pipeline with remote processing / in-process "
+        "loaded once, time per frame",
+        CORE_PREDICT,
+        (CORE_REMOTE, LOCKSTEP),
+        (IN_PROCESS_WARM, LOCKSTEP),
+        time_ratio=True,
+    ),
+    RatioSpec(
+        "bioimageio.core.predict, modelrunner pipeline with local processing / in-process, "
+        "time per frame",
+        CORE_PREDICT,
+        (CORE_LOCAL, LOCKSTEP),
+        (IN_PROCESS, LOCKSTEP),
         time_ratio=True,
     ),
     RatioSpec(

@@ -28,6 +28,9 @@ RAW_V2 = "modelrunner V2, raw grpcio"
 NODE_FLIGHT = "modelrunner, Node.js Flight"
 NODE_V2 = "modelrunner, Node.js V2"
 IN_PROCESS = "bioimageio.core in-process"
+IN_PROCESS_WARM = "bioimageio.core in-process, loaded once"
+CORE_REMOTE = "modelrunner pipeline, remote processing"
+CORE_LOCAL = "modelrunner pipeline, local processing"
 
 LOCKSTEP = "lockstep"
 STREAM = "stream"
@@ -40,6 +43,7 @@ NETWORK_ALONE = "network alone"
 NUMPY_TO_NUMPY = "numpy to numpy"
 STREAM_BATCHED = "stream, batched"
 PROCESSING = "heavy processing"
+CORE_PREDICT = "bioimageio.core.predict, heavy processing"
 
 
 @dataclass

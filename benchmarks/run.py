@@ -10,7 +10,7 @@ Systems (``--systems``, comma-separated, default all):
   Protocol (V2, lockstep and stream), a raw pyarrow Flight client, the Node.js example over
   Flight and V2 (against the ``modelrunner`` system's server: run both for the ratios);
 * ``triton``: PyTriton + tritonclient (gRPC) serving the identity (own environment, set up on
-  demand in ``benchmarks/.triton-venv``);
+  demand in ``~/.cache/modelrunner-benchmarks/triton-venv``, outside the repository);
 * ``unet2d``: ``unet2d_nuclei_broad`` through modelrunner against bioimageio.core in process;
 * ``floor`` (raw torch): ``unet2d_nuclei_broad``'s TorchScript network alone on the device, and
   numpy -> device -> network -> numpy, with cudnn autotuning: the floor for unet2d;
@@ -18,6 +18,10 @@ Systems (``--systems``, comma-separated, default all):
   waiting frames stacked along the batch axis;
 * ``processing``: a model whose cost is its processing (percentiles, clip, sigmoid around an
   identity) through modelrunner against bioimageio.core in process, at each frame size;
+* ``core_backend``: ``bioimageio.core.predict`` with modelrunner pipelines
+  (``modelrunner.client.create_prediction_pipeline``, processing remote and local) against a
+  pipeline in process, on the processing-heavy model, at each frame size (not in a plain run:
+  ``--systems core_backend``);
 * ``memory``: modelrunner's peak memory for a tiled prediction, and a long stream;
 * ``overhead``: modelrunner's own work per call without the network (client and runtime), to
   show where a lockstep frame's time goes beyond the echo ceiling.
@@ -62,6 +66,7 @@ SYSTEMS = (
     "processing",
     "floor",
     "batching",
+    "core_backend",
     "memory",
     "overhead",
 )
@@ -253,6 +258,12 @@ def run(args: argparse.Namespace) -> Report:
 
                 cases += _guarded(
                     "heavy processing", errors, lambda: processing_cases(ctx, sizes), notes
+                )
+            if "core_backend" in systems:
+                from .systems.core_backend import core_backend_cases
+
+                cases += _guarded(
+                    "bioimageio.core backend", errors, lambda: core_backend_cases(ctx, sizes), notes
                 )
             report.results = run_rounds(
                 cases,

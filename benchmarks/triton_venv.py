@@ -1,7 +1,9 @@
 """The Triton virtual environment: PyTriton (server) and tritonclient, apart from the project's.
 
 PyTriton needs numpy < 2, which the project's environment does not have, so it lives in its own
-environment, ``benchmarks/.triton-venv`` by default (ignored by git). Set it up explicitly with
+environment, kept outside the repository in :data:`ENVS_DIR` (``~/.cache/modelrunner-benchmarks``,
+or ``$MODELRUNNER_BENCHMARK_ENVS``) so that a clone stays small and a new clone (CI's, say) reuses
+it. Set it up explicitly with
 ``python -m benchmarks.triton_venv`` (``--force`` rebuilds it); the benchmark sets it up on
 demand. A marker file written last says the environment is complete and for which requirements,
 so an interrupted setup is redone, not used.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -26,9 +29,14 @@ from typing import IO
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PATH = Path(__file__).resolve().parent / ".triton-venv"
+ENVS_DIR = Path(
+    os.environ.get("MODELRUNNER_BENCHMARK_ENVS")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelrunner-benchmarks"
+)
+"""Where the environments live: outside the repository (PyTriton's is about 370 MB)."""
+DEFAULT_PATH = ENVS_DIR / "triton-venv"
 REQUIREMENTS = ("nvidia-pytriton==0.7.0", "tritonclient[grpc]==2.73.0", "numpy<2")
-CLIENT_PATH = Path(__file__).resolve().parents[1] / ".venv-tritonclient"
+CLIENT_PATH = ENVS_DIR / "tritonclient-venv"
 """tritonclient alone (no server, any numpy): what the tests and the V2 benchmark call
 modelrunner's Open Inference endpoint with, made in about 20 s."""
 CLIENT_REQUIREMENTS = ("tritonclient[grpc]==2.73.0",)

@@ -13,7 +13,8 @@ Exceptions (all from :mod:`modelrunner.errors`; callers never see ``grpc.RpcErro
     ├── InvalidArgumentError (InvalidSourceError, InvalidPackageError, InvalidTensorError)
     ├── FailedPreconditionError (ModelInUseError, CorruptModelError, DeviceNotAvailableError)
     ├── ResourceExhaustedError
-    ├── UnavailableError
+    ├── UnavailableError (.frames_answered when it ends a stream)
+    │   └── ServerShuttingDownError
     ├── DeadlineExceededError
     ├── CancelledError
     ├── InternalError
@@ -36,6 +37,7 @@ from modelrunner.errors import (
     ModelRunnerError,
     NotFoundError,
     ResourceExhaustedError,
+    ServerShuttingDownError,
     SourceNotFoundError,
     UnavailableError,
 )
@@ -57,6 +59,7 @@ from ._async import AsyncFrameStream, AsyncModelRunnerClient
 from ._stream import FrameError, FrameStream
 from ._sync import ModelRunnerClient
 from ._timeouts import USE_CLIENT_DEFAULT
+from .core_pipeline import create_prediction_pipeline
 
 __all__ = [
     "USE_CLIENT_DEFAULT",
@@ -88,9 +91,11 @@ __all__ = [
     "ResourceExhaustedError",
     "RuntimeInfo",
     "ServerInfo",
+    "ServerShuttingDownError",
     "SizeReference",
     "SourceNotFoundError",
     "TensorSpec",
     "UnavailableError",
     "ValidationReport",
+    "create_prediction_pipeline",
 ]

@@ -18,8 +18,10 @@ import numpy as np
 from modelrunner import types
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
+from ._cancellation import CancelScope
 from ._inputs import Inputs
 from ._progress import ProgressOption
+from ._retries import DEFAULT_RETRY_S
 from ._sources import SourceLike
 from ._stream import FrameStream, OnError
 from ._sync import ModelRunnerClient, NanPolicy, Precision
@@ -42,6 +44,7 @@ class AsyncModelRunnerClient:
         timeout: float | None = 300.0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_concurrency: int = 64,
+        retry_s: float = DEFAULT_RETRY_S,
     ) -> None:
         """The arguments of :class:`ModelRunnerClient`, and how many calls may run at once."""
         self._sync = ModelRunnerClient(
@@ -51,6 +54,7 @@ class AsyncModelRunnerClient:
             client_cert=client_cert,
             timeout=timeout,
             batch_bytes=batch_bytes,
+            retry_s=retry_s,
         )
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="modelrunner-async")
         self.address = address
@@ -58,6 +62,21 @@ class AsyncModelRunnerClient:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def _run_cancellable(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`_run` for a call that stops on the runtime when its task is cancelled (the
+        executor's thread cannot be stopped, but its Flight call can)."""
+        scope = CancelScope()
+
+        def call() -> T:
+            with scope.current():
+                return fn(*args, **kwargs)
+
+        try:
+            return await self._run(call)
+        except asyncio.CancelledError:
+            scope.cancel("its task was cancelled")
+            raise
 
     async def close(self) -> None:
         await self._run(self._sync.close)
@@ -96,6 +115,12 @@ class AsyncModelRunnerClient:
             upload=upload,
             timeout=timeout,
         )
+
+    async def health(self, service: str = "", *, timeout: Timeout = USE_CLIENT_DEFAULT) -> str:
+        return await self._run(self._sync.health, service, timeout=timeout)
+
+    async def wait_until_ready(self, timeout: float = 60.0) -> None:
+        await self._run(self._sync.wait_until_ready, timeout)
 
     async def list_models(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[types.ModelInfo]:
         return await self._run(self._sync.list_models, timeout=timeout)
@@ -153,12 +178,13 @@ class AsyncModelRunnerClient:
         skip_postprocessing: bool = False,
         reference_path: bool = False,
         precision: Precision | None = None,
+        keep_shape: bool = False,
         progress: ProgressOption = False,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, np.ndarray]:
         """See :meth:`ModelRunnerClient.predict`. ``reference_path``: run bioimageio.core's own
         pipeline even where the runtime's verified fast path serves the model."""
-        return await self._run(
+        return await self._run_cancellable(
             self._sync.predict,
             model_id,
             inputs,
@@ -170,6 +196,7 @@ class AsyncModelRunnerClient:
             skip_postprocessing=skip_postprocessing,
             reference_path=reference_path,
             precision=precision,
+            keep_shape=keep_shape,
             progress=progress,
             timeout=timeout,
         )
@@ -230,7 +257,13 @@ class AsyncFrameStream(AsyncIterator[dict[str, np.ndarray]]):
         if self._stream is None:
             loop = asyncio.get_running_loop()
             self._stream = await self._client._run(self._open, loop)
-        result = await self._client._run(next, self._stream, _END)
+        try:
+            result = await self._client._run(next, self._stream, _END)
+        except asyncio.CancelledError:
+            # the task was cancelled while a thread waits for the next answer: stop the stream
+            # (its exchange is cancelled, so the runtime stops too, and the thread's wait ends)
+            self._stream.close()
+            raise
         if result is _END:
             raise StopAsyncIteration
         return result  # type: ignore[return-value]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -21,6 +22,7 @@ from modelrunner.transport_errors import ErrorTrailers
 from modelrunner.v1 import models_pb2, runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
+from ._cancellation import CallRegistry
 from ._errors import translated_errors
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[types.Progress], None]
 READ_OPTIONS = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.DataTypeSpecific)
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
+CLOSE_WAIT_S = 5.0
+"""How long ``close()`` waits for cancelled calls to let go of their connections."""
 
 
 def reachable_uri(flight_uri: str, control_address: str) -> str:
@@ -63,7 +67,8 @@ class _BearerHeaderFactory(flight.ClientMiddlewareFactory):  # type: ignore[misc
 class RuntimeConnections:
     """One Flight client per runtime URI, created on first use and shared by all calls, and the
     predict sessions open on them. Every call presents ``token`` (when given); ``grpc+tls``
-    runtimes are verified against ``tls``'s roots (None: the system's)."""
+    runtimes are verified against ``tls``'s roots (None: the system's). ``calls`` are the
+    predictions in progress, which :meth:`close` cancels."""
 
     def __init__(self, *, token: str | None = None, tls: ClientTls | None = None) -> None:
         from ._sessions import SessionPool  # it builds on this module
@@ -77,7 +82,8 @@ class RuntimeConnections:
         self._connect_kwargs["middleware"] = middleware
         self._clients: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()
-        self.sessions = SessionPool()
+        self.calls = CallRegistry()
+        self.sessions = SessionPool(self.calls)
 
     def get(self, uri: str) -> flight.FlightClient:
         with self._lock:
@@ -96,6 +102,11 @@ class RuntimeConnections:
             client.close()
 
     def close(self) -> None:
+        """Cancel the calls in progress (their callers get CancelledError and the runtimes stop
+        working on them), then close the sessions and connections."""
+        self.calls.cancel_all()
+        if not self.calls.wait_idle(CLOSE_WAIT_S):
+            logger.warning("calls still in progress %g s after they were cancelled", CLOSE_WAIT_S)
         self.sessions.close()
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
@@ -120,6 +131,7 @@ def predict_command(
     reference_path: bool = False,
     precision: str | None = None,
     report_progress: bool = False,
+    keep_shape: bool = False,
 ) -> runtime_pb2.PredictCommand:
     """The ``PredictCommand`` of a prediction, its options checked (also the control service's
     for the Open Inference requests it forwards)."""
@@ -141,6 +153,7 @@ def predict_command(
         reference_path=reference_path,
         precision=precision or "",
         report_progress=report_progress,
+        keep_shape=keep_shape,
     )
     if blocksize is not None:
         command.blocksize = blocksize
@@ -167,13 +180,18 @@ def exchange_predict(
     timeout: float | None,
     batch_bytes: int,
     progress: ProgressCallback | None,
+    calls: CallRegistry,
 ) -> dict[str, np.ndarray]:
-    """Send one sample, return its outputs (views of the received buffers when unchunked)."""
+    """Send one sample, return its outputs (views of the received buffers when unchunked).
+    ``calls`` can cancel it (see :mod:`._cancellation`)."""
     layout = SampleLayout.plan(arrays, dim_names, batch_bytes=batch_bytes)
     descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
     with translated_errors():
         writer, reader = client.do_exchange(descriptor, call_options(timeout))
-        with writer:
+        # the reader is cancelled on any way out but the outputs (track), before the writer
+        # closes: closing waits for the runtime to end the call, which it does only when
+        # the call is cancelled or the whole image predicted
+        with _closing(writer), calls.track(reader):
             writer.begin(layout.schema(), options=WRITE_OPTIONS)
             if layout.chunked:
                 # A big input goes from a thread so that reading outputs can start any time
@@ -182,12 +200,30 @@ def exchange_predict(
                 upload.start()
                 try:
                     return _read_outputs(reader, progress)
+                except BaseException:
+                    reader.cancel()  # so the upload stops too
+                    raise
                 finally:
                     upload.join()
             for batch in encode_sample(layout, arrays):
                 write_aligned(writer, batch)
             writer.done_writing()
             return _read_outputs(reader, progress)
+
+
+@contextmanager
+def _closing(writer: flight.FlightStreamWriter) -> Iterator[None]:
+    """Close the writer after the call; after a failure, without letting a cancelled call's
+    refusal to close hide the failure."""
+    try:
+        yield
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - the call is over already
+            pass
+        raise
+    writer.close()
 
 
 class _Uploader(threading.Thread):

@@ -92,7 +92,7 @@ def with_retries(
             wait = next_wait()
             if not is_transient(e) or time.monotonic() + wait >= retry_deadline:
                 raise
-            logger.info("%s: %s; retrying in %.2f s (attempt %d)", what, e, wait, attempt + 1)
+            logger.debug("%s: %s; retrying in %.2f s (attempt %d)", what, e, wait, attempt + 1)
             if before_retry is not None:
                 before_retry(e)
         time.sleep(wait)

@@ -27,6 +27,7 @@ from modelrunner.body_alignment import write_aligned
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
+from ._cancellation import CallRegistry
 from ._errors import translated_errors
 from ._flight import call_options, parse_frame_result
 
@@ -148,7 +149,11 @@ class _Failed:
 class SessionPool:
     """Idle sessions of one client, and the watcher of deadlines and idle times."""
 
-    def __init__(self, *, max_idle: int = MAX_IDLE_SESSIONS, idle_s: float = IDLE_S) -> None:
+    def __init__(
+        self, calls: CallRegistry, *, max_idle: int = MAX_IDLE_SESSIONS, idle_s: float = IDLE_S
+    ) -> None:
+        """``calls``: the client's calls in progress, which can cancel a session's call."""
+        self.calls = calls
         self.max_idle = max_idle
         self.idle_s = idle_s
         self._cond = threading.Condition()
@@ -209,7 +214,8 @@ class SessionPool:
     ) -> dict[str, np.ndarray]:
         self._arm(session, deadline)
         try:
-            result = session.predict(arrays)
+            with self.calls.track(session.reader):
+                result = session.predict(arrays)
         except BaseException:
             expired = self._disarm(session)
             session.discard()

@@ -33,6 +33,7 @@ from modelrunner.body_alignment import write_aligned
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
+from ._cancellation import CallRegistry
 from ._errors import translated_errors
 from ._flight import call_options, parse_frame_result
 from ._inputs import Inputs, normalise_inputs
@@ -149,6 +150,7 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         batch_bytes: int,
         on_error: OnError,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+        calls: CallRegistry | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise errors.InvalidArgumentError("max_in_flight must be at least 1")
@@ -157,6 +159,7 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
                 f"idle_timeout must be positive (or None: wait forever), got {idle_timeout}"
             )
         self._on_error = on_error
+        self._calls = calls or CallRegistry()
         self._idle_timeout = idle_timeout
         self.frames_answered = 0
         """Frames whose answer (outputs or FrameError) this stream gave so far."""
@@ -212,12 +215,14 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
     def _read_chunk(self) -> flight.FlightStreamChunk:
         """The next message, cancelling the exchange when none comes within the idle timeout."""
         if self._idle_timeout is None:
-            return self._reader.read_chunk()
+            with self._calls.track(self._reader, "the stream"):
+                return self._reader.read_chunk()
         if self._watchdog is None:
             self._watchdog = _IdleWatchdog(self._idle_timeout, self._reader)
         self._watchdog.arm()
         try:
-            return self._reader.read_chunk()
+            with self._calls.track(self._reader, "the stream"):
+                return self._reader.read_chunk()
         except flight.FlightCancelledError:
             if self._watchdog.fired:
                 raise errors.DeadlineExceededError(

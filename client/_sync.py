@@ -75,6 +75,9 @@ class ModelRunnerClient:
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the connections. Calls in progress (from other threads) are cancelled: they
+        raise :class:`~modelrunner.errors.CancelledError`, and the runtime stops their work at
+        its next tile or frame."""
         if not self._closed:
             self._closed = True
             self._runtimes.close()
@@ -306,6 +309,7 @@ class ModelRunnerClient:
         skip_postprocessing: bool = False,
         reference_path: bool = False,
         precision: Precision | None = None,
+        keep_shape: bool = False,
         progress: ProgressOption = False,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, np.ndarray]:
@@ -318,12 +322,19 @@ class ModelRunnerClient:
         fast path serves the model. ``precision`` ("float16" or "bfloat16") runs the network in
         reduced precision on the fast path (PyTorch and TorchScript weights; the error it costs
         on the package's test inputs is in ``describe(model_id).loaded``). Outputs arrive as
-        read-only views of the received buffers: ``.copy()`` one to change it.
+        read-only views of the received buffers: ``.copy()`` one to change it. ``keep_shape``:
+        bioimageio.core's own call on the sample exactly as sent, no padding or tiling to the
+        model's sizes (what :func:`create_prediction_pipeline` sends).
 
         Calls in a row reuse one open exchange (a session) per model, options and input shapes,
         which matters for small frames; samples over 64 MiB, and calls with ``progress``, take
         an exchange of their own. A session idle for 5 s is closed.
+
+        Ctrl-C (``KeyboardInterrupt`` in the main thread) or :meth:`close` from another thread
+        cancels the call: the runtime stops at its next tile, and the call raises
+        ``KeyboardInterrupt`` or :class:`~modelrunner.errors.CancelledError`.
         """
+        self._runtimes.calls.raise_if_cancelled("the prediction")
         arrays, dims = normalise_inputs(inputs, None)
         command = _flight.predict_command(
             model_id,
@@ -336,6 +347,7 @@ class ModelRunnerClient:
             reference_path=reference_path,
             precision=precision,
             report_progress=bool(progress),
+            keep_shape=keep_shape,
         )
         route, uri, client = self._runtime_for(model_id, weight_format, device, timeout)
         command.model_id = route.model_id
@@ -359,6 +371,7 @@ class ModelRunnerClient:
                 timeout=self._timeout(timeout),
                 batch_bytes=self.batch_bytes,
                 progress=report,
+                calls=self._runtimes.calls,
             )
 
     def predict_stream(
@@ -407,6 +420,7 @@ class ModelRunnerClient:
             client,
             command,
             frames,
+            calls=self._runtimes.calls,
             max_in_flight=max_in_flight,
             timeout=self._timeout(timeout),
             batch_bytes=self.batch_bytes,

@@ -2,8 +2,8 @@
 
 ``serve`` starts the control service with one embedded runtime; ``runtime`` starts a runtime
 alone; the other commands are clients of a running server (``--server``, default
-``$MODELRUNNER_SERVER`` or ``localhost:50051``). Server settings come from flags, then
-``MODELRUNNER_*`` environment variables, then defaults.
+``$MODELRUNNER_SERVER``, ``$MODELRUNNER_ADDRESS`` or ``localhost:50051``). Server settings come
+from flags, then ``MODELRUNNER_*`` environment variables, then defaults.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelrunner import __version__, errors
+from modelrunner.cli_predict import add_predict_command
 from modelrunner.cli_status import add_status_command
 from modelrunner.cli_tokens import add_token_commands
 
 if TYPE_CHECKING:
     from modelrunner.client import ModelRunnerClient
     from modelrunner.settings import Settings
+    from modelrunner.types import ValidationReport
 
 logger = logging.getLogger("modelrunner")
 
@@ -36,11 +38,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
+    except (KeyboardInterrupt, errors.CancelledError):
+        return _cancelled()
     except errors.ModelRunnerError as e:
         print(f"error ({e.code.name}): {e.message}", file=sys.stderr)
+        hint = _hint(args, e)
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+
+
+def _cancelled() -> int:
+    """Ctrl-C: the client cancelled its calls on the way out (the server stops their work);
+    one line, the shell's code for SIGINT, no traceback."""
+    print("cancelled", file=sys.stderr)
+    return 130
+
+
+CLI_RETRY_S = 2.0
+"""A command rides through a blip of the server (``retry_s``), not the 15 s a long-lived client
+waits for a restart: someone typing ``modelrunner models`` with no server running wants the
+hint at once."""
+
+_NOT_LISTENING = ("failed to connect to all addresses", "Connection refused")
+
+
+def _hint(args: argparse.Namespace, error: errors.ModelRunnerError) -> str:
+    """What to do about an error whose fix is outside the command: no server at the address."""
+    server = getattr(args, "server", None)
+    if not server or not isinstance(error, errors.UnavailableError):
+        return ""
+    if not any(text in error.message for text in _NOT_LISTENING):
+        return ""
+    return (
+        f"no modelrunner server answers at {server}: start one with `modelrunner serve` "
+        "(in another terminal, or as a service), or name a running one with --server HOST:PORT "
+        "or $MODELRUNNER_SERVER"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("source")
     validate.add_argument("--no-io-checks", action="store_true", help="skip file checks")
     validate.add_argument("--upload", action="store_true", help="upload a local package")
+    validate.add_argument("--details", action="store_true", help="print the full report")
     validate.set_defaults(run=_validate)
 
     remove = sub.add_parser("remove", help="remove a model from the server")
@@ -134,41 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("model", help="model id, or a package path (added first)")
     test.add_argument("--weight-format")
     test.add_argument("--device")
+    test.add_argument("--details", action="store_true", help="print bioimageio.core's full report")
     test.set_defaults(run=_test)
 
-    predict = sub.add_parser(
-        "predict",
-        help="run a model on image files (.npy, .tif, .png); without --server on an embedded runner",
-    )
-    predict.add_argument("model", help="model id, or a package path (added first)")
-    predict.add_argument("inputs", nargs="+", help="one file per model input, in input order")
-    predict.add_argument("-o", "--output", required=True, help="output file (or folder)")
-    predict.add_argument(
-        "--server", default=os.environ.get("MODELRUNNER_SERVER"), help="server address"
-    )
-    predict.add_argument(
-        "--token", default=os.environ.get("MODELRUNNER_TOKEN"), help="access token (--server)"
-    )
-    predict.add_argument(
-        "--tls-ca", default=os.environ.get("MODELRUNNER_TLS_CA"), help="TLS roots (--server)"
-    )
-    predict.add_argument("--tls", action="store_true", help="connect with TLS (--server)")
-    predict.add_argument("--weight-format")
-    predict.add_argument("--device")
-    predict.add_argument("--blocksize", type=int, help="bioimageio.core blocksize parameter")
-    predict.add_argument(
-        "--reference-path",
-        action="store_true",
-        help="run bioimageio.core's own pipeline, not the runtime's checked fast path",
-    )
-    predict.add_argument(
-        "--precision",
-        choices=("float16", "bfloat16"),
-        help="run the network in reduced precision (fast path, PyTorch/TorchScript weights)",
-    )
-    predict.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
-    predict.add_argument("--no-progress", action="store_true", help="no progress bars")
-    predict.set_defaults(run=_predict)
+    add_predict_command(sub)
     return parser
 
 
@@ -215,8 +219,13 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
-        default=os.environ.get("MODELRUNNER_SERVER", "localhost:50051"),
-        help="server address (default $MODELRUNNER_SERVER or localhost:50051)",
+        default=(
+            os.environ.get("MODELRUNNER_SERVER")
+            or os.environ.get("MODELRUNNER_ADDRESS")
+            or "localhost:50051"
+        ),
+        help="server address (default $MODELRUNNER_SERVER, $MODELRUNNER_ADDRESS or "
+        "localhost:50051)",
     )
     p.add_argument(
         "--token",
@@ -303,7 +312,9 @@ def _client(args: argparse.Namespace) -> ModelRunnerClient:
     from modelrunner.client import ModelRunnerClient
 
     tls = getattr(args, "tls_ca", None) or getattr(args, "tls", False)
-    return ModelRunnerClient(args.server, token=getattr(args, "token", None), tls=tls)
+    return ModelRunnerClient(
+        args.server, token=getattr(args, "token", None), tls=tls, retry_s=CLI_RETRY_S
+    )
 
 
 def _print_json(data: Any) -> None:
@@ -351,11 +362,19 @@ def _validate(args: argparse.Namespace) -> int:
         report = client.validate(
             args.source, perform_io_checks=not args.no_io_checks, upload=args.upload or None
         )
+    _print_report(args, report, f"validation of {args.source}")
+    return 0 if report.passed else 1
+
+
+def _print_report(args: argparse.Namespace, report: ValidationReport, title: str) -> None:
+    from modelrunner.report_summary import report_summary
+
     if args.json:
         _print_json(report.model_dump(mode="json"))
+    elif args.details and report.markdown:
+        print(report.markdown)
     else:
-        print(report.markdown or f"status: {report.status}")
-    return 0 if report.passed else 1
+        print(report_summary(report, title))
 
 
 def _remove(args: argparse.Namespace) -> int:
@@ -394,17 +413,8 @@ def _model_id(client: ModelRunnerClient, model: str) -> str:
 def _test(args: argparse.Namespace) -> int:
     with _client(args) as client:
         report = client.test(_model_id(client, args.model), args.weight_format, device=args.device)
-    if args.json:
-        _print_json(report.model_dump(mode="json"))
-    else:
-        print(report.markdown or f"status: {report.status}")
+    _print_report(args, report, f"model test of {args.model}")
     return 0 if report.passed else 1
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from modelrunner.cli_predict import run_predict
-
-    return run_predict(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

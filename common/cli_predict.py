@@ -1,69 +1,91 @@
-"""``modelrunner predict``: image files in, image files out, against a server or an embedded
-runner started for the one command."""
+"""``modelrunner predict``'s command line; the work is in :mod:`modelrunner.predict_files`,
+imported when the command runs (it brings numpy and the image libraries)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from contextlib import ExitStack
-from pathlib import Path
+import os
+from typing import Any
 
-from modelrunner.errors import InvalidArgumentError
-from modelrunner.image_io import output_paths, read_array, write_array
+DEFAULT_ADDRESS = "localhost:50051"
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from modelrunner.client import ModelRunnerClient
+def add_predict_command(sub: Any) -> None:
+    predict = sub.add_parser(
+        "predict",
+        help="run a model on image files (TIFF/OME-TIFF, PNG, JPEG, OME-Zarr, .npy)",
+        description=(
+            "Run a model on image files: one output file per input file and model output. "
+            "Uses the server at --server, else at localhost:50051 when one answers, else runs "
+            "the model in this process."
+        ),
+    )
+    predict.add_argument("model", help="model id, or a package path (added first)")
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files, folders or glob patterns ('data/*.tif'); for a model with several "
+        "inputs, one file per input in input order",
+    )
+    predict.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="a folder (ending in /, or existing): <input name>_<output id> in the input's "
+        "format (OME-TIFF for PNG/JPEG); or one file (.ome.tif, .tif, .ome.zarr, .npy, .png)",
+    )
+    predict.add_argument(
+        "--axes",
+        help="the files' axes, e.g. zyx, cyx, tyx, yxs (RGB samples are channels); default: "
+        "from the file's metadata",
+    )
+    predict.add_argument(
+        "--per-plane",
+        action="store_true",
+        help="run z planes and time points one by one even where the model has such an axis "
+        "(planes run one by one anyway where it has none)",
+    )
+    predict.add_argument("--channel", type=int, help="use only this channel (0-based)")
+    predict.add_argument(
+        "--keep-singletons",
+        action="store_true",
+        help="keep the model's size-1 channel axis in outputs (and batch axis in .npy)",
+    )
+    where = predict.add_mutually_exclusive_group()
+    where.add_argument(
+        "--server",
+        help="server address (default $MODELRUNNER_SERVER or $MODELRUNNER_ADDRESS; else "
+        f"{DEFAULT_ADDRESS} when a server answers there); an error when it does not answer",
+    )
+    where.add_argument(
+        "--embedded", action="store_true", help="run the model in this process, not on a server"
+    )
+    predict.add_argument(
+        "--token", default=os.environ.get("MODELRUNNER_TOKEN"), help="access token (a server)"
+    )
+    predict.add_argument(
+        "--tls-ca", default=os.environ.get("MODELRUNNER_TLS_CA"), help="TLS roots (a server)"
+    )
+    predict.add_argument("--tls", action="store_true", help="connect with TLS (a server)")
+    predict.add_argument("--weight-format")
+    predict.add_argument("--device")
+    predict.add_argument("--blocksize", type=int, help="bioimageio.core blocksize parameter")
+    predict.add_argument(
+        "--reference-path",
+        action="store_true",
+        help="run bioimageio.core's own pipeline, not the runtime's checked fast path",
+    )
+    predict.add_argument(
+        "--precision",
+        choices=("float16", "bfloat16"),
+        help="run the network in reduced precision (fast path, PyTorch/TorchScript weights)",
+    )
+    predict.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    predict.add_argument("--no-progress", action="store_true", help="no progress bars")
+    predict.set_defaults(run=_run)
 
-    with ExitStack() as stack:
-        address = args.server
-        if not address:
-            from modelrunner.serving import start_embedded
-            from modelrunner.settings import Settings
 
-            # An embedded runner of this command alone: loopback, free ports, no tokens, with
-            # the usual cache so models are reused.
-            private = Settings(
-                host="127.0.0.1",
-                flight_host=None,
-                port=0,
-                flight_port=0,
-                auth=False,
-                tls_cert_file=None,
-            )
-            running = stack.enter_context(start_embedded(private))
-            address = running.address
-        client = stack.enter_context(
-            ModelRunnerClient(
-                address,
-                timeout=None,
-                token=args.token if args.server else None,
-                tls=(args.tls_ca or args.tls) if args.server else False,
-            )
-        )
-        model_id = args.model
-        if Path(model_id).exists():
-            model_id = client.add_model(model_id, progress=not args.no_progress).id
-        info = client.describe(model_id)
-        if len(args.inputs) != len(info.inputs):
-            raise InvalidArgumentError(
-                f"model {info.name!r} takes {len(info.inputs)} inputs "
-                f"{[t.id for t in info.inputs]}, got {len(args.inputs)} files"
-            )
-        arrays = {
-            spec.id: read_array(Path(p)) for spec, p in zip(info.inputs, args.inputs, strict=True)
-        }
-        outputs = client.predict(
-            info.id,
-            arrays,
-            weight_format=args.weight_format,
-            device=args.device,
-            blocksize=args.blocksize,
-            reference_path=args.reference_path,
-            precision=args.precision,
-            progress=not args.no_progress,
-        )
-        for output_id, path in output_paths(Path(args.output), list(outputs)).items():
-            write_array(path, outputs[output_id])
-            print(f"{output_id}: {list(outputs[output_id].shape)} -> {path}", file=sys.stderr)
-    return 0
+def _run(args: argparse.Namespace) -> int:
+    from modelrunner.predict_files import run_predict
+
+    return run_predict(args)

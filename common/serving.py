@@ -46,13 +46,13 @@ class RunningRuntime:
     idle_unloading: IdleUnloading | None = None
 
     def stop(self, *, leave: bool = True) -> None:
-        """Drain and stop: streams answer the frames they hold and end with
-        ServerShuttingDownError, the control service is told this runtime leaves (``leave``),
-        then Flight refuses new calls and waits for those under way; then the models are
-        unloaded. The process bounds the wait (``graceful_shutdown.stop_within``)."""
-        self.server.begin_drain()
+        """Drain and stop: the control service is told this runtime leaves (``leave``), streams
+        answer the frames they hold and end with ServerShuttingDownError, Flight refuses new
+        calls and waits for those under way; then the models are unloaded. The process bounds
+        the wait (``graceful_shutdown.stop_within``)."""
         if leave:
-            self.registration.leave()
+            self.registration.leave()  # routed to no more, first
+        self.server.begin_drain()
         self.registration.stop()
         if self.idle_unloading is not None:
             self.idle_unloading.stop()

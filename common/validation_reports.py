@@ -41,7 +41,7 @@ def report_from_summary(summary: ValidationSummary, *, source: str = "") -> type
             )
         )
     try:
-        markdown = summary.format_md()
+        markdown = _without_environments(summary).format_md()
     except Exception:  # noqa: BLE001 - rendering is a courtesy; the data above is the report
         markdown = ""
     return types.ValidationReport(
@@ -55,3 +55,11 @@ def report_from_summary(summary: ValidationSummary, *, source: str = "") -> type
         env={p.name: p.version for p in summary.env},
         markdown=markdown,
     )
+
+
+def _without_environments(summary: ValidationSummary) -> ValidationSummary:
+    """The summary without each check's recommended conda environment: rendering one runs
+    ``conda compare`` (a subprocess, and on a server without conda a "Failed to run `conda
+    compare`" section), and a server's report is about the model, not the caller's conda."""
+    details = [d.model_copy(update={"recommended_env": None}) for d in summary.details]
+    return summary.model_copy(update={"details": details})

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.forkserver
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -59,10 +61,27 @@ def _worker_context() -> BaseContext:
             if "forkserver" in multiprocessing.get_all_start_methods():
                 forkserver = multiprocessing.get_context("forkserver")
                 forkserver.set_forkserver_preload(_PRELOAD)
+                _start_ignoring_sigint()
                 _context = forkserver
             else:  # pragma: no cover - Windows
                 _context = multiprocessing.get_context("spawn")
         return _context
+
+
+def _start_ignoring_sigint() -> None:
+    """Start the fork server with SIGINT ignored, which it and the workers it forks keep: Ctrl-C
+    in a terminal reaches the whole process group (``modelrunner predict`` with its embedded
+    runner, ``modelrunner serve``), and a worker, or the fork server while it imports
+    bioimageio.spec, would print a KeyboardInterrupt traceback; the control service stops its
+    workers itself. Only the main thread may change a handler: from another thread the fork
+    server starts on first use, as before."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(eq=False)
@@ -103,6 +122,7 @@ class DescriptionWorkers:
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._closed = False
+        _worker_context()  # here, in the caller's thread (see _start_ignoring_sigint)
         if self._keep_idle:
             self._refill_in_background()
 
@@ -270,6 +290,7 @@ def serve(
 ) -> None:
     """The worker's loop: run jobs until the connection closes or memory runs out. The
     worker's fetches follow the server's policy (``fetch_allowed_networks``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see _start_ignoring_sigint (spawned workers)
     _limit_address_space(memory_bytes)
     yaml_limits.process_limits = limits
     fetch_policy.process_policy = fetch_policy.FetchPolicy(fetch_networks)

@@ -198,6 +198,7 @@ class RuntimeForwarding:
                     timeout=options.timeout_s,
                     batch_bytes=DEFAULT_BATCH_BYTES,
                     progress=None,
+                    calls=connections.calls,
                 )
             except errors.UnavailableError:
                 connections.drop(uri)  # the runtime went away: reconnect next time

@@ -69,12 +69,14 @@ class Readiness:
         ready = available > 0
         if ready == self._last:
             return
-        self._last = ready
+        starting, self._last = self._last is None, ready
         for name in self._names:
             self._servicer.set(name, _SERVING if ready else _NOT_SERVING)
         if ready:
             self._ready.set()
             logger.info("ready: %d runtime(s) can predict", available)
+        elif starting:
+            logger.info("not ready until a runtime registers")
         else:
             self._ready.clear()
             logger.warning("not ready: no runtime can predict")

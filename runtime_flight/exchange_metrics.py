@@ -36,6 +36,9 @@ class ExchangeObservation:
         self.kind = kind
         self.model = model_label(model_id)
         self.frames_answered = 0
+        self.cancelled = False
+        """Set when the client cancelled a stream before its end (a session's client closing it
+        is how a session ends)."""
         self._ok = FRAMES.labels(self.model, "ok")
         self._failed = FRAMES.labels(self.model, "error")
         self._latency = FRAME_LATENCY.labels(self.model)
@@ -92,6 +95,8 @@ def observing(kind: str, model_id: str) -> Iterator[ExchangeObservation]:
         code = "INTERNAL"
         raise
     finally:
+        if code == "OK" and seen.cancelled:
+            code = "CANCELLED"
         # an unknown model never answered a frame: it gets no series of its own
         reached = code == "OK" or seen.frames_answered > 0
         REQUESTS.labels("runtime", kind, seen.model if reached else "", code).inc()

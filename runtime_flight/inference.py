@@ -110,7 +110,38 @@ def predict(
     descr = model_descr(pipeline)
     arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
-    return predict_mapped(pipeline, descr, arrays, options, _polling(progress, cancelled))
+    if options.keep_shape:
+        return _predict_kept_shape(pipeline, descr, arrays, options, _polling(progress, cancelled))
+    return predict_mapped(
+        pipeline, descr, arrays, options, _polling(progress, cancelled), cancelled=cancelled
+    )
+
+
+def _predict_kept_shape(
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    arrays: Mapping[MemberId, np.ndarray],
+    options: PredictOptions,
+    progress: Progress | None,
+) -> Outputs:
+    from .kept_shape import predict_kept_shape
+
+    dtypes = _memo(pipeline, descr).network_dtypes
+    try:
+        output = predict_kept_shape(pipeline, descr, arrays, options, dtypes, progress)
+    except ModelRunnerError:
+        raise
+    except Exception as e:
+        shapes = input_shapes(descr, arrays)
+        if options.blocksize is None and _plan(pipeline, descr, shapes, options).mode != "whole":
+            # A shape outside the model's sizes that its network refuses (bioimageio.core's
+            # halo padding of a fixed-size ONNX model fails in process too): fitted instead.
+            logger.info("the network refused %s (%s): fitting it to the model", shapes, e)
+            return predict_mapped(
+                pipeline, descr, arrays, replace(options, keep_shape=False), progress
+            )
+        raise _translate(e, descr) from e
+    return Outputs.of(output_arrays(descr, output), "reference")
 
 
 def predict_mapped(
@@ -119,13 +150,15 @@ def predict_mapped(
     arrays: Mapping[MemberId, np.ndarray],
     options: PredictOptions,
     progress: Progress | None = None,
+    *,
+    cancelled: Cancelled | None = None,
 ) -> Outputs:
     """:func:`predict` of arrays that :func:`~.input_mapping.map_inputs` checked and mapped.
     A batch larger than the model's fixed batch size is predicted sample by sample
-    (:mod:`.batch_split`)."""
+    (:mod:`.batch_split`), ``cancelled`` asked between samples."""
     parts = split_batch(descr, arrays)
     if parts is not None:
-        return _predict_parts(pipeline, descr, parts, options, progress)
+        return _predict_parts(pipeline, descr, parts, options, progress, cancelled)
     plan, sample = _planned(pipeline, descr, arrays, options)
     if not isinstance(sample, Sample):
         return sample  # the fast path's outputs
@@ -138,9 +171,13 @@ def _predict_parts(
     parts: list[dict[MemberId, np.ndarray]],
     options: PredictOptions,
     progress: Progress | None,
+    cancelled: Cancelled | None,
 ) -> Outputs:
     """The one-sample parts of a split batch, predicted one by one, outputs stacked."""
-    outputs = [predict_mapped(pipeline, descr, part, options, progress) for part in parts]
+    outputs = []
+    for part in parts:
+        check_cancelled(cancelled)
+        outputs.append(predict_mapped(pipeline, descr, part, options, progress))
     return Outputs.of(stack_outputs(descr, outputs), outputs[0].path)
 
 
@@ -164,10 +201,14 @@ def start_prediction(
     descr = model_descr(pipeline)
     arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
+    if options.keep_shape:
+        return _predict_kept_shape(pipeline, descr, arrays, options, _polling(progress, cancelled))
     parts = split_batch(descr, arrays)
     if parts is not None:
         # sample by sample, whole outputs: a split batch is not streamed band by band
-        return _predict_parts(pipeline, descr, parts, options, _polling(progress, cancelled))
+        return _predict_parts(
+            pipeline, descr, parts, options, _polling(progress, cancelled), cancelled
+        )
     plan, sample = _planned(pipeline, descr, arrays, options)
     del arrays
     if not isinstance(sample, Sample):
@@ -182,6 +223,7 @@ def start_prediction(
             options,
             report,
             network_dtypes=_memo(pipeline, descr).network_dtypes,
+            cancelled=cancelled,
         )
     except ModelRunnerError:
         raise

@@ -33,6 +33,11 @@ class PredictOptions:
     precision: str = ""
     """"float16" or "bfloat16": the network runs in that precision on the fast path (which the
     call must then take); "": the weights' own precision."""
+    keep_shape: bool = False
+    """bioimageio.core's own call on the sample exactly as sent (:mod:`.kept_shape`): no
+    padding, tiling or fitting to the model's sizes, no fast path; with ``blocksize`` n its
+    blockwise prediction with ``ns=n``. With both processing steps skipped: the network alone,
+    what a bioimageio.core ``RemoteModelAdapter`` asks for."""
     max_batch_size: int = 0
     """``predict_batch``: the most samples stacked along the batch axis; 0: no limit."""
     max_tile_input_bytes: int = 256 * MiB
@@ -57,6 +62,12 @@ class PredictOptions:
         if self.precision and self.reference_path:
             raise InvalidArgumentError(
                 "reduced precision runs on the fast path only; it cannot go with reference_path",
+                details={"precision": self.precision},
+            )
+        if self.keep_shape and self.precision:
+            raise InvalidArgumentError(
+                "keep_shape runs bioimageio.core's pipeline; reduced precision runs on the fast "
+                "path only",
                 details={"precision": self.precision},
             )
         if self.max_batch_size < 0:

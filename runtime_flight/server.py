@@ -70,6 +70,11 @@ def flight_errors(what: str, context: flight.ServerCallContext | None = None) ->
     except flight.FlightError:
         raise
     except Exception as e:
+        if context is not None and context.is_cancelled():
+            # writing to a call the client cancelled fails: the client went away, no bug
+            raise to_flight_error(
+                errors.CancelledError(f"{what} was cancelled by the client"), context
+            ) from None
         logger.exception("%s failed", what)
         raise to_flight_error(
             errors.InternalError(f"{what} failed: {type(e).__name__}: {errors.clip(e)}"),
@@ -125,6 +130,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.active_sessions = 0
         self.busy_sessions = 0
         """Sessions predicting a sample now (the others wait for their client's next one)."""
+        self.exchanges_cancelled = 0
+        """Prediction exchanges the client cancelled (or dropped) since the start: not
+        failures, which the client would have been told about."""
         self._exchanges_lock = threading.Lock()
         self._session_epoch = 0
         """Sessions opened before the last :meth:`retire_sessions` end at their next sample."""
@@ -133,10 +141,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def begin_drain(self) -> None:
         """The start of a graceful shutdown (``modelrunner.graceful_shutdown``): open streams
-        answer the frames already received, then end with ServerShuttingDownError; sessions end
-        before their next sample; single predictions run on."""
+        answer the frames already received, then end with ServerShuttingDownError; single
+        predictions run on; sessions end before their next sample once :meth:`shutdown` runs."""
         self.draining.set()
-        self.retire_sessions()
 
     def retire_sessions(self) -> None:
         """End the sessions open now before their next sample: the runtime ends the exchange
@@ -173,17 +180,47 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
-        with self._counting_exchange(), flight_errors("prediction", context):
-            command = _parse_command(descriptor)
-            self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
-            kind = "session" if command.session else "stream" if command.stream else "predict"
-            with observing(kind, command.model_id) as seen:
-                if command.session:
-                    self._serve_session(context, command, reader, writer, seen)
-                elif command.stream:
-                    self._serve_stream(context, command, reader, writer, seen)
-                else:
-                    self._serve_one(context, command, reader, writer)
+        started = time.monotonic()
+        command: runtime_pb2.PredictCommand | None = None
+        with self._counting_exchange():
+            try:
+                with flight_errors("prediction", context):
+                    command = _parse_command(descriptor)
+                    self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
+                    kind = (
+                        "session" if command.session else "stream" if command.stream else "predict"
+                    )
+                    with observing(kind, command.model_id) as seen:
+                        if command.session:
+                            self._serve_session(context, command, reader, writer, seen)
+                        elif command.stream:
+                            self._serve_stream(context, command, reader, writer, seen)
+                        else:
+                            self._serve_one(context, command, reader, writer)
+            finally:
+                # counted before the exchange stops counting as active
+                if context.is_cancelled():
+                    self._cancelled(command, started)
+
+    def _cancelled(self, command: runtime_pb2.PredictCommand | None, started: float) -> None:
+        """The one line a cancelled exchange leaves, once its work has stopped and its buffers
+        are gone."""
+        with self._exchanges_lock:
+            self.exchanges_cancelled += 1
+        release_free_memory()
+        kind = (
+            "session"
+            if command is not None and command.session
+            else "stream"
+            if command is not None and command.stream
+            else "prediction"
+        )
+        logger.info(
+            "%s of model %s cancelled by the client after %.2f s",
+            kind,
+            command.model_id[:12] if command is not None else "?",
+            time.monotonic() - started,
+        )
 
     @contextmanager
     def _counting_exchange(self) -> Iterator[None]:
@@ -311,8 +348,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 if not batch:
                     break
                 if cancelled():
-                    logger.info("stream cancelled by the client")
-                    return
+                    seen.cancelled = True
+                    return  # logged once by do_exchange
                 started = time.perf_counter()
                 results = self.service.predict_frames(
                     command,
@@ -333,8 +370,11 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                         )
         finally:
             if self.draining.is_set():
-                # the reader may wait for a client that waits for us: end the call, not wait
+                # The reader must not outlive the call (it reads the call's stream: pyarrow
+                # aborts the process). It ends at the client's next message, which a stream
+                # with frames to send brings soon; the process's grace period bounds the rest.
                 reading.stop_reading()
+                reading.join()
             else:
                 reading.stop()
         if reading.error is not None and not context.is_cancelled():

@@ -108,6 +108,7 @@ class RuntimeService:
             skip_postprocessing=command.skip_postprocessing,
             reference_path=command.reference_path,
             precision=command.precision,
+            keep_shape=command.keep_shape,
             max_batch_size=max(0, command.max_batch_size),
             max_tile_input_bytes=self.settings.max_tile_input_bytes,
             stream_tiles_min_bytes=self.settings.stream_tiles_min_bytes,
@@ -194,6 +195,10 @@ class RuntimeService:
         that fails gives its error in its place."""
         options = self._options(command)
         try:
+            if options.keep_shape:
+                raise errors.InvalidArgumentError(
+                    "keep_shape is for single predictions and sessions, not frame streams"
+                )
             with self._use(command) as warm:
                 mapped = [_unnamed_to_single(warm, f, dims) for f in frames]
                 dim_names = mapped[0][1] if mapped else None

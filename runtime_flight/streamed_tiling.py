@@ -40,7 +40,7 @@ from bioimageio.core.proc_ops import EnsureDtype
 from bioimageio.core.sample import SampleBlock, sample_block_meta_generator
 from bioimageio.spec.model import v0_5
 
-from modelrunner.errors import InternalError
+from modelrunner.errors import CancelledError, InternalError
 
 from .core_blocks import block_transform, follow_implied_references
 from .lean_stats import lean_sample_stats
@@ -94,6 +94,7 @@ def stream_tiles(
     progress: Progress | None,
     *,
     network_dtypes: Mapping[MemberId, str],
+    cancelled: Callable[[], bool] | None = None,
 ) -> TileStream | None:
     """Start predicting ``sample`` tile by tile with outputs in bands (see the module docstring);
     None when that does not apply. Runs the sample-wise preprocessing and the first block.
@@ -102,12 +103,14 @@ def stream_tiles(
         network_dtypes: the dtype each input is cast to when ``options.skip_preprocessing``.
         progress: called with (blocks done, blocks in total) after each block; it may raise
             (e.g. CancelledError) to stop the prediction.
+        cancelled: asked while the bands are planned (seconds for thousands of blocks, before
+            the first block's progress), CancelledError when it says so.
     """
     reason = _not_applicable(pipeline, descr, sample, plan, options)
     schedules = None
     if reason is None:
         follow_implied_references(pipeline, descr)
-        schedules = plan_bands(pipeline, descr, sample, plan)
+        schedules = plan_bands(pipeline, descr, sample, plan, cancelled)
     if schedules is None:
         logger.debug(
             "assembling whole outputs: %s", reason or "the outputs cannot be cut into bands"
@@ -137,7 +140,11 @@ def stream_tiles(
 
 
 def plan_bands(
-    pipeline: PredictionPipeline, descr: v0_5.ModelDescr, sample: Sample, plan: FitPlan
+    pipeline: PredictionPipeline,
+    descr: v0_5.ModelDescr,
+    sample: Sample,
+    plan: FitPlan,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[MemberId, BandSchedule] | None:
     """Each output's band schedule, or None when an output cannot stream in bands of rows."""
     transform = block_transform(pipeline)
@@ -146,12 +153,11 @@ def plan_bands(
     _, metas = split_multiple_shapes_into_blocks(
         shapes=sample.shape, block_shapes=plan.block_shape, halo=get_input_halo(descr)
     )
-    out_metas = [
-        meta.get_transformed(transform)
-        for meta in sample_block_meta_generator(
-            metas, sample_shape=sample.shape, sample_id=sample.id
-        )
-    ]
+    out_metas = []
+    for meta in sample_block_meta_generator(metas, sample_shape=sample.shape, sample_id=sample.id):
+        if cancelled is not None and cancelled():
+            raise CancelledError("the prediction was cancelled")
+        out_metas.append(meta.get_transformed(transform))
     schedules: dict[MemberId, BandSchedule] = {}
     for out in descr.outputs:
         axes = tuple(a.id for a in out.axes)

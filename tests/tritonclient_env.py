@@ -1,9 +1,10 @@
 """tritonclient's own Python environment, for the tests that call modelrunner as Triton users do.
 
 tritonclient pins protobuf<7 and modelrunner's generated code needs protobuf 7, so the two never
-share an environment: the tests run tritonclient in ``.venv-tritonclient`` at the repository
-root (ignored by git; the benchmarks' V2 case uses the same one), made on first use from the
-package registry in about 20 s, or in the one ``MODELRUNNER_TRITONCLIENT_PYTHON`` names.
+share an environment: the tests run tritonclient in ``tritonclient-venv`` under
+``~/.cache/modelrunner-benchmarks`` (outside the repository; the benchmarks' V2 case uses the same
+one), made on first use from the package registry in about 20 s, or in the one
+``MODELRUNNER_TRITONCLIENT_PYTHON`` names.
 """
 
 from __future__ import annotations

@@ -109,6 +109,7 @@ def _per_call(call: Callable[[], Any], seconds: float) -> float:
 def _client_predict(frame: np.ndarray) -> Callable[[], object]:
     """``client.predict`` of ``frame`` whose control and Flight calls answer at once."""
     from modelrunner.client import ModelRunnerClient
+    from modelrunner.client._cancellation import CallRegistry
     from modelrunner.client._control import Route
     from modelrunner.client._sessions import SessionPool
     from modelrunner.v1 import runtime_pb2
@@ -194,7 +195,8 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
             pass
 
     class Runtimes:
-        sessions = SessionPool()
+        calls = CallRegistry()
+        sessions = SessionPool(calls)
 
         def get(self, uri: str) -> Flight:
             return Flight()

@@ -95,7 +95,7 @@ def test_predict_files(
     import tifffile
 
     y = tifffile.imread(tmp_path / "out.tif")
-    expected = np.load(NUCLEI / "test_output.npy")
+    expected = np.load(NUCLEI / "test_output.npy")[0, 0]  # written without singleton axes
     np.testing.assert_allclose(y, expected, atol=1e-4)
 
 
@@ -115,7 +115,7 @@ def test_predict_on_the_reference_path_and_a_bad_precision(
         "--no-progress",
     )
     assert code == 0, err
-    expected = np.load(NUCLEI / "test_output.npy")
+    expected = np.load(NUCLEI / "test_output.npy")[0, 0]  # written without singleton axes
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4)
     code, _, err = _run(
         capsys,
@@ -129,7 +129,8 @@ def test_predict_on_the_reference_path_and_a_bad_precision(
         "--no-progress",
     )
     assert code == 1
-    assert err.startswith("error (FAILED_PRECONDITION): float16 precision runs on the fast path")
+    assert err.startswith(f"using the server at {server.address}\nerror (FAILED_PRECONDITION): ")
+    assert "float16 precision runs on the fast path" in err
 
 
 def test_serve_starts_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:

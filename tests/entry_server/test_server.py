@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -17,16 +18,19 @@ from modelrunner import __version__, errors
 from modelrunner.converters import to_pb_runtime
 from modelrunner.entry_server import start_control_server
 from modelrunner.entry_server.server import SERVICE_NAME
+from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
+from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.types import RuntimeInfo
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 from tests.entry_server.conftest import Running, ServerFactory, make_settings
-from tests.entry_server.helpers import NUCLEI, add_model, expect_rpc_error
+from tests.entry_server.helpers import NUCLEI, add_model, expect_rpc_error, upload_requests
 
 
 def test_health_is_ready_only_while_a_runtime_can_predict(start_server: ServerFactory) -> None:
     """Readiness ("", the services) waits for a runtime; liveness does not."""
     control = start_server(heartbeat_interval_s=0.2)
     health = health_pb2_grpc.HealthStub(control.channel)
+    v2_ready = v2_grpc.GRPCInferenceServiceStub(control.channel).ServerReady
 
     def statuses() -> dict[str, int]:
         return {
@@ -44,6 +48,7 @@ def test_health_is_ready_only_while_a_runtime_can_predict(start_server: ServerFa
         "inference.GRPCInferenceService": not_serving,
         "liveness": serving,
     }
+    assert not v2_ready(v2.ServerReadyRequest(), timeout=5).ready
     control.stub.RegisterRuntime(
         control_pb2.RegisterRuntimeRequest(
             runtime=to_pb_runtime(
@@ -53,6 +58,7 @@ def test_health_is_ready_only_while_a_runtime_can_predict(start_server: ServerFa
         timeout=5,
     )
     assert set(statuses().values()) == {serving}
+    assert v2_ready(v2.ServerReadyRequest(), timeout=5).ready
     deadline = time.monotonic() + 5
     while statuses()[""] == serving and time.monotonic() < deadline:
         time.sleep(0.1)  # three missed heartbeats (0.6 s), noticed within a second
@@ -62,6 +68,7 @@ def test_health_is_ready_only_while_a_runtime_can_predict(start_server: ServerFa
         "inference.GRPCInferenceService": not_serving,
         "liveness": serving,
     }
+    assert not v2_ready(v2.ServerReadyRequest(), timeout=5).ready
 
 
 def test_health_check_of_an_unknown_service_is_not_found(control: Running) -> None:
@@ -178,3 +185,35 @@ def test_stop_is_graceful_and_idempotent(start_server: ServerFactory) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.ListModels(control_pb2.ListModelsRequest(), timeout=1)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_shutdown_during_an_upload_leaves_nothing_half_written(
+    start_server: ServerFactory,
+) -> None:
+    """The drain's grace period ends an upload still sending: its client gets an error, and
+    neither the upload folder nor the cache keeps a partial file."""
+    control = start_server()
+    first, *rest = upload_requests(b"x" * (4 * 256 * 1024), "package.zip", size=8 * 256 * 1024)
+
+    def slow() -> Iterator[control_pb2.UploadPackageRequest]:
+        yield first
+        yield rest[0]
+        time.sleep(30)  # the client stalls; the server stops meanwhile
+        yield from rest[1:]
+
+    call = control.stub.UploadPackage.future(slow(), timeout=60)
+    uploads = control.server.registry.uploads.directory
+    deadline = time.monotonic() + 10
+    while not any(uploads.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(p.is_file() for p in uploads.rglob("*"))  # the partial file, while it streams
+    control.server.stop(0.2)
+    with pytest.raises(grpc.RpcError) as caught:
+        call.result(timeout=10)
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    deadline = time.monotonic() + 5
+    while any(p.is_file() for p in uploads.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(p.is_file() for p in uploads.rglob("*"))
+    assert not any((control.cache_dir / "models").iterdir())
+    start_server.running.remove(control)  # stopped already

@@ -1,0 +1,96 @@
+"""What the command line prints for people: a model test or a validation as a short summary
+(``--details`` for bioimageio.core's full report, without conda noise), and a hint when no server
+answers."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from modelrunner.cli import main
+from modelrunner.client import ModelInfo
+from modelrunner.serving import RunningServer
+from tests.zoo import NUCLEI
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_model_test_prints_one_line_per_check_and_the_tolerance(
+    server: RunningServer, nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(
+        capsys, "test", nuclei.id[:12], "--weight-format", "onnx", "--server", server.address
+    )
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"model test of {nuclei.id[:12]}: passed"
+    assert "  ok    Reproduce test outputs from test inputs (onnx) [weights.onnx]" in lines
+    assert (
+        "        output 'probability': all elements agree with expected values "
+        "(rtol 1.00e-03, atol 1.00e-03)"
+    ) in lines
+    assert "conda" not in out
+    assert len(lines) < 20
+
+
+def test_model_test_details_is_the_full_report_without_conda(
+    server: RunningServer, nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(
+        capsys,
+        "test",
+        nuclei.id[:12],
+        "--weight-format",
+        "onnx",
+        "--details",
+        "--server",
+        server.address,
+    )
+    assert code == 0
+    assert "Reproduce test outputs from test inputs (onnx)" in out
+    assert "| status" in out  # bioimageio.core's markdown tables
+    assert "conda compare" not in out and "Conda Environment" not in out
+
+
+def test_validation_summary_names_the_failed_check(
+    server: RunningServer, tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "bioimageio.yaml"  # type: ignore[operator]
+    broken.write_text((NUCLEI / "bioimageio.yaml").read_text().replace("type: batch", "type: bat"))
+    code, out, _ = _run(
+        capsys, "validate", str(broken), "--server", server.address, "--no-io-checks"
+    )
+    assert code == 1
+    assert out.splitlines()[0] == f"validation of {broken}: failed"
+    assert "  FAIL  " in out and "error: " in out
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [["models"], ["describe", "abc"], ["info"]])
+def test_no_server_says_how_to_start_one(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    code, out, err = _run(capsys, *command, "--server", address)
+    assert code == 1 and out == ""
+    assert err.startswith("error (UNAVAILABLE): control service unavailable")
+    assert f"no modelrunner server answers at {address}: start one with `modelrunner serve`" in err
+    assert "Traceback" not in err
+
+
+def test_other_unavailable_errors_get_no_start_hint(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hint is for a server that is not there; a server that answers gets none."""
+    code, _, err = _run(capsys, "describe", "0123456789abcdef", "--server", server.address)
+    assert code == 1 and "modelrunner serve" not in err
