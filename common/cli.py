@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.set_defaults(run=_runtime)
 
     add_token_commands(sub)
-    add_status_command(sub)
+    add_status_command(sub, _client_flags, _client)
 
     models = sub.add_parser("models", help="list the models on the server")
     _client_flags(models)

@@ -11,34 +11,37 @@ and exits, for scripts; otherwise the view is redrawn until Ctrl+C.
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import os
 import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from modelrunner import types
+
+if TYPE_CHECKING:
+    from modelrunner.client import ModelRunnerClient
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 """Prometheus samples by (name, sorted labels), summed over the endpoints scraped."""
 
 
-def add_status_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_status_command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    client_flags: Callable[[argparse.ArgumentParser], None],
+    connect: Callable[[argparse.Namespace], ModelRunnerClient],
+) -> None:
+    """``client_flags`` and ``connect``: the other client commands' ``--server``, ``--token``
+    and TLS flags, and their client."""
     status = sub.add_parser(
         "status", help="runtimes, models, frames/s and p95 latencies, live (docs/metrics.md)"
     )
-    status.add_argument(
-        "--server",
-        default=os.environ.get("MODELRUNNER_SERVER", "localhost:50051"),
-        help="server address (default $MODELRUNNER_SERVER or localhost:50051)",
-    )
-    status.add_argument("--token", default=os.environ.get("MODELRUNNER_TOKEN"))
-    status.add_argument("--tls-ca", default=os.environ.get("MODELRUNNER_TLS_CA"))
-    status.add_argument("--tls", action="store_true")
+    client_flags(status)
     status.add_argument("--once", action="store_true", help="print one snapshot and exit")
     status.add_argument(
         "--interval", type=float, default=2.0, help="seconds between scrapes (default 2)"
@@ -50,14 +53,11 @@ def add_status_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
         metavar="URL",
         help="another metrics endpoint to read (repeatable), e.g. one the server does not list",
     )
-    status.set_defaults(run=_status)
+    status.set_defaults(run=lambda args: _status(args, connect(args)))
 
 
-def _status(args: argparse.Namespace) -> int:
-    from modelrunner.client import ModelRunnerClient
-
-    tls = args.tls_ca or args.tls
-    with ModelRunnerClient(args.server, token=args.token, tls=tls) as client:
+def _status(args: argparse.Namespace, connected: ModelRunnerClient) -> int:
+    with connected as client:
         while True:
             info = client.server_info()
             uris = metrics_uris(info, args.metrics)
@@ -66,7 +66,13 @@ def _status(args: argparse.Namespace) -> int:
             time.sleep(max(0.1, args.interval))
             info = client.server_info()
             after = scrape(uris)
-            view = render(args.server, info, before, after, time.monotonic() - started, uris)
+            seconds = time.monotonic() - started
+            if getattr(args, "json", False):
+                print(json.dumps(snapshot(info, before, after, seconds)), flush=True)
+                if args.once:
+                    return 0
+                continue
+            view = render(args.server, info, before, after, seconds, uris)
             if args.once:
                 print(view)
                 return 0
@@ -179,6 +185,38 @@ def _quantile(
             return lower_bound + (le - lower_bound) * share
         lower_bound, lower_count = le, count
     return None
+
+
+def snapshot(
+    info: types.ServerInfo, before: Samples, after: Samples, seconds: float
+) -> dict[str, object]:
+    """What ``--json`` prints: one object per refresh."""
+    r = rates(before, after, seconds)
+    return {
+        "runtimes": [
+            {
+                "runtime_id": rt.runtime_id,
+                "available": rt.available,
+                "queue_depth": rt.queue_depth,
+                "warm_models": [m.model_id for m in rt.loaded_models],
+                "flight_uri": rt.flight_uri,
+            }
+            for rt in info.runtimes
+        ],
+        "frames_per_s": r.frames_per_s,
+        "frame_p95_s": r.frame_p95_s,
+        "calls": [
+            {
+                "plane": plane,
+                "method": method,
+                "calls": calls,
+                "errors": failed,
+                "p95_s": r.call_p95_s.get((plane, method)),
+            }
+            for (plane, method), (calls, failed) in sorted(r.calls.items())
+        ],
+        "seconds": seconds,
+    }
 
 
 def _ms(seconds: float | None) -> str:

@@ -6,6 +6,7 @@ process's, so its calls are counted whether or not an endpoint publishes them.""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -317,3 +318,17 @@ def test_runtime_actions_are_counted_and_timed(
     assert _value(
         "modelrunner_request_duration_seconds_count", plane="runtime", method="load_model"
     ) >= (loads + 1)
+
+
+def test_status_json_is_one_object_per_refresh(
+    server: RunningServer,
+    identity: ModelInfo,
+    endpoint: MetricsEndpoint,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["status", "--once", "--json", "--server", server.address, "--metrics", endpoint.uri]
+    assert cli.main([*argv, "--interval", "0.1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    (runtime,) = shown["runtimes"]
+    assert runtime["available"] and identity.id in runtime["warm_models"]
+    assert any(c["method"] == "GetServerInfo" for c in shown["calls"])
