@@ -131,7 +131,8 @@ def serve_with_ray(settings: Settings, plan: RayPlan) -> None:
         print(
             f"modelrunner control service at {running.address}; "
             f"{len(group.runtimes)} runtime(s) on Ray ({plan.address}): "
-            + ", ".join(r.runtime_id for r in group.runtimes),
+            + ", ".join(r.runtime_id for r in group.runtimes)
+            + (f"; metrics at {running.metrics.uri}" if running.metrics is not None else ""),
             flush=True,
         )
         announce_ready(running, signals.requested)

@@ -316,7 +316,8 @@ def run_runtime_forever(settings: Settings) -> None:
     try:
         print(
             f"modelrunner runtime {runtime.server.service.runtime_id} serving at "
-            f"{runtime.flight_uri}, registered with {settings.control_address}",
+            f"{runtime.flight_uri}, registered with {settings.control_address}"
+            + (f"; metrics at {runtime.metrics_uri}" if runtime.metrics_uri else ""),
             flush=True,
         )
         signals.wait()
@@ -358,6 +359,8 @@ def _banner(settings: Settings, running: RunningServer) -> str:
     if running.runtime is not None:
         devices = ", ".join(d.name for d in running.runtime.server.service.info().devices)
         lines.append(f"runtime at {running.runtime.flight_uri} (devices: {devices})")
+    if running.metrics is not None:
+        lines.append(f"Prometheus metrics at {running.metrics.uri} (`modelrunner status`)")
     if settings.auth:
         lines.append(
             f"tokens required (from {settings.effective_tokens_file}; "
