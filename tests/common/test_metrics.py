@@ -332,3 +332,16 @@ def test_status_json_is_one_object_per_refresh(
     (runtime,) = shown["runtimes"]
     assert runtime["available"] and identity.id in runtime["warm_models"]
     assert any(c["method"] == "GetServerInfo" for c in shown["calls"])
+
+
+def test_an_idle_session_is_not_queue_depth(server: RunningServer, identity: ModelInfo) -> None:
+    """A session waits for its client's next sample most of its life: counting it would make
+    every runtime a client talks to look busy to placement."""
+    assert server.runtime is not None
+    runtime = server.runtime.server
+    with ModelRunnerClient(server.address, timeout=60) as own:
+        own.predict(identity.id, np.ones((1, 1, 16, 16), np.float32))
+        _eventually(lambda: runtime.active_sessions >= 1)
+        # the session stays open, idle; nothing else runs now
+        assert runtime.active_exchanges >= 1
+        assert runtime.queue_depth == 0
