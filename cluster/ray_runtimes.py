@@ -54,7 +54,7 @@ class RuntimeActor:
         host = values.get("flight_host") or values.get("host") or "127.0.0.1"
         if host not in ("127.0.0.1", "localhost", "::1"):
             # clients reach this runtime at its node's address, whatever it binds
-            values.setdefault("advertise_host", ray.util.get_node_ip_address())
+            values["advertise_host"] = ray.util.get_node_ip_address()
         if values.get("metrics_port") is not None:
             values["metrics_port"] = 0  # several runtimes per node: each a free port
         self.runtime = start_runtime(
@@ -237,7 +237,10 @@ def start_ray_runtimes(
             "no runtimes to start: the Ray cluster has no GPU and --ray-cpu-runtimes is 0"
         )
     actor = _actor_class(max_restarts)
-    values = settings.model_dump(mode="json", exclude={"runtime_token"}, exclude_none=True)
+    # the control service's own address and name are not its runtimes' (each finds its node's)
+    values = settings.model_dump(
+        mode="json", exclude={"runtime_token", "advertise_host", "runtime_id"}, exclude_none=True
+    )
     started: dict[str, int] = {"gpu": 0, "cpu": 0}
 
     def spawn(kind: str) -> RayRuntime:
