@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelrunner import __version__, errors
 from modelrunner.cli_predict import add_predict_command
+from modelrunner.cli_status import add_status_command
 from modelrunner.cli_tokens import add_token_commands
 from modelrunner.server_address import (
     COMMAND_RETRY_S,
@@ -86,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the control service and an embedded runtime")
     _server_flags(serve)
     serve.add_argument("--no-runtime", action="store_true", help="control service only")
+    cluster = serve.add_argument_group("runtimes on a Ray cluster (docs/cluster.md)")
+    cluster.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the runtimes as Ray actors: auto, HOST:6379, ray://HOST:10001, or local",
+    )
+    cluster.add_argument(
+        "--ray-gpu-runtimes", type=int, help="runtimes with one GPU each (default: one per GPU)"
+    )
+    cluster.add_argument(
+        "--ray-cpu-runtimes", type=int, default=0, help="CPU-only runtimes (default 0)"
+    )
+    cluster.add_argument(
+        "--ray-gpu-resource", help="a custom Ray resource that stands for a GPU (default: GPU)"
+    )
+    cluster.add_argument(
+        "--ray-max-runtimes",
+        type=int,
+        help="add runtimes while all are saturated, up to this many (default: no scaling)",
+    )
     serve.set_defaults(run=_serve)
 
     runtime = sub.add_parser(
@@ -98,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.set_defaults(run=_runtime)
 
     add_token_commands(sub)
+    add_status_command(sub, _client_flags, _client)
 
     models = sub.add_parser("models", help="list the models on the server")
     _client_flags(models)
@@ -161,6 +183,12 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="model cache (default ~/.cache/modelrunner)")
     p.add_argument("--device", help="default device (default: cuda if available, else cpu)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="publish Prometheus metrics on this port (0: any free; default: none)",
+    )
+    p.add_argument("--metrics-host", help="metrics interface (default 127.0.0.1)")
     security = p.add_argument_group("security (docs/security.md)")
     security.add_argument(
         "--auth",
@@ -220,6 +248,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "cache_dir",
         "device",
         "log_level",
+        "metrics_port",
+        "metrics_host",
         "control_address",
         "auth",
         "insecure",
@@ -244,6 +274,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     _configure_logging(settings)
+    if args.ray:
+        from modelrunner.cluster.ray_serving import RayPlan, serve_with_ray
+
+        plan = RayPlan(
+            args.ray,
+            cpu_runtimes=args.ray_cpu_runtimes,
+            gpu_runtimes=args.ray_gpu_runtimes,
+            gpu_resource=args.ray_gpu_resource,
+            max_runtimes=args.ray_max_runtimes,
+        )
+        serve_with_ray(settings, plan)
+        return 0
     serve_forever(settings, with_runtime=not args.no_runtime)
     return 0
 

@@ -314,6 +314,8 @@ def to_pb_runtime(info: types.RuntimeInfo) -> models_pb2.RuntimeInfo:
         unavailable_reason=info.unavailable_reason,
         last_seen_at=to_pb_timestamp(info.last_seen_at),
         memory_budget_bytes=info.memory_budget_bytes,
+        queue_depth=info.queue_depth,
+        metrics_uri=info.metrics_uri,
     )
 
 
@@ -329,6 +331,8 @@ def from_pb_runtime(msg: models_pb2.RuntimeInfo) -> types.RuntimeInfo:
         unavailable_reason=msg.unavailable_reason,
         last_seen_at=from_pb_timestamp(msg, "last_seen_at"),  # type: ignore[arg-type]
         memory_budget_bytes=msg.memory_budget_bytes,
+        queue_depth=msg.queue_depth,
+        metrics_uri=msg.metrics_uri,
     )
 
 
@@ -340,6 +344,7 @@ def to_pb_server_info(info: types.ServerInfo) -> control_pb2.GetServerInfoRespon
         platform=info.platform,
         cache=None if info.cache is None else control_pb2.CacheInfo(**info.cache.model_dump()),
         runtimes=[to_pb_runtime(r) for r in info.runtimes],
+        metrics_uri=info.metrics_uri,
     )
 
 
@@ -359,6 +364,7 @@ def from_pb_server_info(msg: control_pb2.GetServerInfoResponse) -> types.ServerI
         platform=msg.platform,
         cache=cache,
         runtimes=tuple(from_pb_runtime(r) for r in msg.runtimes),
+        metrics_uri=msg.metrics_uri,
     )
 
 

@@ -8,13 +8,13 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelrunner import errors
+from modelrunner import errors, types
 from modelrunner.auth import Role
 from modelrunner.graceful_shutdown import ShutdownSignals, stop_within
 from modelrunner.settings import Settings
@@ -22,7 +22,9 @@ from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
 
 if TYPE_CHECKING:
     from modelrunner.entry_server.server import ControlServer
+    from modelrunner.metrics import MetricsEndpoint
     from modelrunner.runtime_flight.caller_auth import CallerCheck
+    from modelrunner.runtime_flight.idle_unloading import IdleUnloading
     from modelrunner.runtime_flight.registration import Registration
     from modelrunner.runtime_flight.server import RuntimeFlightServer
 
@@ -36,6 +38,12 @@ class RunningRuntime:
     server: RuntimeFlightServer
     registration: Registration
     flight_uri: str
+    metrics_uri: str = ""
+    metrics: MetricsEndpoint | None = None
+    """Its own metrics endpoint (a runtime process); None when it shares its control
+    service's or publishes none."""
+    unpublish: Callable[[], None] = field(default=lambda: None, repr=False)
+    idle_unloading: IdleUnloading | None = None
 
     def stop(self, *, leave: bool = True) -> None:
         """Drain and stop: the control service is told this runtime leaves (``leave``), streams
@@ -46,8 +54,13 @@ class RunningRuntime:
             self.registration.leave()  # routed to no more, first
         self.server.begin_drain()
         self.registration.stop()
+        if self.idle_unloading is not None:
+            self.idle_unloading.stop()
         self.server.shutdown()
         self.server.service.close()
+        self.unpublish()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 @dataclass
@@ -56,6 +69,8 @@ class RunningServer:
 
     control: ControlServer
     runtime: RunningRuntime | None = None
+    metrics: MetricsEndpoint | None = None
+    """The process's metrics endpoint (``settings.metrics_port``), both planes on it."""
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -73,6 +88,8 @@ class RunningServer:
             # its control service is going too: no need to say it leaves
             self.runtime.stop(leave=False)
         self.control.stop()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def start_runtime(
@@ -81,13 +98,20 @@ def start_runtime(
     *,
     runtime_token: str | None = None,
     caller_check: CallerCheck | None = None,
+    metrics_uri: str | None = None,
 ) -> RunningRuntime:
     """Start a Flight runtime on ``settings.flight_host:flight_port`` and register it.
+
+    ``metrics_uri``: where this process's metrics are published already (an embedded runtime);
+    None: its own endpoint when ``settings.metrics_port`` is set.
 
     With ``settings.auth`` the runtime registers with ``runtime_token`` (default
     ``settings.runtime_token``) and checks its callers' tokens with ``caller_check`` (default:
     by asking the control service). With ``settings.tls_cert_file`` it speaks TLS."""
+    from modelrunner.metrics import add_state_source
     from modelrunner.runtime_flight.caller_auth import CallerChecks, RemoteCallerCheck
+    from modelrunner.runtime_flight.exchange_metrics import runtime_state
+    from modelrunner.runtime_flight.idle_unloading import IdleUnloading
     from modelrunner.runtime_flight.packages import PackageLocator
     from modelrunner.runtime_flight.registration import Registration
     from modelrunner.runtime_flight.server import RuntimeFlightServer
@@ -128,6 +152,9 @@ def start_runtime(
         ),
         **(server_tls.flight_kwargs() if server_tls is not None else {}),
     )
+    cleanup = ExitStack()
+    cleanup.callback(service.close)
+    cleanup.callback(server.shutdown)
     try:
         advertised = settings.advertise_host or host
         flight_uri = f"{scheme}://{_uri_host(advertised)}:{server.port}"
@@ -135,9 +162,27 @@ def start_runtime(
             runtime_id=settings.runtime_id or f"{socket.gethostname()}:{server.port}",
             flight_uri=flight_uri,
         )
+        endpoint = None
+        if metrics_uri is None and settings.metrics_port is not None:
+            endpoint = _serve_metrics(settings)
+            cleanup.callback(endpoint.close)
+        published = metrics_uri if endpoint is None else endpoint.uri
+        unpublish = add_state_source(
+            runtime_state(
+                lambda: service.runtime_id, lambda: server.queue_depth, service.pool.loaded
+            )
+        )
+        cleanup.callback(unpublish)
+
+        def info() -> types.RuntimeInfo:
+            # the queue depth routes a busy model's next clients elsewhere (docs/cluster.md)
+            return service.info().model_copy(
+                update={"queue_depth": server.queue_depth, "metrics_uri": published or ""}
+            )
+
         registration = Registration(
             control_address,
-            service.info,
+            info,
             cache_dir=settings.cache_dir,
             interval_s=settings.heartbeat_interval_s,
             token=runtime_token,
@@ -155,17 +200,39 @@ def start_runtime(
         service.set_on_change(registration.poke)
         registration.start()
         locator.shared_cache_dir = registration.shared_cache_dir
+        idle = (
+            IdleUnloading(service.pool, settings.idle_unload_s, registration.poke)
+            if settings.idle_unload_s
+            else None
+        )
     except BaseException:
-        server.shutdown()
-        service.close()
+        cleanup.close()
         raise
+    cleanup.pop_all()
     logger.info(
         "runtime %s listening on %s (devices: %s)",
         service.runtime_id,
         flight_uri,
         ", ".join(d.name for d in service.info().devices),
     )
-    return RunningRuntime(server, registration, flight_uri)
+    return RunningRuntime(
+        server,
+        registration,
+        flight_uri,
+        metrics_uri=published or "",
+        metrics=endpoint,
+        unpublish=unpublish,
+        idle_unloading=idle,
+    )
+
+
+def _serve_metrics(settings: Settings) -> MetricsEndpoint:
+    from modelrunner.metrics import serve_metrics
+
+    assert settings.metrics_port is not None
+    return serve_metrics(
+        settings.metrics_host, settings.metrics_port, advertise_host=settings.advertise_host
+    )
 
 
 def _uri_host(host: str) -> str:
@@ -191,6 +258,9 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
         control = start_control_server(settings)
         running = RunningServer(control)
         stack.callback(running.stop)
+        if settings.metrics_port is not None:
+            running.metrics = _serve_metrics(settings)
+            control.control.metrics_uri = running.metrics.uri
         if with_runtime:
             plane = control.control
             # The embedded runtime holds an in-memory credential and asks its control service
@@ -205,6 +275,7 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
                 _local_address(control.port, settings.host),
                 runtime_token=token,
                 caller_check=plane.check_caller,
+                metrics_uri=control.control.metrics_uri,
             )
             # Open Inference requests for it skip the Flight hop (entry_server.inference_forwarding)
             service = running.runtime.server.service
@@ -213,6 +284,12 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
             control.readiness.wait(settings.runtime_wait_s)
         stack.pop_all()
     return running
+
+
+def control_address_of(running: RunningServer) -> str:
+    """The address a runtime registers at (loopback when the service listens on every
+    interface)."""
+    return _local_address(running.control.port, running.control.settings.host)
 
 
 def _local_address(port: int, host: str) -> str:
@@ -239,7 +316,8 @@ def run_runtime_forever(settings: Settings) -> None:
     try:
         print(
             f"modelrunner runtime {runtime.server.service.runtime_id} serving at "
-            f"{runtime.flight_uri}, registered with {settings.control_address}",
+            f"{runtime.flight_uri}, registered with {settings.control_address}"
+            + (f"; metrics at {runtime.metrics_uri}" if runtime.metrics_uri else ""),
             flush=True,
         )
         signals.wait()
@@ -281,6 +359,8 @@ def _banner(settings: Settings, running: RunningServer) -> str:
     if running.runtime is not None:
         devices = ", ".join(d.name for d in running.runtime.server.service.info().devices)
         lines.append(f"runtime at {running.runtime.flight_uri} (devices: {devices})")
+    if running.metrics is not None:
+        lines.append(f"Prometheus metrics at {running.metrics.uri} (`modelrunner status`)")
     if settings.auth:
         lines.append(
             f"tokens required (from {settings.effective_tokens_file}; "

@@ -210,6 +210,21 @@ class Settings(BaseSettings):
     or a runtime restarts; after that it fails with UNAVAILABLE."""
     log_level: str = "INFO"
 
+    # -- metrics and placement across runtimes (docs/metrics.md, docs/cluster.md) --------------
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Publish Prometheus metrics on ``http://metrics_host:metrics_port/metrics`` (0: a free
+    port, which the runtime reports in its registration); None: no metrics endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Interface of the metrics endpoint. It has no authentication: bind it beyond loopback only
+    on a network that only Prometheus reaches."""
+    spread_queue_depth: int = Field(4, ge=1)
+    """When every runtime that has a model warm reports at least this many predictions in
+    progress, the model's next client is routed to an idle runtime, which loads it: traffic
+    spreads over a copy more."""
+    idle_unload_s: float | None = Field(None, gt=0)
+    """A runtime unloads a warm model nobody used for this long (None: only when it needs the
+    memory). ``modelrunner serve --ray`` defaults it to 600 s, so spread copies go away."""
+
     @field_validator("cache_dir", mode="after")
     @classmethod
     def _expand_user(cls, value: Path) -> Path:

@@ -211,6 +211,10 @@ class RuntimeInfo(_Frozen):
     unavailable_reason: str = ""
     last_seen_at: datetime | None = None
     memory_budget_bytes: int = 0
+    queue_depth: int = 0
+    """Predictions, streams and sessions in progress when it last reported."""
+    metrics_uri: str = ""
+    """Where its Prometheus metrics are scraped ("" when it publishes none)."""
 
 
 class CacheInfo(_Frozen):
@@ -227,6 +231,8 @@ class ServerInfo(_Frozen):
     platform: str = ""
     cache: CacheInfo | None = None
     runtimes: tuple[RuntimeInfo, ...] = ()
+    metrics_uri: str = ""
+    """Where the control service's Prometheus metrics are scraped ("" when off)."""
 
 
 class Progress(_Frozen):

@@ -53,6 +53,8 @@ class ControlPlane:
         self.authenticator = authenticator or Authenticator(settings)
         self.access = access or ModelAccess(settings.cache_dir / "model_access.json")
         self._runtime_tls = runtime_tls
+        self.metrics_uri = ""
+        """Where this process's Prometheus metrics are scraped (set by whoever publishes them)."""
         self._runtime_callers: dict[str, runtime_actions.RuntimeCaller] = {}
         self._callers_lock = threading.Lock()
         self._models_lock = threading.RLock()
@@ -172,6 +174,9 @@ class ControlPlane:
         ``wait_s``: the most to wait for a runtime to register (the call's remaining time)."""
         with self.registry.use(self.visible_id(model_ref, identity)) as package:
             candidates = self._candidates(package.model_id, weight_format, device, wait_s)
+        # until its next heartbeat, the runtime counts one more client: a burst of streams
+        # spreads instead of all going where the last heartbeat said it was quiet
+        self.runtimes.note_routed(candidates[0].runtime_id)
         return Route(
             model_id=package.model_id,
             flight_uris=tuple(r.flight_uri for r in candidates),
@@ -295,4 +300,4 @@ class ControlPlane:
                 1 for m in self.registry.list_models() if self.access.visible(m.id, identity)
             )
             cache = cache.model_copy(update={"directory": "", "models": visible})
-        return server_info(cache, runtimes)
+        return server_info(cache, runtimes).model_copy(update={"metrics_uri": self.metrics_uri})

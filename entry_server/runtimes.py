@@ -4,7 +4,8 @@ A runtime registers with ``RegisterRuntime`` and repeats the call every ``heartb
 one silent for three intervals is dropped, and one registering for the first time at the address
 of another that missed a heartbeat replaces it (a runtime restarted on its port is routed to
 at once; runtimes sharing one address that beat in time are all kept). For a model, runtimes that
-report it loaded come first, then the least loaded. A call that finds no available runtime waits
+report it loaded come first, then the least loaded; a model whose warm runtimes are all busy
+spreads to another (``entry_server/placement.py``). A call that finds no available runtime waits
 up to ``runtime_wait_s`` for one (start-up, a restart). Listeners hear of every change in the
 number of available runtimes (readiness, ``entry_server/readiness.py``).
 """
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from modelrunner import errors, types
+from modelrunner.entry_server.placement import placement_order
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class RuntimeDirectory:
         self._cache_dir = settings.cache_dir
         self._clock = clock
         self.runtime_wait_s = settings.runtime_wait_s
+        self.spread_queue_depth = settings.spread_queue_depth
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._entries: dict[str, _Entry] = {}
@@ -115,9 +118,14 @@ class RuntimeDirectory:
             shared_cache_dir=self._shared_cache_dir(cache_dir),
         )
 
-    def unregister(self, runtime_id: str) -> bool:
+    def unregister(self, runtime_id: str, flight_uri: str | None = None) -> bool:
+        """Stop routing to a runtime; with ``flight_uri``, only while it is registered at that
+        address (a process found dead; its restarted successor has registered elsewhere)."""
         with self._lock:
-            found = self._entries.pop(runtime_id, None) is not None
+            entry = self._entries.get(runtime_id)
+            found = entry is not None and flight_uri in (None, entry.info.flight_uri)
+            if found:
+                del self._entries[runtime_id]
             self._count_changed()
             return found
 
@@ -174,6 +182,17 @@ class RuntimeDirectory:
         self._changed.notify_all()
         for listener in self._listeners:
             listener(count)
+
+    def note_routed(self, runtime_id: str) -> None:
+        """A client was sent to this runtime: count it in the runtime's queue depth until its
+        next heartbeat reports the real one."""
+        with self._lock:
+            entry = self._entries.get(runtime_id)
+            if entry is not None:
+                info = entry.info.model_copy(update={"queue_depth": entry.info.queue_depth + 1})
+                self._entries[runtime_id] = _Entry(
+                    info=info, seen_at=entry.seen_at, owner=entry.owner
+                )
 
     def forget_loaded(self, runtime_id: str, model_id: str) -> None:
         """Note that a runtime unloaded a model (before its next heartbeat says so)."""
@@ -233,13 +252,10 @@ class RuntimeDirectory:
                 f"{', '.join(sorted(wanted))}{f' on {device}' if device else ''} ({offered})",
                 details={"model_id": model_id},
             )
-        return sorted(
+        return placement_order(
             fitting,
-            key=lambda r: (
-                not _has_loaded(r, model_id, weight_format, device),
-                len(r.loaded_models),
-                r.runtime_id,
-            ),
+            lambda r: _has_loaded(r, model_id, weight_format, device),
+            spread_queue_depth=self.spread_queue_depth,
         )
 
     def _prune(self) -> None:

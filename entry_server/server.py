@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -24,6 +25,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from modelrunner import errors
 from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
 from modelrunner.entry_server.call_limits import threads_for_limited_calls
+from modelrunner.entry_server.call_metrics import CallMetricsInterceptor
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.error_interceptor import ErrorInterceptor
 from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
@@ -35,6 +37,8 @@ from modelrunner.entry_server.runtimes import RuntimeDirectory
 from modelrunner.entry_server.server_reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
 from modelrunner.entry_server.server_reflection import enable_server_reflection
 from modelrunner.entry_server.servicer import ControlServicer
+from modelrunner.entry_server.state_metrics import control_state
+from modelrunner.metrics import add_state_source
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.settings import Settings
 from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
@@ -64,6 +68,8 @@ class ControlServer:
     """SERVING once a runtime that can predict is registered (``readiness.wait()``)."""
     _stopped: bool = field(default=False, repr=False)
     _stopping: threading.Event | None = field(default=None, repr=False)
+    _unpublish: Callable[[], None] = field(default=lambda: None, repr=False)
+    """Removes its gauges from the process's metrics."""
 
     @property
     def registry(self) -> ModelRegistry:
@@ -91,6 +97,7 @@ class ControlServer:
             return
         self._stopped = True
         self.begin_shutdown(grace).wait()
+        self._unpublish()
         self.readiness.stop()
         self.forwarding.close()
         self.registry.close()
@@ -155,7 +162,12 @@ def start_control_server(
             ),
             # authentication first: a caller without a valid token is refused before its request
             # is parsed (the error interceptor parses requests, and maps every other error)
-            interceptors=[AuthInterceptor(authenticator), ErrorInterceptor()],
+            # metrics innermost: it sees parsed requests and the error a call ends with
+            interceptors=[
+                AuthInterceptor(authenticator),
+                ErrorInterceptor(),
+                CallMetricsInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -212,4 +224,5 @@ def start_control_server(
         health=health_servicer,
         forwarding=forwarding,
         readiness=readiness,
+        _unpublish=add_state_source(control_state(registry, runtimes)),
     )

@@ -208,6 +208,24 @@ class PipelinePool:
             self._close(w)
         return len(matching)
 
+    def unload_idle(self, idle_s: float) -> int:
+        """Unload the pipelines nobody holds and nobody used for ``idle_s`` seconds (a copy
+        loaded to spread traffic that is no longer needed); returns how many."""
+        cutoff = now().timestamp() - idle_s
+        with self._cond:
+            idle = [
+                w
+                for w in self._warm.values()
+                if not w.users and w.last_used_at.timestamp() < cutoff
+            ]
+            for w in idle:
+                del self._warm[w.key]
+                w.retired = True
+        for w in idle:
+            logger.info("unloading %s (%s, %s): idle for %.0f s", *w.key, idle_s)
+            self._close(w)
+        return len(idle)
+
     def has_warm(self, model_id: str) -> bool:
         """Whether a pipeline of ``model_id`` (a full id) is loaded."""
         with self._cond:

@@ -38,6 +38,7 @@ from modelrunner.wire import (
 )
 
 from .caller_auth import CallerChecks
+from .exchange_metrics import ExchangeObservation, observing
 from .memory_release import release_free_memory
 from .service import Outputs, RuntimeService, StreamedOutputs, whole_outputs
 
@@ -132,6 +133,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         """Prediction exchanges opened since the start (a session counts once, however many
         samples it carries)."""
         self.active_sessions = 0
+        self.busy_sessions = 0
+        """Sessions predicting a sample now (the others wait for their client's next one)."""
         self.exchanges_cancelled = 0
         """Prediction exchanges the client cancelled (or dropped) since the start: not
         failures, which the client would have been told about."""
@@ -165,6 +168,12 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         super().shutdown()
 
     @property
+    def queue_depth(self) -> int:
+        """Predictions in progress: the exchanges open, less the sessions that wait for their
+        client's next sample (what the runtime reports for placement and metrics)."""
+        return self.active_exchanges - self.active_sessions + self.busy_sessions
+
+    @property
     def max_sample_bytes(self) -> int:
         """Largest sample a client may announce (setting ``max_sample_bytes``)."""
         return int(self.service.settings.max_sample_bytes)
@@ -185,12 +194,16 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 with flight_errors("prediction", context):
                     command = _parse_command(descriptor)
                     self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
-                    if command.session:
-                        self._serve_session(context, command, reader, writer)
-                    elif command.stream:
-                        self._serve_stream(context, command, reader, writer)
-                    else:
-                        self._serve_one(context, command, reader, writer)
+                    kind = (
+                        "session" if command.session else "stream" if command.stream else "predict"
+                    )
+                    with observing(kind, command.model_id) as seen:
+                        if command.session:
+                            self._serve_session(context, command, reader, writer, seen)
+                        elif command.stream:
+                            self._serve_stream(context, command, reader, writer, seen)
+                        else:
+                            self._serve_one(context, command, reader, writer)
             finally:
                 # counted before the exchange stops counting as active
                 if context.is_cancelled():
@@ -325,7 +338,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         command: runtime_pb2.PredictCommand,
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
+        seen: ExchangeObservation | None = None,
     ) -> None:
+        seen = seen or ExchangeObservation("stream", command.model_id)
         layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
         max_batch = self.service.stream_batch_limit(command)
@@ -352,19 +367,26 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 if not batch:
                     break
                 if cancelled():
+                    seen.cancelled = True
                     return  # logged once by do_exchange
-                indices = [i for i, _ in batch]
+                started = time.perf_counter()
                 results = self.service.predict_frames(
                     command,
                     [{k: aligned(v) for k, v in s.items()} for _, s in batch],
                     dims,
                     cancelled=cancelled,
                 )
-                for index, result in zip(indices, results, strict=True):
+                for (index, sample), result in zip(batch, results, strict=True):
                     if isinstance(result, errors.ModelRunnerError):
                         _write_error(writer, index, result)
+                        seen.frame(sum(a.nbytes for a in sample.values()), None, 0.0)
                     else:
                         out_layout = self._write_outputs(writer, out_layout, result, frame=index)
+                        seen.frame(
+                            sum(a.nbytes for a in sample.values()),
+                            result.arrays,
+                            time.perf_counter() - started,
+                        )
         finally:
             if self.draining.is_set():
                 # The reader must not outlive the call (it reads the call's stream: pyarrow
@@ -385,10 +407,12 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         command: runtime_pb2.PredictCommand,
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
+        seen: ExchangeObservation | None = None,
     ) -> None:
         """Lockstep predictions on one exchange, all in this thread: read a sample, answer it,
         read the next, until the client finishes writing or cancels. A sample that fails is
         answered with its error and the session goes on."""
+        seen = seen or ExchangeObservation("session", command.model_id)
         epoch = self._session_epoch
         layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
@@ -418,9 +442,10 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     if self._session_epoch != epoch:
                         logger.info("session ended before its frame %d", frame)
                         return
-                    out_layout = self._answer_session_sample(
-                        context, command, writer, out_layout, sample, dims, frame
-                    )
+                    with self._counting("busy_sessions"):
+                        out_layout = self._answer_session_sample(
+                            context, command, writer, out_layout, sample, dims, frame, seen
+                        )
                     frame += 1
 
     def _answer_session_sample(
@@ -432,10 +457,13 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         sample: dict[str, np.ndarray],
         dims: dict[str, tuple[str, ...]],
         frame: int,
+        seen: ExchangeObservation,
     ) -> SampleLayout | None:
         """Predict one sample of a session and write its outputs, or its error; returns the
         outputs' layout (the exchange's output schema, fixed by the first answered sample)."""
         cancelled = _CancelPolling(context)
+        started = time.perf_counter()
+        nbytes_in = sum(a.nbytes for a in sample.values())
         try:
             predicted = self.service.predict(
                 command, {k: aligned(v) for k, v in sample.items()}, dims, cancelled=cancelled
@@ -460,16 +488,20 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if context.is_cancelled():
                 raise
             _write_error(writer, frame, e)
+            seen.frame(nbytes_in, None, 0.0, e)
             return layout
         except Exception as e:
             logger.exception("frame %d of a session failed", frame)
             _write_error(
                 writer, frame, errors.InternalError(f"prediction failed: {type(e).__name__}: {e}")
             )
+            seen.frame(nbytes_in, None, 0.0)
             return layout
         if layout is None:
             writer.begin(out_layout.schema(), options=WRITE_OPTIONS)
-        return self._write_outputs(writer, out_layout, outputs, frame=frame)
+        written = self._write_outputs(writer, out_layout, outputs, frame=frame)
+        seen.frame(nbytes_in, outputs.arrays, time.perf_counter() - started)
+        return written
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -486,7 +518,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 raise errors.InvalidArgumentError(
                     f"unknown action {errors.clip(action.type)!r}; actions: {sorted(_ACTIONS)}"
                 )
-            result = handler(context, body)
+            with observing(action.type, ""):
+                result = handler(context, body)
         return iter([result])
 
     def _action_handlers(

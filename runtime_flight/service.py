@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from modelrunner import errors, types
+from modelrunner.metrics import WARM_LOOKUPS
 from modelrunner.settings import Settings
 from modelrunner.v1 import runtime_pb2
 
@@ -237,7 +238,10 @@ class RuntimeService:
         loads = self.pool.loads
         with self.pool.use(model_id, command.weight_format or None, command.device or None) as warm:
             if self.pool.loads != loads:
+                WARM_LOOKUPS.labels("miss").inc()
                 self._on_change()
+            else:
+                WARM_LOOKUPS.labels("hit").inc()
             yield warm
 
     # -- actions -------------------------------------------------------------------------------

@@ -178,3 +178,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_the_single_machine_default_never_imports_ray() -> None:
+    code = (
+        "import sys, modelrunner.cli, modelrunner.serving, modelrunner.entry_server.server, "
+        "modelrunner.runtime_flight.server; "
+        "modelrunner.cli.build_parser().parse_args(['serve']); "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

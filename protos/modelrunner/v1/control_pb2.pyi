@@ -124,7 +124,7 @@ class CacheInfo(_message.Message):
     def __init__(self, directory: _Optional[str] = ..., used_bytes: _Optional[int] = ..., budget_bytes: _Optional[int] = ..., models: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("modelrunner_version", "package_versions", "python_version", "platform", "cache", "runtimes")
+    __slots__ = ("modelrunner_version", "package_versions", "python_version", "platform", "cache", "runtimes", "metrics_uri")
     class PackageVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,13 +138,15 @@ class GetServerInfoResponse(_message.Message):
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_URI_FIELD_NUMBER: _ClassVar[int]
     modelrunner_version: str
     package_versions: _containers.ScalarMap[str, str]
     python_version: str
     platform: str
     cache: CacheInfo
     runtimes: _containers.RepeatedCompositeFieldContainer[_models_pb2.RuntimeInfo]
-    def __init__(self, modelrunner_version: _Optional[str] = ..., package_versions: _Optional[_Mapping[str, str]] = ..., python_version: _Optional[str] = ..., platform: _Optional[str] = ..., cache: _Optional[_Union[CacheInfo, _Mapping]] = ..., runtimes: _Optional[_Iterable[_Union[_models_pb2.RuntimeInfo, _Mapping]]] = ...) -> None: ...
+    metrics_uri: str
+    def __init__(self, modelrunner_version: _Optional[str] = ..., package_versions: _Optional[_Mapping[str, str]] = ..., python_version: _Optional[str] = ..., platform: _Optional[str] = ..., cache: _Optional[_Union[CacheInfo, _Mapping]] = ..., runtimes: _Optional[_Iterable[_Union[_models_pb2.RuntimeInfo, _Mapping]]] = ..., metrics_uri: _Optional[str] = ...) -> None: ...
 
 class TestModelRequest(_message.Message):
     __slots__ = ("model_id", "weight_format", "device")

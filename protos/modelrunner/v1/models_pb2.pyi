@@ -294,7 +294,7 @@ class LoadedModel(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., serving_path: _Optional[str] = ..., serving_path_reason: _Optional[str] = ..., precision_max_abs_error: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RuntimeInfo(_message.Message):
-    __slots__ = ("runtime_id", "flight_uri", "devices", "loaded_models", "package_versions", "weight_formats", "available", "unavailable_reason", "last_seen_at", "memory_budget_bytes")
+    __slots__ = ("runtime_id", "flight_uri", "devices", "loaded_models", "package_versions", "weight_formats", "available", "unavailable_reason", "last_seen_at", "memory_budget_bytes", "queue_depth", "metrics_uri")
     class PackageVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +312,8 @@ class RuntimeInfo(_message.Message):
     UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    METRICS_URI_FIELD_NUMBER: _ClassVar[int]
     runtime_id: str
     flight_uri: str
     devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
@@ -322,7 +324,9 @@ class RuntimeInfo(_message.Message):
     unavailable_reason: str
     last_seen_at: _timestamp_pb2.Timestamp
     memory_budget_bytes: int
-    def __init__(self, runtime_id: _Optional[str] = ..., flight_uri: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., loaded_models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., package_versions: _Optional[_Mapping[str, str]] = ..., weight_formats: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ...) -> None: ...
+    queue_depth: int
+    metrics_uri: str
+    def __init__(self, runtime_id: _Optional[str] = ..., flight_uri: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., loaded_models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., package_versions: _Optional[_Mapping[str, str]] = ..., weight_formats: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., metrics_uri: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("stage", "done", "total", "unit")
