@@ -188,7 +188,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             request.weight_format,
             request.device,
             current_identity(),
-            wait_s=context.time_remaining(),
+            wait_s=_wait_within(context),
         )
         return control_pb2.GetModelRouteResponse(
             model_id=route.model_id,
@@ -240,3 +240,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             model_id=model_id,
             audience=identity.audience,
         )
+
+
+def _wait_within(context: grpc.ServicerContext) -> float | None:
+    """How long a call may wait for a runtime: a little less than its remaining time, so that
+    the caller hears "no runtime registered" (UNAVAILABLE, retried) rather than its deadline."""
+    left = context.time_remaining()
+    return None if left is None else max(0.0, left - 0.2)

@@ -65,3 +65,15 @@ def test_a_wait_ends_at_the_callers_deadline(tmp_path: Path) -> None:
     with pytest.raises(errors.UnavailableError, match="no runtime registered"):
         directory.candidates("m", model_weight_formats=["onnx"], wait_s=0.2)
     assert time.monotonic() - start < 5
+
+
+def test_a_route_call_hears_unavailable_before_its_deadline(start_server: ServerFactory) -> None:
+    """The wait ends a little before the caller's deadline: the caller gets UNAVAILABLE (which
+    the client retries), not DEADLINE_EXCEEDED, and the thread goes back to the pool."""
+    control = start_server(runtime_wait_s=20)
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        control.stub.GetModelRoute(control_pb2.GetModelRouteRequest(model_id=model.id), timeout=1)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - start < 5
