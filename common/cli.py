@@ -43,11 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside the handlers below
+        return code
     except KeyboardInterrupt:
         # Ctrl-C only: a CancelledError from the server (a call cut off by its shutdown, say)
         # is an error like any other, not the user's own cancel
         return _cancelled()
+    except BrokenPipeError:
+        # `modelrunner models | head`: the reader has what it wanted; say nothing more (and
+        # keep Python from complaining about stdout again at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except errors.ModelRunnerError as e:
         print(f"error ({e.code.name}): {e.message}", file=sys.stderr)
         hint = _hint(args, e)

@@ -137,6 +137,8 @@ def _connect(args: argparse.Namespace, stack: ExitStack) -> ModelRunnerClient:
             "`modelrunner serve`)",
             file=sys.stderr,
         )
+    else:
+        print("running the model in this process (--embedded)", file=sys.stderr)
     from modelrunner.serving import start_embedded
     from modelrunner.settings import Settings
 

@@ -108,6 +108,8 @@ def start_runtime(
     With ``settings.auth`` the runtime registers with ``runtime_token`` (default
     ``settings.runtime_token``) and checks its callers' tokens with ``caller_check`` (default:
     by asking the control service). With ``settings.tls_cert_file`` it speaks TLS."""
+    import pyarrow as pa
+
     from modelrunner.metrics import add_state_source
     from modelrunner.runtime_flight.caller_auth import CallerChecks, RemoteCallerCheck
     from modelrunner.runtime_flight.exchange_metrics import runtime_state
@@ -144,14 +146,23 @@ def start_runtime(
     locator_ref: list[PackageLocator] = []
     service = RuntimeService(settings, lambda model_id: locator_ref[0].package_dir(model_id))
     scheme = "grpc+tls" if server_tls is not None else "grpc"
-    server = RuntimeFlightServer(
-        f"{scheme}://{host}:{settings.flight_port}",
-        service,
-        caller_checks=CallerChecks(
-            caller_check if settings.auth else None, lambda: service.runtime_id
-        ),
-        **(server_tls.flight_kwargs() if server_tls is not None else {}),
-    )
+    try:
+        server = RuntimeFlightServer(
+            f"{scheme}://{host}:{settings.flight_port}",
+            service,
+            caller_checks=CallerChecks(
+                caller_check if settings.auth else None, lambda: service.runtime_id
+            ),
+            **(server_tls.flight_kwargs() if server_tls is not None else {}),
+        )
+    except pa.ArrowException as exc:
+        service.close()
+        # pyarrow says only "Server did not start properly"; the usual cause is a port in use
+        # (a second runtime on a host whose first took the default 8815)
+        raise errors.UnavailableError(
+            f"the runtime cannot listen on {host}:{settings.flight_port} ({exc}): is the port "
+            "in use? Choose another with --flight-port (0: any free port)"
+        ) from None
     cleanup = ExitStack()
     cleanup.callback(service.close)
     cleanup.callback(server.shutdown)

@@ -4,13 +4,20 @@ answers."""
 
 from __future__ import annotations
 
+import shlex
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from modelrunner import errors
 from modelrunner.cli import main
 from modelrunner.client import ModelInfo
-from modelrunner.serving import RunningServer
+from modelrunner.runtime_flight.server import RuntimeFlightServer
+from modelrunner.serving import RunningServer, start_runtime
+from modelrunner.settings import Settings
 from tests.zoo import NUCLEI
 
 
@@ -94,3 +101,41 @@ def test_other_unavailable_errors_get_no_start_hint(
     """The hint is for a server that is not there; a server that answers gets none."""
     code, _, err = _run(capsys, "describe", "0123456789abcdef", "--server", server.address)
     assert code == 1 and "modelrunner serve" not in err
+
+
+def test_a_second_runtime_on_the_first_ones_port_says_which_flag_to_change(
+    server: RunningServer, runtime: RuntimeFlightServer, tmp_path: Path
+) -> None:
+    """`modelrunner runtime --control ...` next to `modelrunner serve` takes the default Flight
+    port the embedded runtime holds: one clear error, not pyarrow's traceback."""
+    settings = Settings(
+        host="127.0.0.1", port=0, flight_port=runtime.port, cache_dir=tmp_path / "cache"
+    )
+    with pytest.raises(errors.UnavailableError) as raised:
+        start_runtime(settings, server.address)
+    assert raised.value.message.startswith(
+        f"the runtime cannot listen on 127.0.0.1:{runtime.port} ("
+    )
+    assert raised.value.message.endswith(
+        "is the port in use? Choose another with --flight-port (0: any free port)"
+    )
+
+
+def test_output_piped_into_head_ends_quietly(server: RunningServer, nuclei: ModelInfo) -> None:
+    """`modelrunner describe ID | head -1`: the reader closes the pipe early; no traceback."""
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from modelrunner.cli import main; sys.exit(main())",
+    ]
+    shell = " ".join(
+        [*(shlex.quote(c) for c in command), "describe", nuclei.id[:12], "--server", server.address]
+    )
+    result = subprocess.run(
+        ["bash", "-c", f"{shell} | true"],  # the reader is gone before anything is written
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
