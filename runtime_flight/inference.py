@@ -46,7 +46,7 @@ from modelrunner.errors import (
 )
 
 from .batch_split import split_batch, stack_outputs
-from .core_blocks import follow_implied_references
+from .core_blocks import predict_blockwise
 from .input_mapping import DimNames, Inputs, as_sample, input_shapes, map_inputs
 from .options import PredictOptions
 from .serving_paths import NOT_CHECKED, PathName, ServingPath
@@ -619,21 +619,16 @@ def _predict_tiles(
     skip_preprocessing: bool,
     skip_postprocessing: bool,
 ) -> Sample:
-    follow_implied_references(pipeline, descr)
-    total, intermediates = pipeline.predict_sample_with_blocking_yield_intermediates(
+    return predict_blockwise(
+        pipeline,
+        descr,
         sample,
-        skip_preprocessing=skip_preprocessing,
-        skip_postprocessing=skip_postprocessing,
+        progress,
         ns=plan.ns,
         batch_size=plan.block_batch,
+        skip_preprocessing=skip_preprocessing,
+        skip_postprocessing=skip_postprocessing,
     )
-    last = None
-    for done, intermediate in enumerate(intermediates, start=1):
-        last = intermediate
-        if progress is not None:
-            progress(done, total)
-    assert last is not None, "bioimageio.core predicted no blocks"
-    return last.sample
 
 
 def _crop(tensor: Tensor, sizes: Mapping[v0_5.AxisId, int]) -> Tensor:

@@ -27,7 +27,7 @@ from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import ResourceExhaustedError
 
-from .core_blocks import follow_implied_references
+from .core_blocks import predict_blockwise
 from .input_mapping import as_sample
 from .options import PredictOptions
 from .streamed_tiling import Progress
@@ -63,20 +63,15 @@ def predict_kept_shape(
             skip_input_padding=True,
             skip_output_cropping=True,
         )
-    follow_implied_references(pipeline, descr)
-    total, intermediates = pipeline.predict_sample_with_blocking_yield_intermediates(
+    return predict_blockwise(
+        pipeline,
+        descr,
         sample,
+        progress,  # also where a cancelled call stops
+        ns=options.blocksize,
         skip_preprocessing=options.skip_preprocessing,
         skip_postprocessing=options.skip_postprocessing,
-        ns=options.blocksize,
     )
-    last = None
-    for done, intermediate in enumerate(intermediates, start=1):
-        last = intermediate
-        if progress is not None:
-            progress(done, total)  # also where a cancelled call stops
-    assert last is not None, "bioimageio.core predicted no blocks"
-    return last.sample
 
 
 def _check_network_input(
