@@ -18,9 +18,10 @@ the call's reader, so that
   (``KeyboardInterrupt`` with the default handler): raised inside a pyarrow middleware callback,
   where it would otherwise land, pyarrow logs the exception and drops it.
 
-The wakeup fd and the handler are borrowed only while a call waits. All of it costs about 6 µs
-a call in the main thread and 3 µs in others (no thread hop; a 512x512 frame's round trip takes
-about 1.5 ms).
+The wakeup fd and the handler are borrowed only while a call waits. That costs 5-6 µs alone, but
+40-70 µs inside a real call in the main thread (borrowing the wakeup fd is the dear part;
+benchmarks/README.md, "Cancelling"), and nothing in other threads; a 512x512 frame's round trip
+takes about 2 ms.
 """
 
 from __future__ import annotations
