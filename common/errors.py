@@ -2,7 +2,7 @@
 the client.
 
 Every error knows its gRPC status code. The control service maps them in one interceptor, the
-runtime raises the matching Flight error through :func:`modelrunner.runtime_flight.flight_errors`,
+runtime raises the matching Flight error through :func:`modelrunner.runtime_flight.exchange_calls.flight_errors`,
 and the client turns both back into these types, so callers never see ``grpc.RpcError`` or
 ``pyarrow.flight.FlightError``::
 

@@ -35,14 +35,11 @@ import numpy as np
 
 from modelrunner import errors
 from modelrunner.auth import Identity, token_hash
-from modelrunner.client._flight import (
-    RuntimeConnections,
-    exchange_predict,
-    predict_command,
-    reachable_uri,
-)
+from modelrunner.client._flight import RuntimeConnections, exchange_predict, reachable_uri
 from modelrunner.client._sessions import fits_session
 from modelrunner.entry_server.control_plane import ControlPlane, Route
+from modelrunner.predict_command import to_command
+from modelrunner.predict_request import PredictRequest
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
@@ -76,12 +73,7 @@ class LocalRuntime(Protocol):
     """A runtime in this process (``runtime_flight.service.RuntimeService``)."""
 
     def predict_whole(
-        self,
-        command: runtime_pb2.PredictCommand,
-        arrays: dict[str, np.ndarray],
-        dims: Mapping[str, tuple[str, ...]],
-        *,
-        cancelled: Callable[[], bool] = ...,
+        self, request: PredictRequest, *, cancelled: Callable[[], bool] = ...
     ) -> PredictedOutputs: ...
 
 
@@ -146,22 +138,23 @@ class RuntimeForwarding:
         cancelled: Callable[[], bool] = lambda: False,
     ) -> dict[str, np.ndarray]:
         """Predict one sample on the route's best runtime."""
-        command = predict_command(
-            route.model_id,
-            options.weight_format,
-            options.device,
-            nan_policy=options.nan_policy,
+        request = PredictRequest(
+            model_id=route.model_id,
+            inputs=dict(arrays),
+            dim_names=dict(dim_names),
+            weight_format=options.weight_format,
+            device=options.device,
+            nan_policy=options.nan_policy,  # type: ignore[arg-type]  # checked by the request
             blocksize=options.blocksize,
             reference_path=options.reference_path,
-            precision=options.precision,
+            precision=options.precision,  # type: ignore[arg-type]
+            timeout_s=options.timeout_s,
         )
         try:
             local = self._local.get(route.runtime_id)
             if local is not None:
-                return local.predict_whole(
-                    command, dict(arrays), dim_names, cancelled=cancelled
-                ).arrays
-            return self._over_flight(route, command, arrays, dim_names, options, token)
+                return local.predict_whole(request, cancelled=cancelled).arrays
+            return self._over_flight(route, to_command(request), arrays, dim_names, options, token)
         except errors.UnavailableError:
             self._forget_route(route)
             raise

@@ -1,31 +1,44 @@
 """The runtime (data plane): warm bioimageio.core pipelines, inference of any image size,
-batches, tiling and model tests, behind the Arrow Flight server (:mod:`.server`).
+batches, tiling and model tests, behind the Arrow Flight edge (:mod:`.server`).
 
-Transport-free modules, one responsibility each:
+The data plane, transport-free (a ``PredictRequest`` in, typed outputs out), one
+responsibility per module:
 
-    devices         cpu / cuda:N names, defaults, availability, memory
-    weight_formats  which weight format runs a model on which device
-    descriptions    a package's model description (format 0.5), weight file sizes
+    service         RuntimeService: predictions, frames, load, unload, tests, state
+    limits          RuntimeLimits: what one prediction may spend (sample and tile bytes)
+    outputs         Outputs, StreamedOutputs: what a prediction answers
     pipelines       PipelinePool: warm pipelines per (model, format, device), memory budget
-    warm_pipeline   WarmPipeline: a lent pipeline, one inference at a time, statistics
-    options         PredictOptions: blocksize, NaN policy, skipping processing, batch size
-    input_mapping   arrays (+ dim names) -> a validated sample in the model's axis order
-    size_fitting    whole, padded or tiled: the plan for an input size
-    inference       predict: one sample, any size (whole, padded or tiled)
-    batching        predict_batch: several samples, stacked along the batch axis when possible
-    model_tests     run_model_test: bioimageio.core's model test as a ValidationReport
-    lean_stats      sample mean/var/std in bounded chunks (no full-size temporaries)
-    streamed_tiling blockwise prediction that yields finished output rows, never the whole
+    warm_pipeline   WarmPipeline: a loaded model, its fast path, plans, lock, statistics and
+                    predict paths
+    inference       predict and start one sample of any size (whole, padded or tiled)
+    batching        several samples, stacked along the batch axis when possible
+    kept_shape      bioimageio.core's call on a sample as sent (keep_shape, halo padding)
+    core_calls      bioimageio.core's call sequence, written once
     core_blocks     how bioimageio.core places output blocks (fixed-size outputs that follow inputs)
-    memory_release  hand freed memory back to the OS after large requests (glibc)
-    device_processing  bioimage.io pre/postprocessing as torch operations on the model's device
+    input_mapping   arrays (+ dim names) -> validated arrays in the model's axis order
+    tied_sizes      the sample as a whole: sizes a description ties across tensors
+    size_fitting    whole, padded or tiled: the plan for an input size, and recent plans
+    batch_split     a batch larger than the model's fixed batch size, sample by sample
+    streamed_tiling blockwise prediction that yields finished output rows, never the whole
+    lean_stats      sample mean/var/std in bounded chunks (no full-size temporaries)
     fast_path       processing and network fused on the device, checked against bioimageio.core
+    fast_networks   the networks the fast path calls (bioimageio.core's loaded models)
+    device_processing  bioimage.io pre/postprocessing as torch operations on the model's device
     device_tiles    tiled prediction with bioimageio.core's blocks, the network on stacks of them
+    failures        a framework's failure as the caller reads it (model, shapes, reason)
+    serving_paths   which path serves a model, and why
+    model_tests     run_model_test: bioimageio.core's model test as a ValidationReport
+    devices, weight_formats, descriptions   devices, formats and descriptions
+    memory_release  hand freed memory back to the OS after large requests (glibc)
 
-The transport and process around them:
+The Flight edge (protobuf here only), and the process around it:
 
-    service         RuntimeService: what the Flight server calls (predict, frames, load, test)
-    server          RuntimeFlightServer: do_exchange (predictions, streams) and do_action
+    server          RuntimeFlightServer: do_exchange dispatching by kind, do_action
+    single_exchange, stream_exchange, session_exchange   one module per exchange kind
+    exchange_calls  what every exchange shares: the call, cancel polling, errors, counters
+    frame_io        frames in and out: layouts, reading, the frame reader thread, writing
+    flight_actions  load, unload, test, info
+    exchange_metrics, caller_auth   Prometheus metrics; who may call
     packages        PackageLocator: a model's package from the shared cache or the control service
     registration    Registration: announce the runtime to the control service, heartbeats
 
@@ -39,21 +52,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .batching import predict_batch
     from .devices import available_devices, default_device, device_infos, resolve_device
-    from .inference import predict
+    from .limits import RuntimeLimits
     from .model_tests import run_model_test
-    from .options import PredictOptions
+    from .outputs import Outputs
     from .pipelines import PipelinePool
+    from .service import RuntimeService
     from .warm_pipeline import WarmPipeline
     from .weight_formats import runnable_formats
 
 _EXPORTS = {
+    "Outputs": "outputs",
     "PipelinePool": "pipelines",
+    "RuntimeLimits": "limits",
+    "RuntimeService": "service",
     "WarmPipeline": "warm_pipeline",
-    "PredictOptions": "options",
-    "predict": "inference",
-    "predict_batch": "batching",
     "run_model_test": "model_tests",
     "available_devices": "devices",
     "default_device": "devices",
@@ -63,14 +76,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Outputs",
     "PipelinePool",
-    "PredictOptions",
+    "RuntimeLimits",
+    "RuntimeService",
     "WarmPipeline",
     "available_devices",
     "default_device",
     "device_infos",
-    "predict",
-    "predict_batch",
     "resolve_device",
     "run_model_test",
     "runnable_formats",

@@ -4,100 +4,83 @@ that changes nothing, else one by one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal, overload
 
 import numpy as np
-from bioimageio.core import PredictionPipeline
 from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import ModelRunnerError
 
-from .inference import Cancelled, Outputs, check_cancelled, model_descr, predict_mapped
-from .input_mapping import DimNames, Inputs, map_inputs
-from .options import PredictOptions
+from .inference import Predicted, Prediction, check_cancelled, mapped_inputs, predict_mapped
 
 logger = logging.getLogger(__name__)
 Mapped = dict[MemberId, np.ndarray]
 """A sample's input arrays as :func:`~.input_mapping.map_inputs` gives them."""
+Frame = Mapping[str, np.ndarray]
+"""A sample's arrays by input id ("": the only input); their dim names are the request's."""
 
 
 @overload
 def predict_batch(
-    pipeline: PredictionPipeline,
-    samples: Sequence[Inputs],
-    dim_names: DimNames | None = ...,
-    options: PredictOptions | None = ...,
-    *,
-    return_errors: Literal[False] = ...,
-    cancelled: Cancelled | None = ...,
-) -> list[Outputs]: ...
+    call: Prediction, samples: Sequence[Frame], *, return_errors: Literal[False] = ...
+) -> list[Predicted]: ...
 
 
 @overload
 def predict_batch(
-    pipeline: PredictionPipeline,
-    samples: Sequence[Inputs],
-    dim_names: DimNames | None = ...,
-    options: PredictOptions | None = ...,
-    *,
-    return_errors: Literal[True],
-    cancelled: Cancelled | None = ...,
-) -> list[Outputs | ModelRunnerError]: ...
+    call: Prediction, samples: Sequence[Frame], *, return_errors: Literal[True]
+) -> list[Predicted | ModelRunnerError]: ...
 
 
 def predict_batch(
-    pipeline: PredictionPipeline,
-    samples: Sequence[Inputs],
-    dim_names: DimNames | None = None,
-    options: PredictOptions | None = None,
-    *,
-    return_errors: bool = False,
-    cancelled: Cancelled | None = None,
-) -> list[Outputs] | list[Outputs | ModelRunnerError]:
-    """Predict several samples (e.g. frames of a stream), in order.
+    call: Prediction, samples: Sequence[Frame], *, return_errors: bool = False
+) -> list[Predicted] | list[Predicted | ModelRunnerError]:
+    """Predict several samples (e.g. frames of a stream) with the call's request, in order.
 
     Consecutive samples of equal shapes and dtypes are stacked along the model's batch axis, at
-    most ``options.max_batch_size`` at a time (0: no limit), when the model takes any batch size
+    most ``request.max_batch_size`` at a time (0: no limit), when the model takes any batch size
     and no pre/postprocessing step computes statistics across the batch axis (then stacking
-    would change the results). Otherwise, samples run one by one.
+    would change the results). Otherwise, samples run one by one. ``call.cancelled`` is asked
+    between stacks and samples.
 
     Args:
         return_errors: put a failed sample's error in its place in the result and go on,
             instead of raising it.
-        cancelled: polled between stacks and samples; True stops with CancelledError.
     """
-    options = options or PredictOptions()
-    descr = model_descr(pipeline)
-    results: list[Outputs | ModelRunnerError | None] = [None] * len(samples)
+    descr = call.descr
+    results: list[Predicted | ModelRunnerError | None] = [None] * len(samples)
     built: list[tuple[int, Mapped]] = []
     for i, inputs in enumerate(samples):
         try:
-            built.append((i, map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)))
+            built.append(
+                (i, mapped_inputs(replace(call, request=call.request.with_inputs(inputs))))
+            )
         except ModelRunnerError as e:
             if not return_errors:
                 raise
             results[i] = e
 
     def run_one(i: int, arrays: Mapped) -> None:
-        check_cancelled(cancelled)
+        check_cancelled(call.cancelled)
         try:
-            results[i] = predict_mapped(pipeline, descr, arrays, options)
+            results[i] = predict_mapped(call, arrays)
         except ModelRunnerError as e:
             if not return_errors:
                 raise
             results[i] = e
 
-    limit = options.max_batch_size or len(samples)
+    limit = call.request.max_batch_size or len(samples)
     groups = _groups(built, limit) if stackable(descr) else [[s] for s in built]
     for group in groups:
         if len(group) == 1:
             run_one(*group[0])
             continue
-        check_cancelled(cancelled)
+        check_cancelled(call.cancelled)
         try:
-            stacked = predict_mapped(pipeline, descr, _stack(descr, group), options)
+            stacked = predict_mapped(call, _stack(descr, group))
         except ModelRunnerError as e:
             logger.info("stacked batch of %d failed (%s); predicting one by one", len(group), e)
             for item in group:
@@ -160,11 +143,11 @@ def _stack(descr: v0_5.ModelDescr, group: list[tuple[int, Mapped]]) -> Mapped:
 
 
 def _split(
-    descr: v0_5.ModelDescr, outputs: Outputs, group: list[tuple[int, Mapped]]
-) -> list[Outputs]:
+    descr: v0_5.ModelDescr, outputs: Predicted, group: list[tuple[int, Mapped]]
+) -> list[Predicted]:
     first = next(t for t in descr.inputs if t.id in group[0][1])
     sizes = [arrays[first.id].shape[_batch_index(first.axes)] for _, arrays in group]
-    parts = [Outputs.of({}, outputs.path) for _ in group]
+    parts = [Predicted.of({}, outputs.path) for _ in group]
     for out in descr.outputs:
         array = outputs.get(str(out.id))
         if array is None:

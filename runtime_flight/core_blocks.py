@@ -1,12 +1,12 @@
 """What bioimageio.core's blockwise prediction needs from a pipeline, shared by the assembled
-(:mod:`.inference`) and the streamed (:mod:`.streamed_tiling`) tiled predictions."""
+(:mod:`.core_calls`), the streamed (:mod:`.streamed_tiling`) and the fast path's
+(:mod:`.device_tiles`) tiled predictions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from bioimageio.core import PredictionPipeline, Sample
+from bioimageio.core import PredictionPipeline
 from bioimageio.core.sample import LinearSampleAxisTransform
 from bioimageio.spec.model import v0_5
 
@@ -35,36 +35,6 @@ def follow_implied_references(pipeline: PredictionPipeline, descr: v0_5.ModelDes
                 offset=0,
                 member=inp,
             )
-
-
-def predict_blockwise(
-    pipeline: PredictionPipeline,
-    descr: v0_5.ModelDescr,
-    sample: Sample,
-    progress: Callable[[int, int], None] | None,
-    *,
-    ns: Any,
-    batch_size: int | None = None,
-    skip_preprocessing: bool,
-    skip_postprocessing: bool,
-) -> Sample:
-    """bioimageio.core's own blockwise prediction of ``sample``, ``progress(done, total)`` after
-    each block (where a cancelled call stops)."""
-    follow_implied_references(pipeline, descr)
-    total, intermediates = pipeline.predict_sample_with_blocking_yield_intermediates(
-        sample,
-        skip_preprocessing=skip_preprocessing,
-        skip_postprocessing=skip_postprocessing,
-        ns=ns,
-        batch_size=batch_size,
-    )
-    last = None
-    for done, intermediate in enumerate(intermediates, start=1):
-        last = intermediate
-        if progress is not None:
-            progress(done, total)
-    assert last is not None, "bioimageio.core predicted no blocks"
-    return last.sample
 
 
 def block_transform(pipeline: PredictionPipeline) -> BlockTransform | None:

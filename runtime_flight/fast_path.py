@@ -27,35 +27,24 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from bioimageio.core import PredictionPipeline
 from bioimageio.spec.model import v0_5
 
+from .core_calls import output_arrays
 from .device_processing import Processing, Statistics, Unsupported, processing_for
+from .fast_networks import Network, TorchNetwork, download, from_numpy, network_for
+from .input_mapping import as_sample, map_inputs
 from .serving_paths import ServingPath
 
 logger = logging.getLogger(__name__)
 
 
 PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# Arrays received over Flight are read-only; no step writes into its input. torch warns once a
-# process; a filter set once (rather than around every call) is also safe across threads.
-warnings.filterwarnings(
-    "ignore",
-    message="The given NumPy array is not writable",
-    category=UserWarning,
-    module=__name__,
-)
-
-
-class Network(Protocol):
-    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]: ...
 
 
 class FastPath:
@@ -155,7 +144,7 @@ class FastPath:
                 k: v for k, v in zip(self.output_ids, results, strict=False) if v is not None
             }
             outputs = self.processing.postprocess(outputs, stats)
-            return {k: _download(v) for k, v in outputs.items()}
+            return {k: download(v) for k, v in outputs.items()}
 
     def preprocess(
         self, arrays: Mapping[str, np.ndarray], *, nan_possible: bool
@@ -164,7 +153,7 @@ class FastPath:
         :meth:`postprocess` needs: for a sample whose network runs block by block elsewhere."""
         with torch.inference_mode():
             inputs, stats = self._preprocess(arrays, nan_possible)
-            return {k: _download(v) for k, v in inputs.items()}, stats
+            return {k: download(v) for k, v in inputs.items()}, stats
 
     def _preprocess(
         self, arrays: Mapping[str, np.ndarray], nan_possible: bool
@@ -178,9 +167,9 @@ class FastPath:
     ) -> dict[str, np.ndarray]:
         """The network's outputs (each in its output's axis order) after postprocessing."""
         with torch.inference_mode():
-            on_device = {k: _from_numpy(v).to(self.device) for k, v in outputs.items()}
+            on_device = {k: from_numpy(v).to(self.device) for k, v in outputs.items()}
             return {
-                k: _download(v) for k, v in self.processing.postprocess(on_device, stats).items()
+                k: download(v) for k, v in self.processing.postprocess(on_device, stats).items()
             }
 
     def run_network(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -188,7 +177,7 @@ class FastPath:
         with torch.inference_mode():
             results = self.network([self._upload(k, arrays[k]) for k in self.input_ids])
             return {
-                k: _download(v)
+                k: download(v)
                 for k, v in zip(self.output_ids, results, strict=False)
                 if v is not None
             }
@@ -198,149 +187,17 @@ class FastPath:
         device is asynchronous, and the buffer is reused only by the next call, after this one
         synchronised (its outputs' copy back to the host)."""
         if self.device.type != "cuda":
-            return _from_numpy(array)
+            return from_numpy(array)
         key = (input_id, array.shape, array.dtype)
         staging = self._staging.get(key)
         if staging is None:
             if len(self._staging) >= 8:
                 self._staging.clear()
             staging = self._staging[key] = torch.empty(
-                array.shape, dtype=_from_numpy(array[:0]).dtype, pin_memory=True
+                array.shape, dtype=from_numpy(array[:0]).dtype, pin_memory=True
             )
         np.copyto(staging.numpy(), array)
         return staging.to(self.device, non_blocking=True)
-
-
-def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    try:
-        return torch.from_numpy(array)
-    except (ValueError, TypeError):  # negative strides, non-native byte order
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
-
-
-def _download(tensor: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(tensor.detach().cpu().numpy())
-
-
-# -- networks ----------------------------------------------------------------------------------
-
-
-class _AdapterModels:
-    """The loaded (device, model) pairs of a bioimageio.core adapter, borrowed one call at a time
-    from its queue exactly as the adapter's own ``forward`` does."""
-
-    def __init__(self, adapter: Any) -> None:
-        for name in ("_model_queue", "_forward_impl"):
-            if not hasattr(adapter, name):
-                raise Unsupported(f"the {type(adapter).__name__} has no {name}")
-        self.adapter = adapter
-        device, model = adapter._model_queue.get()
-        adapter._model_queue.put((device, model))
-        # facts about the model, not the model: unloading the adapter must free it
-        self.device = device
-        self.providers = tuple(model.get_providers()) if hasattr(model, "get_providers") else ()
-        self.input_names = [i.name for i in model.get_inputs()] if self.providers else []
-        self.output_names = [o.name for o in model.get_outputs()] if self.providers else []
-
-
-class TorchNetwork:
-    """A PyTorch or TorchScript module called on device tensors."""
-
-    def __init__(self, models: _AdapterModels) -> None:
-        self.models = models
-        self.device = torch.device(models.device)
-
-    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-        queue = self.models.adapter._model_queue
-        device, model = queue.get()
-        try:
-            result = model(*inputs)
-        finally:
-            queue.put((device, model))
-        return _as_list(result)
-
-
-class ArrayNetwork:
-    """Any network bioimageio.core runs on numpy arrays (ONNX, TensorFlow, Keras), on the CPU."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, models: _AdapterModels) -> None:
-        self.models = models
-
-    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-        arrays = [np.ascontiguousarray(t.cpu().numpy()) for t in inputs]
-        adapter = self.models.adapter
-        device, model = adapter._model_queue.get()
-        try:
-            results = adapter._forward_impl(device, model, arrays)
-        finally:
-            adapter._model_queue.put((device, model))
-        return [None if r is None else _from_numpy(np.asarray(r)) for r in _as_list(results)]
-
-
-class OnnxCudaNetwork:
-    """An ONNX Runtime session with the CUDA provider, fed device tensors through IO binding (no
-    host round trip between the preprocessing and the network; its outputs come back through
-    the host, ``copy_outputs_to_cpu``)."""
-
-    def __init__(self, models: _AdapterModels, device: torch.device) -> None:
-        self.models = models
-        self.device = device
-        self.input_names = models.input_names
-        self.output_names = models.output_names
-
-    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-        queue = self.models.adapter._model_queue
-        device, session = queue.get()
-        try:
-            binding = session.io_binding()
-            kept = []
-            for name, tensor in zip(self.input_names, inputs, strict=False):
-                tensor = tensor.contiguous()
-                kept.append(tensor)
-                binding.bind_input(
-                    name,
-                    "cuda",
-                    self.device.index or 0,
-                    _numpy_dtype(tensor.dtype),
-                    list(tensor.shape),
-                    tensor.data_ptr(),
-                )
-            for name in self.output_names:
-                binding.bind_output(name, "cuda", self.device.index or 0)
-            torch.cuda.current_stream(self.device).synchronize()
-            session.run_with_iobinding(binding)
-            results = binding.copy_outputs_to_cpu()
-        finally:
-            queue.put((device, session))
-        return [torch.from_numpy(np.asarray(r)).to(self.device) for r in results]
-
-
-def _numpy_dtype(dtype: torch.dtype) -> type:
-    return torch.empty((), dtype=dtype).numpy().dtype.type
-
-
-def _as_list(result: Any) -> list[Any]:
-    return list(result) if isinstance(result, (list, tuple)) else [result]
-
-
-def network_for(pipeline: PredictionPipeline, weight_format: str, device: str) -> Network:
-    """The pipeline's network as a :class:`Network`.
-
-    Raises:
-        Unsupported: the adapter does not expose its loaded models.
-    """
-    adapter = getattr(pipeline, "_adapter", None)
-    if adapter is None:
-        raise Unsupported("the pipeline has no local model adapter")
-    models = _AdapterModels(adapter)
-    if weight_format in ("pytorch_state_dict", "torchscript"):
-        return TorchNetwork(models)
-    cuda_onnx = weight_format == "onnx" and device.startswith("cuda")
-    if cuda_onnx and "CUDAExecutionProvider" in models.providers:
-        return OnnxCudaNetwork(models, torch.device(device))
-    return ArrayNetwork(models)
 
 
 # -- choosing the path -------------------------------------------------------------------------
@@ -436,9 +293,6 @@ def _verify(
     fast: FastPath, pipeline: PredictionPipeline, descr: v0_5.ModelDescr, weight_format: str
 ) -> ServingPath:
     from bioimageio.core.digest_spec import get_test_input_sample
-
-    from .inference import output_arrays
-    from .input_mapping import as_sample, map_inputs
 
     sample = get_test_input_sample(descr)
     inputs = {str(m): t.data.to_numpy() for m, t in sample.members.items()}

@@ -23,6 +23,9 @@ in bioimageio.core.
 
 Float inputs with NaN or infinite values are refused unless ``nan_policy`` is ``allow``: one
 non-finite pixel makes a normalising model's whole output NaN.
+
+Then the sample as a whole (:func:`.tied_sizes.check_tied_sizes`): sizes the description ties
+across tensors.
 """
 
 from __future__ import annotations
@@ -36,8 +39,7 @@ from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import InvalidTensorError, clip
-
-from .options import NanPolicy
+from modelrunner.predict_request import NanPolicy
 
 Inputs = Mapping[str, Any] | np.ndarray
 """Arrays by input id, or one array for a single-input model."""
@@ -388,3 +390,22 @@ def check_finite(tensor: str, array: np.ndarray) -> None:
         f"input '{tensor}' contains {found} value(s); send nan_policy=allow to pass them to "
         + "the model",
     )
+
+
+def name_the_only_input(
+    descr: v0_5.ModelDescr,
+    arrays: Mapping[str, np.ndarray],
+    dims: Mapping[str, Sequence[str]],
+) -> tuple[Mapping[str, np.ndarray], Mapping[str, Sequence[str]]]:
+    """A single array named "" is the model's only input (clients need not know its id)."""
+    if "" not in arrays:
+        return arrays, dims
+    inputs = descr.inputs
+    if len(arrays) > 1 or len(inputs) != 1:
+        raise InvalidTensorError(
+            f"an unnamed tensor only works for single-input models; this model takes "
+            f"{[str(t.id) for t in inputs]}: name each tensor by its input id",
+            details={"expected": [str(t.id) for t in inputs], "got": sorted(arrays)},
+        )
+    name = str(inputs[0].id)
+    return {name: arrays[""]}, ({name: dims[""]} if "" in dims else dims)

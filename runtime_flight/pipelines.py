@@ -11,8 +11,8 @@
 * Memory budget: a pipeline's footprint is the size of its weight files, or on a GPU the larger
   of that and the drop in free device memory while it loaded. Before a load, least recently used
   pipelines that are not in use are unloaded until the new one fits.
-* ``use()`` lends a pipeline: it is not evicted while lent, and :meth:`WarmPipeline.predict`
-  runs one inference at a time per pipeline (its lock).
+* ``use()`` lends a pipeline: it is not evicted while lent, and a :class:`WarmPipeline` runs one
+  prediction at a time (its lock).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from modelrunner.types import LoadedModel, LoadInfo
 
 from . import devices, weight_formats
 from .descriptions import load_description, weights_bytes
+from .limits import RuntimeLimits
 from .warm_pipeline import Key, WarmPipeline, now
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class PipelinePool:
         default_device: str | None = None,
         factory: PipelineFactory = create_pipeline,
         fast_path: bool = True,
+        limits: RuntimeLimits | None = None,
     ) -> None:
         self._package_dir = package_dir
         self.memory_budget_bytes = memory_budget_bytes
@@ -95,6 +97,8 @@ class PipelinePool:
         self._factory = factory
         self.fast_path = fast_path
         """Check and use each pipeline's fast path (:mod:`.fast_path`)."""
+        self.limits = limits or RuntimeLimits()
+        """What each prediction of a pipeline may spend."""
         self._cond = threading.Condition()
         self._warm: OrderedDict[Key, WarmPipeline] = OrderedDict()
         """Least recently used first."""
@@ -111,6 +115,7 @@ class PipelinePool:
             memory_budget_bytes=settings.runtime_memory_budget_bytes,
             default_device=settings.device,
             fast_path=settings.fast_path,
+            limits=RuntimeLimits.from_settings(settings),
         )
 
     @property
@@ -360,17 +365,17 @@ class PipelinePool:
                 raise
             except Exception as e:
                 raise _load_error(e, key) from e
-            from .inference import prepare_fast_path
-
             try:
-                serving = prepare_fast_path(pipeline, fmt, device, enabled=self.fast_path)
+                warm = WarmPipeline(model_id, fmt, device, pipeline, limits=self.limits)
+                serving = warm.check_serving_path(enabled=self.fast_path)
             except BaseException:
                 pipeline.unload()
                 raise
-            seconds = time.perf_counter() - start
+            warm.load_seconds = seconds = time.perf_counter() - start
             memory = estimate
             if devices.is_cuda(device):
                 memory = max(memory, free_before - devices.cuda_free_bytes(device))
+            warm.memory_bytes = memory
         self.loads += 1
         logger.info(
             "loaded %s (%s) on %s in %.2f s, about %s, %s path",
@@ -381,21 +386,11 @@ class PipelinePool:
             _mib(memory),
             serving.name,
         )
-        return WarmPipeline(
-            model_id=model_id,
-            weight_format=fmt,
-            device=device,
-            pipeline=pipeline,
-            memory_bytes=memory,
-            load_seconds=seconds,
-        )
+        return warm
 
     def _close(self, warm: WarmPipeline) -> None:
-        from .inference import release_fast_path
-
         try:
-            release_fast_path(warm.pipeline)
-            warm.pipeline.unload()
+            warm.close()
         except Exception:  # unloading is best effort; the references go anyway
             logger.exception("unloading %s failed", warm.key)
 

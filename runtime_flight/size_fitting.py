@@ -20,8 +20,11 @@ and tiled too.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +34,8 @@ from bioimageio.spec.model import v0_5
 from modelrunner.errors import InvalidArgumentError
 
 from .input_mapping import tensor_error
+
+logger = logging.getLogger(__name__)
 
 AxisKey = tuple[MemberId, v0_5.AxisId]
 Shapes = Mapping[MemberId, Mapping[v0_5.AxisId, int]]
@@ -136,6 +141,44 @@ def plan_fit(
     if not pad:
         return FitPlan(mode="whole")
     return FitPlan(mode="padded", pad=pad, output_sizes=output_sizes(descr, shape))
+
+
+class PlanCache:
+    """The plans of the input shapes a warm pipeline saw last (a microscope sends the same shape
+    over and over): :func:`plan_fit` once per shape, blocksize and limit. Thread-safe."""
+
+    SIZE = 16
+
+    def __init__(self, descr: v0_5.ModelDescr, itemsize: Mapping[MemberId, int]) -> None:
+        self._descr = descr
+        self._itemsize = dict(itemsize)
+        self._plans: OrderedDict[Hashable, FitPlan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def plan(self, shapes: Shapes, *, blocksize: int | None, max_tile_input_bytes: int) -> FitPlan:
+        key = (
+            tuple((m, tuple(sizes.items())) for m, sizes in shapes.items()),
+            blocksize,
+            max_tile_input_bytes,
+        )
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = plan_fit(
+            self._descr,
+            shapes,
+            blocksize=blocksize,
+            max_tile_input_bytes=max_tile_input_bytes,
+            itemsize=self._itemsize,
+        )
+        logger.debug("predicting %s as %s", dict(shapes), plan)
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > self.SIZE:
+                self._plans.popitem(last=False)
+        return plan
 
 
 def batch_split_info(

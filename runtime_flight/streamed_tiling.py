@@ -16,7 +16,7 @@ thus take a full-size temporary more).
 assembles whole outputs with bioimageio.core):
 
 * the plan tiles the sample without padding it, and the inputs take at least
-  ``options.stream_tiles_min_bytes``;
+  ``stream_tiles_min_bytes`` (:class:`.limits.RuntimeLimits`);
 * the model has no sample-wise postprocessing (it needs the whole output) and no input that is
   another model's output;
 * every output has only singleton axes before its first tiled axis, so that a band of rows is a
@@ -36,21 +36,19 @@ from bioimageio.core.block import Block
 from bioimageio.core.block_meta import split_multiple_shapes_into_blocks
 from bioimageio.core.common import MemberId
 from bioimageio.core.digest_spec import get_input_halo
-from bioimageio.core.proc_ops import EnsureDtype
 from bioimageio.core.sample import SampleBlock, sample_block_meta_generator
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import CancelledError, InternalError
+from modelrunner.predict_request import PredictRequest
 
 from .core_blocks import block_transform, follow_implied_references
+from .core_calls import Progress, core_predict_block
 from .lean_stats import lean_sample_stats
-from .options import PredictOptions
 from .size_fitting import FitPlan
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-"""Called with (blocks done, blocks in total) during tiled prediction."""
 Cancelled = Callable[[], bool]
 """Returns True once the client has gone: the prediction stops at the next block or sample."""
 Bands = dict[str, np.ndarray]
@@ -93,23 +91,25 @@ def stream_tiles(
     descr: v0_5.ModelDescr,
     sample: Sample,
     plan: FitPlan,
-    options: PredictOptions,
+    request: PredictRequest,
     progress: Progress | None,
     *,
     network_dtypes: Mapping[MemberId, str],
+    stream_tiles_min_bytes: int,
     cancelled: Cancelled | None = None,
 ) -> TileStream | None:
     """Start predicting ``sample`` tile by tile with outputs in bands (see the module docstring);
     None when that does not apply. Runs the sample-wise preprocessing and the first block.
 
     Args:
-        network_dtypes: the dtype each input is cast to when ``options.skip_preprocessing``.
+        network_dtypes: the dtype each input is cast to when ``request.skip_preprocessing``.
+        stream_tiles_min_bytes: smaller inputs are not streamed.
         progress: called with (blocks done, blocks in total) after each block; it may raise
             (e.g. CancelledError) to stop the prediction.
         cancelled: asked while the bands are planned (seconds for thousands of blocks, before
             the first block's progress), CancelledError when it says so.
     """
-    reason = _not_applicable(pipeline, descr, sample, plan, options)
+    reason = _not_applicable(pipeline, descr, sample, plan, request, stream_tiles_min_bytes)
     schedules = None
     if reason is None:
         follow_implied_references(pipeline, descr)
@@ -119,20 +119,20 @@ def stream_tiles(
             "assembling whole outputs: %s", reason or "the outputs cannot be cut into bands"
         )
         return None
-    if not options.skip_preprocessing:
+    if not request.skip_preprocessing:
         _samplewise_preprocessing(pipeline, descr, sample)
     total, blocks = sample.split_into_blocks(
         plan.block_shape, halo=get_input_halo(descr), pad_mode=pipeline.pad_mode
     )
     blocks_left = iter(blocks)
     del blocks
-    first = _predict_block(pipeline, next(blocks_left), options, network_dtypes)
+    first = _predict_block(pipeline, next(blocks_left), request, network_dtypes)
     if progress is not None:
         progress(1, total)
     dtypes = {m: np.dtype(first.blocks[m].data.data.dtype) for m in schedules}
     assemblers = {m: _RowBands(s, dtypes[m]) for m, s in schedules.items()}
     bands = _bands(
-        pipeline, first, blocks_left, assemblers, options, network_dtypes, progress, total
+        pipeline, first, blocks_left, assemblers, request, network_dtypes, progress, total
     )
     return TileStream(
         shapes={str(m): s.shape for m, s in schedules.items()},
@@ -198,16 +198,17 @@ def _not_applicable(
     descr: v0_5.ModelDescr,
     sample: Sample,
     plan: FitPlan,
-    options: PredictOptions,
+    request: PredictRequest,
+    min_bytes: int,
 ) -> str | None:
     if plan.mode != "tiled" or plan.pad:
         return f"the plan is {plan.mode}" + (" with padding" if plan.pad else "")
     size = sum(int(t.data.nbytes) for t in sample.members.values())
-    if size < options.stream_tiles_min_bytes:
-        return f"the inputs take {size} bytes, less than {options.stream_tiles_min_bytes}"
+    if size < min_bytes:
+        return f"the inputs take {size} bytes, less than {min_bytes}"
     if any(getattr(t, "output_of", None) is not None for t in descr.inputs):
         return "an input is another model's output"
-    if not options.skip_postprocessing and pipeline.has_non_blockwise_postprocessing:
+    if not request.skip_postprocessing and pipeline.has_non_blockwise_postprocessing:
         return "the postprocessing needs the whole output"
     return None
 
@@ -229,18 +230,15 @@ def _samplewise_preprocessing(
 def _predict_block(
     pipeline: PredictionPipeline,
     block: SampleBlock,
-    options: PredictOptions,
+    request: PredictRequest,
     network_dtypes: Mapping[MemberId, str],
 ) -> SampleBlock:
-    if options.skip_preprocessing:
-        # block by block rather than the whole sample at once, with bioimageio.core's operator
-        for m, dtype in network_dtypes.items():
-            if m in block.blocks and str(block.blocks[m].data.data.dtype) != dtype:
-                EnsureDtype(input=m, output=m, dtype=dtype)(block)  # type: ignore[arg-type]
-    return pipeline.predict_sample_block(
+    return core_predict_block(
+        pipeline,
         block,
-        skip_preprocessing=options.skip_preprocessing,
-        skip_postprocessing=options.skip_postprocessing,
+        skip_preprocessing=request.skip_preprocessing,
+        skip_postprocessing=request.skip_postprocessing,
+        network_dtypes=network_dtypes,
     )
 
 
@@ -249,7 +247,7 @@ def _bands(
     first: SampleBlock,
     blocks_left: Iterator[SampleBlock] | None,
     assemblers: dict[MemberId, _RowBands],
-    options: PredictOptions,
+    request: PredictRequest,
     network_dtypes: Mapping[MemberId, str],
     progress: Progress | None,
     total: int,
@@ -259,7 +257,7 @@ def _bands(
     for k in range(total):
         if predicted is None:
             assert blocks_left is not None
-            predicted = _predict_block(pipeline, next(blocks_left), options, network_dtypes)
+            predicted = _predict_block(pipeline, next(blocks_left), request, network_dtypes)
             if progress is not None:
                 progress(k + 1, total)
         if predicted.block_index != k:

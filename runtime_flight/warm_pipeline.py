@@ -1,69 +1,94 @@
-"""A loaded pipeline as the pool lends it: one inference at a time, with statistics."""
+"""A loaded model as the runtime keeps it: one :class:`WarmPipeline` owns the bioimageio.core
+pipeline, its description, its fast path and the verdict on it, the plans of recent input
+shapes, the dtypes its network takes, the lock that lets one prediction run at a time, its
+statistics, and its predict paths (one sample, one started for streamed outputs, a batch).
+
+It calls the prediction functions (:mod:`.inference`, :mod:`.batching`) with its parts; they
+never call back into it.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal, overload
 
 from modelrunner.errors import ModelRunnerError
 from modelrunner.types import LoadedModel
 
-from .serving_paths import ServingPath
+from .limits import RuntimeLimits
+from .outputs import LeasedBands, Outputs, StreamedOutputs
+from .serving_paths import NOT_CHECKED, ServingPath
 
 if TYPE_CHECKING:
     import numpy as np
     from bioimageio.core import PredictionPipeline
-    from bioimageio.spec.model import v0_5
 
-    from .input_mapping import DimNames, Inputs
-    from .options import PredictOptions
+    from modelrunner.predict_request import PredictRequest
+
+    from .fast_path import FastPath
+    from .inference import Predicted, Prediction
 
 Key = tuple[str, str, str]
 """(model id, weight format, device)"""
+Progress = Callable[[int, int], None]
+Cancelled = Callable[[], bool]
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(eq=False)
 class WarmPipeline:
-    """A loaded pipeline and its statistics. Use it only while lent by :meth:`PipelinePool.use`."""
+    """A loaded pipeline and all the runtime keeps about it. Use it only while lent by
+    :meth:`.pipelines.PipelinePool.use` (or a test's own)."""
 
-    model_id: str
-    weight_format: str
-    device: str
-    pipeline: PredictionPipeline
-    memory_bytes: int
-    load_seconds: float
-    last_used_at: datetime = field(default_factory=now)
-    requests: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    """Held while predicting: one inference at a time per pipeline."""
-    users: int = 0
-    """Requests holding it (managed by the pool, under the pool's lock)."""
-    retired: bool = False
-    """Out of the pool; unloaded when the last user returns it."""
+    def __init__(
+        self,
+        model_id: str,
+        weight_format: str,
+        device: str,
+        pipeline: PredictionPipeline,
+        *,
+        memory_bytes: int = 0,
+        load_seconds: float = 0.0,
+        limits: RuntimeLimits | None = None,
+    ) -> None:
+        # bioimageio.core is loaded once a pipeline exists: imported here, not with the pool
+        from .core_calls import model_descr, network_dtypes
+        from .size_fitting import PlanCache
 
-    @property
-    def serving(self) -> ServingPath:
-        """Which path serves its calls, and why (see :mod:`.fast_path`)."""
-        from .inference import serving_path
-
-        return serving_path(self.pipeline)
+        self.model_id = model_id
+        self.weight_format = weight_format
+        self.device = device
+        self.pipeline = pipeline
+        self.memory_bytes = memory_bytes
+        self.load_seconds = load_seconds
+        self.limits = limits or RuntimeLimits()
+        self.descr = model_descr(pipeline)
+        self.network_dtypes = network_dtypes(self.descr)
+        self.plans = PlanCache(
+            self.descr, {m: _itemsize(d) for m, d in self.network_dtypes.items()}
+        )
+        self.output_axes = {str(t.id): tuple(str(a.id) for a in t.axes) for t in self.descr.outputs}
+        self.fast: FastPath | None = None
+        """The checked fast path, when it serves this model (:meth:`check_serving_path`)."""
+        self.serving: ServingPath = NOT_CHECKED
+        """Which path serves its calls, and why."""
+        self.lock = threading.Lock()
+        """Held while predicting: one prediction at a time per pipeline."""
+        self.last_used_at = now()
+        self.requests = 0
+        self.users = 0
+        """Requests holding it (managed by the pool, under the pool's lock)."""
+        self.retired = False
+        """Out of the pool; unloaded when the last user returns it."""
 
     @property
     def key(self) -> Key:
         return (self.model_id, self.weight_format, self.device)
-
-    @property
-    def descr(self) -> v0_5.ModelDescr:
-        from .inference import model_descr
-
-        return model_descr(self.pipeline)
 
     def info(self) -> LoadedModel:
         return LoadedModel(
@@ -78,76 +103,161 @@ class WarmPipeline:
             precision_max_abs_error=dict(self.serving.precision_errors),
         )
 
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def check_serving_path(self, *, enabled: bool = True) -> ServingPath:
+        """Build the fast path and check it against bioimageio.core on the package's test
+        inputs (:func:`.fast_path.choose_serving_path`); calls take it from then on where it
+        applies. Call once, after loading (``enabled=False``: bioimageio.core serves all)."""
+        from .fast_path import choose_serving_path
+
+        self.fast, self.serving = choose_serving_path(
+            self.pipeline, self.descr, self.weight_format, self.device, enabled=enabled
+        )
+        return self.serving
+
+    def close(self) -> None:
+        """Unload: the fast path's buffers, then bioimageio.core's pipeline."""
+        self.fast = None
+        self.serving = NOT_CHECKED
+        self.pipeline.unload()
+
+    # -- predictions ---------------------------------------------------------------------------
+
     def predict(
         self,
-        inputs: Inputs,
-        dim_names: DimNames | None = None,
-        options: PredictOptions | None = None,
+        request: PredictRequest,
         *,
-        progress: Callable[[int, int], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> dict[str, np.ndarray]:
-        """:func:`.inference.predict`, one call at a time on this pipeline."""
+        progress: Progress | None = None,
+        cancelled: Cancelled | None = None,
+        limits: RuntimeLimits | None = None,
+    ) -> Outputs:
+        """The request's outputs, whole (:func:`.inference.predict`). ``limits``: this call's,
+        when not the pipeline's own."""
         from .inference import predict
 
-        with self.lock:
-            self.requests += 1
-            try:
-                return predict(
-                    self.pipeline,
-                    inputs,
-                    dim_names,
-                    options,
-                    progress=progress,
-                    cancelled=cancelled,
-                )
-            finally:
-                self.last_used_at = now()
+        with self._predicting():
+            return self._outputs(predict(self._call(request, progress, cancelled, limits)))
+
+    def start(
+        self,
+        request: PredictRequest,
+        *,
+        progress: Progress | None = None,
+        cancelled: Cancelled | None = None,
+        limits: RuntimeLimits | None = None,
+    ) -> Outputs | StreamedOutputs:
+        """:meth:`predict`, except that a large tiled prediction returns its outputs band by
+        band (:func:`.inference.start`); it keeps this pipeline locked until its bands are read
+        or closed."""
+        from .inference import start
+
+        with ExitStack() as lease:
+            lease.enter_context(self._predicting())
+            result = start(self._call(request, progress, cancelled, limits))
+            if isinstance(result, dict):
+                return self._outputs(result)
+            return StreamedOutputs(
+                shapes=result.shapes,
+                dtypes=result.dtypes,
+                dim_names=self._dim_names(result.shapes),
+                weight_format=self.weight_format,
+                device=self.device,
+                bands=LeasedBands(result.bands, lease.pop_all()),
+                blocks=result.blocks,
+            )
+        raise AssertionError("unreachable")  # for mypy: ExitStack may swallow exceptions
 
     @overload
     def predict_batch(
         self,
-        samples: Sequence[Inputs],
-        dim_names: DimNames | None = ...,
-        options: PredictOptions | None = ...,
+        request: PredictRequest,
+        frames: Sequence[dict[str, np.ndarray]],
         *,
         return_errors: Literal[False] = ...,
-        cancelled: Callable[[], bool] | None = ...,
-    ) -> list[dict[str, np.ndarray]]: ...
+        cancelled: Cancelled | None = ...,
+        limits: RuntimeLimits | None = ...,
+    ) -> list[Outputs]: ...
 
     @overload
     def predict_batch(
         self,
-        samples: Sequence[Inputs],
-        dim_names: DimNames | None = ...,
-        options: PredictOptions | None = ...,
+        request: PredictRequest,
+        frames: Sequence[dict[str, np.ndarray]],
         *,
         return_errors: Literal[True],
-        cancelled: Callable[[], bool] | None = ...,
-    ) -> list[dict[str, np.ndarray] | ModelRunnerError]: ...
+        cancelled: Cancelled | None = ...,
+        limits: RuntimeLimits | None = ...,
+    ) -> list[Outputs | ModelRunnerError]: ...
 
     def predict_batch(
         self,
-        samples: Sequence[Inputs],
-        dim_names: DimNames | None = None,
-        options: PredictOptions | None = None,
+        request: PredictRequest,
+        frames: Sequence[dict[str, np.ndarray]],
         *,
         return_errors: bool = False,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> list[dict[str, np.ndarray]] | list[dict[str, np.ndarray] | ModelRunnerError]:
-        """:func:`.inference.predict_batch`, one call at a time on this pipeline."""
+        cancelled: Cancelled | None = None,
+        limits: RuntimeLimits | None = None,
+    ) -> list[Outputs] | list[Outputs | ModelRunnerError]:
+        """Several samples with the request's options and dim names, stacked where that
+        changes nothing (:func:`.batching.predict_batch`)."""
         from .batching import predict_batch
 
+        with self._predicting():
+            results = predict_batch(
+                self._call(request, None, cancelled, limits),
+                frames,
+                return_errors=return_errors,  # type: ignore[call-overload]
+            )
+            return [r if isinstance(r, ModelRunnerError) else self._outputs(r) for r in results]
+
+    @contextmanager
+    def _predicting(self) -> Iterator[None]:
         with self.lock:
             self.requests += 1
             try:
-                return predict_batch(
-                    self.pipeline,
-                    samples,
-                    dim_names,
-                    options,
-                    return_errors=return_errors,  # type: ignore[call-overload]
-                    cancelled=cancelled,
-                )
+                yield
             finally:
                 self.last_used_at = now()
+
+    def _call(
+        self,
+        request: PredictRequest,
+        progress: Progress | None,
+        cancelled: Cancelled | None,
+        limits: RuntimeLimits | None,
+    ) -> Prediction:
+        from .inference import Prediction
+
+        return Prediction(
+            pipeline=self.pipeline,
+            descr=self.descr,
+            fast=self.fast,
+            serving=self.serving,
+            weight_format=self.weight_format,
+            network_dtypes=self.network_dtypes,
+            plans=self.plans,
+            request=request,
+            limits=limits or self.limits,
+            progress=progress,
+            cancelled=cancelled,
+        )
+
+    def _outputs(self, predicted: Predicted) -> Outputs:
+        return Outputs(
+            arrays=predicted,
+            dim_names=self._dim_names({k: a.shape for k, a in predicted.items()}),
+            weight_format=self.weight_format,
+            device=self.device,
+            serving_path=predicted.path,
+        )
+
+    def _dim_names(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, ...]]:
+        axes = self.output_axes
+        return {k: axes[k] for k, s in shapes.items() if k in axes and len(axes[k]) == len(s)}
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np
+
+    return int(np.dtype(dtype).itemsize)

@@ -27,10 +27,10 @@ from modelrunner.client import (
     ModelInfo,
     ModelRunnerClient,
 )
+from modelrunner.predict_request import PredictRequest
 from modelrunner.runtime_flight.server import RuntimeFlightServer
 from modelrunner.serving import RunningServer, start_embedded, start_runtime
 from modelrunner.settings import Settings
-from modelrunner.v1 import runtime_pb2
 
 Tiny = Callable[[str], Path]
 
@@ -256,17 +256,17 @@ def test_reference_path_reaches_the_runtime(
     runtime: RuntimeFlightServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    commands: list[runtime_pb2.PredictCommand] = []
+    calls: list[tuple[str, bool]] = []
     service = runtime.service
     predict, predict_frames = service.predict, service.predict_frames
 
-    def recording(command: runtime_pb2.PredictCommand, *args: Any, **kwargs: Any) -> Any:
-        commands.append(runtime_pb2.PredictCommand.FromString(command.SerializeToString()))
-        return predict(command, *args, **kwargs)
+    def recording(request: PredictRequest, *args: Any, **kwargs: Any) -> Any:
+        calls.append(("predict", request.reference_path))
+        return predict(request, *args, **kwargs)
 
-    def recording_frames(command: runtime_pb2.PredictCommand, *args: Any, **kwargs: Any) -> Any:
-        commands.append(runtime_pb2.PredictCommand.FromString(command.SerializeToString()))
-        return predict_frames(command, *args, **kwargs)
+    def recording_frames(request: PredictRequest, *args: Any, **kwargs: Any) -> Any:
+        calls.append(("frames", request.reference_path))
+        return predict_frames(request, *args, **kwargs)
 
     monkeypatch.setattr(service, "predict", recording)
     monkeypatch.setattr(service, "predict_frames", recording_frames)
@@ -282,12 +282,13 @@ def test_reference_path_reaches_the_runtime(
                 assert [o["output"].shape async for o in s] == [(1, 1, 16, 16)]
 
     asyncio.run(from_the_async_client())
-    assert [(c.session, c.stream, c.reference_path) for c in commands] == [
-        (True, False, False),
-        (True, False, True),
-        (False, True, True),
-        (True, False, True),
-        (False, True, True),
+    # predictions on sessions (the pool holds them), streams as frames
+    assert calls == [
+        ("predict", False),
+        ("predict", True),
+        ("frames", True),
+        ("predict", True),
+        ("frames", True),
     ]
 
 
@@ -325,7 +326,7 @@ def test_a_session_on_a_restarted_runtime_is_replaced_transparently(
         # stopping waits for the open session: in a thread, as a process' signal handler does
         stopping = threading.Thread(target=old.stop, daemon=True)
         stopping.start()
-        _wait_until(lambda: old.server._session_epoch > 0)
+        _wait_until(lambda: old.server.counters.session_epoch > 0)
         new = start_runtime(
             settings.model_copy(update={"flight_port": port}),
             running.address,

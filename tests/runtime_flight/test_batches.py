@@ -12,10 +12,9 @@ from bioimageio.core import PredictionPipeline
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import CancelledError, InvalidTensorError
-from modelrunner.runtime_flight.batching import predict_batch, stackable
-from modelrunner.runtime_flight.inference import predict
-from modelrunner.runtime_flight.options import PredictOptions
+from modelrunner.runtime_flight.batching import stackable
 from tests.reference import Pipelines, descr
+from tests.runtime_flight.predicting import predict, predict_batch
 from tests.zoo import NUCLEI, needs_zoo
 
 Tiny = Callable[[str], Path]
@@ -70,7 +69,7 @@ def test_max_batch_size_bounds_the_stacks(
     halo_pipeline: PredictionPipeline, forward_batches: Callable[..., list[int]]
 ) -> None:
     sizes = forward_batches(halo_pipeline)
-    predict_batch(halo_pipeline, frames(5, (48, 48)), options=PredictOptions(max_batch_size=2))
+    predict_batch(halo_pipeline, frames(5, (48, 48)), max_batch_size=2)
     assert sizes == [2, 2, 1]
 
 

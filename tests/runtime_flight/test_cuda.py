@@ -14,6 +14,7 @@ from modelrunner.runtime_flight.model_tests import run_model_test
 from modelrunner.runtime_flight.pipelines import PipelinePool
 from modelrunner.runtime_flight.weight_formats import onnx_has_cuda
 from tests.reference import descr
+from tests.runtime_flight.predicting import predict
 from tests.zoo import NUCLEI, needs_zoo
 
 pytestmark = [
@@ -40,10 +41,10 @@ def test_cuda_gives_the_cpu_results(pool: PipelinePool) -> None:
     image = np.load(NUCLEI / "test_input.npy")
     with pool.use("nuclei", "torchscript", "cuda") as gpu:
         assert gpu.device == "cuda:0"
-        on_gpu = gpu.predict(image)["probability"]
-        tiled = gpu.predict(np.tile(image, (1, 1, 2, 2)))["probability"]
+        on_gpu = predict(gpu, image)["probability"]
+        tiled = predict(gpu, np.tile(image, (1, 1, 2, 2)))["probability"]
     with pool.use("nuclei", "torchscript", "cpu") as cpu:
-        on_cpu = cpu.predict(image)["probability"]
+        on_cpu = predict(cpu, image)["probability"]
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-3)
     assert tiled.shape == (1, 1, 1024, 1024)
     assert len(pool.loaded()) == 2
@@ -66,7 +67,6 @@ def test_model_test_on_the_gpu(tmp_path: Path) -> None:
 def test_the_fast_path_on_the_gpu_matches_bioimageio_core(pool: PipelinePool) -> None:
     """On the GPU the fast path (processing and network on the device, pinned uploads) serves
     the model, matches bioimageio.core within 1e-4, and measures reduced precision at load."""
-    from modelrunner.runtime_flight.options import PredictOptions
 
     image = np.load(NUCLEI / "test_input.npy")
     expected = np.load(NUCLEI / "test_output.npy")
@@ -74,12 +74,12 @@ def test_the_fast_path_on_the_gpu_matches_bioimageio_core(pool: PipelinePool) ->
         assert gpu.serving.name == "fast", gpu.serving.reason
         assert set(gpu.serving.precision_errors) == {"float16", "bfloat16"}
         for _ in range(3):  # the pinned staging buffer is reused call after call
-            fast = gpu.predict(image)
+            fast = predict(gpu, image)
             assert fast.path == "fast"
             np.testing.assert_allclose(fast["probability"], expected, rtol=0, atol=1e-4)
-        reference = gpu.predict(image, options=PredictOptions(reference_path=True))
+        reference = predict(gpu, image, reference_path=True)
         np.testing.assert_allclose(fast["probability"], reference["probability"], rtol=0, atol=1e-4)
-        half = gpu.predict(image, options=PredictOptions(precision="float16"))
+        half = predict(gpu, image, precision="float16")
         assert half["probability"].dtype == np.float32
         error = np.abs(half["probability"] - fast["probability"]).max()
         assert error <= gpu.serving.precision_errors["float16"] + 1e-6

@@ -21,10 +21,9 @@ import pytest
 import torch
 from bioimageio.spec.model import v0_5
 
-from modelrunner.runtime_flight import inference
 from modelrunner.runtime_flight.device_processing import quantile
-from modelrunner.runtime_flight.options import PredictOptions
 from tests.reference import Pipelines
+from tests.runtime_flight.predicting import predict, warm_pipeline
 from tests.tiny_models import build_processing_model
 
 
@@ -151,15 +150,16 @@ def test_fast_path_matches_bioimageio_core(
     case: str, processing_models: Any, pipelines: Pipelines
 ) -> None:
     pipeline = pipelines.get(processing_models(case), "onnx")
-    serving = inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    warmed = warm_pipeline(pipeline, "onnx", "cpu")
+    serving = warmed.serving
     assert serving.name == "fast", serving.reason
     assert serving.max_abs_error is not None and serving.max_abs_error < 1e-4
     for seed, (shape, dtype) in enumerate(
         [((1, 2, 24, 24), "float32"), ((1, 2, 40, 64), "float32"), ((1, 2, 16, 32), "uint8")]
     ):
         x = _inputs(shape, dtype, seed)
-        fast = inference.predict(pipeline, x)
-        reference = inference.predict(pipeline, x, options=PredictOptions(reference_path=True))
+        fast = predict(warmed, x)
+        reference = predict(warmed, x, reference_path=True)
         assert fast.path == "fast" and reference.path == "reference"
         assert fast.keys() == reference.keys()
         for k in fast:
@@ -175,14 +175,12 @@ def test_nan_inputs_allowed_give_what_bioimageio_core_gives(
     and percentiles follow bioimageio.core."""
     for case in ("zero_mean_unit_variance per channel", "scale_range percentiles"):
         pipeline = pipelines.get(processing_models(case), "onnx")
-        assert inference.prepare_fast_path(pipeline, "onnx", "cpu").name == "fast"
+        warmed = warm_pipeline(pipeline, "onnx", "cpu")
+        assert warmed.serving.name == "fast"
         x = _inputs((1, 2, 24, 24), "float32", 7)
         x[0, 0, 3, 4] = np.nan
-        options = PredictOptions(nan_policy="allow")
-        fast = inference.predict(pipeline, x, options=options)
-        reference = inference.predict(
-            pipeline, x, options=PredictOptions(nan_policy="allow", reference_path=True)
-        )
+        fast = predict(warmed, x, nan_policy="allow")
+        reference = predict(warmed, x, nan_policy="allow", reference_path=True)
         assert fast.path == "fast"
         np.testing.assert_allclose(
             fast["output"], reference["output"], rtol=1e-5, atol=1e-5, equal_nan=True
@@ -202,21 +200,22 @@ def test_dataset_statistics_are_served_by_bioimageio_core(
         ],
     )
     pipeline = pipelines.get(package, "onnx")
-    serving = inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    warmed = warm_pipeline(pipeline, "onnx", "cpu")
+    serving = warmed.serving
     assert serving.name == "reference"
     assert "dataset statistics" in serving.reason
     x = _inputs((1, 2, 24, 24), "float32", 0)
-    assert inference.predict(pipeline, x).path == "reference"
+    assert predict(warmed, x).path == "reference"
 
 
 def test_switched_off_fast_path_serves_nothing(
     processing_models: Any, pipelines: Pipelines
 ) -> None:
     pipeline = pipelines.get(processing_models("sigmoid"), "onnx")
-    serving = inference.prepare_fast_path(pipeline, "onnx", "cpu", enabled=False)
+    warmed = warm_pipeline(pipeline, "onnx", "cpu", fast_path=False)
+    serving = warmed.serving
     assert serving.name == "reference" and "switched off" in serving.reason
-    assert inference.predict(pipeline, _inputs((1, 2, 8, 8), "float32", 0)).path == "reference"
-    inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    assert predict(warmed, _inputs((1, 2, 8, 8), "float32", 0)).path == "reference"
 
 
 @pytest.mark.parametrize("method", ["linear", "inverted_cdf"])

@@ -14,10 +14,11 @@ import pytest
 
 from modelrunner.client import ModelRunnerClient
 from modelrunner.errors import FailedPreconditionError, InvalidArgumentError
-from modelrunner.runtime_flight import fast_path, inference
-from modelrunner.runtime_flight.options import PredictOptions
+from modelrunner.predict_request import PredictRequest
+from modelrunner.runtime_flight import fast_path
 from modelrunner.runtime_flight.pipelines import PipelinePool, create_pipeline
 from tests.reference import Pipelines, descr, sample_inputs
+from tests.runtime_flight.predicting import predict, request, warm_pipeline
 from tests.zoo import MULTI, NUCLEI, needs_zoo
 
 Tiny = Callable[[str], Path]
@@ -46,11 +47,12 @@ def test_tiny_models_take_the_fast_path(
 ) -> None:
     package = tiny(name)
     pipeline = pipelines.get(package, fmt)
-    serving = inference.prepare_fast_path(pipeline, fmt, "cpu")
+    warmed = warm_pipeline(pipeline, fmt, "cpu")
+    serving = warmed.serving
     assert serving.name == "fast", serving.reason
     inputs = sample_inputs(package)
-    fast = inference.predict(pipeline, inputs)
-    reference = inference.predict(pipeline, inputs, options=PredictOptions(reference_path=True))
+    fast = predict(warmed, inputs)
+    reference = predict(warmed, inputs, reference_path=True)
     assert (fast.path, reference.path) == ("fast", "reference")
     for k in reference:
         assert fast[k].dtype == reference[k].dtype
@@ -65,11 +67,12 @@ def test_zoo_models_take_the_fast_path_and_match_their_test_outputs(
     pipelines: Pipelines, package: Path, fmt: str
 ) -> None:
     pipeline = pipelines.get(package, fmt)
-    serving = inference.prepare_fast_path(pipeline, fmt, "cpu")
+    warmed = warm_pipeline(pipeline, fmt, "cpu")
+    serving = warmed.serving
     assert serving.name == "fast", serving.reason
     assert "max |difference|" in serving.reason
     model = descr(package)
-    outputs = inference.predict(pipeline, sample_inputs(package))
+    outputs = predict(warmed, sample_inputs(package))
     assert outputs.path == "fast"
     for t in model.outputs:
         assert t.test_tensor is not None
@@ -79,9 +82,9 @@ def test_zoo_models_take_the_fast_path_and_match_their_test_outputs(
 
 def test_inputs_of_another_dtype_take_the_fast_path(tiny: Tiny, pipelines: Pipelines) -> None:
     pipeline = pipelines.get(tiny("onnx"), "onnx")
-    inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    warmed = warm_pipeline(pipeline, "onnx", "cpu")
     x = np.arange(64, dtype=np.uint8).reshape(1, 1, 8, 8)
-    outputs = inference.predict(pipeline, x)
+    outputs = predict(warmed, x)
     assert outputs.path == "fast"
     np.testing.assert_array_equal(outputs["output"], x.astype(np.float32))
 
@@ -92,19 +95,17 @@ def test_calls_the_fast_path_does_not_cover_take_the_pipeline(
     """Skipped processing runs bioimageio.core's pipeline (the fast path was checked with the
     model's processing), and so does a call that asks for the reference."""
     pipeline = pipelines.get(tiny("torchscript"), "torchscript")  # sizes 16 + n*8
-    inference.prepare_fast_path(pipeline, "torchscript", "cpu")
+    warmed = warm_pipeline(pipeline, "torchscript", "cpu")
     x = np.random.default_rng(0).random((1, 1, 24, 24), dtype=np.float32)
-    assert inference.predict(pipeline, x).path == "fast"
+    assert predict(warmed, x).path == "fast"
     for options in (
-        PredictOptions(skip_preprocessing=True),
-        PredictOptions(skip_postprocessing=True),
-        PredictOptions(reference_path=True),
+        {"skip_preprocessing": True},
+        {"skip_postprocessing": True},
+        {"reference_path": True},
     ):
-        assert inference.predict(pipeline, x, options=options).path == "reference"
+        assert predict(warmed, x, **options).path == "reference"
     padded = np.random.default_rng(1).random((1, 1, 20, 20), dtype=np.float32)
-    assert inference.predict(
-        pipeline, padded, options=PredictOptions(reference_path=True)
-    ).path == ("reference")
+    assert predict(warmed, padded, reference_path=True).path == ("reference")
 
 
 def test_a_fast_path_that_deviates_is_not_used(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,11 +123,12 @@ def test_a_fast_path_that_deviates_is_not_used(tiny: Tiny, monkeypatch: pytest.M
     package = tiny("onnx")
     pipeline = create_pipeline(descr(package), "onnx", "cpu")
     try:
-        serving = inference.prepare_fast_path(pipeline, "onnx", "cpu")
+        warmed = warm_pipeline(pipeline, "onnx", "cpu")
+        serving = warmed.serving
         assert serving.name == "reference"
         assert "output 'output' deviates from bioimageio.core" in serving.reason
         assert "max |difference| 1.00e-02" in serving.reason
-        assert inference.predict(pipeline, sample_inputs(package)).path == "reference"
+        assert predict(warmed, sample_inputs(package)).path == "reference"
     finally:
         pipeline.unload()
 
@@ -138,7 +140,8 @@ def test_a_fast_path_that_fails_is_not_used(tiny: Tiny, monkeypatch: pytest.Monk
     monkeypatch.setattr(fast_path.FastPath, "predict", broken)
     pipeline = create_pipeline(descr(tiny("onnx")), "onnx", "cpu")
     try:
-        serving = inference.prepare_fast_path(pipeline, "onnx", "cpu")
+        warmed = warm_pipeline(pipeline, "onnx", "cpu")
+        serving = warmed.serving
         assert serving.name == "reference"
         assert serving.reason == (
             "the fast path failed on the package's test inputs: RuntimeError: no such kernel"
@@ -182,9 +185,9 @@ def test_reduced_precision_is_measured_and_reported(tiny: Tiny) -> None:
     try:
         with pool.use("tiny") as warm:
             x = np.random.default_rng(0).random((1, 1, 24, 24), dtype=np.float32)
-            full = warm.predict(x)
+            full = predict(warm, x)
             for precision in ("bfloat16", "float16"):
-                reduced = warm.predict(x, options=PredictOptions(precision=precision))
+                reduced = predict(warm, x, precision=precision)
                 assert reduced.path == "fast"
                 assert reduced["out"].dtype == np.float32
                 np.testing.assert_allclose(reduced["out"], full["out"], rtol=0, atol=0.05)
@@ -202,40 +205,37 @@ def test_reduced_precision_where_the_fast_path_cannot_go_is_refused(
     input that must be padded, and a bad precision name. Each is refused, none runs silently at
     full precision."""
     onnx = pipelines.get(tiny("onnx"), "onnx")
-    inference.prepare_fast_path(onnx, "onnx", "cpu")
+    onnx_warm = warm_pipeline(onnx, "onnx", "cpu")
     x = np.zeros((1, 1, 8, 8), np.float32)
     with pytest.raises(FailedPreconditionError) as caught:
-        inference.predict(onnx, x, options=PredictOptions(precision="float16"))
+        predict(onnx_warm, x, precision="float16")
     assert caught.value.message == (
         "float16 precision runs on the fast path with PyTorch or TorchScript weights only, and "
         "this call cannot take it: the onnx network has no reduced precision"
     )
     script = pipelines.get(tiny("torchscript"), "torchscript")  # sizes 16 + n*8
-    inference.prepare_fast_path(script, "torchscript", "cpu")
+    script_warm = warm_pipeline(script, "torchscript", "cpu")
     with pytest.raises(FailedPreconditionError, match="the input must be padded or tiled"):
-        inference.predict(
-            script,
+        predict(
+            script_warm,
             np.zeros((1, 1, 20, 20), np.float32),
-            options=PredictOptions(precision="bfloat16"),
+            precision="bfloat16",
         )
     with pytest.raises(InvalidArgumentError, match="precision must be 'float16' or 'bfloat16'"):
-        PredictOptions(precision="int8")
+        request(precision="int8")
     with pytest.raises(InvalidArgumentError, match="cannot go with reference_path"):
-        PredictOptions(precision="float16", reference_path=True)
+        request(precision="float16", reference_path=True)
 
 
 def test_streams_stack_frames_on_a_gpu_only_unless_told(tiny: Tiny) -> None:
     from modelrunner.runtime_flight.service import GPU_STREAM_BATCH, RuntimeService
     from modelrunner.settings import Settings
-    from modelrunner.v1 import runtime_pb2
 
     package = tiny("onnx")
     service = RuntimeService(Settings(device="cpu"), lambda _: package)
     try:
-        command = runtime_pb2.PredictCommand(model_id="tiny", stream=True)
-        assert service.stream_batch_limit(command) == 1
-        command.max_batch_size = 4
-        assert service.stream_batch_limit(command) == 4
+        assert service.stream_batch_limit(PredictRequest(model_id="tiny")) == 1
+        assert service.stream_batch_limit(PredictRequest(model_id="tiny", max_batch_size=4)) == 4
         assert GPU_STREAM_BATCH == 8
     finally:
         service.close()
@@ -262,10 +262,9 @@ def test_a_fast_path_that_cannot_be_built_leaves_the_model_to_bioimageio_core(
 def test_unloading_drops_the_fast_path(tiny: Tiny) -> None:
     pool = PipelinePool(lambda _: tiny("torchscript"))
     with pool.use("tiny") as warm:
-        pipeline = warm.pipeline
-        assert inference.fast_path(pipeline) is not None
+        assert warm.fast is not None
     pool.unload("tiny")
-    assert inference.fast_path(pipeline) is None
+    assert warm.fast is None
     pool.close()
 
 
@@ -287,14 +286,14 @@ def test_a_reduced_precision_that_fails_is_refused_and_withdrawn(
         with pool.use("tiny") as warm:
             x = np.zeros((1, 1, 24, 24), np.float32)
             with pytest.raises(FailedPreconditionError, match="float16 precision fails on this"):
-                warm.predict(x, options=PredictOptions(precision="float16"))
+                predict(warm, x, precision="float16")
             with pytest.raises(FailedPreconditionError) as caught:
-                warm.predict(x, options=PredictOptions(precision="float16"))
+                predict(warm, x, precision="float16")
             assert caught.value.message == (
                 "float16 precision fails on this model: "
                 "RuntimeError: \"slow_conv2d_cpu\" not implemented for 'Half'"
             )
-            assert warm.predict(x, options=PredictOptions(precision="bfloat16")).path == "fast"
+            assert predict(warm, x, precision="bfloat16").path == "fast"
     finally:
         pool.close()
 
@@ -318,18 +317,16 @@ def test_padded_and_tiled_inputs_take_the_fast_processing(
     """A padded or tiled sample's processing runs as torch operations on the whole sample and
     bioimageio.core predicts the blocks: the same results as its own blockwise prediction."""
     pipeline = pipelines.get(tiny(name), fmt)
-    inference.prepare_fast_path(pipeline, fmt, "cpu")
+    warmed = warm_pipeline(pipeline, fmt, "cpu")
     x = np.random.default_rng(3).gamma(2.0, 10.0, shape).astype(np.float32)
     steps: list[tuple[int, int]] = []
-    fast = inference.predict(
-        pipeline,
+    fast = predict(
+        warmed,
         x,
-        options=PredictOptions(blocksize=blocksize),
+        blocksize=blocksize,
         progress=lambda done, total: steps.append((done, total)),
     )
-    reference = inference.predict(
-        pipeline, x, options=PredictOptions(blocksize=blocksize, reference_path=True)
-    )
+    reference = predict(warmed, x, blocksize=blocksize, reference_path=True)
     assert (fast.path, reference.path) == ("fast", "reference")
     if blocksize is not None:
         assert steps and steps[-1][0] == steps[-1][1] > 1
@@ -343,7 +340,7 @@ def test_tiles_go_through_the_network_in_stacks(
 ) -> None:
     """Blocks of a model whose batch axis is free reach the network several at a time."""
     pipeline = pipelines.get(tiny("heavy_processing"), "onnx")
-    inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    warmed = warm_pipeline(pipeline, "onnx", "cpu")
     stacks: list[int] = []
     real = fast_path.FastPath.run_network
 
@@ -354,10 +351,10 @@ def test_tiles_go_through_the_network_in_stacks(
     monkeypatch.setattr(fast_path.FastPath, "run_network", counting)
     x = np.random.default_rng(0).random((1, 1, 200, 136), dtype=np.float32)
     steps: list[tuple[int, int]] = []
-    inference.predict(
-        pipeline,
+    predict(
+        warmed,
         x,
-        options=PredictOptions(blocksize=2),
+        blocksize=2,
         progress=lambda done, total: steps.append((done, total)),
     )
     blocks = steps[-1][1]
@@ -370,9 +367,9 @@ def test_the_nuclei_model_tiled_on_the_fast_path(pipelines: Pipelines) -> None:
     """A fixed 512x512 model with an output halo, on a 1024x700 image: bioimageio.core's own
     blocks, one per network call (its batch axis is fixed), the same results."""
     pipeline = pipelines.get(NUCLEI, "onnx")
-    inference.prepare_fast_path(pipeline, "onnx", "cpu")
+    warmed = warm_pipeline(pipeline, "onnx", "cpu")
     x = np.tile(np.load(NUCLEI / "test_input.npy"), (1, 1, 2, 2))[..., :1024, :700]
-    fast = inference.predict(pipeline, x)
-    reference = inference.predict(pipeline, x, options=PredictOptions(reference_path=True))
+    fast = predict(warmed, x)
+    reference = predict(warmed, x, reference_path=True)
     assert fast.path == "fast"
     np.testing.assert_allclose(fast["probability"], reference["probability"], rtol=0, atol=1e-5)

@@ -12,10 +12,9 @@ from bioimageio.core import Sample, Tensor
 from bioimageio.core.digest_spec import get_test_output_sample
 
 from modelrunner.errors import CancelledError, InvalidTensorError
-from modelrunner.runtime_flight.inference import predict
-from modelrunner.runtime_flight.options import PredictOptions
 from modelrunner.runtime_flight.weight_formats import model_formats
 from tests.reference import Pipelines, core_prediction, descr, sample_inputs
+from tests.runtime_flight.predicting import predict
 
 Tiny = Callable[[str], Path]
 BCYX = ("batch", "channel", "y", "x")
@@ -94,7 +93,7 @@ def test_the_halo_model_tiles_like_bioimageio_core(tiny: Tiny, pipelines: Pipeli
     out = predict(
         pipeline,
         image,
-        options=PredictOptions(blocksize=1),
+        blocksize=1,
         progress=lambda done, total: progress.append((done, total)),
     )["out"]
     assert out.shape == (1, 1, 100, 90)
@@ -110,7 +109,7 @@ def test_blocks_are_capped_at_the_image(tiny: Tiny, pipelines: Pipelines) -> Non
     package = tiny("halo")
     pipeline = pipelines.get(package, "pytorch_state_dict")
     image = np.random.default_rng(4).random((40, 200), "float32")
-    out = predict(pipeline, image, options=PredictOptions(blocksize=20))["out"]
+    out = predict(pipeline, image, blocksize=20)["out"]
     assert out.shape == (1, 1, 40, 200)
     whole = predict(pipeline, image)["out"]
     inner = np.s_[..., 4:-4, 4:-4]
@@ -159,7 +158,7 @@ def test_skipping_processing(tiny: Tiny, pipelines: Pipelines) -> None:
     package = tiny("halo")  # zero-mean-unit-variance preprocessing
     pipeline = pipelines.get(package, "pytorch_state_dict")
     image = (np.random.default_rng(7).random((48, 48)) * 200).astype("uint8")
-    raw = predict(pipeline, image, options=PredictOptions(skip_preprocessing=True))["out"]
+    raw = predict(pipeline, image, skip_preprocessing=True)["out"]
     sample = Sample(
         members={"raw": Tensor(image[None, None].astype("float32"), dims=BCYX)}, stat={}, id=None
     )
@@ -177,7 +176,7 @@ def test_skipping_postprocessing_returns_the_raw_network_output(
     package = tiny("cellpose")
     pipeline = pipelines.get(package, "pytorch_state_dict")
     image = sample_inputs(package)["raw"]
-    flows = predict(pipeline, image, options=PredictOptions(skip_postprocessing=True))["labels"]
+    flows = predict(pipeline, image, skip_postprocessing=True)["labels"]
     assert flows.shape == (1, 3, 48, 48)  # flow_y, flow_x, cell probability
     assert flows.dtype == np.float32
 
@@ -186,7 +185,7 @@ def test_nan_values_reach_the_model_when_allowed(tiny: Tiny, pipelines: Pipeline
     pipeline = pipelines.get(tiny("onnx"), "onnx")
     image = np.ones((8, 8), "float32")
     image[2, 3] = np.nan
-    out = predict(pipeline, image, options=PredictOptions(nan_policy="allow"))["output"]
+    out = predict(pipeline, image, nan_policy="allow")["output"]
     assert np.isnan(out[0, 0, 2, 3])
     assert np.isfinite(out).sum() == 63
     with pytest.raises(InvalidTensorError, match="contains 1 NaN value"):
@@ -225,7 +224,7 @@ def test_a_tiled_prediction_stops_when_cancelled(tiny: Tiny, pipelines: Pipeline
         predict(
             pipeline,
             np.zeros((100, 90), "float32"),
-            options=PredictOptions(blocksize=1),
+            blocksize=1,
             progress=lambda done, total: blocks.append(done),
             cancelled=cancelled,
         )

@@ -11,10 +11,9 @@ from bioimageio.core import Sample, Tensor
 from bioimageio.core import predict as core_predict
 from bioimageio.core.digest_spec import get_test_input_sample, get_test_output_sample
 
-from modelrunner.runtime_flight.inference import predict
-from modelrunner.runtime_flight.options import PredictOptions
 from modelrunner.runtime_flight.pipelines import create_pipeline
 from tests.reference import Pipelines, descr
+from tests.runtime_flight.predicting import predict
 from tests.zoo import MULTI, NUCLEI, needs_zoo
 
 pytestmark = needs_zoo
@@ -161,7 +160,7 @@ def test_the_tile_byte_limit_tiles_a_fitting_image_when_blocks_can_be_smaller(
     tiled = predict(
         pipeline,
         inputs,
-        options=PredictOptions(max_tile_input_bytes=40_000),
+        max_tile_input_bytes=40_000,
         progress=lambda done, total: calls.append(total),
     )
     assert calls and calls[0] > 1

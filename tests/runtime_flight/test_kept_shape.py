@@ -1,4 +1,4 @@
-"""``PredictOptions.keep_shape``: bioimageio.core's own call on the sample exactly as sent, the
+"""``PredictRequest.keep_shape``: bioimageio.core's own call on the sample exactly as sent, the
 network alone when both processing steps are skipped (what a bioimageio.core model adapter on a
 modelrunner server asks for)."""
 
@@ -14,15 +14,16 @@ from bioimageio.spec.model import v0_5
 
 from modelrunner.client import ModelInfo
 from modelrunner.errors import InvalidArgumentError, ResourceExhaustedError
-from modelrunner.runtime_flight.inference import predict
-from modelrunner.runtime_flight.options import PredictOptions
+from modelrunner.predict_command import from_command
+from modelrunner.predict_request import PredictRequest
 from modelrunner.runtime_flight.server import RuntimeFlightServer
 from modelrunner.v1 import runtime_pb2
 from tests.reference import Pipelines, descr
+from tests.runtime_flight.predicting import predict, request
 
 Tiny = Callable[[str], Path]
 BCYX = ("batch", "channel", "y", "x")
-NETWORK_ONLY = PredictOptions(keep_shape=True, skip_preprocessing=True, skip_postprocessing=True)
+NETWORK_ONLY = {"keep_shape": True, "skip_preprocessing": True, "skip_postprocessing": True}
 
 
 def test_the_network_alone_runs_a_shape_outside_the_model_sizes_as_sent(
@@ -33,7 +34,7 @@ def test_the_network_alone_runs_a_shape_outside_the_model_sizes_as_sent(
     package = tiny("parameterized")
     pipeline = pipelines.get(package, "pytorch_state_dict")
     image = np.random.default_rng(1).random((1, 1, 25, 25), dtype=np.float32)
-    ours = predict(pipeline, {"raw": image}, options=NETWORK_ONLY)["out"]
+    ours = predict(pipeline, {"raw": image}, **NETWORK_ONLY)["out"]
     sample = Sample(members={"raw": Tensor(image, dims=BCYX)}, stat={}, id=None)  # type: ignore[dict-item]
     core = pipeline.predict_sample_without_blocking(
         sample,
@@ -51,7 +52,7 @@ def test_a_blocksize_is_bioimageio_cores_blockwise_prediction(
     package = tiny("halo")
     pipeline = pipelines.get(package, "pytorch_state_dict")
     image = np.random.default_rng(2).random((1, 1, 80, 96), dtype=np.float32)
-    ours = predict(pipeline, {"raw": image}, options=PredictOptions(keep_shape=True, blocksize=1))
+    ours = predict(pipeline, {"raw": image}, keep_shape=True, blocksize=1)
     sample = Sample(members={"raw": Tensor(image, dims=BCYX)}, stat={}, id=None)  # type: ignore[dict-item]
     core = pipeline.predict_sample_with_blocking(sample, ns=1)
     want = core.members["out"].data.transpose(*[a.id for a in descr(package).outputs[0].axes])  # type: ignore[index]
@@ -60,21 +61,21 @@ def test_a_blocksize_is_bioimageio_cores_blockwise_prediction(
 
 def test_keep_shape_with_reduced_precision_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="fast path"):
-        PredictOptions(keep_shape=True, precision="float16")
+        request(keep_shape=True, precision="float16")
 
 
-def test_the_command_field_reaches_the_options(runtime: RuntimeFlightServer) -> None:
+def test_the_command_field_reaches_the_request() -> None:
     command = runtime_pb2.PredictCommand(model_id="m", keep_shape=True)
-    assert runtime.service._options(command).keep_shape
-    assert not runtime.service._options(runtime_pb2.PredictCommand(model_id="m")).keep_shape
+    assert from_command(command).keep_shape
+    assert not from_command(runtime_pb2.PredictCommand(model_id="m")).keep_shape
 
 
 def test_a_frame_stream_with_keep_shape_is_refused(
     runtime: RuntimeFlightServer, identity: ModelInfo
 ) -> None:
-    command = runtime_pb2.PredictCommand(model_id=identity.id, stream=True, keep_shape=True)
+    stream = PredictRequest(model_id=identity.id, keep_shape=True)
     frame = {"raw": np.zeros((1, 1, 8, 8), np.float32)}
-    results = runtime.service.predict_frames(command, [frame, frame], {})
+    results = runtime.service.predict_frames(stream, [frame, frame])
     assert all(isinstance(r, InvalidArgumentError) for r in results)
     assert "frame streams" in str(results[0])
 
@@ -87,9 +88,9 @@ def test_a_kept_sample_or_block_beyond_the_tile_bound_is_refused(
     bound every other call is tiled under."""
     pipeline = pipelines.get(tiny("halo"), "pytorch_state_dict")
     image = np.zeros((1, 1, 64, 64), np.float32)
-    options = PredictOptions(keep_shape=True, blocksize=blocksize, max_tile_input_bytes=8192)
+    options = {"keep_shape": True, "blocksize": blocksize, "max_tile_input_bytes": 8192}
     with pytest.raises(ResourceExhaustedError, match="max_tile_input_bytes") as caught:
-        predict(pipeline, {"raw": image}, options=options)
+        predict(pipeline, {"raw": image}, **options)
     assert caught.value.details["limit"] == "max_tile_input_bytes"
 
 
@@ -115,8 +116,8 @@ def test_blocksize_zero_is_checked_at_the_blocksize_bioimageio_core_uses(
     default = pipeline._default_blocksize_parameter
     assert isinstance(default, int) and block_bytes(0) < block_bytes(default)
     image = np.zeros((1, 1, 256, 256), np.float32)
-    options = PredictOptions(keep_shape=True, blocksize=0, max_tile_input_bytes=block_bytes(0))
+    options = {"keep_shape": True, "blocksize": 0, "max_tile_input_bytes": block_bytes(0)}
     with pytest.raises(ResourceExhaustedError, match="max_tile_input_bytes") as caught:
-        predict(pipeline, {"raw": image}, options=options)
+        predict(pipeline, {"raw": image}, **options)
     assert caught.value.details["got"] == str(block_bytes(default))
     assert caught.value.details["limit"] == "max_tile_input_bytes"

@@ -10,14 +10,14 @@ import modelrunner.runtime_flight as runtime
 
 def test_public_names() -> None:
     assert runtime.__all__ == [
+        "Outputs",
         "PipelinePool",
-        "PredictOptions",
+        "RuntimeLimits",
+        "RuntimeService",
         "WarmPipeline",
         "available_devices",
         "default_device",
         "device_infos",
-        "predict",
-        "predict_batch",
         "resolve_device",
         "run_model_test",
         "runnable_formats",

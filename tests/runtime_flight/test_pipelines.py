@@ -25,6 +25,7 @@ from modelrunner.runtime_flight.descriptions import weights_bytes
 from modelrunner.runtime_flight.pipelines import PipelinePool, create_pipeline
 from modelrunner.settings import Settings
 from tests.reference import descr
+from tests.runtime_flight.predicting import predict, predict_batch
 from tests.tiny_models import build_onnx_identity
 
 Tiny = Callable[[str], Path]
@@ -92,9 +93,9 @@ def test_predictions_count_as_requests(identities: dict[str, Path]) -> None:
     pool = make_pool(identities)
     with pool.use("a") as warm:
         before = warm.last_used_at
-        out = warm.predict(np.ones((5, 6), "float32"))
+        out = predict(warm, np.ones((5, 6), "float32"))
         np.testing.assert_array_equal(out["output"], np.ones((1, 1, 5, 6)))
-        warm.predict_batch([np.ones((5, 6), "float32")] * 3)
+        predict_batch(warm, [np.ones((5, 6), "float32")] * 3)
     (info,) = pool.loaded()
     assert info.requests == 2
     assert info.last_used_at is not None and info.last_used_at >= before
@@ -243,7 +244,7 @@ def test_one_inference_at_a_time_per_pipeline(identities: dict[str, Path]) -> No
 
         def request() -> None:
             with pool.use("a") as lent:
-                lent.predict(np.ones((4, 4), "float32"))
+                predict(lent, np.ones((4, 4), "float32"))
 
         threads = [threading.Thread(target=request) for _ in range(4)]
         for t in threads:
@@ -276,7 +277,7 @@ def test_unloading_a_model_in_use(identities: dict[str, Path]) -> None:
         assert pool.unload("a", force=True) == 1
         assert pool.loaded() == ()
         assert warm.retired and warm.users == 1
-        warm.predict(np.ones((4, 4), "float32"))  # still usable until released
+        predict(warm, np.ones((4, 4), "float32"))  # still usable until released
     assert warm.retired and warm.users == 0
 
 

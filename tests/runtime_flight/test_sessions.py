@@ -17,16 +17,16 @@ import pytest
 
 from modelrunner import errors
 from modelrunner.client import ModelInfo
-from modelrunner.runtime_flight.inference import predict
-from modelrunner.runtime_flight.options import PredictOptions
 from modelrunner.runtime_flight.server import RuntimeFlightServer
 from modelrunner.runtime_flight.service import RuntimeService
+from modelrunner.runtime_flight.session_exchange import serve_session
 from modelrunner.serving import RunningServer
 from modelrunner.settings import Settings
 from modelrunner.transport_errors import ErrorTrailers, from_flight_error
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import SampleDecoder, SampleLayout, encode_rows, encode_sample
 from tests.reference import Pipelines
+from tests.runtime_flight.predicting import predict
 
 Tiny = Callable[[str], Path]
 READ_OPTIONS = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.DataTypeSpecific)
@@ -304,11 +304,13 @@ def test_a_streamed_tiled_prediction_is_answered_whole_in_a_session(
         model_id="halo", weight_format="pytorch_state_dict", blocksize=14, session=True
     )
     writer = _Writer()
-    streaming_runtime._serve_session(
-        _Context(),  # type: ignore[arg-type]
-        command,
-        _Reader([{"raw": image} for image in images]),  # type: ignore[arg-type]
-        writer,  # type: ignore[arg-type]
+    serve_session(
+        streaming_runtime.exchange_call(
+            _Context(),  # type: ignore[arg-type]
+            command,
+            _Reader([{"raw": image} for image in images]),  # type: ignore[arg-type]
+            writer,  # type: ignore[arg-type]
+        )
     )
     assert writer.schema is not None
     decoder = SampleDecoder(SampleLayout.from_schema(writer.schema))
@@ -320,5 +322,5 @@ def test_a_streamed_tiled_prediction_is_answered_whole_in_a_session(
     assert [frame for frame, _ in answers] == [0, 1]
     pipeline = pipelines.get(tiny("halo"), "pytorch_state_dict")
     for image, (_, sample) in zip(images, answers, strict=True):
-        expected = predict(pipeline, {"raw": image}, options=PredictOptions(blocksize=14))
+        expected = predict(pipeline, {"raw": image}, blocksize=14)
         np.testing.assert_allclose(sample["out"], expected["out"], rtol=1e-5, atol=1e-6)

@@ -1,7 +1,7 @@
 """The Flight handler of a streamed tiled prediction: memory near the input's size, outputs sent
 as their bands finish, cancellation between bands.
 
-The handler (``RuntimeFlightServer._serve_one``) runs on a real server object and a real
+The handler (``single_exchange.serve_single``) runs on a real server object and a real
 service, fed by an in-memory reader and writing to an in-memory writer, so that ``tracemalloc``
 sees every array the server side allocates (numpy reports its allocations to it) and nothing of
 a client's.
@@ -13,20 +13,21 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from modelrunner import errors
-from modelrunner.runtime_flight.inference import predict
-from modelrunner.runtime_flight.options import PredictOptions
 from modelrunner.runtime_flight.server import RuntimeFlightServer
 from modelrunner.runtime_flight.service import RuntimeService
+from modelrunner.runtime_flight.single_exchange import serve_single
 from modelrunner.settings import Settings
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import SampleLayout, column_view, encode_sample
 from tests.reference import Pipelines
+from tests.runtime_flight.predicting import predict
 
 Tiny = Callable[[str], Path]
 MiB = 1024**2
@@ -107,6 +108,12 @@ def flight_server(tiny: Tiny, tmp_path: Path) -> Iterator[RuntimeFlightServer]:
         service.close()
 
 
+def _serve_one(
+    server: RuntimeFlightServer, context: Any, command: Any, reader: Any, writer: Any
+) -> None:
+    serve_single(server.exchange_call(context, command, reader, writer))
+
+
 def _command(**fields: object) -> runtime_pb2.PredictCommand:
     return runtime_pb2.PredictCommand(
         model_id="halo", weight_format="pytorch_state_dict", blocksize=BLOCKSIZE, **fields
@@ -115,7 +122,7 @@ def _command(**fields: object) -> runtime_pb2.PredictCommand:
 
 def _expected_total(pipelines: Pipelines, tiny: Tiny, image: np.ndarray) -> float:
     pipeline = pipelines.get(tiny("halo"), "pytorch_state_dict")
-    out = predict(pipeline, {"raw": image}, options=PredictOptions(blocksize=BLOCKSIZE))
+    out = predict(pipeline, {"raw": image}, blocksize=BLOCKSIZE)
     return float(np.sum(out["out"], dtype=np.float64))
 
 
@@ -133,7 +140,7 @@ def test_server_memory_stays_within_one_and_a_half_inputs(
     reader, writer = _Reader({"raw": image}), _Writer()
     tracemalloc.start()
     try:
-        flight_server._serve_one(_Context(), _command(), reader, writer)  # type: ignore[arg-type]
+        _serve_one(flight_server, _Context(), _command(), reader, writer)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -154,7 +161,8 @@ def test_outputs_leave_while_tiles_are_predicted_and_progress_is_reported(
     writer = _Writer()
     events: list[str] = []
     writer.on_batch = lambda: events.append(f"batch after {len(writer.progress)} blocks")
-    flight_server._serve_one(
+    _serve_one(
+        flight_server,
         _Context(),  # type: ignore[arg-type]
         _command(report_progress=True),
         _Reader({"raw": image}),  # type: ignore[arg-type]
@@ -179,7 +187,8 @@ def test_cancelling_between_bands_stops_and_returns_the_pipeline(
 
     writer.on_batch = cancel
     with pytest.raises(errors.CancelledError, match="cancelled"):
-        flight_server._serve_one(
+        _serve_one(
+            flight_server,
             context,  # type: ignore[arg-type]
             _command(),
             _Reader({"raw": image}),  # type: ignore[arg-type]
@@ -189,7 +198,8 @@ def test_cancelling_between_bands_stops_and_returns_the_pipeline(
     (warm,) = flight_server.service.pool._warm.values()
     assert warm.users == 0 and not warm.lock.locked()
     again = _Writer()
-    flight_server._serve_one(
+    _serve_one(
+        flight_server,
         _Context(),  # type: ignore[arg-type]
         _command(),
         _Reader({"raw": image}),  # type: ignore[arg-type]

@@ -12,10 +12,9 @@ from bioimageio.core import Sample, Tensor
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import CancelledError
-from modelrunner.runtime_flight.inference import predict, start_prediction
-from modelrunner.runtime_flight.options import PredictOptions
-from modelrunner.runtime_flight.streamed_tiling import TileStream
+from modelrunner.runtime_flight.outputs import Outputs, StreamedOutputs
 from tests.reference import Pipelines
+from tests.runtime_flight.predicting import predict, start
 from tests.zoo import NUCLEI, needs_zoo
 
 Tiny = Callable[[str], Path]
@@ -40,7 +39,7 @@ def _core_tiled(pipeline, inputs: dict[str, np.ndarray], **kwargs: object) -> di
     return {str(m): t.data.to_numpy() for m, t in out.members.items()}
 
 
-def _assemble(stream: TileStream) -> tuple[dict[str, np.ndarray], int]:
+def _assemble(stream: StreamedOutputs) -> tuple[dict[str, np.ndarray], int]:
     """The outputs put together from their bands, and the number of bands."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in stream.shapes}
     count = 0
@@ -58,8 +57,8 @@ def _assemble(stream: TileStream) -> tuple[dict[str, np.ndarray], int]:
 
 
 def _streamed(pipeline, inputs, **options: object) -> tuple[dict[str, np.ndarray], int]:  # type: ignore[no-untyped-def]
-    result = start_prediction(pipeline, inputs, options=PredictOptions(**STREAM, **options))  # type: ignore[arg-type]
-    assert isinstance(result, TileStream), "expected a streamed prediction"
+    result = start(pipeline, inputs, **STREAM, **options)
+    assert isinstance(result, StreamedOutputs), "expected a streamed prediction"
     return _assemble(result)
 
 
@@ -130,13 +129,14 @@ def test_skipping_preprocessing_casts_block_by_block(pipelines: Pipelines, tiny:
 def test_bands_leave_before_the_last_block_is_predicted(pipelines: Pipelines, tiny: Tiny) -> None:
     pipeline = pipelines.get(tiny("halo"), "pytorch_state_dict")
     events: list[str] = []
-    result = start_prediction(
+    result = start(
         pipeline,
         {"raw": _image((1, 1, 200, 150), "float32")},
-        options=PredictOptions(blocksize=2, **STREAM),  # type: ignore[arg-type]
+        blocksize=2,
+        **STREAM,
         progress=lambda done, total: events.append(f"block {done}/{total}"),
     )
-    assert isinstance(result, TileStream)
+    assert isinstance(result, StreamedOutputs)
     assert events == [f"block 1/{result.blocks}"]  # the first block runs before bands are read
     rows = 0
     for bands in result.bands:
@@ -151,33 +151,33 @@ def test_bands_leave_before_the_last_block_is_predicted(pipelines: Pipelines, ti
 def test_small_and_padded_inputs_are_assembled_whole(pipelines: Pipelines, tiny: Tiny) -> None:
     pipeline = pipelines.get(tiny("halo"), "pytorch_state_dict")
     image = _image((1, 1, 200, 150), "float32")
-    below = start_prediction(
+    below = start(
         pipeline,
         {"raw": image},
-        options=PredictOptions(blocksize=2, stream_tiles_min_bytes=1 << 30),
+        blocksize=2,
+        stream_tiles_min_bytes=1 << 30,
     )
-    assert isinstance(below, dict)
+    assert isinstance(below, Outputs)
     # blocks of 32 + 16 * 20 = 352 pixels are larger than the image: the plan pads it
-    padded = start_prediction(
-        pipeline, {"raw": image}, options=PredictOptions(blocksize=20, **STREAM)
-    )  # type: ignore[arg-type]
-    assert isinstance(padded, dict)
+    padded = start(pipeline, {"raw": image}, blocksize=20, **STREAM)
+    assert isinstance(padded, Outputs)
     np.testing.assert_array_equal(
-        padded["out"],
-        predict(pipeline, {"raw": image}, options=PredictOptions(blocksize=20))["out"],
+        padded.arrays["out"],
+        predict(pipeline, {"raw": image}, blocksize=20)["out"],
     )
 
 
 def test_cancelling_stops_between_blocks(pipelines: Pipelines, tiny: Tiny) -> None:
     pipeline = pipelines.get(tiny("halo"), "pytorch_state_dict")
     cancel = {"now": False}
-    result = start_prediction(
+    result = start(
         pipeline,
         {"raw": _image((1, 1, 200, 150), "float32")},
-        options=PredictOptions(blocksize=2, **STREAM),  # type: ignore[arg-type]
+        blocksize=2,
+        **STREAM,
         cancelled=lambda: cancel["now"],
     )
-    assert isinstance(result, TileStream)
+    assert isinstance(result, StreamedOutputs)
     next(result.bands)
     cancel["now"] = True
     with pytest.raises(CancelledError):
@@ -206,10 +206,8 @@ def test_samplewise_postprocessing_is_assembled_whole(pipelines: Pipelines, tiny
     pytest.importorskip("cellpose")
     pipeline = pipelines.get(tiny("cellpose"), "pytorch_state_dict")
     image = _image((1, 1, 96, 80), "float32")
-    result = start_prediction(
-        pipeline, {"raw": image}, options=PredictOptions(blocksize=1, **STREAM)
-    )  # type: ignore[arg-type]
-    assert isinstance(result, dict)
+    result = start(pipeline, {"raw": image}, blocksize=1, **STREAM)
+    assert isinstance(result, Outputs)
 
 
 def _build_three_channel_output(directory: Path) -> Path:
@@ -247,11 +245,9 @@ def test_outputs_with_channels_before_the_rows_are_assembled_whole(
     package = _build_three_channel_output(tmp_path / "three")
     pipeline = pipelines.get(package, "pytorch_state_dict")
     image = _image((1, 1, 64, 48), "float32")
-    result = start_prediction(
-        pipeline, {"raw": image}, options=PredictOptions(blocksize=1, **STREAM)
-    )  # type: ignore[arg-type]
-    assert isinstance(result, dict)
-    assert result["out"].shape == (1, 3, 64, 48)
+    result = start(pipeline, {"raw": image}, blocksize=1, **STREAM)
+    assert isinstance(result, Outputs)
+    assert result.arrays["out"].shape == (1, 3, 64, 48)
     np.testing.assert_allclose(
-        result["out"], _core_tiled(pipeline, {"raw": image}, ns=1)["out"], rtol=1e-6
+        result.arrays["out"], _core_tiled(pipeline, {"raw": image}, ns=1)["out"], rtol=1e-6
     )

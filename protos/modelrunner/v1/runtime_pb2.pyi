@@ -17,7 +17,7 @@ NAN_POLICY_REJECT: NanPolicy
 NAN_POLICY_ALLOW: NanPolicy
 
 class PredictCommand(_message.Message):
-    __slots__ = ("model_id", "weight_format", "device", "blocksize", "stream", "max_batch_size", "nan_policy", "skip_preprocessing", "skip_postprocessing", "report_progress", "session", "reference_path", "precision", "keep_shape")
+    __slots__ = ("model_id", "weight_format", "device", "blocksize", "stream", "max_batch_size", "nan_policy", "skip_preprocessing", "skip_postprocessing", "report_progress", "session", "reference_path", "precision", "keep_shape", "input_padding")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class PredictCommand(_message.Message):
     REFERENCE_PATH_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     KEEP_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_PADDING_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     weight_format: str
     device: str
@@ -46,7 +47,8 @@ class PredictCommand(_message.Message):
     reference_path: bool
     precision: str
     keep_shape: bool
-    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., blocksize: _Optional[int] = ..., stream: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., nan_policy: _Optional[_Union[NanPolicy, str]] = ..., skip_preprocessing: _Optional[bool] = ..., skip_postprocessing: _Optional[bool] = ..., report_progress: _Optional[bool] = ..., session: _Optional[bool] = ..., reference_path: _Optional[bool] = ..., precision: _Optional[str] = ..., keep_shape: _Optional[bool] = ...) -> None: ...
+    input_padding: str
+    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., blocksize: _Optional[int] = ..., stream: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., nan_policy: _Optional[_Union[NanPolicy, str]] = ..., skip_preprocessing: _Optional[bool] = ..., skip_postprocessing: _Optional[bool] = ..., report_progress: _Optional[bool] = ..., session: _Optional[bool] = ..., reference_path: _Optional[bool] = ..., precision: _Optional[str] = ..., keep_shape: _Optional[bool] = ..., input_padding: _Optional[str] = ...) -> None: ...
 
 class FrameResult(_message.Message):
     __slots__ = ("frame", "error", "progress", "weight_format", "device", "serving_path", "padding")

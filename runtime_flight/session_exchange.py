@@ -1,0 +1,107 @@
+"""A session: lockstep predictions on one exchange, all in the handler's thread. Read a sample,
+answer it, read the next, until the client finishes writing or cancels. A sample that fails is
+answered with its error and the session goes on. Sessions opened before the runtime retired
+them end before their next sample (the client sends it again on a new exchange)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from modelrunner import errors
+from modelrunner.wire import SampleDecoder, SampleLayout
+
+from .exchange_calls import CancelPolling, ExchangeCall, malformed_input
+from .frame_io import (
+    DimNames,
+    Sample,
+    aligned_sample,
+    announced_layout,
+    output_layout,
+    write_error,
+    write_frame,
+)
+from .memory_release import release_free_memory
+from .outputs import StreamedOutputs, whole_outputs
+
+logger = logging.getLogger(__name__)
+
+
+def serve_session(call: ExchangeCall) -> None:
+    context, reader, counters = call.context, call.reader, call.counters
+    epoch = counters.session_epoch
+    layout, dims = announced_layout(context, reader, call.service.limits)
+    decoder = SampleDecoder(layout)
+    out_layout: SampleLayout | None = None
+    frame = 0
+    with counters.session():
+        while True:
+            try:
+                with malformed_input(context):
+                    chunk = reader.read_chunk()
+            except StopIteration:
+                return
+            except Exception:
+                if context.is_cancelled():
+                    return
+                raise
+            if chunk.data is None:
+                continue
+            with malformed_input(context):
+                samples = decoder.feed(chunk.data)
+            if layout.chunked:
+                # as for a single sample: the batch is copied into the sample
+                del chunk
+                release_free_memory()
+            for sample in samples:
+                if counters.session_epoch != epoch:
+                    logger.info("session ended before its frame %d", frame)
+                    return
+                call.check_rights_again()
+                with counters.busy():
+                    out_layout = _answer(call, out_layout, sample, dims, frame)
+                frame += 1
+
+
+def _answer(
+    call: ExchangeCall,
+    layout: SampleLayout | None,
+    sample: Sample,
+    dims: DimNames,
+    frame: int,
+) -> SampleLayout | None:
+    """Predict one sample of a session and write its outputs, or its error; returns the
+    outputs' layout (the exchange's output schema, fixed by the first answered sample)."""
+    context, writer, seen = call.context, call.writer, call.seen
+    cancelled = CancelPolling(context)
+    started = time.perf_counter()
+    nbytes_in = sum(a.nbytes for a in sample.values())
+    try:
+        predicted = call.service.predict(
+            call.request.with_inputs(aligned_sample(sample), dims), cancelled=cancelled
+        )
+        del sample
+        outputs = (
+            whole_outputs(predicted, cancelled)
+            if isinstance(predicted, StreamedOutputs)
+            else predicted
+        )
+        written = output_layout(
+            layout, outputs, frame=frame, batch_bytes=call.batch_bytes, what="session"
+        )
+    except errors.ModelRunnerError as e:
+        if context.is_cancelled():
+            raise
+        write_error(writer, frame, e)
+        seen.frame(nbytes_in, None, 0.0, e)
+        return layout
+    except Exception as e:
+        logger.exception("frame %d of a session failed", frame)
+        write_error(
+            writer, frame, errors.InternalError(f"prediction failed: {type(e).__name__}: {e}")
+        )
+        seen.frame(nbytes_in, None, 0.0)
+        return layout
+    write_frame(writer, written, outputs, frame=frame, first=layout is None)
+    seen.frame(nbytes_in, outputs.arrays, time.perf_counter() - started)
+    return written
