@@ -36,6 +36,8 @@ COPY common common
 COPY entry_server entry_server
 COPY runtime_flight runtime_flight
 COPY client client
+COPY runtime_client runtime_client
+COPY cluster cluster
 RUN pip install --upgrade pip && pip install ".[all]"
 
 # Listen on every interface inside the container; keep models in a volume.

@@ -41,6 +41,7 @@ from modelrunner.errors import (
     SourceNotFoundError,
     UnavailableError,
 )
+from modelrunner.predict_request import PredictRequest
 from modelrunner.types import (
     AxisSpec,
     DataDependentSize,
@@ -87,6 +88,7 @@ __all__ = [
     "ModelRunnerError",
     "NotFoundError",
     "ParameterizedSize",
+    "PredictRequest",
     "Progress",
     "ResourceExhaustedError",
     "RuntimeInfo",

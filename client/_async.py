@@ -1,7 +1,9 @@
 """The asyncio client: the same methods as :class:`ModelRunnerClient`, awaitable.
 
 gRPC's and Arrow Flight's Python clients block, so each call runs on a thread pool of the
-client's own (large enough for many concurrent calls); the event loop never blocks.
+client's own (large enough for many concurrent calls); the event loop never blocks. Each method
+is the sync client's, run there (:func:`_awaitable`): one signature, one docstring, and a
+prediction's request is built by the same code.
 """
 
 from __future__ import annotations
@@ -9,27 +11,60 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
+from typing_extensions import Unpack
 
-from modelrunner import types
+from modelrunner.runtime_client.cancellation import CancelScope
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
-from ._cancellation import CancelScope
 from ._inputs import Inputs
-from ._progress import ProgressOption
+from ._requests import StreamKeywords
 from ._retries import DEFAULT_RETRY_S
-from ._sources import SourceLike
 from ._stream import FrameStream, OnError
-from ._sync import ModelRunnerClient, NanPolicy, Precision
-from ._timeouts import USE_CLIENT_DEFAULT, Timeout
+from ._sync import ModelRunnerClient
+from ._timeouts import Timeout
 
 T = TypeVar("T")
+P = ParamSpec("P")
 _END = object()
+
+
+def _awaitable(
+    method: Callable[Concatenate[ModelRunnerClient, P], T], *, cancellable: bool = False
+) -> Callable[Concatenate[AsyncModelRunnerClient, P], Coroutine[Any, Any, T]]:
+    """The sync client's ``method`` as a coroutine method run on the client's threads;
+    ``cancellable``: cancelling its task stops the call on the runtime too."""
+
+    @functools.wraps(method)
+    async def call(self: AsyncModelRunnerClient, *args: P.args, **kwargs: P.kwargs) -> T:
+        run = self._run_cancellable if cancellable else self._run
+        return await run(method, self._sync, *args, **kwargs)
+
+    return call
+
+
+def _forwarded(
+    method: Callable[Concatenate[ModelRunnerClient, P], T],
+) -> Callable[Concatenate[AsyncModelRunnerClient, P], T]:
+    """The sync client's ``method`` that does no I/O, called as it is."""
+
+    @functools.wraps(method)
+    def call(self: AsyncModelRunnerClient, *args: P.args, **kwargs: P.kwargs) -> T:
+        return method(self._sync, *args, **kwargs)
+
+    return call
 
 
 class AsyncModelRunnerClient:
@@ -90,137 +125,34 @@ class AsyncModelRunnerClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def add_model(
-        self,
-        source: SourceLike,
-        *,
-        upload: bool | None = None,
-        progress: ProgressOption = False,
-        timeout: Timeout = USE_CLIENT_DEFAULT,
-    ) -> types.ModelInfo:
-        return await self._run(
-            self._sync.add_model, source, upload=upload, progress=progress, timeout=timeout
-        )
+    add_model = _awaitable(ModelRunnerClient.add_model)
+    validate = _awaitable(ModelRunnerClient.validate)
+    health = _awaitable(ModelRunnerClient.health)
+    wait_until_ready = _awaitable(ModelRunnerClient.wait_until_ready)
+    list_models = _awaitable(ModelRunnerClient.list_models)
+    describe = _awaitable(ModelRunnerClient.describe)
+    remove_model = _awaitable(ModelRunnerClient.remove_model)
+    publish_model = _awaitable(ModelRunnerClient.publish_model)
+    server_info = _awaitable(ModelRunnerClient.server_info)
+    test = _awaitable(ModelRunnerClient.test)
+    load = _awaitable(ModelRunnerClient.load)
+    predict = _awaitable(ModelRunnerClient.predict, cancellable=True)
+    send = _awaitable(ModelRunnerClient.send, cancellable=True)
 
-    async def validate(
-        self,
-        source: SourceLike,
-        *,
-        perform_io_checks: bool = True,
-        upload: bool | None = None,
-        timeout: Timeout = USE_CLIENT_DEFAULT,
-    ) -> types.ValidationReport:
-        return await self._run(
-            self._sync.validate,
-            source,
-            perform_io_checks=perform_io_checks,
-            upload=upload,
-            timeout=timeout,
-        )
-
-    async def health(self, service: str = "", *, timeout: Timeout = USE_CLIENT_DEFAULT) -> str:
-        return await self._run(self._sync.health, service, timeout=timeout)
-
-    async def wait_until_ready(self, timeout: float = 60.0) -> None:
-        await self._run(self._sync.wait_until_ready, timeout)
-
-    async def list_models(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[types.ModelInfo]:
-        return await self._run(self._sync.list_models, timeout=timeout)
-
-    async def describe(
-        self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT
-    ) -> types.ModelInfo:
-        return await self._run(self._sync.describe, model_id, timeout=timeout)
-
-    async def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
-        await self._run(self._sync.remove_model, model_id, timeout=timeout)
-
-    async def publish_model(
-        self, model_id: str, published: bool = True, *, timeout: Timeout = USE_CLIENT_DEFAULT
-    ) -> None:
-        await self._run(self._sync.publish_model, model_id, published, timeout=timeout)
-
-    async def server_info(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> types.ServerInfo:
-        return await self._run(self._sync.server_info, timeout=timeout)
-
-    async def test(
-        self,
-        model_id: str,
-        weight_format: str | None = None,
-        *,
-        device: str | None = None,
-        timeout: Timeout = USE_CLIENT_DEFAULT,
-    ) -> types.ValidationReport:
-        return await self._run(
-            self._sync.test, model_id, weight_format, device=device, timeout=timeout
-        )
-
-    async def load(
-        self,
-        model_id: str,
-        *,
-        weight_format: str | None = None,
-        device: str | None = None,
-        timeout: Timeout = USE_CLIENT_DEFAULT,
-    ) -> types.LoadInfo:
-        return await self._run(
-            self._sync.load, model_id, weight_format=weight_format, device=device, timeout=timeout
-        )
-
-    async def predict(
-        self,
-        model_id: str,
-        inputs: Inputs,
-        *,
-        weight_format: str | None = None,
-        device: str | None = None,
-        blocksize: int | None = None,
-        nan_policy: NanPolicy = "reject",
-        skip_preprocessing: bool = False,
-        skip_postprocessing: bool = False,
-        reference_path: bool = False,
-        precision: Precision | None = None,
-        keep_shape: bool = False,
-        progress: ProgressOption = False,
-        timeout: Timeout = USE_CLIENT_DEFAULT,
-    ) -> dict[str, np.ndarray]:
-        """See :meth:`ModelRunnerClient.predict`. ``reference_path``: run bioimageio.core's own
-        pipeline even where the runtime's verified fast path serves the model."""
-        return await self._run_cancellable(
-            self._sync.predict,
-            model_id,
-            inputs,
-            weight_format=weight_format,
-            device=device,
-            blocksize=blocksize,
-            nan_policy=nan_policy,
-            skip_preprocessing=skip_preprocessing,
-            skip_postprocessing=skip_postprocessing,
-            reference_path=reference_path,
-            precision=precision,
-            keep_shape=keep_shape,
-            progress=progress,
-            timeout=timeout,
-        )
+    build_request = _forwarded(ModelRunnerClient.build_request)
 
     def predict_stream(
         self,
         model_id: str,
         frames: Iterable[Inputs] | AsyncIterable[Inputs],
         *,
-        weight_format: str | None = None,
-        device: str | None = None,
         max_in_flight: int = 8,
-        max_batch_size: int = 0,
-        nan_policy: NanPolicy = "reject",
-        reference_path: bool = False,
-        precision: Precision | None = None,
         on_error: OnError = "raise",
         timeout: Timeout = None,
+        **options: Unpack[StreamKeywords],
     ) -> AsyncFrameStream:
         """``async for outputs in client.predict_stream(model_id, frames)``; ``frames`` may be an
-        iterable or an async iterable. ``reference_path``: run bioimageio.core's own pipeline
-        even where the runtime's verified fast path serves the model."""
+        iterable or an async iterable. See :meth:`ModelRunnerClient.predict_stream`."""
 
         def open_stream(loop: asyncio.AbstractEventLoop) -> FrameStream:
             source: Iterable[Inputs] = (
@@ -229,15 +161,10 @@ class AsyncModelRunnerClient:
             return self._sync.predict_stream(
                 model_id,
                 source,
-                weight_format=weight_format,
-                device=device,
                 max_in_flight=max_in_flight,
-                max_batch_size=max_batch_size,
-                nan_policy=nan_policy,
-                reference_path=reference_path,
-                precision=precision,
                 on_error=on_error,
                 timeout=timeout,
+                **options,
             )
 
         return AsyncFrameStream(self, open_stream)

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import grpc
 
 from modelrunner import converters, types
 from modelrunner.channels import control_channel
+from modelrunner.runtime_client import Route, RouteCache
 from modelrunner.tls import ClientTls
+from modelrunner.transport_errors import translated_errors
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 
-from ._errors import translated_errors
 from ._sources import Upload
 
 ProgressCallback = Callable[[types.Progress], None]
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-ROUTE_TTL_S = 30.0
-
-
-@dataclass(frozen=True)
-class Route:
-    model_id: str
-    flight_uris: tuple[str, ...]
-    runtime_id: str
 
 
 class ControlClient:
@@ -46,8 +36,7 @@ class ControlClient:
             ],
         )
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
-        self._routes: dict[tuple[str, str, str], tuple[float, Route]] = {}
-        self._routes_lock = threading.Lock()
+        self._routes = RouteCache()
 
     @property
     def channel(self) -> grpc.Channel:
@@ -153,25 +142,20 @@ class ControlClient:
     def route(
         self, model_id: str, weight_format: str, device: str, *, timeout: float | None
     ) -> Route:
-        """Where the model runs; cached briefly so lockstep calls skip the round trip."""
-        key = (model_id, weight_format, device)
-        now = time.monotonic()
-        with self._routes_lock:
-            cached = self._routes.get(key)
-            if cached is not None and now - cached[0] < ROUTE_TTL_S:
-                return cached[1]
-        with translated_errors():
-            response = self._stub.GetModelRoute(
-                control_pb2.GetModelRouteRequest(
-                    model_id=model_id, weight_format=weight_format, device=device
-                ),
-                timeout=timeout,
-            )
-        route = Route(response.model_id, tuple(response.flight_uris), response.runtime_id)
-        with self._routes_lock:
-            self._routes[key] = (now, route)
-        return route
+        """Where the model runs; kept briefly (:class:`~modelrunner.runtime_client.RouteCache`)
+        so lockstep calls skip the round trip."""
+
+        def resolve() -> Route:
+            with translated_errors():
+                response = self._stub.GetModelRoute(
+                    control_pb2.GetModelRouteRequest(
+                        model_id=model_id, weight_format=weight_format, device=device
+                    ),
+                    timeout=timeout,
+                )
+            return Route(response.model_id, tuple(response.flight_uris), response.runtime_id)
+
+        return self._routes.get((model_id, weight_format, device), resolve)
 
     def forget_routes(self) -> None:
-        with self._routes_lock:
-            self._routes.clear()
+        self._routes.forget()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import grpc
 
-from ._errors import translated_errors
+from modelrunner.transport_errors import translated_errors
 
 _CHECK = "/grpc.health.v1.Health/Check"
 _STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -33,13 +32,14 @@ import pyarrow.flight as flight
 
 from modelrunner import converters, errors
 from modelrunner.body_alignment import write_aligned
+from modelrunner.runtime_client.cancellation import CallRegistry
+from modelrunner.runtime_client.exchanges import call_options, parse_frame_result
+from modelrunner.transport_errors import translated_errors
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
-from ._cancellation import CallRegistry
-from ._errors import translated_errors
-from ._flight import call_options, parse_frame_result
 from ._inputs import Inputs, normalise_inputs
+from ._stream_watchdog import IdleWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
         self.on_unavailable: Callable[[], None] | None = None
         """Called when the stream ends with UnavailableError (the client forgets the route)."""
         self._decoder: SampleDecoder | None = None
-        self._watchdog: _IdleWatchdog | None = None
+        self._watchdog: IdleWatchdog | None = None
         descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
         with translated_errors():
             writer, self._reader = client.do_exchange(descriptor, call_options(timeout))
@@ -306,7 +306,7 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
             with self._calls.track(self._reader, "the stream"):
                 return self._take_chunk()
         if self._watchdog is None:
-            self._watchdog = _IdleWatchdog(self._idle_timeout, self._reader)
+            self._watchdog = IdleWatchdog(self._idle_timeout, self._reader)
         self._watchdog.arm()
         try:
             with self._calls.track(self._reader, "the stream"):
@@ -409,58 +409,6 @@ class FrameStream(Iterator[dict[str, np.ndarray]]):
     def __del__(self) -> None:
         if hasattr(self, "_upload"):
             self.close()
-
-
-class _IdleWatchdog:
-    """One thread per stream that cancels the exchange when a read waits longer than
-    ``timeout`` (a thread per read would cost more than reading a small frame). Arming it for
-    each read wakes its thread only when it is parked (no read was waiting): while frames keep
-    coming it sleeps on, and finds the newest deadline when its wait ends."""
-
-    def __init__(self, timeout: float, reader: flight.FlightStreamReader) -> None:
-        self.timeout, self.reader = timeout, reader
-        self.fired = False
-        self._deadline = 0.0
-        self._reading = False
-        self._parked = False
-        self._stopped = False
-        self._wake = threading.Condition()
-        threading.Thread(target=self._run, name="modelrunner-stream-idle", daemon=True).start()
-
-    def arm(self) -> None:
-        with self._wake:
-            self._deadline = time.monotonic() + self.timeout
-            self._reading = True
-            if self._parked:
-                self._wake.notify()
-
-    def disarm(self) -> None:
-        with self._wake:
-            self._reading = False
-
-    def stop(self) -> None:
-        with self._wake:
-            self._stopped = True
-            self._wake.notify()
-
-    def _run(self) -> None:
-        with self._wake:
-            while not self._stopped:
-                if not self._reading:
-                    self._parked = True
-                    self._wake.wait()
-                    self._parked = False
-                    continue
-                left = self._deadline - time.monotonic()
-                if left > 0:
-                    self._wake.wait(left)
-                    continue
-                self.fired, self._stopped = True, True
-        if self.fired:
-            try:
-                self.reader.cancel()
-            except Exception:  # noqa: BLE001 - already finished: nothing to stop
-                pass
 
 
 def _describe(layout: SampleLayout) -> Mapping[str, tuple[list[int], str]]:

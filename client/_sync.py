@@ -7,29 +7,29 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
+from typing_extensions import Unpack
 
 from modelrunner import errors, types
+from modelrunner.predict_command import to_command
+from modelrunner.predict_request import PredictRequest
+from modelrunner.runtime_client import Route, RuntimeClient, reachable_uri
 from modelrunner.tls import ClientTls
-from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
-from . import _flight
-from ._control import ControlClient, Route
+from ._control import ControlClient
 from ._health import check_health
-from ._inputs import Inputs, normalise_inputs
+from ._inputs import Inputs
 from ._progress import ProgressOption, progress_callback
+from ._requests import PredictKeywords, StreamKeywords, build_request
 from ._retries import DEFAULT_RETRY_S, with_retries
-from ._sessions import fits_session
 from ._sources import SourceLike, Upload, interpret_source, is_local_address
 from ._stream import DEFAULT_IDLE_TIMEOUT_S, FrameStream, OnError
 from ._timeouts import USE_CLIENT_DEFAULT, Timeout, resolve_timeout
 
 _T = TypeVar("_T")
-NanPolicy = Literal["reject", "allow"]
-Precision = Literal["float16", "bfloat16"]
 
 
 class ModelRunnerClient:
@@ -69,7 +69,7 @@ class ModelRunnerClient:
         token = token or os.environ.get("MODELRUNNER_TOKEN") or None
         client_tls = ClientTls.from_option(tls, client_cert)
         self._control = ControlClient(address, token=token, tls=client_tls)
-        self._runtimes = _flight.RuntimeConnections(token=token, tls=client_tls)
+        self._runtimes = RuntimeClient(token=token, tls=client_tls)
         self._closed = False
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -272,59 +272,40 @@ class ModelRunnerClient:
     ) -> types.LoadInfo:
         """Warm the model up on its runtime, so the first prediction does not pay for loading.
         A runtime that is gone is replaced by the one the control service routes to next."""
-        response = runtime_pb2.LoadModelResponse()
 
-        def load_once(left: float | None) -> None:
-            route, _, client = self._runtime_for(model_id, weight_format, device, left)
+        def load_once(left: float | None) -> types.LoadInfo:
+            route, uri = self._route(model_id, weight_format or "", device or "", left)
             with self._forget_route_if_gone(route):
-                _flight.do_action(
-                    client,
-                    "load_model",
-                    runtime_pb2.LoadModelRequest(
-                        model_id=route.model_id,
-                        weight_format=weight_format or "",
-                        device=device or "",
-                    ),
-                    response,
-                    timeout=left,
+                return self._runtimes.load(
+                    uri, route.model_id, weight_format or "", device or "", timeout=left
                 )
 
-        self._retried("load", load_once, timeout)
-        from modelrunner.converters import from_pb_loaded_model
-
-        return types.LoadInfo(
-            model=from_pb_loaded_model(response.model), load_seconds=response.load_seconds
-        )
+        return self._retried("load", load_once, timeout)
 
     def predict(
         self,
         model_id: str,
         inputs: Inputs,
         *,
-        weight_format: str | None = None,
-        device: str | None = None,
-        blocksize: int | None = None,
-        nan_policy: NanPolicy = "reject",
-        skip_preprocessing: bool = False,
-        skip_postprocessing: bool = False,
-        reference_path: bool = False,
-        precision: Precision | None = None,
-        keep_shape: bool = False,
         progress: ProgressOption = False,
         timeout: Timeout = USE_CLIENT_DEFAULT,
+        **options: Unpack[PredictKeywords],
     ) -> dict[str, np.ndarray]:
         """Run the model on one sample; returns its outputs by output id.
 
         ``inputs`` is one array (single-input models) or a dict by input id; arrays may have
         fewer axes than the model (e.g. a 2-D image for a ``bcyx`` model) and any spatial size.
-        ``blocksize`` is bioimageio.core's blocksize parameter for tiled prediction.
-        ``reference_path``: run bioimageio.core's own pipeline even where the runtime's verified
-        fast path serves the model. ``precision`` ("float16" or "bfloat16") runs the network in
-        reduced precision on the fast path (PyTorch and TorchScript weights; the error it costs
-        on the package's test inputs is in ``describe(model_id).loaded``). Outputs arrive as
-        read-only views of the received buffers: ``.copy()`` one to change it. ``keep_shape``:
-        bioimageio.core's own call on the sample exactly as sent, no padding or tiling to the
-        model's sizes (what :func:`create_prediction_pipeline` sends).
+        ``options`` (:class:`PredictKeywords`): ``weight_format``, ``device``; ``blocksize``,
+        bioimageio.core's blocksize parameter for tiled prediction; ``nan_policy``;
+        ``skip_preprocessing``, ``skip_postprocessing``; ``reference_path``: run
+        bioimageio.core's own pipeline even where the runtime's verified fast path serves the
+        model; ``precision`` ("float16" or "bfloat16") runs the network in reduced precision on
+        the fast path (PyTorch and TorchScript weights; the error it costs on the package's
+        test inputs is in ``describe(model_id).loaded``); ``keep_shape``: bioimageio.core's
+        own call on the sample exactly as sent, no padding or tiling to the model's sizes
+        (what :func:`create_prediction_pipeline` sends); ``input_padding="halo"``: what
+        ``bioimageio.core.predict()`` does, padding by the outputs' halo. Outputs arrive as
+        read-only views of the received buffers: ``.copy()`` one to change it.
 
         Calls in a row reuse one open exchange (a session) per model, options and input shapes,
         which matters for small frames; samples over 64 MiB, and calls with ``progress``, take
@@ -334,44 +315,37 @@ class ModelRunnerClient:
         cancels the call: the runtime stops at its next tile, and the call raises
         ``KeyboardInterrupt`` or :class:`~modelrunner.errors.CancelledError`.
         """
-        self._runtimes.calls.raise_if_cancelled("the prediction")
-        arrays, dims = normalise_inputs(inputs, None)
-        command = _flight.predict_command(
-            model_id,
-            weight_format,
-            device,
-            blocksize=blocksize,
-            nan_policy=nan_policy,
-            skip_preprocessing=skip_preprocessing,
-            skip_postprocessing=skip_postprocessing,
-            reference_path=reference_path,
-            precision=precision,
-            report_progress=bool(progress),
-            keep_shape=keep_shape,
+        return self.send(
+            self.build_request(model_id, inputs, timeout=timeout, **options), progress=progress
         )
-        route, uri, client = self._runtime_for(model_id, weight_format, device, timeout)
-        command.model_id = route.model_id
+
+    def build_request(
+        self,
+        model_id: str,
+        inputs: Inputs,
+        *,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+        **options: Unpack[PredictKeywords],
+    ) -> PredictRequest:
+        """The :class:`~modelrunner.predict_request.PredictRequest` that :meth:`predict` sends
+        (InvalidArgumentError for an option that is not valid), to send with :meth:`send`."""
+        return build_request(model_id, inputs, timeout_s=self._timeout(timeout), **options)
+
+    def send(
+        self, request: PredictRequest, *, progress: ProgressOption = False
+    ) -> dict[str, np.ndarray]:
+        """Predict ``request`` (from :meth:`build_request`) on the runtime the control service
+        routes its model to; see :meth:`predict`."""
+        self._runtimes.calls.raise_if_cancelled("the prediction")
+        route, uri = self._route(
+            request.model_id, request.weight_format, request.device, request.timeout_s
+        )
         with progress_callback(progress, "predict") as report, self._forget_route_if_gone(route):
-            if report is None and fits_session(arrays):
-                command.session = True
-                return self._runtimes.sessions.predict(
-                    client,
-                    uri,
-                    command,
-                    arrays,
-                    dims,
-                    timeout=self._timeout(timeout),
-                    batch_bytes=self.batch_bytes,
-                )
-            return _flight.exchange_predict(
-                client,
-                command,
-                arrays,
-                dims,
-                timeout=self._timeout(timeout),
+            return self._runtimes.predict(
+                uri,
+                request.with_model(route.model_id),
                 batch_bytes=self.batch_bytes,
                 progress=report,
-                calls=self._runtimes.calls,
             )
 
     def predict_stream(
@@ -379,50 +353,38 @@ class ModelRunnerClient:
         model_id: str,
         frames: Iterable[Inputs],
         *,
-        weight_format: str | None = None,
-        device: str | None = None,
         max_in_flight: int = 8,
-        max_batch_size: int = 0,
-        nan_policy: NanPolicy = "reject",
-        reference_path: bool = False,
-        precision: Precision | None = None,
         on_error: OnError = "raise",
         timeout: Timeout = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+        **options: Unpack[StreamKeywords],
     ) -> FrameStream:
         """Run the model on a sequence of frames over one stream; yields each frame's outputs in
         order. At most ``max_in_flight`` frames travel unanswered (back-pressure); the runtime may
         stack up to ``max_batch_size`` waiting frames along the model's batch axis (only frames
         already waiting: a sparse stream is not delayed). ``max_batch_size=0`` leaves it to the
-        runtime: up to 8 on a GPU, one at a time on a CPU.
+        runtime: up to 8 on a GPU, one at a time on a CPU. ``options``
+        (:class:`StreamKeywords`): ``weight_format``, ``device``, ``max_batch_size``,
+        ``nan_policy``, ``reference_path``, ``precision``, as for :meth:`predict`.
 
         A failed frame raises :class:`FrameError` (``on_error="raise"``; the stream goes on with
         the next ``next()``) or is yielded as one (``on_error="yield"``). Closing the stream, or
         leaving a ``for`` loop over it, stops the work on the server. ``timeout`` bounds the whole
         stream and is off by default; ``idle_timeout`` (seconds, None: no limit) bounds the wait
         for the runtime's next answer, after which the stream is cancelled and raises
-        DeadlineExceededError (a frozen runtime). ``reference_path``: run bioimageio.core's own pipeline even
-        where the runtime's verified fast path serves the model.
+        DeadlineExceededError (a frozen runtime).
         """
-        command = _flight.predict_command(
-            model_id,
-            weight_format,
-            device,
-            nan_policy=nan_policy,
-            stream=True,
-            max_batch_size=max_batch_size,
-            reference_path=reference_path,
-            precision=precision,
-        )
-        route, _, client = self._runtime_for(model_id, weight_format, device, timeout)
-        command.model_id = route.model_id
+        request = build_request(model_id, None, timeout_s=self._timeout(timeout), **options)
+        route, uri = self._route(model_id, request.weight_format, request.device, request.timeout_s)
+        with self._forget_route_if_gone(route):
+            connection = self._runtimes.connection(uri)
         stream = FrameStream(
-            client,
-            command,
+            connection,
+            to_command(request.with_model(route.model_id), kind="stream"),
             frames,
             calls=self._runtimes.calls,
             max_in_flight=max_in_flight,
-            timeout=self._timeout(timeout),
+            timeout=request.timeout_s,
             batch_bytes=self.batch_bytes,
             on_error=on_error,
             idle_timeout=idle_timeout,
@@ -432,20 +394,18 @@ class ModelRunnerClient:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _runtime_for(
-        self, model_id: str, weight_format: str | None, device: str | None, timeout: Timeout
-    ) -> tuple[Route, str, _flight.flight.FlightClient]:
+    def _route(
+        self, model_id: str, weight_format: str, device: str, timeout: float | None
+    ) -> tuple[Route, str]:
+        """Where the model runs, and the URI of its best runtime as this client reaches it."""
         route = self._retried(
             "route",
-            lambda left: self._control.route(
-                model_id, weight_format or "", device or "", timeout=left
-            ),
+            lambda left: self._control.route(model_id, weight_format, device, timeout=left),
             timeout,
         )
         if not route.flight_uris:
             raise errors.UnavailableError(f"no runtime serves model {model_id!r}")
-        uri = _flight.reachable_uri(route.flight_uris[0], self.address)
-        return route, uri, self._runtimes.get(uri)
+        return route, reachable_uri(route.flight_uris[0], self.address)
 
     @contextmanager
     def _forget_route_if_gone(self, route: Route) -> Iterator[None]:
@@ -460,4 +420,4 @@ class ModelRunnerClient:
         so the next call asks the control service again."""
         self._control.forget_routes()
         for uri in route.flight_uris:
-            self._runtimes.drop(_flight.reachable_uri(uri, self.address))
+            self._runtimes.drop(reachable_uri(uri, self.address))

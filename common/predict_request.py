@@ -106,6 +106,12 @@ class PredictRequest:
             object.__setattr__(copy, "dim_names", dim_names)
         return copy
 
+    def with_model(self, model_id: str) -> PredictRequest:
+        """This request for the full id of its model (routed): nothing is checked again."""
+        copy = self.with_inputs(self.inputs)
+        object.__setattr__(copy, "model_id", model_id)
+        return copy
+
     def options(self) -> dict[str, Any]:
         """The options by name (everything but the model and the inputs), e.g. for a log."""
         return {

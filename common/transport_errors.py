@@ -25,6 +25,9 @@ middleware), or from the message alone.
 
 Errors repeat what clients sent; :func:`bounded` cuts messages and details so that an error never
 outgrows gRPC's header limits (a client would see only "Stream removed").
+
+Clients (the Python client, the runtime client) translate what they catch in one context,
+:func:`translated_errors`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from __future__ import annotations
 import copy
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -247,3 +252,20 @@ def from_flight_error(exc: BaseException) -> errors.ModelRunnerError:
     if isinstance(exc, OSError) and not isinstance(exc, flight.FlightError):
         return errors.UnavailableError(f"runtime unavailable: {message}")
     return errors.ModelRunnerError(message)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise ``grpc.RpcError`` and Flight/Arrow errors as :class:`ModelRunnerError`: where a
+    client turns the transports' exceptions into modelrunner's typed errors."""
+    try:
+        yield
+    except errors.ModelRunnerError:
+        raise
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from None
+    except (flight.FlightError, pa.ArrowInvalid, pa.ArrowKeyError) as e:
+        # a runtime's INVALID_ARGUMENT and NOT_FOUND arrive as ArrowInvalid and ArrowKeyError
+        raise from_flight_error(e) from None
+    except pa.ArrowException as e:
+        raise errors.ModelRunnerError(str(e)) from None

@@ -6,8 +6,8 @@ Modules, one responsibility each::
     server            start_control_server(settings) -> ControlServer (health, reflection)
     servicer          the thin gRPC ControlService: proto <-> control_plane
     open_inference    the Open Inference Protocol (KServe V2) servicer: proto <-> forwarding
-    open_inference_tensors  V2 tensors, datatypes and parameters <-> numpy and predict options
-    inference_forwarding    V2 requests to the routed runtime: in process, or over Flight sessions
+    open_inference_tensors  V2 tensors, datatypes and parameters <-> numpy and a PredictRequest
+    inference_forwarding    V2 requests to the routed runtime: in process, or by the runtime client
     server_reflection gRPC server reflection, v1 and v1alpha
     error_interceptor ModelRunnerError -> gRPC status + ErrorDetail trailer
     control_plane     ControlPlane: the transport-free logic layer (registry + runtimes)
@@ -29,7 +29,7 @@ Modules, one responsibility each::
     call_limits       concurrency limits of uploads/validations/adds, per-client keys, idle streams
     limits            ResourceExhaustedError naming the setting of the limit that was hit
     runtimes          RuntimeDirectory: registered runtimes, heartbeats, route choice
-    runtime_actions   calls to a runtime's Arrow Flight actions (test_model)
+    runtime_actions   model tests and unloads on a runtime, by the runtime client
     package_zips      zipped packages for FetchModelPackage
     server_info       versions, platform, cache and runtimes for GetServerInfo
 """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 
 from modelrunner import errors, types
 from modelrunner.auth import ANONYMOUS, Identity, Role
@@ -19,20 +18,11 @@ from modelrunner.entry_server.progress import ProgressCallback, no_progress
 from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import Registration, RuntimeDirectory
 from modelrunner.entry_server.server_info import server_info
+from modelrunner.runtime_client import Route
 from modelrunner.settings import Settings
 from modelrunner.tls import ClientTls
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Route:
-    model_id: str
-    """The resolved, full model id."""
-    flight_uris: tuple[str, ...]
-    """Best first."""
-    runtime_id: str
-    """The best runtime."""
 
 
 class ControlPlane:

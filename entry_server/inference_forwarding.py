@@ -1,67 +1,47 @@
 """Predictions the control service makes for a caller: the Open Inference Protocol endpoint
 (:mod:`.open_inference`) hands each request here, and it goes to the runtime the control service
-routes the model to with the same command, and so the same runtime logic and errors, as the
-Python client's ``predict``.
+routes the model to as the same ``PredictRequest``, and so the same runtime logic and errors, as
+the Python client's ``predict``.
 
 * The runtime embedded in this process (``modelrunner serve``) is called in process
-  (:class:`LocalRuntime`): its service predicts on the request's arrays, views of the bytes
-  protobuf hands out, with no Flight hop and no copy of its own. The caller's role and its
-  right to the model were checked by the control service already (the interceptor, the
+  (:class:`LocalRuntime`, the runtime's data plane): it predicts on the request's arrays, views
+  of the bytes protobuf hands out, with no Flight hop and no copy of its own. The caller's role
+  and its right to the model were checked by the control service already (the interceptor, the
   routing), as the runtime would check them (``caller_auth``).
-* Any other runtime is called over Arrow Flight, on sessions as the Python client keeps them,
-  presenting the caller's own token, which the runtime checks as it checks every caller:
-  forwarding adds no power a caller does not have. Each token gets its own Flight connections
-  and sessions (an open exchange is bound to the token that opened it); beyond
-  :data:`MAX_CALLERS` tokens the least recently used ones that no call is using are closed.
-  A call's cancellation reaches the runtime through its deadline only (a session's exchange
-  outlives calls).
+* Any other runtime is called through the runtime client (:mod:`modelrunner.runtime_client`),
+  on sessions as the Python client keeps them, presenting the caller's own token, which the
+  runtime checks as it checks every caller: forwarding adds no power a caller does not have.
+  Each token gets its own runtime client (an open exchange is bound to the token that opened
+  it); beyond :data:`MAX_CALLERS` tokens the least recently used ones that no call is using are
+  closed. A call's cancellation reaches the runtime through its deadline only (a session's
+  exchange outlives calls).
 
-Routes are kept for :data:`ROUTE_TTL_S` per caller's view (workspace), as the Python client
-keeps them for longer: resolving a model costs a few index queries, as much as moving a small
-frame. A model removed or unpublished is served to V2 callers for at most that long.
+Routes are kept per caller's view (workspace) as the Python client keeps them
+(:class:`~modelrunner.runtime_client.RouteCache`): a model removed or unpublished is served to V2
+callers for at most :data:`~modelrunner.runtime_client.ROUTE_TTL_S`.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from modelrunner import errors
 from modelrunner.auth import Identity, token_hash
-from modelrunner.client._flight import RuntimeConnections, exchange_predict, reachable_uri
-from modelrunner.client._sessions import fits_session
-from modelrunner.entry_server.control_plane import ControlPlane, Route
-from modelrunner.predict_command import to_command
+from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.predict_request import PredictRequest
-from modelrunner.v1 import runtime_pb2
-from modelrunner.wire import DEFAULT_BATCH_BYTES
+from modelrunner.runtime_client import Route, RouteCache, RuntimeClient, reachable_uri
 
 MAX_CALLERS = 32
 """Tokens whose connections stay open at once."""
-ROUTE_TTL_S = 2.0
-MAX_ROUTES = 1024
 _LOCAL = "127.0.0.1:0"
 """A runtime announcing a wildcard host listens on loopback too: the control service's view."""
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """How to compute one sample: the settings of ``PredictCommand`` a V2 request may set."""
-
-    weight_format: str = ""
-    device: str = ""
-    blocksize: int | None = None
-    nan_policy: str = "reject"
-    reference_path: bool = False
-    precision: str = ""
-    timeout_s: float | None = None
 
 
 class PredictedOutputs(Protocol):
@@ -70,146 +50,83 @@ class PredictedOutputs(Protocol):
 
 
 class LocalRuntime(Protocol):
-    """A runtime in this process (``runtime_flight.service.RuntimeService``)."""
+    """A runtime in this process (its data plane, ``runtime_flight.service.RuntimeService``)."""
 
     def predict_whole(
         self, request: PredictRequest, *, cancelled: Callable[[], bool] = ...
     ) -> PredictedOutputs: ...
 
 
-_RouteKey = tuple[str, bool, str, str, str]
-
-
 @dataclass
 class _Caller:
-    connections: RuntimeConnections
+    client: RuntimeClient
     users: int = 0
-    """Calls using the connections now: they are closed only when none is."""
+    """Calls using the client now: it is closed only when none is."""
 
 
-@dataclass
 class RuntimeForwarding:
-    control: ControlPlane
-    _local: dict[str, LocalRuntime] = field(default_factory=dict)
-    _routes: OrderedDict[_RouteKey, tuple[float, Route]] = field(default_factory=OrderedDict)
-    _callers: OrderedDict[str, _Caller] = field(default_factory=OrderedDict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _closed: bool = False
+    def __init__(self, control: ControlPlane) -> None:
+        self.control = control
+        self._local: dict[str, LocalRuntime] = {}
+        self._routes = RouteCache()
+        self._callers: OrderedDict[str, _Caller] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def attach_local(self, runtime_id: str, runtime: LocalRuntime) -> None:
         """Call runtime ``runtime_id`` in process (the embedded runtime)."""
         self._local[runtime_id] = runtime
 
-    def route(self, model_ref: str, options: PredictOptions, identity: Identity) -> Route:
-        """Where the caller's ``model_ref`` runs (NOT_FOUND for a model it may not see)."""
+    def route(self, request: PredictRequest, identity: Identity) -> Route:
+        """Where the caller's model runs (NOT_FOUND for a model it may not see)."""
         key = (
             identity.workspace,
             identity.sees_all_workspaces(),
-            model_ref,
-            options.weight_format,
-            options.device,
+            request.model_id,
+            request.weight_format,
+            request.device,
         )
-        now = time.monotonic()
-        with self._lock:
-            kept = self._routes.get(key)
-        if kept is not None and now - kept[0] < ROUTE_TTL_S:
-            return kept[1]
-        route = self.control.route(model_ref, options.weight_format, options.device, identity)
-        with self._lock:
-            self._routes[key] = (now, route)
-            self._routes.move_to_end(key)
-            while len(self._routes) > MAX_ROUTES:
-                self._routes.popitem(last=False)
-        return route
-
-    def _forget_route(self, route: Route) -> None:
-        with self._lock:
-            for key in [k for k, (_, r) in self._routes.items() if r == route]:
-                del self._routes[key]
+        return self._routes.get(
+            key,
+            lambda: self.control.route(
+                request.model_id, request.weight_format, request.device, identity
+            ),
+        )
 
     def predict(
         self,
         route: Route,
-        arrays: Mapping[str, np.ndarray],
-        dim_names: Mapping[str, tuple[str, ...]],
-        options: PredictOptions,
+        request: PredictRequest,
         *,
         token: str | None = None,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> dict[str, np.ndarray]:
-        """Predict one sample on the route's best runtime."""
-        request = PredictRequest(
-            model_id=route.model_id,
-            inputs=dict(arrays),
-            dim_names=dict(dim_names),
-            weight_format=options.weight_format,
-            device=options.device,
-            nan_policy=options.nan_policy,  # type: ignore[arg-type]  # checked by the request
-            blocksize=options.blocksize,
-            reference_path=options.reference_path,
-            precision=options.precision,  # type: ignore[arg-type]
-            timeout_s=options.timeout_s,
-        )
+        """Predict the request's sample on the route's best runtime."""
+        routed = request.with_model(route.model_id)
         try:
             local = self._local.get(route.runtime_id)
             if local is not None:
-                return local.predict_whole(request, cancelled=cancelled).arrays
-            return self._over_flight(route, to_command(request), arrays, dim_names, options, token)
+                return local.predict_whole(routed, cancelled=cancelled).arrays
+            uri = reachable_uri(route.flight_uris[0], _LOCAL)
+            with self._client_for(token) as client:
+                return client.predict(uri, routed)
         except errors.UnavailableError:
-            self._forget_route(route)
+            self._routes.forget(route)
             raise
 
-    def _over_flight(
-        self,
-        route: Route,
-        command: runtime_pb2.PredictCommand,
-        arrays: Mapping[str, np.ndarray],
-        dim_names: Mapping[str, tuple[str, ...]],
-        options: PredictOptions,
-        token: str | None,
-    ) -> dict[str, np.ndarray]:
-        uri = reachable_uri(route.flight_uris[0], _LOCAL)
-        with self._connections(token) as connections:
-            client = connections.get(uri)
-            try:
-                if fits_session(arrays):
-                    command.session = True
-                    return connections.sessions.predict(
-                        client,
-                        uri,
-                        command,
-                        arrays,
-                        dim_names,
-                        timeout=options.timeout_s,
-                        batch_bytes=DEFAULT_BATCH_BYTES,
-                    )
-                return exchange_predict(
-                    client,
-                    command,
-                    arrays,
-                    dim_names,
-                    timeout=options.timeout_s,
-                    batch_bytes=DEFAULT_BATCH_BYTES,
-                    progress=None,
-                    calls=connections.calls,
-                )
-            except errors.UnavailableError:
-                connections.drop(uri)  # the runtime went away: reconnect next time
-                raise
-
     @contextmanager
-    def _connections(self, token: str | None) -> Iterator[RuntimeConnections]:
-        """The token's connections, in use for the block; the least recently used idle ones
-        beyond :data:`MAX_CALLERS` are closed (keyed by the token's hash: no raw token kept
-        as a key)."""
+    def _client_for(self, token: str | None) -> Iterator[RuntimeClient]:
+        """The token's runtime client, in use for the block; the least recently used idle ones
+        beyond :data:`MAX_CALLERS` are closed (keyed by the token's hash: no raw token kept as
+        a key)."""
         key = token_hash(token) if token else ""
-        idle: list[RuntimeConnections] = []
+        idle: list[RuntimeClient] = []
         with self._lock:
             if self._closed:
                 raise errors.UnavailableError("the control service is stopping")
             caller = self._callers.get(key)
             if caller is None:
-                caller = _Caller(RuntimeConnections(token=token, tls=self.control.runtime_tls))
+                caller = _Caller(RuntimeClient(token=token, tls=self.control.runtime_tls))
                 self._callers[key] = caller
             self._callers.move_to_end(key)
             caller.users += 1
@@ -220,23 +137,23 @@ class RuntimeForwarding:
                 other = self._callers[other_key]
                 if other.users == 0:
                     del self._callers[other_key]
-                    idle.append(other.connections)
+                    idle.append(other.client)
                     surplus -= 1
-        for connections in idle:
-            connections.close()
+        for client in idle:
+            client.close()
         try:
-            yield caller.connections
+            yield caller.client
         finally:
             with self._lock:
                 caller.users -= 1
                 orphaned = caller.users == 0 and self._callers.get(key) is not caller
             if orphaned:  # closed for the service's stop while in use
-                caller.connections.close()
+                caller.client.close()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            idle = [c.connections for c in self._callers.values() if c.users == 0]
+            idle = [c.client for c in self._callers.values() if c.users == 0]
             self._callers = OrderedDict()
-        for connections in idle:
-            connections.close()
+        for client in idle:
+            client.close()

@@ -35,7 +35,7 @@ from modelrunner.entry_server.open_inference_tensors import (
     infer_response,
     input_arrays,
     metadata_shape,
-    predict_options,
+    predict_request,
     requested_outputs,
 )
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
@@ -167,19 +167,17 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ModelInferResponse:
         if not request.model_name:
             raise _unnamed()
-        options = predict_options(request.parameters, context.time_remaining())
-        route = self._forwarding.route(request.model_name, options, current_identity())
+        wanted = predict_request(request.model_name, request.parameters, context.time_remaining())
+        route = self._forwarding.route(wanted, current_identity())
         model = self._by_id(route.model_id)
         _check_version(request.model_name, request.model_version, model)
         names = requested_outputs(request, model)
         arrays, dims = input_arrays(request)
         outputs = self._forwarding.predict(
             route,
-            arrays,
-            dims,
-            options,
+            wanted.with_inputs(arrays, dims),
             token=_caller_token(context),
-            cancelled=_cancelled_or_late(context, options.timeout_s),
+            cancelled=_cancelled_or_late(context, wanted.timeout_s),
         )
         return infer_response(request, model, outputs, names)
 

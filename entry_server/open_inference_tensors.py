@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from modelrunner import errors, types
-from modelrunner.entry_server.inference_forwarding import PredictOptions
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
+from modelrunner.predict_request import PredictRequest
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -74,6 +74,7 @@ REQUEST_PARAMETERS = (
     "nan_policy",
     "reference_path",
     "precision",
+    "input_padding",
     "timeout",
 )
 _TENSOR_PARAMETERS = ("dim_names",)
@@ -228,40 +229,37 @@ def _tensor_dim_names(tensor: v2.ModelInferRequest.InferInputTensor, ndim: int) 
     return names
 
 
-def predict_options(
-    parameters: Mapping[str, v2.InferParameter], deadline_s: float | None
-) -> PredictOptions:
-    """The request's parameters as predict options; ``deadline_s`` is the call's time left
-    (grpc reports a call without a deadline as centuries left: no timeout)."""
+def predict_request(
+    model_ref: str, parameters: Mapping[str, v2.InferParameter], deadline_s: float | None
+) -> PredictRequest:
+    """The request a V2 request's parameters ask for (its inputs come with
+    :meth:`~modelrunner.predict_request.PredictRequest.with_inputs`); ``deadline_s`` is the
+    call's time left (grpc reports a call without a deadline as centuries left: no timeout)."""
     if deadline_s is not None and deadline_s > _NO_DEADLINE_S:
         deadline_s = None
-    options = PredictOptions(timeout_s=deadline_s)
+    options: dict[str, Any] = {"timeout_s": deadline_s}
     for key, value in parameters.items():
         if key in _IGNORED_PARAMETERS:
             continue
-        if key == "weight_format":
-            options = replace(options, weight_format=_string(value, key))
-        elif key == "device":
-            options = replace(options, device=_string(value, key))
-        elif key == "precision":
-            options = replace(options, precision=_string(value, key))
-        elif key == "nan_policy":
-            options = replace(options, nan_policy=_string(value, key))
+        if key in ("weight_format", "device", "precision", "nan_policy", "input_padding"):
+            options[key] = _string(value, key)
         elif key == "blocksize":
-            options = replace(options, blocksize=_integer(value, key))
+            options[key] = _integer(value, key)
         elif key == "reference_path":
-            options = replace(options, reference_path=_boolean(value, key))
+            options[key] = _boolean(value, key)
         elif key == "timeout":
             # Triton's per-request timeout, in microseconds; the call's deadline still applies
             timeout_s = _integer(value, key) / 1e6
             if timeout_s > 0:
-                options = replace(options, timeout_s=min(timeout_s, deadline_s or math.inf) or None)
+                options["timeout_s"] = min(timeout_s, deadline_s or math.inf) or None
         else:
             raise errors.InvalidArgumentError(
                 f"unknown parameter {key!r}; modelrunner takes {', '.join(REQUEST_PARAMETERS)}",
                 details={"parameter": key, "expected": list(REQUEST_PARAMETERS)},
             )
-    return options
+    if options.get("input_padding") == "":
+        options["input_padding"] = "none"
+    return PredictRequest(model_id=model_ref, **options)
 
 
 def _kind(value: v2.InferParameter) -> str:

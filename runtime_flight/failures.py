@@ -39,7 +39,7 @@ def failure(error: Exception, descr: v0_5.ModelDescr, shapes: str) -> ModelRunne
             f"out of memory while predicting with '{descr.name}' on inputs {shapes}: {reason}",
             details=details,
         )
-    logger.info("prediction with '%s' on %s failed", descr.name, shapes, exc_info=error)
+    logger.debug("prediction with %r on %s failed", descr.name, shapes, exc_info=error)
     return InternalError(
         f"prediction with '{descr.name}' failed on inputs {shapes}: {reason}", details=details
     )

@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from modelrunner.client._flight import reachable_uri
 from modelrunner.client._sources import _zipped
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from modelrunner.runtime_client import reachable_uri
 from modelrunner.v1 import runtime_pb2
 
 from ..context import BenchContext

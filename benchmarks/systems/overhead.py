@@ -49,10 +49,9 @@ class Overhead:
 
 def measure_overhead(workdir: Path, sizes: list[FrameSize], *, seconds: float) -> list[Overhead]:
     """Per-call costs for each frame size; ``seconds`` bounds each figure's measuring time."""
-    from modelrunner.runtime_flight.inference import fast_path
+    from modelrunner.predict_request import PredictRequest
     from modelrunner.runtime_flight.service import RuntimeService
     from modelrunner.settings import Settings
-    from modelrunner.v1 import runtime_pb2
 
     package = _identity_builder()(
         workdir / "overhead-identity", min_size=IDENTITY_MIN_SIZE, step=IDENTITY_STEP
@@ -61,13 +60,13 @@ def measure_overhead(workdir: Path, sizes: list[FrameSize], *, seconds: float) -
         Settings(cache_dir=workdir / "overhead-cache", device="cpu"), lambda _id: package
     )
     try:
-        command = runtime_pb2.PredictCommand(model_id="0" * 64, weight_format="onnx")
         rows = []
         for size in sizes:
             frame = make_frame(size.shape)
-            service.predict(command, {"": frame}, {})
+            request = PredictRequest(model_id="0" * 64, weight_format="onnx", inputs={"": frame})
+            service.predict(request)
             with service.pool.use("0" * 64, "onnx") as warm:
-                fast = fast_path(warm.pipeline)
+                fast = warm.fast
             if fast is None:
                 raise RuntimeError("the identity model should take the fast path")
             inputs = {fast.input_ids[0]: frame}
@@ -76,9 +75,7 @@ def measure_overhead(workdir: Path, sizes: list[FrameSize], *, seconds: float) -
                     size=size.label,
                     frame_bytes=size.nbytes,
                     client_us=_per_call(_client_predict(frame), seconds),
-                    runtime_us=_per_call(
-                        partial(service.predict, command, {"": frame}, {}), seconds
-                    ),
+                    runtime_us=_per_call(partial(service.predict, request), seconds),
                     model_us=_per_call(partial(fast.predict, inputs, nan_possible=False), seconds),
                     nan_check_us=_per_call(frame.min, seconds),
                     copy_us=_per_call(frame.copy, seconds),
@@ -109,9 +106,7 @@ def _per_call(call: Callable[[], Any], seconds: float) -> float:
 def _client_predict(frame: np.ndarray) -> Callable[[], object]:
     """``client.predict`` of ``frame`` whose control and Flight calls answer at once."""
     from modelrunner.client import ModelRunnerClient
-    from modelrunner.client._cancellation import CallRegistry
-    from modelrunner.client._control import Route
-    from modelrunner.client._sessions import SessionPool
+    from modelrunner.runtime_client import Route, RuntimeClient
     from modelrunner.v1 import runtime_pb2
     from modelrunner.wire import SampleLayout, encode_sample
 
@@ -194,22 +189,11 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
         def close(self) -> None:
             pass
 
-    class Runtimes:
-        calls = CallRegistry()
-        sessions = SessionPool(calls)
-
-        def get(self, uri: str) -> Flight:
-            return Flight()
-
-        def drop(self, uri: str) -> None:
-            pass
-
-        def close(self) -> None:
-            self.sessions.close()
-
+    runtimes = RuntimeClient()
+    runtimes.connection = lambda uri: Flight()  # type: ignore[method-assign,assignment,return-value]
     client = ModelRunnerClient("127.0.0.1:1")
     client.close()
     client._control = Control()  # type: ignore[assignment]
-    client._runtimes = Runtimes()  # type: ignore[assignment]
+    client._runtimes = runtimes
     client._closed = False
     return lambda: client.predict("stand-in", frame)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from modelrunner.client import _cancellation
+from modelrunner.runtime_client import cancellation as _cancellation
 
 
 class _Reader:

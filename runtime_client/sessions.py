@@ -24,12 +24,12 @@ import pyarrow.flight as flight
 
 from modelrunner import converters, errors
 from modelrunner.body_alignment import write_aligned
+from modelrunner.transport_errors import translated_errors
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
-from ._cancellation import CallRegistry
-from ._errors import translated_errors
-from ._flight import call_options, parse_frame_result
+from .cancellation import CallRegistry
+from .exchanges import call_options, parse_frame_result
 
 logger = logging.getLogger(__name__)
 
