@@ -9,7 +9,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from bioimageio.core import PredictionPipeline, Sample, Tensor
@@ -28,7 +28,9 @@ from bioimageio.spec.model import AnyModelDescr, v0_4, v0_5
 from modelrunner.errors import InvalidArgumentError
 
 from ._sync import ModelRunnerClient
-from .core_pipeline import Processing
+
+Processing = Literal["remote", "local"]
+"""Where the pre- and postprocessing run: on the server, or here (see :mod:`.core_pipeline`)."""
 
 
 class ServerLink:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from modelrunner.errors import InvalidArgumentError
 
@@ -44,9 +44,7 @@ if TYPE_CHECKING:
     from bioimageio.core.stat_measures import Measure, MeasureValue
     from bioimageio.spec.model import AnyModelDescr
 
-    from ._core_backend import ModelRunnerPipeline
-
-Processing = Literal["remote", "local"]
+    from ._core_backend import ModelRunnerPipeline, Processing
 
 
 def create_prediction_pipeline(

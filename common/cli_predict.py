@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Any
 
+from modelrunner.predict_request import INPUT_PADDINGS
 from modelrunner.server_address import DEFAULT_ADDRESS
 
 
@@ -79,6 +80,14 @@ def add_predict_command(sub: Any) -> None:
         "--precision",
         choices=("float16", "bfloat16"),
         help="run the network in reduced precision (fast path, PyTorch/TorchScript weights)",
+    )
+    predict.add_argument(
+        "--input-padding",
+        choices=INPUT_PADDINGS,
+        default="none",
+        help="halo: pad each image by the outputs' halo and crop the outputs, as "
+        "bioimageio.core.predict() does (the network must take the padded size); none "
+        "(default): pad only to fit the model's sizes",
     )
     predict.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")

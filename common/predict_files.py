@@ -279,6 +279,7 @@ def _run_job(
                     blocksize=args.blocksize,
                     reference_path=args.reference_path,
                     precision=args.precision,
+                    input_padding=args.input_padding,
                     progress=tile_progress and not args.no_progress,
                 )
             except InvalidTensorError as e:

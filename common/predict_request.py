@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from modelrunner.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NanPolicy = Literal["reject", "allow"]
 """``reject``: float inputs with NaN or infinite values are refused (InvalidTensorError);
