@@ -157,5 +157,9 @@ class ControlClient:
 
         return self._routes.get((model_id, weight_format, device), resolve)
 
+    def kept_route(self, model_id: str, weight_format: str, device: str) -> Route | None:
+        """The route kept for the model, if any (no call)."""
+        return self._routes.kept((model_id, weight_format, device))
+
     def forget_routes(self) -> None:
         self._routes.forget()

@@ -340,13 +340,17 @@ class ModelRunnerClient:
         route, uri = self._route(
             request.model_id, request.weight_format, request.device, request.timeout_s
         )
-        with progress_callback(progress, "predict") as report, self._forget_route_if_gone(route):
-            return self._runtimes.predict(
-                uri,
-                request.with_model(route.model_id),
-                batch_bytes=self.batch_bytes,
-                progress=report,
-            )
+        routed = request.with_model(route.model_id)
+        try:
+            if not progress:  # the lockstep case, without a context to enter
+                return self._runtimes.predict(uri, routed, batch_bytes=self.batch_bytes)
+            with progress_callback(progress, "predict") as report:
+                return self._runtimes.predict(
+                    uri, routed, batch_bytes=self.batch_bytes, progress=report
+                )
+        except errors.UnavailableError:
+            self._forget_route(route)
+            raise
 
     def predict_stream(
         self,
@@ -398,7 +402,7 @@ class ModelRunnerClient:
         self, model_id: str, weight_format: str, device: str, timeout: float | None
     ) -> tuple[Route, str]:
         """Where the model runs, and the URI of its best runtime as this client reaches it."""
-        route = self._retried(
+        route = self._control.kept_route(model_id, weight_format, device) or self._retried(
             "route",
             lambda left: self._control.route(model_id, weight_format, device, timeout=left),
             timeout,

@@ -81,3 +81,27 @@ def from_command(
 
 def exchange_kind(command: runtime_pb2.PredictCommand) -> ExchangeKind:
     return "session" if command.session else "stream" if command.stream else "predict"
+
+
+_NOT_IN_COMMAND = frozenset({"inputs", "dim_names", "timeout_s"})
+_COMMANDS: dict[tuple[object, ...], bytes] = {}
+_MAX_COMMANDS = 256
+
+
+def command_bytes(
+    request: PredictRequest, *, kind: ExchangeKind = "predict", report_progress: bool = False
+) -> bytes:
+    """:func:`to_command`, serialized: a client's lockstep calls send the same command again and
+    again, so it is made once per model, options and kind."""
+    key = (
+        kind,
+        report_progress,
+        *(v for k, v in request.__dict__.items() if k not in _NOT_IN_COMMAND),
+    )
+    data = _COMMANDS.get(key)
+    if data is None:
+        data = to_command(request, kind=kind, report_progress=report_progress).SerializeToString()
+        if len(_COMMANDS) >= _MAX_COMMANDS:
+            _COMMANDS.clear()
+        _COMMANDS[key] = data
+    return data

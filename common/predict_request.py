@@ -100,17 +100,17 @@ class PredictRequest:
         """This request for other arrays (a stream's frame, a session's next sample). The
         options are checked already: nothing is checked again."""
         copy = object.__new__(PredictRequest)
-        for f in _FIELDS:
-            object.__setattr__(copy, f, getattr(self, f))
-        object.__setattr__(copy, "inputs", inputs)
+        fields = copy.__dict__
+        fields.update(self.__dict__)
+        fields["inputs"] = inputs
         if dim_names is not None:
-            object.__setattr__(copy, "dim_names", dim_names)
+            fields["dim_names"] = dim_names
         return copy
 
     def with_model(self, model_id: str) -> PredictRequest:
         """This request for the full id of its model (routed): nothing is checked again."""
         copy = self.with_inputs(self.inputs)
-        object.__setattr__(copy, "model_id", model_id)
+        copy.__dict__["model_id"] = model_id
         return copy
 
     def options(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pyarrow.flight as flight
 
 from modelrunner import errors, types
 from modelrunner.auth import AUTHORIZATION_HEADER, bearer
-from modelrunner.predict_command import to_command
+from modelrunner.predict_command import command_bytes
 from modelrunner.predict_request import PredictRequest
 from modelrunner.tls import ClientTls
 from modelrunner.transport_errors import ErrorTrailers
@@ -149,12 +149,13 @@ class RuntimeClient:
         request's ``timeout_s`` bounds the call."""
         self.calls.raise_if_cancelled("the prediction")
         arrays, dims = request.inputs, request.dim_names
-        with self._using(uri) as client:
+        client = self.connection(uri)
+        try:
             if progress is None and fits_session(arrays):
                 return self.sessions.predict(
                     client,
                     uri,
-                    to_command(request, kind="session"),
+                    command_bytes(request, kind="session"),
                     arrays,
                     dims,
                     timeout=request.timeout_s,
@@ -162,7 +163,7 @@ class RuntimeClient:
                 )
             return exchange_predict(
                 client,
-                to_command(request, report_progress=progress is not None),
+                command_bytes(request, report_progress=progress is not None),
                 arrays,
                 dims,
                 timeout=request.timeout_s,
@@ -170,6 +171,12 @@ class RuntimeClient:
                 progress=progress,
                 calls=self.calls,
             )
+        except errors.UnavailableError:
+            self.drop(uri)
+            raise
+        finally:
+            if not self._keep:
+                client.close()
 
     # -- actions -----------------------------------------------------------------------------
 

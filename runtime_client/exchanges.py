@@ -43,7 +43,7 @@ def parse_frame_result(metadata: pa.Buffer | None) -> runtime_pb2.FrameResult:
 
 def exchange_predict(
     client: flight.FlightClient,
-    command: runtime_pb2.PredictCommand,
+    command: bytes,
     arrays: Mapping[str, np.ndarray],
     dim_names: Mapping[str, tuple[str, ...]],
     *,
@@ -52,10 +52,11 @@ def exchange_predict(
     progress: ProgressCallback | None,
     calls: CallRegistry,
 ) -> dict[str, np.ndarray]:
-    """Send one sample, return its outputs (views of the received buffers when unchunked).
-    ``calls`` can cancel it (see :mod:`._cancellation`)."""
+    """Send one sample on an exchange of ``command`` (a serialized ``PredictCommand``), return
+    its outputs (views of the received buffers when unchunked). ``calls`` can cancel it (see
+    :mod:`.cancellation`)."""
     layout = SampleLayout.plan(arrays, dim_names, batch_bytes=batch_bytes)
-    descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
+    descriptor = flight.FlightDescriptor.for_command(command)
     with translated_errors():
         writer, reader = client.do_exchange(descriptor, call_options(timeout))
         # the reader is cancelled on any way out but the outputs (track), before the writer

@@ -6,6 +6,7 @@ out to be gone, and keep at most :data:`MAX_ROUTES`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +50,13 @@ class RouteCache:
         self._routes: OrderedDict[Hashable, tuple[float, Route]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def kept(self, key: Hashable) -> Route | None:
+        """The route kept for ``key``, when it is still fresh."""
+        kept = self._routes.get(key)
+        if kept is not None and self._clock() - kept[0] < self.ttl_s:
+            return kept[1]
+        return None
+
     def get(self, key: Hashable, resolve: Callable[[], Route]) -> Route:
         """The route kept for ``key``, or a new one from ``resolve``."""
         now = self._clock()
@@ -74,6 +82,7 @@ class RouteCache:
                 del self._routes[key]
 
 
+@functools.lru_cache(maxsize=256)
 def reachable_uri(flight_uri: str, control_address: str) -> str:
     """A runtime listening on every interface announces a wildcard host: reach it through the
     host the caller used for the control service."""

@@ -25,7 +25,6 @@ import pyarrow.flight as flight
 from modelrunner import converters, errors
 from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import translated_errors
-from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
 from .cancellation import CallRegistry
@@ -173,7 +172,7 @@ class SessionPool:
         self,
         client: flight.FlightClient,
         uri: str,
-        command: runtime_pb2.PredictCommand,
+        command: bytes,
         arrays: Mapping[str, np.ndarray],
         dim_names: Mapping[str, tuple[str, ...]],
         *,
@@ -186,7 +185,7 @@ class SessionPool:
         restarted or ended it) is replaced once by a new one; a sample the runtime took is never
         sent again. ``timeout`` bounds the whole call, as it does for a one-shot exchange."""
         layout = SampleLayout.plan(arrays, dim_names, batch_bytes=batch_bytes)
-        key: SessionKey = (uri, command.SerializeToString(), layout)
+        key: SessionKey = (uri, command, layout)
         deadline = None if timeout is None else time.monotonic() + timeout
         session = self._checkout(key)
         with translated_errors():

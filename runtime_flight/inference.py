@@ -64,7 +64,7 @@ class Predicted(dict[str, np.ndarray]):
         return outputs
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prediction:
     """One call on a warm pipeline: its parts, the request, the runtime's limits and the
     caller's callbacks."""

@@ -46,6 +46,9 @@ Inputs = Mapping[str, Any] | np.ndarray
 DimNames = Mapping[str, Sequence[str]]
 
 _ALIASES = {"b": "batch", "c": "channel", "t": "time", "i": "index"}
+_MASK_CHECK_BYTES = 2 * 1024**2
+"""Float inputs up to this size are checked for NaN and infinite values with a mask, larger
+ones with a sum (:func:`check_finite`)."""
 _ACCEPTED_KINDS = frozenset("biuf")
 
 
@@ -369,14 +372,19 @@ def check_finite(tensor: str, array: np.ndarray) -> None:
     """InvalidTensorError when a float array holds NaN or infinite values."""
     if array.dtype.kind != "f" or array.size == 0:
         return
-    # A sum is not finite when any value is not (NaN and inf propagate, inf - inf is NaN): one
-    # pass and no temporary. 2048x2048 float32 on the development VM: 1.5 ms, where the former
-    # NaN-only min() took 1.1 ms and isfinite().all() 1.9-2.9 ms with a 4 MiB mask. Finite
-    # values can overflow the sum: only then are the values counted.
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = array.sum(dtype=np.float64 if array.itemsize < 4 else None)
-    if np.isfinite(total):
-        return
+    if array.nbytes <= _MASK_CHECK_BYTES:
+        # a mask of a frame that stays in the CPU's cache: 512x512 float32 25 µs, its sum 43 µs
+        if np.isfinite(array).all():
+            return
+    else:
+        # A sum is not finite when any value is not (NaN and inf propagate, inf - inf is NaN):
+        # one pass and no temporary. 2048x2048 float32 on the development VM: 0.75-1.5 ms, where
+        # isfinite().all() takes 0.9-2.9 ms with a 4 MiB mask. Finite values can overflow the
+        # sum: only then are the values counted.
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = array.sum(dtype=np.float64 if array.itemsize < 4 else None)
+        if np.isfinite(total):
+            return
     nan = int(np.count_nonzero(np.isnan(array)))
     inf = int(np.count_nonzero(np.isinf(array)))
     if nan == inf == 0:

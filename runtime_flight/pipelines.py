@@ -104,6 +104,8 @@ class PipelinePool:
         """Least recently used first."""
         self._loading: dict[Key, _Loading] = {}
         self._descriptions: OrderedDict[str, v0_5.ModelDescr] = OrderedDict()
+        self._keys: OrderedDict[tuple[str, str, str], Key] = OrderedDict()
+        """What :meth:`resolve` chose for (model id, weight format, device) as asked."""
         self._device_locks: dict[str, threading.Lock] = {}
         self.loads = 0
         """Pipelines created so far (for tests and stats)."""
@@ -147,11 +149,21 @@ class PipelinePool:
     def resolve(
         self, model_id: str, weight_format: str | None = None, device: str | None = None
     ) -> Key:
-        """The pool key a request maps to (chooses the weight format and device)."""
+        """The pool key a request maps to (chooses the weight format and device). A model's
+        description, the frameworks and the devices here do not change: the choice is kept."""
+        asked = (model_id, weight_format or "", device or "")
+        key = self._keys.get(asked)
+        if key is not None:
+            return key
         requested = devices.resolve_device(device) if device else None
         descr = self.description(model_id)
         fmt, dev = weight_formats.choose(descr, weight_format, requested, self.default_device)
-        return (model_id, fmt, dev)
+        key = (model_id, fmt, dev)
+        with self._cond:
+            self._keys[asked] = key
+            while len(self._keys) > _DESCRIPTION_CACHE:
+                self._keys.popitem(last=False)
+        return key
 
     def load(
         self, model_id: str, weight_format: str | None = None, device: str | None = None
@@ -167,12 +179,20 @@ class PipelinePool:
         self, model_id: str, weight_format: str | None = None, device: str | None = None
     ) -> Iterator[WarmPipeline]:
         """Lend the warm pipeline for a request, loading it first when needed."""
-        key = self.resolve(model_id, weight_format, device)
-        warm = self._acquire(key)
+        warm = self.lend(model_id, weight_format, device)
         try:
             yield warm
         finally:
-            self._release(warm)
+            self.give_back(warm)
+
+    def lend(
+        self, model_id: str, weight_format: str | None = None, device: str | None = None
+    ) -> WarmPipeline:
+        """:meth:`use` for a caller that gives the pipeline back itself (:meth:`give_back`)."""
+        return self._acquire(self.resolve(model_id, weight_format, device))
+
+    def give_back(self, warm: WarmPipeline) -> None:
+        self._release(warm)
 
     def unload(
         self,

@@ -40,6 +40,8 @@ _FRAMEWORKS = (
     "cellpose",
 )
 Cancelled = Callable[[], bool]
+_LOOKUP_HITS = WARM_LOOKUPS.labels("hit")
+_LOOKUP_MISSES = WARM_LOOKUPS.labels("miss")
 
 
 def _never() -> bool:
@@ -106,15 +108,22 @@ class RuntimeService:
             if progress is not None:
                 progress(types.Progress(stage="predict", done=done, total=total, unit="blocks"))
 
-        with ExitStack() as lease:
-            warm = lease.enter_context(self._use(request))
+        warm = self._lend(request)
+        try:
             result = warm.start(
                 request, progress=blocks_done, cancelled=cancelled, limits=self.limits
             )
-            if isinstance(result, StreamedOutputs):
-                result.bands.hold(lease.pop_all())
-            return result
-        raise AssertionError("unreachable")  # for mypy: ExitStack may swallow exceptions
+        except BaseException:
+            self.pool.give_back(warm)
+            raise
+        if isinstance(result, StreamedOutputs):
+            # the pool's lease goes with the bands: given back when they are read or closed
+            lease = ExitStack()
+            lease.callback(self.pool.give_back, warm)
+            result.bands.hold(lease)
+        else:
+            self.pool.give_back(warm)
+        return result
 
     def predict_whole(self, request: PredictRequest, *, cancelled: Cancelled = _never) -> Outputs:
         """One sample's outputs, whole: what a session answers, and what a caller in this
@@ -164,17 +173,25 @@ class RuntimeService:
 
     @contextmanager
     def _use(self, request: PredictRequest) -> Iterator[WarmPipeline]:
+        warm = self._lend(request)
+        try:
+            yield warm
+        finally:
+            self.pool.give_back(warm)
+
+    def _lend(self, request: PredictRequest) -> WarmPipeline:
+        """The request's warm pipeline, lent by the pool (give it back)."""
         model_id = request.model_id
         if not self.pool.has_warm(model_id):  # a warm full id needs no lookup
             model_id = self._resolve(model_id)
         loads = self.pool.loads
-        with self.pool.use(model_id, request.weight_format or None, request.device or None) as warm:
-            if self.pool.loads != loads:
-                WARM_LOOKUPS.labels("miss").inc()
-                self._on_change()
-            else:
-                WARM_LOOKUPS.labels("hit").inc()
-            yield warm
+        warm = self.pool.lend(model_id, request.weight_format or None, request.device or None)
+        if self.pool.loads != loads:
+            _LOOKUP_MISSES.inc()
+            self._on_change()
+        else:
+            _LOOKUP_HITS.inc()
+        return warm
 
     # -- actions -------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ never call back into it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal, overload
 
@@ -136,8 +136,11 @@ class WarmPipeline:
         when not the pipeline's own."""
         from .inference import predict
 
-        with self._predicting():
+        self._begin()
+        try:
             return self._outputs(predict(self._call(request, progress, cancelled, limits)))
+        finally:
+            self._end()
 
     def start(
         self,
@@ -152,21 +155,26 @@ class WarmPipeline:
         or closed."""
         from .inference import start
 
-        with ExitStack() as lease:
-            lease.enter_context(self._predicting())
+        self._begin()
+        try:
             result = start(self._call(request, progress, cancelled, limits))
-            if isinstance(result, dict):
-                return self._outputs(result)
-            return StreamedOutputs(
-                shapes=result.shapes,
-                dtypes=result.dtypes,
-                dim_names=self._dim_names(result.shapes),
-                weight_format=self.weight_format,
-                device=self.device,
-                bands=LeasedBands(result.bands, lease.pop_all()),
-                blocks=result.blocks,
-            )
-        raise AssertionError("unreachable")  # for mypy: ExitStack may swallow exceptions
+        except BaseException:
+            self._end()
+            raise
+        if isinstance(result, dict):
+            self._end()
+            return self._outputs(result)
+        lease = ExitStack()
+        lease.callback(self._end)
+        return StreamedOutputs(
+            shapes=result.shapes,
+            dtypes=result.dtypes,
+            dim_names=self._dim_names(result.shapes),
+            weight_format=self.weight_format,
+            device=self.device,
+            bands=LeasedBands(result.bands, lease),
+            blocks=result.blocks,
+        )
 
     @overload
     def predict_batch(
@@ -203,22 +211,25 @@ class WarmPipeline:
         changes nothing (:func:`.batching.predict_batch`)."""
         from .batching import predict_batch
 
-        with self._predicting():
+        self._begin()
+        try:
             results = predict_batch(
                 self._call(request, None, cancelled, limits),
                 frames,
                 return_errors=return_errors,  # type: ignore[call-overload]
             )
-            return [r if isinstance(r, ModelRunnerError) else self._outputs(r) for r in results]
+        finally:
+            self._end()
+        return [r if isinstance(r, ModelRunnerError) else self._outputs(r) for r in results]
 
-    @contextmanager
-    def _predicting(self) -> Iterator[None]:
-        with self.lock:
-            self.requests += 1
-            try:
-                yield
-            finally:
-                self.last_used_at = now()
+    def _begin(self) -> None:
+        """One prediction at a time: the lock, held until :meth:`_end`."""
+        self.lock.acquire()
+        self.requests += 1
+
+    def _end(self) -> None:
+        self.last_used_at = now()
+        self.lock.release()
 
     def _call(
         self,

@@ -186,6 +186,9 @@ def _client_predict(frame: np.ndarray) -> Callable[[], object]:
         def route(self, *args: object, **kwargs: object) -> Route:
             return route
 
+        def kept_route(self, *args: object) -> Route:
+            return route
+
         def close(self) -> None:
             pass
 
