@@ -18,8 +18,9 @@ And in this process alone, no network (what parts of step 3 and 4 are): the runt
 (``RuntimeService.predict`` on the warm identity) and the model's forward in it, and the Python
 client with its transport answered at once (the ``overhead`` system's figures).
 
-Figures are medians over interleaved rounds, in microseconds per call. Client and servers share
-the machine's cores, so every microsecond of Python on either side is latency.
+Figures are medians over interleaved rounds, in microseconds per call; what a step adds is the
+median of its per-round differences from the step before. Client and servers share the
+machine's cores, so every microsecond of Python on either side is latency.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def per_call_us(call: Callable[[], object], frames: int) -> float:
     return (time.perf_counter() - start) / frames * 1e6
 
 
-def measure(size: FrameSize, rounds: int, seconds: float, workdir: Path) -> dict[str, float]:
+def measure(size: FrameSize, rounds: int, seconds: float, workdir: Path) -> Result:
     with ExitStack() as stack:
         port = free_port()
         echo = stack.enter_context(
@@ -154,40 +155,60 @@ def measure(size: FrameSize, rounds: int, seconds: float, workdir: Path) -> dict
             names = names[r % len(names) :] + names[: r % len(names)]
             for name in names:
                 timings[name].append(per_call_us(steps[name], frames[name]))
-        result = {name: statistics.median(t) for name, t in timings.items()}
+    result = Result(timings)
     (overhead,) = measure_overhead(workdir, [size], seconds=seconds * 2)
-    result["in process: the runtime's data plane"] = overhead.runtime_us
-    result["in process: of which the model's forward"] = overhead.model_us
-    result["in process: the Python client, transport answered at once"] = overhead.client_us
+    result.in_process = {
+        "the runtime's data plane": overhead.runtime_us,
+        "of which the model's forward": overhead.model_us,
+        "the Python client, transport answered at once": overhead.client_us,
+    }
     return result
 
 
-def report(size: FrameSize, result: dict[str, float]) -> str:
-    lines = [f"### {size.label}", "", "| step | µs a call | added |", "|---|---:|---:|"]
-    before: float | None = None
-    for name, us in result.items():
-        if name.startswith("in process"):
-            lines.append(f"| {name} | {us:.0f} | |")
-            continue
-        added = "" if before is None else f"{us - before:+.0f}"
-        lines.append(f"| {name} | {us:.0f} | {added} |")
-        before = us
-    echo, predict = result["echo"], result["+ Ctrl-C watch (main thread)"]
-    lines.append("")
-    lines.append(f"lockstep predict / echo, frames per second: {echo / predict:.2f}x")
-    return "\n".join(lines)
+class Result:
+    """Per-round timings of each step: a step's cost is the median over rounds of its
+    difference from the step before in the same round (rounds run seconds apart on a noisy
+    machine; neighbours in one round share its conditions)."""
+
+    def __init__(self, timings: dict[str, list[float]]) -> None:
+        self.timings = timings
+        self.in_process: dict[str, float] = {}
+
+    def table(self, label: str) -> str:
+        names = list(self.timings)
+        lines = [f"### {label}", "", "| step | µs a call | added |", "|---|---:|---:|"]
+        for i, name in enumerate(names):
+            us = statistics.median(self.timings[name])
+            if i == 0:
+                lines.append(f"| {name} | {us:.0f} | |")
+                continue
+            before = self.timings[names[i - 1]]
+            added = statistics.median(
+                a - b for a, b in zip(self.timings[name], before, strict=True)
+            )
+            lines.append(f"| {name} | {us:.0f} | {added:+.0f} |")
+        for name, us in self.in_process.items():
+            lines.append(f"| in process: {name} | {us:.0f} | |")
+        ratio = statistics.median(
+            e / p for e, p in zip(self.timings[names[0]], self.timings[names[-1]], strict=True)
+        )
+        lines += [
+            "",
+            f"lockstep predict / echo (frames per second, median of rounds): {ratio:.2f}x",
+        ]
+        return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="512", help="frame sides (default 512)")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=0.5, help="per case and round")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=0.4, help="per step and round")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="modelrunner-per-call-") as tmp:
         for size in parse_sizes(args.sizes):
             result = measure(size, args.rounds, args.seconds, Path(tmp))
-            print(report(size, result), flush=True)
+            print(result.table(size.label), flush=True)
 
 
 if __name__ == "__main__":

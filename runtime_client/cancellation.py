@@ -21,7 +21,9 @@ the call's reader, so that
 The wakeup fd and the handler are borrowed only while a call waits. That costs 5-6 µs alone, but
 40-70 µs inside a real call in the main thread (borrowing the wakeup fd is the dear part;
 benchmarks/README.md, "Cancelling"), and nothing in other threads; a 512x512 frame's round trip
-takes about 2 ms.
+takes about 2 ms. So a session's call is watched only when the session's call before took
+longer than :data:`~modelrunner.runtime_client.sessions.WATCH_SIGINT_AFTER_S` (or it has none):
+a quick call's Ctrl-C takes effect when it returns, that long later at most.
 """
 
 from __future__ import annotations
@@ -117,12 +119,16 @@ class CallRegistry(CancelScope):
             time.sleep(0.005)
         return True
 
-    def track(self, reader: Cancellable, what: str = "the prediction") -> _Tracked:
+    def track(
+        self, reader: Cancellable, what: str = "the prediction", *, watch_sigint: bool = True
+    ) -> _Tracked:
         """A context for a blocking wait on ``reader``'s call, so that :meth:`cancel_all`, the
         current :class:`CancelScope` and SIGINT (main thread) can cancel it. A call cancelled
         that way raises :class:`~modelrunner.errors.CancelledError` saying why (or
-        KeyboardInterrupt); any exception leaving the context cancels the call first."""
-        return _Tracked(self, reader, what)
+        KeyboardInterrupt); any exception leaving the context cancels the call first.
+        ``watch_sigint=False``: a wait known to be short, where Ctrl-C may take effect when it
+        returns (watching costs tens of µs a call in the main thread)."""
+        return _Tracked(self, reader, what, watch_sigint)
 
     def raise_if_cancelled(self, what: str = "the call") -> None:
         """Refuse to start a call on a closed client (or in a cancelled scope)."""
@@ -134,19 +140,22 @@ class CallRegistry(CancelScope):
 class _Tracked:
     """:meth:`CallRegistry.track` (a class, not a generator: it wraps every frame's read)."""
 
-    __slots__ = ("_reader", "_scopes", "_sigint", "_what")
+    __slots__ = ("_reader", "_scopes", "_sigint", "_watch", "_what")
 
-    def __init__(self, registry: CallRegistry, reader: Cancellable, what: str) -> None:
+    def __init__(
+        self, registry: CallRegistry, reader: Cancellable, what: str, watch_sigint: bool = True
+    ) -> None:
         scope = _scope.get()
         self._scopes = (registry,) if scope is None else (registry, scope)
-        self._reader, self._what = reader, what
+        self._reader, self._what, self._watch = reader, what, watch_sigint
         self._sigint: _SigintDeferral | None = None
 
     def __enter__(self) -> None:
         for s in self._scopes:
             if not s._add(self._reader):
                 _cancel(self._reader)
-        self._sigint = _SIGINT.watch(self._reader)
+        if self._watch:
+            self._sigint = _SIGINT.watch(self._reader)
 
     def __exit__(
         self,

@@ -39,6 +39,10 @@ cost of opening an exchange is nothing next to moving them."""
 MAX_IDLE_SESSIONS = 8
 IDLE_S = 5.0
 """An idle session is closed after this long (a runtime that stops waits for it)."""
+WATCH_SIGINT_AFTER_S = 0.05
+"""A session's call is watched for Ctrl-C (:mod:`.cancellation`) when its call before took at
+least this long, or it is its first: quicker calls return before a person notices, and then
+Ctrl-C takes effect."""
 
 SessionKey = tuple[str, bytes, SampleLayout]
 """(runtime URI, serialized PredictCommand, input layout): what a session is bound to."""
@@ -65,6 +69,8 @@ class _Session:
         self.layout = key[2]
         self.frames = 0
         """Samples answered so far: the index the runtime gives the next one."""
+        self.last_call_s = float("inf")
+        """How long its last call took (none yet: infinitely long)."""
         self.idle_since = 0.0
         self.expired = False
         """Set (under the pool's lock) when the watcher cancelled the call at its deadline."""
@@ -212,9 +218,12 @@ class SessionPool:
         timeout: float | None,
     ) -> dict[str, np.ndarray]:
         self._arm(session, deadline)
+        started = time.monotonic()
         try:
-            with self.calls.track(session.reader):
+            watch = session.last_call_s >= WATCH_SIGINT_AFTER_S
+            with self.calls.track(session.reader, watch_sigint=watch):
                 result = session.predict(arrays)
+            session.last_call_s = time.monotonic() - started
         except BaseException:
             expired = self._disarm(session)
             session.discard()

@@ -92,6 +92,8 @@ class MemberSteps:
     member: str
     steps: tuple[Step, ...]
     names: tuple[str, ...]
+    cast_to: str | None = None
+    """The dtype the steps end in when every one of them is an ``ensure_dtype``."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,17 @@ class Processing:
                 x = step(x, stats)
             out[member.member] = x
         return out
+
+    def casts(self) -> tuple[dict[str, str], dict[str, str]] | None:
+        """When every step only ensures a dtype (no statistics): the dtype of each input and
+        output they end in, so numpy can do them; None otherwise."""
+        members = (*self.pre, *self.post)
+        if self.measures or any(m.cast_to is None for m in members):
+            return None
+        return (
+            {m.member: m.cast_to for m in self.pre if m.cast_to is not None},
+            {m.member: m.cast_to for m in self.post if m.cast_to is not None},
+        )
 
     def postprocess(self, outputs: Tensors, stats: Statistics) -> Tensors:
         out = dict(outputs)
@@ -151,6 +164,7 @@ class _StepBuilder:
 
     def members(self, ops: Sequence[Any]) -> tuple[MemberSteps, ...]:
         steps: dict[str, list[tuple[str, Step]]] = {}
+        casts: dict[str, str | None] = {}
         for op in ops:
             if isinstance(op, proc_ops.UpdateStats):
                 continue  # statistics are computed on demand (:class:`Statistics`)
@@ -161,8 +175,11 @@ class _StepBuilder:
             if member not in self.axes:
                 raise Unsupported(f"processing step {name} refers to unknown tensor {member!r}")
             steps.setdefault(member, []).append((name, self.step(op, member)))
+            cast = str(op.dtype) if isinstance(op, proc_ops.EnsureDtype) else None
+            # a member's steps are casts only when every one is: the last dtype wins
+            casts[member] = cast if cast is not None and casts.get(member, "") is not None else None
         return tuple(
-            MemberSteps(m, tuple(s for _, s in pairs), tuple(n for n, _ in pairs))
+            MemberSteps(m, tuple(s for _, s in pairs), tuple(n for n, _ in pairs), casts.get(m))
             for m, pairs in steps.items()
         )
 

@@ -147,16 +147,10 @@ class ExchangeCounters:
             with self._lock:
                 self.sessions -= 1
 
-    @contextmanager
-    def busy(self) -> Iterator[None]:
-        """A session's sample is being predicted."""
+    def busy(self, change: int) -> None:
+        """A session's sample is being predicted (+1), or answered (-1)."""
         with self._lock:
-            self.busy_sessions += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.busy_sessions -= 1
+            self.busy_sessions += change
 
     def count_cancelled(self) -> None:
         """One more cancelled exchange; free memory goes back to the system, at most once a

@@ -90,14 +90,19 @@ class ArrayNetwork:
         self.models = models
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-        arrays = [np.ascontiguousarray(t.cpu().numpy()) for t in inputs]
+        results = self.run_arrays([t.cpu().numpy() for t in inputs])
+        return [None if r is None else from_numpy(r) for r in results]
+
+    def run_arrays(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+        """The network on numpy arrays, outputs as numpy arrays (no torch in between)."""
+        contiguous = [np.ascontiguousarray(a) for a in arrays]
         adapter = self.models.adapter
         device, model = adapter._model_queue.get()
         try:
-            results = adapter._forward_impl(device, model, arrays)
+            results = adapter._forward_impl(device, model, contiguous)
         finally:
             adapter._model_queue.put((device, model))
-        return [None if r is None else from_numpy(np.asarray(r)) for r in _as_list(results)]
+        return [None if r is None else np.asarray(r) for r in _as_list(results)]
 
 
 class OnnxCudaNetwork:

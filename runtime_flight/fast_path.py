@@ -37,7 +37,14 @@ from bioimageio.spec.model import v0_5
 
 from .core_calls import output_arrays
 from .device_processing import Processing, Statistics, Unsupported, processing_for
-from .fast_networks import Network, TorchNetwork, download, from_numpy, network_for
+from .fast_networks import (
+    ArrayNetwork,
+    Network,
+    TorchNetwork,
+    download,
+    from_numpy,
+    network_for,
+)
 from .input_mapping import as_sample, map_inputs
 from .serving_paths import ServingPath
 
@@ -75,6 +82,12 @@ class FastPath:
         """The test inputs and their full-precision outputs, kept from the load's check."""
         self.precision_failures: dict[str, str] = {}
         """Reduced precisions that failed on the test inputs, with why: no longer offered."""
+        casts = processing.casts()
+        self._numpy_casts = (
+            casts if casts is not None and isinstance(network, ArrayNetwork) else None
+        )
+        """A numpy network whose processing only ensures dtypes runs on numpy alone (no torch
+        tensors in between): (input dtypes, output dtypes)."""
 
     def measure_precision(self, precision: str) -> float:
         """The largest deviation of ``precision`` from full precision on the package's test
@@ -124,6 +137,8 @@ class FastPath:
             precision: run the network in "float16" or "bfloat16" (see :attr:`precisions`);
                 its outputs are cast back to the dtype each had at full precision.
         """
+        if self._numpy_casts is not None and not precision:
+            return self._predict_numpy(arrays, *self._numpy_casts)
         with torch.inference_mode():
             inputs, stats = self._preprocess(arrays, nan_possible)
             network_inputs = [inputs[k] for k in self.input_ids]
@@ -145,6 +160,23 @@ class FastPath:
             }
             outputs = self.processing.postprocess(outputs, stats)
             return {k: download(v) for k, v in outputs.items()}
+
+    def _predict_numpy(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        input_dtypes: Mapping[str, str],
+        output_dtypes: Mapping[str, str],
+    ) -> dict[str, Any]:
+        network = self.network
+        assert isinstance(network, ArrayNetwork)
+        results = network.run_arrays(
+            [_cast(arrays[k], input_dtypes.get(k)) for k in self.input_ids]
+        )
+        return {
+            k: np.ascontiguousarray(_cast(v, output_dtypes.get(k)))
+            for k, v in zip(self.output_ids, results, strict=False)
+            if v is not None
+        }
 
     def preprocess(
         self, arrays: Mapping[str, np.ndarray], *, nan_possible: bool
@@ -376,3 +408,7 @@ def tolerance(
         float(applicable.absolute_tolerance),
         float(applicable.mismatched_elements_per_million),
     )
+
+
+def _cast(array: np.ndarray, dtype: str | None) -> np.ndarray:
+    return array if dtype is None or array.dtype == dtype else array.astype(dtype)

@@ -58,8 +58,11 @@ def serve_session(call: ExchangeCall) -> None:
                     logger.info("session ended before its frame %d", frame)
                     return
                 call.check_rights_again()
-                with counters.busy():
+                counters.busy(+1)
+                try:
                     out_layout = _answer(call, out_layout, sample, dims, frame)
+                finally:
+                    counters.busy(-1)
                 frame += 1
 
 
