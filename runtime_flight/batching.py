@@ -14,7 +14,8 @@ from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import ModelRunnerError
 
-from .inference import Predicted, Prediction, check_cancelled, mapped_inputs, predict_mapped
+from .inference import mapped_inputs, predict_mapped
+from .prediction import Predicted, Prediction, check_cancelled
 
 logger = logging.getLogger(__name__)
 Mapped = dict[MemberId, np.ndarray]

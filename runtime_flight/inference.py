@@ -22,25 +22,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from bioimageio.core import PredictionPipeline, Sample, Tensor
+from bioimageio.core import Sample, Tensor
 from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
-from modelrunner.errors import CancelledError, FailedPreconditionError, ModelRunnerError
-from modelrunner.predict_request import PredictRequest
+from modelrunner.errors import FailedPreconditionError, ModelRunnerError
 
 from .batch_split import split_batch, stack_outputs
-from .core_calls import Progress, core_predict, output_arrays
+from .core_calls import core_predict, output_arrays
 from .failures import failure
-from .input_mapping import as_sample, input_shapes, map_inputs, name_the_only_input
-from .limits import RuntimeLimits
-from .serving_paths import PathName, ServingPath
-from .size_fitting import FitPlan, PlanCache
-from .streamed_tiling import Bands, Cancelled, TileStream, stream_tiles
+from .input_mapping import AxisRecipe, as_sample, map_inputs, name_the_only_input
+from .prediction import Mapped, Predicted, Prediction, check_cancelled, polling
+from .repeated_inputs import Prepared, signature
+from .size_fitting import FitPlan
+from .streamed_tiling import Bands, TileStream, stream_tiles
 from .tied_sizes import check_tied_sizes
 
 if TYPE_CHECKING:
@@ -48,57 +47,40 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Mapped = Mapping[MemberId, np.ndarray]
-"""A sample's input arrays as :func:`~.input_mapping.map_inputs` gives them."""
-
-
-class Predicted(dict[str, np.ndarray]):
-    """Output arrays by id, and which path computed them (see :mod:`.fast_path`)."""
-
-    path: PathName = "reference"
-
-    @classmethod
-    def of(cls, arrays: Mapping[str, np.ndarray], path: PathName) -> Predicted:
-        outputs = cls(arrays)
-        outputs.path = path
-        return outputs
-
-
-@dataclass(slots=True)
-class Prediction:
-    """One call on a warm pipeline: its parts, the request, the runtime's limits and the
-    caller's callbacks."""
-
-    pipeline: PredictionPipeline
-    descr: v0_5.ModelDescr
-    fast: FastPath | None
-    serving: ServingPath
-    weight_format: str
-    network_dtypes: Mapping[MemberId, str]
-    plans: PlanCache
-    request: PredictRequest
-    limits: RuntimeLimits
-    progress: Progress | None = None
-    """Called after each block of a tiled prediction (after asking ``cancelled``)."""
-    cancelled: Cancelled | None = None
-    """Asked before the prediction, after each block and between samples: True stops it with
-    CancelledError."""
-
-    def plan(self, arrays: Mapped) -> FitPlan:
-        return self.plans.plan(
-            input_shapes(self.descr, arrays),
-            blocksize=self.request.blocksize,
-            max_tile_input_bytes=self.limits.max_tile_input_bytes,
-        )
-
 
 def mapped_inputs(call: Prediction) -> dict[MemberId, np.ndarray]:
     """The request's arrays checked one by one and as a whole, in the model's axis order."""
+    return prepared_inputs(call)[0]
+
+
+def prepared_inputs(call: Prediction) -> tuple[dict[MemberId, np.ndarray], FitPlan | None]:
+    """:func:`mapped_inputs`, and the plan of a sample that needs no splitting into single
+    samples (None otherwise). Inputs of a signature the pipeline saw lately are mapped as it
+    mapped them then (:mod:`.repeated_inputs`): only their values are checked again."""
     request = call.request
     inputs, dims = name_the_only_input(call.descr, request.inputs, request.dim_names)
-    arrays = map_inputs(call.descr, inputs, dims, nan_policy=request.nan_policy)
+    key = signature(
+        inputs,
+        dims,
+        request.nan_policy,
+        request.as_sent,
+        request.blocksize,
+        call.limits.max_tile_input_bytes,
+    )
+    kept = call.prepared.get(key) if key is not None else None
+    if kept is not None:
+        return {r.member: r.apply(name, inputs[name]) for name, r in kept.recipes.items()}, (
+            kept.plan
+        )
+    recipes: dict[str, AxisRecipe] = {}
+    arrays = map_inputs(call.descr, inputs, dims, nan_policy=request.nan_policy, recipes=recipes)
     check_tied_sizes(call.descr, arrays, as_sent=request.as_sent)
-    return arrays
+    if request.as_sent or split_batch(call.descr, arrays) is not None:
+        return arrays, None
+    plan = call.plan(arrays)
+    if key is not None:
+        call.prepared.put(key, Prepared(recipes, plan))
+    return arrays, plan
 
 
 def predict(call: Prediction) -> Predicted:
@@ -112,11 +94,13 @@ def predict(call: Prediction) -> Predicted:
         InternalError: the model failed (the message names the model, the input shapes and
             the framework's reason).
     """
-    arrays = mapped_inputs(call)
+    arrays, plan = prepared_inputs(call)
     check_cancelled(call.cancelled)
     if call.request.as_sent:
         return _predict_as_sent(call, arrays)
-    return predict_mapped(call, arrays)
+    if plan is None:
+        return predict_mapped(call, arrays)
+    return _predict_one(call, arrays, plan)
 
 
 def start(call: Prediction) -> Predicted | TileStream:
@@ -127,15 +111,14 @@ def start(call: Prediction) -> Predicted | TileStream:
     The caller must keep the pipeline to itself until the stream is exhausted or closed. Errors
     while reading the bands are translated like those of :func:`predict`.
     """
-    arrays = mapped_inputs(call)
+    arrays, plan = prepared_inputs(call)
     check_cancelled(call.cancelled)
     if call.request.as_sent:
         return _predict_as_sent(call, arrays)
-    parts = split_batch(call.descr, arrays)
-    if parts is not None:
-        # sample by sample, whole outputs: a split batch is not streamed band by band
-        return _predict_parts(call, parts)
-    plan = call.plan(arrays)
+    if plan is None:
+        # a batch split into single samples: predicted one by one, whole outputs (not
+        # streamed band by band)
+        return predict_mapped(call, arrays)
     fast = _fast_outputs(call, arrays, plan)
     if fast is not None:
         return fast
@@ -149,7 +132,7 @@ def start(call: Prediction) -> Predicted | TileStream:
             sample,
             plan,
             call.request,
-            _polling(call),
+            polling(call),
             network_dtypes=call.network_dtypes,
             stream_tiles_min_bytes=call.limits.stream_tiles_min_bytes,
             cancelled=call.cancelled,
@@ -170,7 +153,10 @@ def predict_mapped(call: Prediction, arrays: Mapped) -> Predicted:
     parts = split_batch(call.descr, arrays)
     if parts is not None:
         return _predict_parts(call, parts)
-    plan = call.plan(arrays)
+    return _predict_one(call, arrays, call.plan(arrays))
+
+
+def _predict_one(call: Prediction, arrays: Mapped, plan: FitPlan) -> Predicted:
     fast = _fast_outputs(call, arrays, plan)
     if fast is not None:
         return fast
@@ -198,7 +184,7 @@ def _predict_as_sent(call: Prediction, arrays: Mapped) -> Predicted:
             call.request,
             call.network_dtypes,
             call.limits.max_tile_input_bytes,
-            _polling(call),
+            polling(call),
         )
     except ModelRunnerError:
         raise
@@ -284,25 +270,6 @@ def _fast_outputs(call: Prediction, arrays: Mapped, plan: FitPlan) -> Predicted 
         raise failure(e, descr, _shapes_text(arrays)) from e
 
 
-def check_cancelled(cancelled: Cancelled | None) -> None:
-    if cancelled is not None and cancelled():
-        raise CancelledError("the prediction was cancelled")
-
-
-def _polling(call: Prediction) -> Progress | None:
-    """The call's progress, checking ``cancelled`` first (called after each block)."""
-    progress, cancelled = call.progress, call.cancelled
-    if cancelled is None:
-        return progress
-
-    def report(done: int, total: int) -> None:
-        check_cancelled(cancelled)
-        if progress is not None:
-            progress(done, total)
-
-    return report
-
-
 def _predict_planned(call: Prediction, sample: Sample, plan: FitPlan, shapes: str) -> Predicted:
     try:
         fast = _fast_around_blocks(call, sample, plan)
@@ -350,7 +317,7 @@ def _predict_fast_around_blocks(
     if plan.mode == "tiled" and not plan.pad:
         from .device_tiles import predict_blocks
 
-        raw = predict_blocks(fast, call.pipeline, call.descr, preprocessed, plan, _polling(call))
+        raw = predict_blocks(fast, call.pipeline, call.descr, preprocessed, plan, polling(call))
     else:
         raw = _run(call, preprocessed, plan, network_only=True)
     del prepared
@@ -372,7 +339,7 @@ def _run(call: Prediction, sample: Sample, plan: FitPlan, *, network_only: bool 
             network_dtypes=None if network_only else call.network_dtypes,
             ns=plan.ns if tiled else None,
             batch_size=plan.block_batch if tiled else None,
-            progress=_polling(call),
+            progress=polling(call),
         )
     # Preprocessing runs before padding, so sample statistics are those of the image; pad
     # values are thus in the network's input space (bioimageio.core's blockwise path applies
@@ -398,7 +365,7 @@ def _run(call: Prediction, sample: Sample, plan: FitPlan, *, network_only: bool 
         network_dtypes=None if network_only else call.network_dtypes,
         ns=plan.ns if tiled else None,
         batch_size=plan.block_batch if tiled else None,
-        progress=_polling(call),
+        progress=polling(call),
     )
     output = Sample(
         members={m: _crop(t, plan.output_sizes.get(m, {})) for m, t in raw.members.items()},

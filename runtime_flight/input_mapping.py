@@ -31,6 +31,7 @@ across tensors.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -95,14 +96,40 @@ def input_shapes(
     }
 
 
+@dataclass(frozen=True)
+class AxisRecipe:
+    """How one input's array became the model's: reshaped (singleton axes added or dropped),
+    transposed, widened; the same for every array of its shape, dtype and dim names."""
+
+    member: MemberId
+    reshape: tuple[int, ...] | None
+    transpose: tuple[int, ...] | None
+    dtype: np.dtype | None
+    check_finite: bool
+
+    def apply(self, tensor: str, array: np.ndarray) -> np.ndarray:
+        if self.reshape is not None:
+            array = array.reshape(self.reshape)
+        if self.transpose is not None:
+            array = array.transpose(self.transpose)
+        if self.dtype is not None:
+            array = array.astype(self.dtype)
+        if self.check_finite:
+            check_finite(tensor, array)
+        return array
+
+
 def map_inputs(
     descr: v0_5.ModelDescr,
     inputs: Inputs,
     dim_names: DimNames | None = None,
     *,
     nan_policy: NanPolicy = "reject",
+    recipes: dict[str, AxisRecipe] | None = None,
 ) -> dict[MemberId, np.ndarray]:
-    """The model's input arrays, validated and in the model's axis order (views, no copies)."""
+    """The model's input arrays, validated and in the model's axis order (views, no copies).
+    ``recipes``: filled with how each input was mapped, to map arrays of the same shapes,
+    dtypes and dim names again without checking them (:meth:`AxisRecipe.apply`)."""
     arrays = _arrays_by_id(descr, inputs)
     # dim names that are all empty (a wire format without names) count as not given
     names = {str(k): tuple(v) for k, v in (dim_names or {}).items() if any(v)}
@@ -122,13 +149,18 @@ def map_inputs(
         tensor = str(t.id)
         if tensor not in arrays:
             continue
-        array = _check_dtype(tensor, arrays[tensor], t)
-        array = _map_axes(tensor, array, t, names.get(tensor))
+        sent = _check_dtype(tensor, arrays[tensor], t)
+        array, reshape, transpose = _map_axes(tensor, sent, t, names.get(tensor))
         _check_sizes(tensor, array, t)
-        array = _widen_float16(array, t)
-        if nan_policy == "reject":
-            check_finite(tensor, array)
-        members[t.id] = array
+        widened = _widen_float16(array, t)
+        finite = nan_policy == "reject" and widened.dtype.kind == "f"
+        if finite:
+            check_finite(tensor, widened)
+        members[t.id] = widened
+        if recipes is not None:
+            recipes[tensor] = AxisRecipe(
+                t.id, reshape, transpose, widened.dtype if widened is not array else None, finite
+            )
     return members
 
 
@@ -223,7 +255,9 @@ def _singleton_ok(a: v0_5.InputAxis) -> bool:
 
 def _map_axes(
     tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr, names: tuple[str, ...] | None
-) -> np.ndarray:
+) -> tuple[np.ndarray, tuple[int, ...] | None, tuple[int, ...] | None]:
+    """The array in the model's axis order, and how: the shape it was reshaped to and the
+    axes' permutation (None: not needed)."""
     if names is not None:
         return _map_named(tensor, array, t, names)
     # the error names the shape the client sent, not one with singleton axes added or dropped
@@ -248,7 +282,7 @@ def _map_axes(
             + f"model's axes {_axes_text(t)}: pass dim names, or an array with "
             + f"{rank} axes (or fewer, leaving out singleton axes)",
         )
-    return array
+    return array, (None if array.shape == sent else tuple(array.shape)), None
 
 
 def _drop_first_singleton(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -258,7 +292,7 @@ def _drop_first_singleton(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _map_named(
     tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr, names: tuple[str, ...]
-) -> np.ndarray:
+) -> tuple[np.ndarray, tuple[int, ...] | None, tuple[int, ...] | None]:
     model_axes = _axis_ids(t)
     if len(names) != array.ndim:
         raise tensor_error(
@@ -303,7 +337,11 @@ def _map_named(
             )
         array = np.expand_dims(array, -1)
         resolved.append(str(a.id))
-    return array.transpose([resolved.index(a) for a in model_axes])
+    order = tuple(resolved.index(a) for a in model_axes)
+    reshape = None if len(resolved) == len(names) else tuple(array.shape)
+    if order == tuple(range(len(order))):
+        return array, reshape, None
+    return array.transpose(order), reshape, order
 
 
 def _check_sizes(tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr) -> None:

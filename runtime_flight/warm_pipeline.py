@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from modelrunner.predict_request import PredictRequest
 
     from .fast_path import FastPath
-    from .inference import Predicted, Prediction
+    from .prediction import Predicted, Prediction
 
 Key = tuple[str, str, str]
 """(model id, weight format, device)"""
@@ -58,6 +58,7 @@ class WarmPipeline:
     ) -> None:
         # bioimageio.core is loaded once a pipeline exists: imported here, not with the pool
         from .core_calls import model_descr, network_dtypes
+        from .repeated_inputs import PreparedInputs
         from .size_fitting import PlanCache
 
         self.model_id = model_id
@@ -72,6 +73,8 @@ class WarmPipeline:
         self.plans = PlanCache(
             self.descr, {m: _itemsize(d) for m, d in self.network_dtypes.items()}
         )
+        self.prepared = PreparedInputs()
+        """How inputs of the signatures seen lately are mapped, and their plans."""
         self.output_axes = {str(t.id): tuple(str(a.id) for a in t.axes) for t in self.descr.outputs}
         self.fast: FastPath | None = None
         """The checked fast path, when it serves this model (:meth:`check_serving_path`)."""
@@ -238,7 +241,7 @@ class WarmPipeline:
         cancelled: Cancelled | None,
         limits: RuntimeLimits | None,
     ) -> Prediction:
-        from .inference import Prediction
+        from .prediction import Prediction
 
         return Prediction(
             pipeline=self.pipeline,
@@ -248,6 +251,7 @@ class WarmPipeline:
             weight_format=self.weight_format,
             network_dtypes=self.network_dtypes,
             plans=self.plans,
+            prepared=self.prepared,
             request=request,
             limits=limits or self.limits,
             progress=progress,

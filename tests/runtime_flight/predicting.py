@@ -18,9 +18,9 @@ from bioimageio.core import PredictionPipeline
 
 from modelrunner.errors import ModelRunnerError
 from modelrunner.predict_request import PredictRequest
-from modelrunner.runtime_flight.inference import Predicted
 from modelrunner.runtime_flight.limits import RuntimeLimits
 from modelrunner.runtime_flight.outputs import Outputs, StreamedOutputs
+from modelrunner.runtime_flight.prediction import Predicted
 from modelrunner.runtime_flight.warm_pipeline import WarmPipeline
 
 MODEL = "test-model"
