@@ -18,6 +18,7 @@ views of the received buffers.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -153,6 +154,12 @@ class SampleLayout:
     def schema(self) -> pa.Schema:
         """The Arrow schema announcing this layout (built once per layout)."""
         return self._schema
+
+    @cached_property
+    def column_types(self) -> tuple[tuple[TensorLayout, pa.FixedShapeTensorType, int], ...]:
+        """Each tensor with its column's type and elements per row (one row: one sample)."""
+        schema = self._schema
+        return tuple((t, schema.field(t.name).type, math.prod(t.shape)) for t in self.tensors)
 
     @cached_property
     def _schema(self) -> pa.Schema:
@@ -407,17 +414,24 @@ def encode_sample(
     """Record batches carrying one sample. Zero-copy for C-contiguous arrays, except the padded
     last chunk of a chunked tensor."""
     schema = layout.schema()
-    prepared = {t.name: _as_wire_array(arrays[t.name], t) for t in layout.tensors}
     if not layout.chunked:
         columns = [
             pa.FixedShapeTensorArray.from_storage(
-                schema.field(t.name).type,
-                _storage(prepared[t.name].reshape((1, *t.shape)), schema.field(t.name).type),
+                ftype,
+                pa.FixedSizeListArray.from_arrays(
+                    pa.Array.from_buffers(
+                        ftype.value_type,
+                        size,
+                        [None, pa.py_buffer(_as_wire_array(arrays[t.name], t))],
+                    ),
+                    list_size=size,
+                ),
             )
-            for t in layout.tensors
+            for t, ftype, size in layout.column_types
         ]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
         return
+    prepared = {t.name: _as_wire_array(arrays[t.name], t) for t in layout.tensors}
     for i in range(layout.chunks):
         columns = []
         for t in layout.tensors:
@@ -571,17 +585,21 @@ def _storage(stacked: np.ndarray, ftype: pa.FixedShapeTensorType) -> pa.FixedSiz
 
 def column_view(column: pa.Array, row: int) -> np.ndarray:
     """A numpy view of one row of a fixed_shape_tensor column (no copy)."""
-    ftype = column.type
-    shape = tuple(int(s) for s in ftype.shape)
+    shape, size, dtype = _row_type(column.type)
     values = column.storage.values
-    size = math.prod(shape)
     start = (column.offset + row) * size
     buf = values.buffers()[1]
-    dtype = np.dtype(ftype.value_type.to_pandas_dtype())
     arr = np.frombuffer(
         buf, dtype=dtype, count=size, offset=(values.offset + start) * dtype.itemsize
     )
     return arr.reshape(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_type(ftype: pa.FixedShapeTensorType) -> tuple[tuple[int, ...], int, np.dtype]:
+    """A fixed_shape_tensor type's row: its shape, elements and numpy dtype."""
+    shape = tuple(int(s) for s in ftype.shape)
+    return shape, math.prod(shape), np.dtype(ftype.value_type.to_pandas_dtype())
 
 
 class SampleDecoder:
