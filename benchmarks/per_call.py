@@ -10,32 +10,36 @@ differences between rows are what each piece costs per call:
    client does (``SampleLayout``, aligned bodies) and decoded as it does (``SampleDecoder``);
 3. **+ the runtime**: that bare session client against ``modelrunner serve`` (a session
    exchange): the runtime's handler, its data plane and the model;
-4. **+ the Python client**: ``client.predict`` from a worker thread (request, route, session
-   pool, deadlines);
-5. **+ Ctrl-C watching**: ``client.predict`` from the main thread (the SIGINT watch).
+4. **+ the Python client**: ``client.predict`` (request, route, session pool, deadlines), with
+   SIGINT ignored, so that it watches for no Ctrl-C;
+5. **+ Ctrl-C watching**: ``client.predict`` with the program's own SIGINT handler in place.
 
 And in this process alone, no network (what parts of step 3 and 4 are): the runtime's data plane
 (``RuntimeService.predict`` on the warm identity) and the model's forward in it, and the Python
 client with its transport answered at once (the ``overhead`` system's figures).
 
-Figures are medians over interleaved rounds, in microseconds per call; what a step adds is the
-median of its per-round differences from the step before. Client and servers share the
-machine's cores, so every microsecond of Python on either side is latency.
+Figures are medians over interleaved rounds, in microseconds per call: wall time, and the CPU
+time the client (this process) and the server used; what a step adds is the median of its
+per-round differences from the step before. Client and servers share the machine's cores, so
+every microsecond of Python on either side is latency, and on a busy machine CPU time is the
+steadier figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.flight as flight
 
 from modelrunner.body_alignment import write_aligned
@@ -83,30 +87,43 @@ class WireSession:
         self.writer.close()
 
 
-def in_thread(call: Callable[[], object]) -> Callable[[], object]:
-    """``call`` run by one worker thread that stays (no thread started per call)."""
-    go, done = threading.Semaphore(0), threading.Semaphore(0)
+@dataclass(frozen=True)
+class Sample:
+    """One step's calls of one round, per call: wall time and the CPU time each side used."""
 
-    def work() -> None:
-        while True:
-            go.acquire()
-            call()
-            done.release()
-
-    threading.Thread(target=work, daemon=True).start()
-
-    def run() -> None:
-        go.release()
-        done.acquire()
-
-    return run
+    wall_us: float
+    client_cpu_us: float
+    server_cpu_us: float
 
 
-def per_call_us(call: Callable[[], object], frames: int) -> float:
-    start = time.perf_counter()
-    for _ in range(frames):
-        call()
-    return (time.perf_counter() - start) / frames * 1e6
+@dataclass(frozen=True)
+class Step:
+    name: str
+    call: Callable[[], object]
+    server: psutil.Process
+    sigint: bool = True
+    """Whether the program's own SIGINT handler is in place (False: ignored, so the client
+    watches nothing)."""
+
+    def run(self, frames: int) -> Sample:
+        previous = None if self.sigint else signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            server_before = _cpu(self.server)
+            cpu_before, start = time.process_time(), time.perf_counter()
+            for _ in range(frames):
+                self.call()
+            wall = time.perf_counter() - start
+            cpu = time.process_time() - cpu_before
+            server = _cpu(self.server) - server_before
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return Sample(wall / frames * 1e6, cpu / frames * 1e6, server / frames * 1e6)
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def measure(size: FrameSize, rounds: int, seconds: float, workdir: Path) -> Result:
@@ -134,28 +151,31 @@ def measure(size: FrameSize, rounds: int, seconds: float, workdir: Path) -> Resu
         for s in (echo_session, echo_wire, runtime_wire):
             stack.callback(s.close)
         client = runner.client
-        steps: dict[str, Callable[[], object]] = {
-            "echo": echo_session.echo,
-            "+ wire (client side)": echo_wire.predict,
-            "+ runtime": runtime_wire.predict,
-            "+ Python client (worker thread)": in_thread(lambda: client.predict(model_id, frame)),
-            "+ Ctrl-C watch (main thread)": lambda: client.predict(model_id, frame),
-        }
-        for call in steps.values():  # warm, and check that each gives the frame back
-            out = call()
-            if isinstance(out, np.ndarray):
-                np.testing.assert_array_equal(out.reshape(frame.shape), frame)
+        echo_process, mr_process = psutil.Process(echo.pid), psutil.Process(runner.server.pid)
+
+        def predict() -> np.ndarray:
+            return client.predict(model_id, frame)["output"]
+
+        steps = [
+            Step("echo", echo_session.echo, echo_process),
+            Step("+ wire (client side)", echo_wire.predict, echo_process),
+            Step("+ runtime", runtime_wire.predict, mr_process),
+            Step("+ Python client", predict, mr_process, sigint=False),
+            Step("+ Ctrl-C watch (main thread)", predict, mr_process),
+        ]
+        for step in steps:  # warm, and check that each gives the frame back
+            out = step.call()
+            assert isinstance(out, np.ndarray)
+            np.testing.assert_array_equal(out.reshape(frame.shape), frame)
         frames = {
-            name: max(8, int(seconds / max(per_call_us(call, 8) * 1e-6, 1e-6)))
-            for name, call in steps.items()
+            step.name: max(8, int(seconds / max(step.run(8).wall_us * 1e-6, 1e-6)))
+            for step in steps
         }
-        timings: dict[str, list[float]] = {name: [] for name in steps}
+        samples: dict[str, list[Sample]] = {step.name: [] for step in steps}
         for r in range(rounds):
-            names = list(steps)
-            names = names[r % len(names) :] + names[: r % len(names)]
-            for name in names:
-                timings[name].append(per_call_us(steps[name], frames[name]))
-    result = Result(timings)
+            for step in steps[r % len(steps) :] + steps[: r % len(steps)]:
+                samples[step.name].append(step.run(frames[step.name]))
+    result = Result(samples)
     (overhead,) = measure_overhead(workdir, [size], seconds=seconds * 2)
     result.in_process = {
         "the runtime's data plane": overhead.runtime_us,
@@ -166,31 +186,40 @@ def measure(size: FrameSize, rounds: int, seconds: float, workdir: Path) -> Resu
 
 
 class Result:
-    """Per-round timings of each step: a step's cost is the median over rounds of its
+    """Per-round samples of each step. What a step adds is the median over rounds of its
     difference from the step before in the same round (rounds run seconds apart on a noisy
-    machine; neighbours in one round share its conditions)."""
+    machine; neighbours in one round share its conditions). CPU time per call is what load on
+    the machine disturbs least: wall time on a busy machine is mostly waiting for a core."""
 
-    def __init__(self, timings: dict[str, list[float]]) -> None:
-        self.timings = timings
+    def __init__(self, samples: dict[str, list[Sample]]) -> None:
+        self.samples = samples
         self.in_process: dict[str, float] = {}
 
     def table(self, label: str) -> str:
-        names = list(self.timings)
-        lines = [f"### {label}", "", "| step | µs a call | added |", "|---|---:|---:|"]
+        names = list(self.samples)
+        lines = [
+            f"### {label}",
+            "",
+            "| step | wall µs a call | added | client CPU µs | added | server CPU µs | added |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for i, name in enumerate(names):
-            us = statistics.median(self.timings[name])
-            if i == 0:
-                lines.append(f"| {name} | {us:.0f} | |")
-                continue
-            before = self.timings[names[i - 1]]
-            added = statistics.median(
-                a - b for a, b in zip(self.timings[name], before, strict=True)
-            )
-            lines.append(f"| {name} | {us:.0f} | {added:+.0f} |")
+            cells = [name]
+            for field in ("wall_us", "client_cpu_us", "server_cpu_us"):
+                values = [getattr(s, field) for s in self.samples[name]]
+                cells.append(f"{statistics.median(values):.0f}")
+                if i == 0 or (field == "server_cpu_us" and name == "+ runtime"):
+                    cells.append("")  # another server
+                    continue
+                before = [getattr(s, field) for s in self.samples[names[i - 1]]]
+                added = statistics.median(a - b for a, b in zip(values, before, strict=True))
+                cells.append(f"{added:+.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
         for name, us in self.in_process.items():
-            lines.append(f"| in process: {name} | {us:.0f} | |")
+            lines.append(f"| in process: {name} | {us:.0f} | | | | | |")
         ratio = statistics.median(
-            e / p for e, p in zip(self.timings[names[0]], self.timings[names[-1]], strict=True)
+            e.wall_us / p.wall_us
+            for e, p in zip(self.samples[names[0]], self.samples[names[-1]], strict=True)
         )
         lines += [
             "",
