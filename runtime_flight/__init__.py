@@ -10,7 +10,9 @@ responsibility per module:
     pipelines       PipelinePool: warm pipelines per (model, format, device), memory budget
     warm_pipeline   WarmPipeline: a loaded model, its fast path, plans, lock, statistics and
                     predict paths
+    prediction      Prediction (one call's parts), Predicted (its outputs)
     inference       predict and start one sample of any size (whole, padded or tiled)
+    repeated_inputs how inputs of signatures seen lately map, and their plans
     batching        several samples, stacked along the batch axis when possible
     kept_shape      bioimageio.core's call on a sample as sent (keep_shape, halo padding)
     core_calls      bioimageio.core's call sequence, written once

@@ -327,46 +327,38 @@ def _predict_fast_around_blocks(
 def _run(call: Prediction, sample: Sample, plan: FitPlan, *, network_only: bool = False) -> Sample:
     skip_pre = network_only or call.request.skip_preprocessing
     skip_post = network_only or call.request.skip_postprocessing
-    tiled = plan.mode == "tiled"
-    if not plan.pad:
-        # the whole sample, or exactly bioimageio.core's blockwise prediction
-        return core_predict(
-            call.pipeline,
-            call.descr,
-            sample,
-            skip_preprocessing=skip_pre,
-            skip_postprocessing=skip_post,
-            network_dtypes=None if network_only else call.network_dtypes,
-            ns=plan.ns if tiled else None,
-            batch_size=plan.block_batch if tiled else None,
-            progress=polling(call),
+    padded = bool(plan.pad)
+    if padded:
+        # Preprocessing runs before padding, so sample statistics are those of the image; pad
+        # values are thus in the network's input space (bioimageio.core's blockwise path
+        # applies element-wise steps after padding: the same, except for constant padding).
+        if not skip_pre:
+            call.pipeline.apply_preprocessing(sample)
+        pad_mode = call.pipeline.pad_mode
+        sample = Sample(
+            members={
+                m: t.pad(plan.pad[m], mode=pad_mode.get(m, "symmetric")) if m in plan.pad else t
+                for m, t in sample.members.items()
+            },
+            stat=sample.stat,
+            id=sample.id,
         )
-    # Preprocessing runs before padding, so sample statistics are those of the image; pad
-    # values are thus in the network's input space (bioimageio.core's blockwise path applies
-    # element-wise steps after padding: the same, except for constant padding).
-    if not skip_pre:
-        call.pipeline.apply_preprocessing(sample)
-    padded = Sample(
-        members={
-            m: t.pad(plan.pad[m], mode=call.pipeline.pad_mode.get(m, "symmetric"))
-            if m in plan.pad
-            else t
-            for m, t in sample.members.items()
-        },
-        stat=sample.stat,
-        id=sample.id,
-    )
+    tiled = plan.mode == "tiled"
+    # the whole sample, or (tiled) exactly bioimageio.core's blockwise prediction; a padded
+    # sample is processed around it
     raw = core_predict(
         call.pipeline,
         call.descr,
-        padded,
-        skip_preprocessing=True,
-        skip_postprocessing=True,
+        sample,
+        skip_preprocessing=skip_pre or padded,
+        skip_postprocessing=skip_post or padded,
         network_dtypes=None if network_only else call.network_dtypes,
         ns=plan.ns if tiled else None,
         batch_size=plan.block_batch if tiled else None,
         progress=polling(call),
     )
+    if not padded:
+        return raw
     output = Sample(
         members={m: _crop(t, plan.output_sizes.get(m, {})) for m, t in raw.members.items()},
         stat=sample.stat,
