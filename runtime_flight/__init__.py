@@ -18,6 +18,7 @@ responsibility per module:
     core_calls      bioimageio.core's call sequence, written once
     core_blocks     how bioimageio.core places output blocks (fixed-size outputs that follow inputs)
     input_mapping   arrays (+ dim names) -> validated arrays in the model's axis order
+    finite_values   refusals of inputs: tensor_error, the NaN and infinity check
     tied_sizes      the sample as a whole: sizes a description ties across tensors
     size_fitting    whole, padded or tiled: the plan for an input size, and recent plans
     batch_split     a batch larger than the model's fixed batch size, sample by sample
