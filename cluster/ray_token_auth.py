@@ -243,7 +243,8 @@ def choose_ray_auth(
         return RayAuthChoice("disabled")
     if answer != grpc.StatusCode.UNAUTHENTICATED:
         return None  # not a Ray cluster, or one that cannot answer now: ray.init says which
-    wants = f"the Ray cluster at {address!r} uses Ray's token authentication"
+    where = f"{address!r} ({probe.address})" if address == "auto" else repr(address)
+    wants = f"the Ray cluster at {where} uses Ray's token authentication"
     if source is None:
         raise errors.UnauthenticatedError(
             f"{wants}, and this process has no token (none in {NAMED_FILE}, {TOKEN}, "

@@ -12,6 +12,7 @@ address). The cluster without token mode is tests/cluster/test_ray_runtimes.py's
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,18 +24,18 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip(
-    "ray", reason="Ray is not installed: the cluster tests need `pip install -e .[cluster]`"
-)
-
-from modelrunner import errors  # noqa: E402 - after the skip above
-from modelrunner.cli import main  # noqa: E402
-from modelrunner.cluster.ray_token_auth import (  # noqa: E402
+from modelrunner import errors
+from modelrunner.cli import main
+from modelrunner.cluster.ray_token_auth import (
     HOW_TO_PASS,
     NAMED_FILE,
     RayAuthChoice,
     TokenSource,
     choose_ray_auth,
+)
+
+pytest.importorskip(
+    "ray", reason="Ray is not installed: the cluster tests need `pip install -e .[cluster]`"
 )
 
 pytestmark = pytest.mark.ray
@@ -60,6 +61,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +102,10 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         while not noted.exists() or not noted.read_text().strip():
             assert proc.poll() is None, (root / "head.log").read_text()
             assert time.monotonic() < deadline, "the Ray head did not start in time"
+            time.sleep(0.2)
+        while not _listening(client_port):  # Ray starts its client server a little later
+            assert proc.poll() is None, (root / "head.log").read_text()
+            assert time.monotonic() < deadline, "the Ray Client server did not start in time"
             time.sleep(0.2)
         yield Head(noted.read_text().strip(), client_port, token_file, ray_tmpdir)
     finally:
@@ -230,7 +243,8 @@ def test_a_ray_client_address_and_auto_are_asked_as_well(
     # auto: the cluster `ray start` last noted in RAY_TMPDIR, as ray.init finds it
     monkeypatch.setenv("RAY_TMPDIR", str(head.ray_tmpdir))
     monkeypatch.setenv("RAY_AUTH_TOKEN", STALE)
-    with pytest.raises(errors.UnauthenticatedError, match="cluster at 'auto' uses Ray's token"):
+    at = re.escape(f"cluster at 'auto' ({head.address}) uses Ray's token")
+    with pytest.raises(errors.UnauthenticatedError, match=at):
         choose_ray_auth("auto")
 
 

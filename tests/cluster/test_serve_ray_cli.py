@@ -1,6 +1,7 @@
 """``modelrunner serve --ray local`` as a user runs it (docs/cluster.md, README): a process that
 starts its own Ray cluster and a CPU runtime actor, says it is ready, is seen by
-``modelrunner status --once`` with both metrics endpoints, and stops cleanly on SIGTERM."""
+``modelrunner status --once`` with both metrics endpoints, and stops cleanly on SIGTERM,
+leaving no Ray token behind (the cluster's own, in a temporary file, goes with it)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_serve_ray_local_is_ready_watched_and_stops_on_sigterm(
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelrunner.cli", *argv, "--port", str(port)],
         env=dict(os.environ, MODELRUNNER_CACHE_DIR=str(tmp_path / "cache")),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -50,6 +51,15 @@ def test_serve_ray_local_is_ready_watched_and_stops_on_sigterm(
             assert time.monotonic() < deadline, "not ready in time"
         else:
             pytest.fail(f"serve --ray exited with {proc.wait()} before it was ready")
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("modelrunner control service at ")
+        # Ray's token mode, with a token of its own: not in ~/.ray/auth_token, where the next
+        # `ray start --head` on this machine would take it up
+        said = proc.stdout.readline()
+        assert said.startswith("Ray's token for this local cluster: ")
+        token_file = Path(said.split(": ", 1)[1].split(" ", 1)[0])
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert len(token_file.read_text()) == 64
         server = f"127.0.0.1:{port}"
         assert main(["status", "--once", "--server", server, "--interval", "0.2"]) == 0
         shown = capsys.readouterr().out
@@ -64,3 +74,5 @@ def test_serve_ray_local_is_ready_watched_and_stops_on_sigterm(
             if proc.poll() is None:
                 proc.kill()
     assert code == 0
+    assert not token_file.parent.exists()
+    assert not (Path(os.environ["HOME"]) / ".ray").exists()
