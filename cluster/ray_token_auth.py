@@ -272,13 +272,16 @@ def local_cluster_token(
     ``RAY_AUTH_TOKEN_PATH``) or ``RAY_AUTH_MODE=disabled`` turns token mode off."""
     before = {name: environ.get(name) for name in (MODE, TOKEN, TOKEN_PATH)}
     made: Path | None = None
+    mode = environ.get(MODE, "token").lower()
     try:
-        if token_file is not None or environ.get(TOKEN) or environ.get(TOKEN_PATH):
+        if token_file is not None or (
+            mode == "token" and (environ.get(TOKEN) or environ.get(TOKEN_PATH))
+        ):
             source = find_token_source(token_file, environ)
             assert source is not None
             source.read(environ)  # a missing or empty file: a clear error, not Ray aborting
             use_ray_auth(RayAuthChoice("token", source), environ)
-        elif environ.get(MODE, "token").lower() == "token":
+        elif mode == "token":
             made = Path(tempfile.mkdtemp(prefix="modelrunner-ray-")) / "auth_token"
             descriptor = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as f:

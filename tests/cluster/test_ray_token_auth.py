@@ -32,6 +32,7 @@ from modelrunner.cluster.ray_token_auth import (
     RayAuthChoice,
     TokenSource,
     choose_ray_auth,
+    local_cluster_token,
 )
 
 pytest.importorskip(
@@ -246,6 +247,39 @@ def test_a_ray_client_address_and_auto_are_asked_as_well(
     at = re.escape(f"cluster at 'auto' ({head.address}) uses Ray's token")
     with pytest.raises(errors.UnauthenticatedError, match=at):
         choose_ray_auth("auto")
+
+
+def test_a_local_cluster_gets_a_token_of_its_own_that_goes_with_it(no_token: Path) -> None:
+    before = dict(os.environ)
+    with local_cluster_token() as made:
+        assert made is not None and made.parent.name.startswith("modelrunner-ray-")
+        assert made.stat().st_mode & 0o777 == 0o600
+        assert made.parent.stat().st_mode & 0o777 == 0o700
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(made)
+    assert not made.parent.exists()
+    assert dict(os.environ) == before
+    assert not (no_token / ".ray").exists()
+
+
+def test_a_local_cluster_takes_the_users_token_or_none_when_told(
+    no_token: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with local_cluster_token(_token_file(no_token, TOKEN)) as made:
+        assert made is None and os.environ["RAY_AUTH_TOKEN_PATH"] == str(no_token / "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    with local_cluster_token() as made:
+        assert made is None and os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with local_cluster_token() as made:
+        assert made is None and os.environ["RAY_AUTH_MODE"] == "disabled"
+    (no_token / "empty").write_text("")
+    with (
+        pytest.raises(errors.InvalidArgumentError, match="is empty"),
+        local_cluster_token(no_token / "empty"),
+    ):
+        pytest.fail("a local cluster with an empty token file")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and "RAY_AUTH_TOKEN_PATH" not in os.environ
 
 
 def _serve(head: Head, *args: str, port: int = 0) -> subprocess.Popen[str]:
