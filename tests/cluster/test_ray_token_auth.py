@@ -34,6 +34,7 @@ from modelrunner.cluster.ray_token_auth import (
     choose_ray_auth,
     local_cluster_token,
 )
+from tests.cluster.serve_process import RAY_RETRIES, free_port, serving
 
 pytest.importorskip(
     "ray", reason="Ray is not installed: the cluster tests need `pip install -e .[cluster]`"
@@ -43,8 +44,6 @@ pytestmark = pytest.mark.ray
 
 TOKEN = "a" * 64
 STALE = "b" * 64
-RAY_RETRIES = "Failed to get cluster ID"
-"""What Ray logs once a second while it retries a refused token."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +55,6 @@ class Head:
     token_file: Path
     ray_tmpdir: Path
     """Its RAY_TMPDIR, where it notes its address for ``auto``."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _listening(port: int) -> bool:
@@ -81,7 +74,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     # its own short RAY_TMPDIR: Ray's socket paths must stay within 107 characters
     ray_tmpdir = Path(os.environ["RAY_TMPDIR"]) / "head"
     ray_tmpdir.mkdir()
-    client_port = _free_port()
+    client_port = free_port()
     env = dict(
         os.environ,
         RAY_AUTH_MODE="token",
@@ -93,7 +86,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         *("--port=0", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"),
         f"--object-store-memory={80 * 1024**2}",
         f"--ray-client-server-port={client_port}",
-        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
     ]
     log = (root / "head.log").open("w")
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -282,61 +275,34 @@ def test_a_local_cluster_takes_the_users_token_or_none_when_told(
     assert os.environ["RAY_AUTH_MODE"] == "disabled" and "RAY_AUTH_TOKEN_PATH" not in os.environ
 
 
-def _serve(head: Head, *args: str, port: int = 0) -> subprocess.Popen[str]:
-    argv = ["serve", "--ray", head.address, "--port", str(port or _free_port()), *args]
-    return subprocess.Popen(
-        [sys.executable, "-m", "modelrunner.cli", *argv],
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_serve_refuses_a_wrong_token_at_once_without_rays_retries(
     head: Head, tmp_path: Path
 ) -> None:
     wrong = _token_file(tmp_path, STALE)
-    proc = _serve(head, "--ray-auth-token-file", str(wrong))
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
-    assert err.splitlines() == [
+    argv = ["serve", "--ray", head.address, "--ray-auth-token-file", str(wrong)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelrunner.cli", *argv, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
         f"error (UNAUTHENTICATED): the Ray cluster at {head.address!r} uses Ray's token "
         f"authentication and refused the token from {NAMED_FILE} ({wrong}): {HOW_TO_PASS}"
     ]
-    assert RAY_RETRIES not in err and out == ""
+    assert RAY_RETRIES not in proc.stderr and proc.stdout == ""
 
 
 def test_serve_joins_with_the_right_token_and_its_actors_need_nothing_more(
     head: Head, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = _free_port()
-    proc = _serve(
-        head,
-        *("--ray-auth-token-file", str(_token_file(tmp_path, TOKEN))),
-        *("--ray-cpu-runtimes", "1", "--cache-dir", str(tmp_path / "cache")),
-        port=port,
-    )
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 120
-        for line in proc.stderr:
-            assert RAY_RETRIES not in line
-            if line.startswith("modelrunner ready: "):
-                break
-            assert time.monotonic() < deadline, "not ready in time"
-        else:
-            pytest.fail(f"serve --ray exited with {proc.wait()} before it was ready")
-        assert main(["status", "--once", "--server", f"127.0.0.1:{port}"]) == 0
+    token_file = _token_file(tmp_path, TOKEN)
+    args = ("--ray", head.address, "--ray-auth-token-file", str(token_file))
+    with serving(*args, "--ray-cpu-runtimes", "1", "--cache-dir", str(tmp_path / "cache")) as on:
+        assert main(["status", "--once", "--server", on.server]) == 0
         shown = capsys.readouterr().out
         assert "1 runtime(s), 1 available" in shown and "ray-cpu-0" in shown
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert code == 0
+    assert on.code == 0
     # joining leaves nothing in Ray's default place
     assert not (Path(os.environ["HOME"]) / ".ray").exists()
