@@ -64,7 +64,7 @@ class TokenSource:
     """Where this process's Ray token comes from."""
 
     name: str
-    """As the user knows it: ``--ray-auth-token-file``, ``RAY_AUTH_TOKEN``, ..."""
+    """As the user knows it: :data:`NAMED_FILE`, ``RAY_AUTH_TOKEN``, ..."""
     path: Path | None = None
     """The file holding the token; None: the ``RAY_AUTH_TOKEN`` variable."""
     named: bool = False
@@ -107,7 +107,7 @@ def find_token_source(
     if environ.get(TOKEN):
         return TokenSource(TOKEN)
     if environ.get(TOKEN_PATH):
-        return TokenSource(TOKEN_PATH, Path(environ[TOKEN_PATH]).expanduser())
+        return TokenSource(TOKEN_PATH, Path(environ[TOKEN_PATH]))  # as Ray opens it
     home = environ.get("HOME")
     default = (Path(home) if home else Path.home()) / DEFAULT_TOKEN_FILE
     if default.is_file():
