@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="add runtimes while all are saturated, up to this many (default: no scaling)",
     )
+    cluster.add_argument(
+        "--ray-auth-token-file",
+        metavar="FILE",
+        type=Path,
+        help="the Ray cluster's token when it uses Ray's token authentication (default: "
+        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)",
+    )
     serve.set_defaults(run=_serve)
 
     runtime = sub.add_parser(
@@ -264,6 +271,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "tls_key_file",
         "tls_ca_file",
         "tls_client_ca_file",
+        "ray_auth_token_file",
     )
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return Settings(**overrides)

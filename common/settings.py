@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     runtime_token: SecretStr | None = None
     """``modelrunner runtime``: the token (role ``runtime``) it registers with and checks its
     callers' tokens with; ``MODELRUNNER_RUNTIME_TOKEN``."""
+    ray_auth_token_file: Path | None = None
+    """``modelrunner serve --ray``: the file holding the Ray cluster's token when it runs with
+    Ray's token authentication (docs/cluster.md); default: Ray's own ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``. Only this process reads it, not the runtime
+    actors."""
 
     # -- package contents and outbound fetches (security) --
     path_source_roots: list[Path] = Field(default_factory=list)
