@@ -43,7 +43,7 @@ DONE_FILE = "blocks.done"
 STATISTICS_FILE = "statistics.json"
 PYRAMID_MIN_SIDE = 256
 """Levels are added until the longest downsampled axis fits this many pixels."""
-DOWNSAMPLED = ("z", "y", "x")
+PYRAMID_TASK_BYTES = 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class VolumeDestination:
             for level in range(self.record.pyramid_levels_done + 1, len(levels)):
                 source: Any = self._group[str(level - 1)]
                 target: Any = self._group[str(level)]
-                regions = list(_chunk_regions(target.shape, target.chunks))
+                regions = list(_chunk_regions(target.shape, self._task_shape(target)))
                 count = len(regions)
                 for _ in pool.map(self._downsample, [source] * count, [target] * count, regions):
                     if progress is not None:
@@ -274,15 +274,33 @@ class VolumeDestination:
             target.dtype, copy=False
         )
 
-    def pyramid_tasks(self) -> int:
-        levels = self.layout.levels()
-        return sum(
-            math.prod(-(-s // c) for s, c in zip(shape, self._chunks(shape), strict=True))
-            for shape in levels[self.record.pyramid_levels_done + 1 :]
-        )
+    def _task_shape(self, target: Any) -> tuple[int, ...]:
+        """Whole chunks of the level, several along the downsampled axes: about
+        ``PYRAMID_TASK_BYTES`` a task (tasks of one chunk spend their time on overhead)."""
+        shape = list(target.chunks)
+        itemsize = np.dtype(target.dtype).itemsize
+        axes = [i for i, a in enumerate(self.layout.axes) if a in self.layout.downsampled]
+        while math.prod(shape) * itemsize * 2 <= PYRAMID_TASK_BYTES:
+            grown = [i for i in axes if shape[i] < target.shape[i]]
+            if not grown:
+                break
+            for i in grown:
+                shape[i] *= 2
+        return tuple(shape)
 
-    def _chunks(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(min(c, s) for c, s in zip(self.layout.chunks, shape, strict=True))
+    def pyramid_tasks(self) -> int:
+        done = self.record.pyramid_levels_done
+        return sum(
+            math.prod(
+                -(-s // c)
+                for s, c in zip(
+                    self._group[str(level)].shape,
+                    self._task_shape(self._group[str(level)]),
+                    strict=True,
+                )  # type: ignore[union-attr]
+            )
+            for level in range(done + 1, len(self.layout.levels()))
+        )
 
     def mark_complete(self) -> None:
         self.record.complete = True
@@ -349,7 +367,7 @@ def downsample(data: np.ndarray, factors: Sequence[int], *, averaged: bool) -> n
     or every second pixel."""
     if not averaged:
         return data[tuple(slice(None, None, f) for f in factors)]
-    out = data.astype(np.float64)
+    out = data.astype(np.result_type(data.dtype, np.float32))  # float32 stays float32
     for axis, f in enumerate(factors):
         if f == 1:
             continue

@@ -277,6 +277,7 @@ def _execute(
         _statistics(run, todo, report)
         nbytes = 0
         predicted = 0
+        predict_started = time.monotonic()
         if todo:
             first = todo[0]
             if len(run.opened) < len(run.destinations):
@@ -294,6 +295,7 @@ def _execute(
             )  # fmt: skip
             predicted += predicted_rest
             nbytes += rest_bytes
+        predict_seconds = time.monotonic() - predict_started
         _pyramids(run, report)
         seconds = time.monotonic() - started
         return VolumeResult(
@@ -302,6 +304,7 @@ def _execute(
             blocks_predicted=predicted,
             runtimes=len(routes),
             seconds=seconds,
+            predict_seconds=predict_seconds,
             input_bytes=nbytes,
             blocksize=int(run.identity["grid"]["blocksize"]),
         )

@@ -18,6 +18,9 @@ class VolumeResult:
     """Blocks predicted by this call (fewer than ``blocks`` when it resumed a run)."""
     runtimes: int
     seconds: float
+    """The whole call: statistics, blocks and pyramid."""
+    predict_seconds: float
+    """The blocks alone: reading, predicting and writing them."""
     input_bytes: int
     """Bytes of input read for the blocks predicted by this call (halos included)."""
     blocksize: int
@@ -25,4 +28,5 @@ class VolumeResult:
 
     @property
     def megabytes_per_s(self) -> float:
-        return self.input_bytes / 1e6 / self.seconds if self.seconds else 0.0
+        """Input MB/s of the blocks predicted (reading, prediction and writing)."""
+        return self.input_bytes / 1e6 / self.predict_seconds if self.predict_seconds else 0.0
