@@ -59,11 +59,18 @@ DISK_MARGIN = 5 * GiB
 """Free disk the run leaves to everyone else, beyond its own estimate."""
 
 
+_PATTERNS: dict[int, np.ndarray] = {}
+
+
 def plane(z: int, side: int) -> np.ndarray:
     """A synthetic uint16 plane: squares of 64 pixels whose values shift with z (compresses
-    well, and every block differs)."""
-    y, x = np.ogrid[0:side, 0:side]
-    return ((x // 64 + y // 64 + z) % 17 * 200 + 100).astype(np.uint16)
+    well, and every block differs); a table lookup per plane, so writing is quick."""
+    base = _PATTERNS.get(side)
+    if base is None:
+        y, x = np.ogrid[0:side, 0:side]
+        base = _PATTERNS.setdefault(side, ((x // 64 + y // 64) % 17).astype(np.uint8))
+    table = ((np.arange(17) + z) % 17 * 200 + 100).astype(np.uint16)
+    return table[base]
 
 
 def write_volume(path: Path, planes: int, side: int) -> None:

@@ -298,13 +298,16 @@ class SampleStatistics:
             return {s: () for s in samples}
         results: dict[tuple[int, ...], tuple[SampleStatistic, ...]] = {}
         with ThreadPoolExecutor(workers, thread_name_prefix="modelrunner-stats") as pool:
+            groups = {
+                sample: [self._group(reduced, ms) for reduced, ms in self._groups.items()]
+                for sample in samples
+            }
+            self._first_pass(pool, read, groups, progress)  # every sample's slabs in one go
             for sample in samples:
-                groups = [self._group(reduced, ms) for reduced, ms in self._groups.items()]
-                self._first_pass(pool, read, sample, groups, progress)
-                searches = [g.search for g in groups if g.search is not None]
+                searches = [g.search for g in groups[sample] if g.search is not None]
                 while any(s.pending for s in searches):
-                    self._search_pass(pool, read, sample, groups, progress)
-                results[sample] = tuple(s for g in groups for s in self._finish(g))
+                    self._search_pass(pool, read, sample, groups[sample], progress)
+                results[sample] = tuple(s for g in groups[sample] for s in self._finish(g))
         return results
 
     def _group(self, reduced: tuple[str, ...], measures: list[Measure]) -> _Group:
@@ -317,11 +320,11 @@ class SampleStatistics:
         self,
         pool: ThreadPoolExecutor,
         read: ReadRegion,
-        sample: tuple[int, ...],
-        groups: list[_Group],
+        by_sample: dict[tuple[int, ...], list[_Group]],
         progress: Callable[[int], None] | None,
     ) -> None:
-        def task(region: Region) -> list[Any]:
+        def task(sample: tuple[int, ...], region: Region) -> list[Any]:
+            groups = by_sample[sample]
             chunk = np.asarray(read(sample, region))
             if self.dtype.kind == "f" and not np.all(np.isfinite(chunk)):
                 raise errors.InvalidTensorError(
@@ -345,7 +348,12 @@ class SampleStatistics:
                 progress(chunk.nbytes)
             return parts
 
-        for parts in pool.map(task, self.regions):  # in order: merged the same way every run
+        tasks = [(sample, region) for sample in by_sample for region in self.regions]
+        # in order: merged the same way every run
+        samples = [sample for sample, _ in tasks]
+        regions = [region for _, region in tasks]
+        for sample, parts in zip(samples, pool.map(task, samples, regions), strict=True):
+            groups = by_sample[sample]
             for g, (rows, moments, histogram, extremes) in zip(groups, parts, strict=True):
                 g.moments.merge(moments, rows)
                 if histogram is not None:
@@ -358,9 +366,10 @@ class SampleStatistics:
                         g.extremes = (np.full(size, np.inf), np.full(size, -np.inf))
                     np.minimum.at(g.extremes[0], rows, extremes[0].astype(np.float64))
                     np.maximum.at(g.extremes[1], rows, extremes[1].astype(np.float64))
-        for g in groups:
-            if g.extremes is not None:
-                g.search = _RankSearch(g.ranks, *g.extremes)
+        for groups in by_sample.values():
+            for g in groups:
+                if g.extremes is not None:
+                    g.search = _RankSearch(g.ranks, *g.extremes)
 
     def _search_pass(
         self,
