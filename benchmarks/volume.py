@@ -145,7 +145,8 @@ def client_memory(address: str, model: str, planes: int, side: int, blocks: int)
     same pipeline as ``predict_volume``'s, with nothing written."""
     from modelrunner.client import ModelRunnerClient
     from modelrunner.client._volume_pipeline import BlockPipeline
-    from modelrunner.client._volume_prediction import _plan, _read_block, _routes
+    from modelrunner.client._volume_prediction import _plan, _routes
+    from modelrunner.client._volume_run import read_block
     from modelrunner.client._volume_sources import open_volume
 
     volume = np.broadcast_to(plane(0, side), (planes, side, side))
@@ -161,7 +162,7 @@ def client_memory(address: str, model: str, planes: int, side: int, blocks: int)
         nbytes = [0]
 
         def read(block: Any) -> np.ndarray:
-            data = _read_block(run, block)
+            data = read_block(run, block)
             nbytes[0] += data.nbytes
             return data
 

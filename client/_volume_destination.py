@@ -43,7 +43,8 @@ DONE_FILE = "blocks.done"
 STATISTICS_FILE = "statistics.json"
 PYRAMID_MIN_SIDE = 256
 """Levels are added until the longest downsampled axis fits this many pixels."""
-PYRAMID_TASK_BYTES = 16 * 1024**2
+PYRAMID_TASK_BYTES = 64 * 1024**2
+"""Most a pyramid task reads at once."""
 
 
 @dataclass(frozen=True)
@@ -248,59 +249,71 @@ class VolumeDestination:
     # -- the pyramid and the end ---------------------------------------------------------------
 
     def build_pyramid(self, *, workers: int = 2, progress: Any = None) -> None:
-        """Each level from the one before, chunk by chunk (each task writes whole chunks of its
-        level, so tasks never share one); a level is recorded once complete."""
-        levels = self.layout.levels()
+        """The levels in rounds of towers: a task reads a region of the last level built once
+        and writes every level of the round above it (one chunk of the round's top level, so
+        tasks never share a chunk); a round's levels are recorded once all its tasks are done.
+        A round holds as many levels as keep a task's read under ``PYRAMID_TASK_BYTES``."""
+        last = len(self.layout.levels()) - 1
         with ThreadPoolExecutor(workers, thread_name_prefix="modelrunner-pyramid") as pool:
-            for level in range(self.record.pyramid_levels_done + 1, len(levels)):
-                source: Any = self._group[str(level - 1)]
-                target: Any = self._group[str(level)]
-                regions = list(_chunk_regions(target.shape, self._task_shape(target)))
+            while self.record.pyramid_levels_done < last:
+                start = self.record.pyramid_levels_done
+                top = start + self._round_height(start, last)
+                target: Any = self._group[str(top)]
+                regions = list(_chunk_regions(target.shape, target.chunks))
                 count = len(regions)
-                for _ in pool.map(self._downsample, [source] * count, [target] * count, regions):
+                for _ in pool.map(self._tower, [start] * count, [top] * count, regions):
                     if progress is not None:
                         progress(1)
-                self.record.pyramid_levels_done = level
+                self.record.pyramid_levels_done = top
                 self._save_record()
 
-    def _downsample(self, source: Any, target: Any, region: tuple[slice, ...]) -> None:
-        factors = [2 if a in self.layout.downsampled else 1 for a in self.layout.axes]
+    def _factors(self, levels: int) -> list[int]:
+        return [2**levels if a in self.layout.downsampled else 1 for a in self.layout.axes]
+
+    def _round_height(self, start: int, last: int) -> int:
+        """How many levels above ``start`` one round builds (at least one)."""
+        itemsize = np.dtype(self.layout.dtype).itemsize
+        height = 1
+        while start + height < last:
+            above: Any = self._group[str(start + height + 1)]
+            chunks = above.chunks
+            factors = self._factors(height + 1)
+            read = math.prod(c * f for c, f in zip(chunks, factors, strict=True)) * itemsize
+            if read > PYRAMID_TASK_BYTES:
+                break
+            height += 1
+        return height
+
+    def _tower(self, start: int, top: int, region: tuple[slice, ...]) -> None:
+        """``region`` of level ``top`` and what lies under it in the levels between, from level
+        ``start`` read once."""
+        source: Any = self._group[str(start)]
+        factors = self._factors(top - start)
         read = tuple(
             slice(r.start * f, min(r.stop * f, s))
             for r, f, s in zip(region, factors, source.shape, strict=True)
         )
         data = np.asarray(source[read])
-        target[region] = downsample(data, factors, averaged=self.layout.averaged).astype(
-            target.dtype, copy=False
-        )
-
-    def _task_shape(self, target: Any) -> tuple[int, ...]:
-        """Whole chunks of the level, several along the downsampled axes: about
-        ``PYRAMID_TASK_BYTES`` a task (tasks of one chunk spend their time on overhead)."""
-        shape = list(target.chunks)
-        itemsize = np.dtype(target.dtype).itemsize
-        axes = [i for i, a in enumerate(self.layout.axes) if a in self.layout.downsampled]
-        while math.prod(shape) * itemsize * 2 <= PYRAMID_TASK_BYTES:
-            grown = [i for i in axes if shape[i] < target.shape[i]]
-            if not grown:
-                break
-            for i in grown:
-                shape[i] *= 2
-        return tuple(shape)
+        step = self._factors(1)
+        for level in range(start + 1, top + 1):
+            data = downsample(data, step, averaged=self.layout.averaged)
+            target: Any = self._group[str(level)]
+            scale = self._factors(top - level)
+            at = tuple(
+                slice(r.start * f, min(r.stop * f, s))
+                for r, f, s in zip(region, scale, target.shape, strict=True)
+            )
+            target[at] = data.astype(target.dtype, copy=False)
 
     def pyramid_tasks(self) -> int:
-        done = self.record.pyramid_levels_done
-        return sum(
-            math.prod(
-                -(-s // c)
-                for s, c in zip(
-                    self._group[str(level)].shape,
-                    self._task_shape(self._group[str(level)]),
-                    strict=True,
-                )  # type: ignore[union-attr]
-            )
-            for level in range(done + 1, len(self.layout.levels()))
-        )
+        """Tasks still to run to build the pyramid (for progress)."""
+        last = len(self.layout.levels()) - 1
+        count, level = 0, self.record.pyramid_levels_done
+        while level < last:
+            level += self._round_height(level, last)
+            array: Any = self._group[str(level)]
+            count += math.prod(-(-s // c) for s, c in zip(array.shape, array.chunks, strict=True))
+        return count
 
     def mark_complete(self) -> None:
         self.record.complete = True
@@ -367,17 +380,14 @@ def downsample(data: np.ndarray, factors: Sequence[int], *, averaged: bool) -> n
     or every second pixel."""
     if not averaged:
         return data[tuple(slice(None, None, f) for f in factors)]
-    out = data.astype(np.result_type(data.dtype, np.float32))  # float32 stays float32
+    out = data.astype(np.result_type(data.dtype, np.float32), copy=False)  # float32 stays
     for axis, f in enumerate(factors):
         if f == 1:
             continue
-        size = out.shape[axis]
-        even = size - size % 2
-        head = np.take(out, range(even), axis=axis)
-        shape = list(head.shape)
-        shape[axis : axis + 1] = [even // 2, 2]
-        pairs = head.reshape(shape).mean(axis=axis + 1)
-        if size % 2:
-            pairs = np.concatenate([pairs, np.take(out, [size - 1], axis=axis)], axis=axis)
-        out = pairs
+        if out.shape[axis] % 2:  # the last pixel pairs with itself: its mean is its value
+            out = np.concatenate([out, np.take(out, [-1], axis=axis)], axis=axis)
+        even = [slice(None)] * out.ndim
+        odd = [slice(None)] * out.ndim
+        even[axis], odd[axis] = slice(0, None, 2), slice(1, None, 2)
+        out = (out[tuple(even)] + out[tuple(odd)]) * out.dtype.type(0.5)
     return out

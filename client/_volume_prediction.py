@@ -20,13 +20,11 @@ The steps, each in its own module:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,19 +32,25 @@ import numpy as np
 
 from modelrunner import errors
 from modelrunner.converters import to_pb_sample_statistics
-from modelrunner.image_axes import InputPlan, canonical_id, output_axes, plan_input
+from modelrunner.image_axes import plan_input
 from modelrunner.image_files import ImageFile
-from modelrunner.types import ModelInfo, Progress, SampleStatistic, TensorSpec
+from modelrunner.types import ModelInfo, Progress
 
 from . import _flight
 from ._progress import ProgressOption, progress_callback
 from ._sessions import fits_session
-from ._volume_blocks import Block, BlockGrid, PadMode, choose_n, plan_grid
-from ._volume_destination import OutputLayout, VolumeDestination
+from ._volume_blocks import Block, PadMode, choose_n, plan_grid
+from ._volume_destination import VolumeDestination
 from ._volume_pipeline import BlockPipeline, Route
 from ._volume_result import VolumeResult
-from ._volume_sources import VolumeLike, fingerprint, open_volume, source_chunks, source_dtype
-from ._volume_statistics import SampleStatistics, required_measures
+from ._volume_run import (
+    VolumeRun,
+    compute_statistics,
+    create_destinations,
+    read_block,
+    write_block,
+)
+from ._volume_sources import VolumeLike, fingerprint, open_volume
 
 if TYPE_CHECKING:
     from ._sync import ModelRunnerClient
@@ -56,29 +60,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BLOCK_VOXELS = 4 * 1024**2
 """Block size chosen when none is given: about this many voxels per channel at the network's
 input (16 MiB of float32: a 2048x2048 plane, a 160^3 cube)."""
-CHUNK_SIDE = {"z": 64, "y": 256, "x": 256, "time": 1}
-
-
-@dataclass
-class _Run:
-    """Everything the steps share."""
-
-    client: ModelRunnerClient
-    info: ModelInfo
-    image: ImageFile
-    plan: InputPlan
-    spec: TensorSpec
-    grid: BlockGrid
-    sent: tuple[str, ...]
-    """The model axis ids of the sent axes, in the source's order."""
-    sent_index: tuple[int, ...]
-    """Their positions in the source's axes."""
-    identity: dict[str, Any]
-    options: dict[str, Any]
-    keep: tuple[str, ...]
-    destinations: dict[str, Path]
-    opened: dict[str, VolumeDestination] = field(default_factory=dict)
-    statistics: dict[tuple[int, ...], tuple[SampleStatistic, ...]] = field(default_factory=dict)
 
 
 def predict_volume(
@@ -153,7 +134,7 @@ def _plan(
     device: str | None,
     nan_policy: str,
     source: VolumeLike,
-) -> _Run:
+) -> VolumeRun:
     info = client.describe(model_id)
     if len(info.inputs) != 1:
         raise errors.FailedPreconditionError(
@@ -210,7 +191,7 @@ def _plan(
             "pad": asdict(grid.pad),
         },
     }
-    return _Run(
+    return VolumeRun(
         client=client,
         info=info,
         image=image,
@@ -255,7 +236,7 @@ def _destinations(
 
 
 def _execute(
-    run: _Run,
+    run: VolumeRun,
     *,
     resume: bool,
     workers_per_runtime: int,
@@ -274,7 +255,7 @@ def _execute(
         blocks = [b for b in run.grid.blocks() if not run.grid.is_empty(b)]
         todo = [b for b in blocks if b.index not in done]
         routes = _routes(run, timeout) if todo else []
-        _statistics(run, todo, report)
+        compute_statistics(run, todo, report)
         nbytes = 0
         predicted = 0
         predict_started = time.monotonic()
@@ -282,10 +263,10 @@ def _execute(
             first = todo[0]
             if len(run.opened) < len(run.destinations):
                 # the first block tells the outputs' channels and dtype: then the destinations
-                inputs = _read_block(run, first)
+                inputs = read_block(run, first)
                 outputs = routes[0].predict(first, inputs)
-                _create(run, outputs, len(blocks))
-                _write(run, first, outputs)
+                create_destinations(run, outputs, len(blocks))
+                write_block(run, first, outputs)
                 nbytes += inputs.nbytes
                 predicted += 1
                 todo = todo[1:]
@@ -313,7 +294,7 @@ def _execute(
             d.close()
 
 
-def _done(run: _Run) -> set[int]:
+def _done(run: VolumeRun) -> set[int]:
     """Blocks finished in every destination (none where a destination is still to be made)."""
     if len(run.opened) < len(run.destinations):
         return set()
@@ -321,7 +302,7 @@ def _done(run: _Run) -> set[int]:
     return set.intersection(*sets) if sets else set()
 
 
-def _routes(run: _Run, timeout: float | None) -> list[Route]:
+def _routes(run: VolumeRun, timeout: float | None) -> list[Route]:
     """One route per runtime serving the model (the control service lists them, best first)."""
     client = run.client
     route = client._retried(
@@ -342,7 +323,7 @@ def _routes(run: _Run, timeout: float | None) -> list[Route]:
 
 
 def _predictor(
-    run: _Run, model_id: str, uri: str, timeout: float | None
+    run: VolumeRun, model_id: str, uri: str, timeout: float | None
 ) -> Callable[[Block, np.ndarray], dict[str, np.ndarray]]:
     client = run.client
     commands: dict[tuple[int, ...], tuple[Any, Any]] = {}
@@ -401,218 +382,8 @@ def _predictor(
     return predict
 
 
-def _read_block(run: _Run, block: Block) -> np.ndarray:
-    """The block's input in the sent axes: the bounding box of its pixels read at once, then
-    arranged (halo, padding) by index."""
-    indices = run.grid.read_indices(block)
-    at = dict(zip(run.plan.loop, block.sample, strict=True))
-    region: list[int | slice] = []
-    local: list[np.ndarray] = []
-    constant = False
-    for i in range(len(run.image.shape)):
-        if i in at:
-            region.append(at[i])
-        elif i in run.plan.drop:
-            region.append(0)
-        else:
-            axis = run.sent[run.sent_index.index(i)]
-            wanted = indices.get(axis)
-            if wanted is None:  # a channel axis: whole
-                region.append(slice(None))
-                local.append(np.arange(run.image.shape[i]))
-                continue
-            valid = wanted[wanted >= 0]
-            low, high = int(valid.min()), int(valid.max()) + 1
-            region.append(slice(low, high))
-            constant = constant or bool((wanted < 0).any())
-            local.append(np.where(wanted >= 0, wanted - low, 0))
-    data = run.image.read(tuple(region))
-    block_data = data[np.ix_(*local)] if local else data
-    if constant:
-        mask = np.ones(block_data.shape, bool)
-        for position, kept in enumerate(_sent_indices(run, indices)):
-            shape = [1] * block_data.ndim
-            shape[position] = -1
-            mask &= (kept >= 0).reshape(shape)
-        block_data = np.where(mask, block_data, np.asarray(run.grid.pad.value, block_data.dtype))
-    return np.ascontiguousarray(block_data)
-
-
-def _sent_indices(run: _Run, indices: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    out = []
-    for axis, i in zip(run.sent, run.sent_index, strict=True):
-        wanted = indices.get(axis)
-        out.append(np.arange(run.image.shape[i]) if wanted is None else wanted)
-    return out
-
-
-def _statistics(
-    run: _Run, todo: Sequence[Block], report: Callable[[Progress], None] | None
-) -> None:
-    """The whole-sample statistics the model's processing needs: from the destination when a
-    run there already computed them, else computed now (and kept with the destination)."""
-    measures = required_measures(run.info, run.spec.id)
-    if not measures:
-        return
-    for d in run.opened.values():
-        saved = d.load_statistics()
-        if saved is not None:
-            run.statistics = _statistics_from_json(saved)
-            return
-    if not todo:
-        return
-    samples = list(run.grid.samples_indices())
-    shape = tuple(run.image.shape[i] for i in run.sent_index)
-    chunks = source_chunks(run.image)
-    dtype = source_dtype(run.image)
-    stats = SampleStatistics(
-        run.spec.id,
-        measures,
-        run.sent,
-        shape,
-        dtype,
-        chunks=tuple(chunks[i] for i in run.sent_index) if chunks else None,
-    )
-    total = math.prod(shape) * dtype.itemsize * len(samples)
-    done = [0]
-    lock = threading.Lock()
-
-    def read(sample: tuple[int, ...], region: tuple[slice, ...]) -> np.ndarray:
-        return run.image.read(_source_region(run, sample, region))
-
-    def advanced(nbytes: int) -> None:
-        if report is not None:
-            with lock:
-                done[0] += nbytes
-                report(Progress(stage="statistics", done=min(done[0], total), total=total))
-
-    run.statistics = stats.compute(read, samples, progress=advanced)
-    for d in run.opened.values():  # a resumed run whose statistics were not kept
-        d.save_statistics(_statistics_to_json(run.statistics))
-
-
-def _source_region(
-    run: _Run, sample: tuple[int, ...], region: tuple[slice, ...]
-) -> tuple[int | slice, ...]:
-    at = dict(zip(run.plan.loop, sample, strict=True))
-    out: list[int | slice] = []
-    for i in range(len(run.image.shape)):
-        if i in at:
-            out.append(at[i])
-        elif i in run.plan.drop:
-            out.append(0)
-        else:
-            out.append(region[run.sent_index.index(i)])
-    return tuple(out)
-
-
-def _statistics_to_json(
-    statistics: Mapping[tuple[int, ...], Sequence[SampleStatistic]],
-) -> dict[str, Any]:
-    return {
-        json.dumps(list(sample)): [s.model_dump(mode="json") for s in stats]
-        for sample, stats in statistics.items()
-    }
-
-
-def _statistics_from_json(
-    saved: Mapping[str, Any],
-) -> dict[tuple[int, ...], tuple[SampleStatistic, ...]]:
-    return {
-        tuple(json.loads(key)): tuple(SampleStatistic.model_validate(s) for s in stats)
-        for key, stats in saved.items()
-    }
-
-
-def _create(run: _Run, outputs: Mapping[str, np.ndarray], blocks: int) -> None:
-    """The destinations still to be made, shaped after the first block's outputs."""
-    for spec in run.info.outputs:
-        oid = spec.id
-        if oid in run.opened:
-            continue
-        axes, _ = output_axes(run.plan, spec, outputs[oid].shape, run.keep)
-        layout = _layout(run, spec, axes, outputs[oid])
-        identity = {**run.identity, "output": oid}
-        run.opened[oid] = VolumeDestination.create(run.destinations[oid], layout, identity, blocks)
-        if run.statistics:
-            run.opened[oid].save_statistics(_statistics_to_json(run.statistics))
-
-
-def _output_order(spec: TensorSpec, axes: Sequence[str]) -> tuple[tuple[int, ...], list[int]]:
-    """How a block's output (the model's axes) becomes the destination's: the axes to squeeze
-    (singletons the destination has not), then the order of the rest."""
-    model_axes = [canonical_id(a) for a in spec.axes]
-    squeeze = tuple(i for i, a in enumerate(model_axes) if a not in axes)
-    kept = [a for i, a in enumerate(model_axes) if i not in squeeze]
-    return squeeze, [kept.index(a) for a in axes if a in kept]
-
-
-def _layout(run: _Run, spec: TensorSpec, axes: tuple[str, ...], array: np.ndarray) -> OutputLayout:
-    image = run.image
-    loop_axes = {image.axes[i]: image.shape[i] for i in run.plan.loop}  # type: ignore[index]
-    spatial = {canonical_id(next(a for a in spec.axes if a.id == g.axis)): g for g in run.grid.axes}
-    plane = {canonical_id(a): s for a, s in zip(spec.axes, array.shape, strict=True)}
-    shape, chunks = [], []
-    for axis in axes:
-        if axis in loop_axes:
-            shape.append(loop_axes[axis])
-            chunks.append(1)
-        elif axis in spatial:
-            g = spatial[axis]
-            shape.append(g.size)
-            chunks.append(max(1, min(g.inner, CHUNK_SIDE.get(axis, 256))))
-        else:
-            shape.append(plane[axis])
-            chunks.append(plane[axis])
-    version = image.zarr_version if image.kind == "zarr" else "0.4"
-    path = run.destinations[spec.id]
-    name = path.name[: -len(".ome.zarr")] if path.name.endswith(".ome.zarr") else path.stem
-    return OutputLayout(
-        output_id=spec.id,
-        shape=tuple(shape),
-        dtype=str(array.dtype),
-        axes=axes,
-        chunks=tuple(chunks),
-        downsampled=tuple(a for a in axes if a in spatial),
-        scale=tuple(image.pixel_sizes.get(a, (1.0, ""))[0] for a in axes),
-        units=tuple(image.pixel_sizes.get(a, (1.0, ""))[1] for a in axes),
-        translation=tuple(image.translation.get(a, 0.0) for a in axes),
-        name=name,
-        version="0.5" if version.startswith("0.5") else "0.4",
-    )
-
-
-def _write(run: _Run, block: Block, outputs: Mapping[str, np.ndarray]) -> None:
-    """The block's owned region of every output, then the block recorded finished."""
-    owned = run.grid.owned(block)
-    within = run.grid.owned_in_block(block)
-    for spec in run.info.outputs:
-        oid = spec.id
-        destination = run.opened[oid]
-        squeeze, order = _output_order(spec, destination.layout.axes)
-        index = tuple(within.get(a.id, slice(None)) for a in spec.axes)
-        plane = np.squeeze(outputs[oid][index], axis=squeeze).transpose(order)
-        at = dict(zip(run.plan.loop, block.sample, strict=True))
-        loop_names = {run.image.axes[i]: v for i, v in at.items()}  # type: ignore[index]
-        spatial = {
-            canonical_id(next(a for a in spec.axes if a.id == g.axis)): owned[g.axis]
-            for g in run.grid.axes
-        }
-        region: list[int | slice] = []
-        for axis in destination.layout.axes:
-            if axis in loop_names:
-                region.append(loop_names[axis])
-            elif axis in spatial:
-                region.append(slice(*spatial[axis]))
-            else:
-                region.append(slice(None))
-        destination.write(tuple(region), plane)
-    for d in run.opened.values():
-        d.record_done([block.index])
-
-
 def _pipeline(
-    run: _Run,
+    run: VolumeRun,
     routes: list[Route],
     todo: list[Block],
     total: int,
@@ -643,9 +414,9 @@ def _pipeline(
         report(Progress(stage="predict", done=already, total=total, unit="blocks"))
     predictors = workers_per_runtime * len(routes)
     pipeline = BlockPipeline(
-        read=lambda b: _read_block(run, b),
+        read=lambda b: read_block(run, b),
         routes=routes,
-        write=lambda b, outputs: _write(run, b, outputs),
+        write=lambda b, outputs: write_block(run, b, outputs),
         workers_per_runtime=workers_per_runtime,
         depth=depth or max(2, predictors),
         on_written=written,
@@ -654,7 +425,7 @@ def _pipeline(
     return count, state["bytes"]
 
 
-def _pyramids(run: _Run, report: Callable[[Progress], None] | None) -> None:
+def _pyramids(run: VolumeRun, report: Callable[[Progress], None] | None) -> None:
     destinations = [d for d in run.opened.values() if not d.record.complete]
     total = sum(d.pyramid_tasks() for d in destinations)
     count = [0]

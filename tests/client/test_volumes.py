@@ -169,6 +169,23 @@ def test_a_3d_volume_equals_bioimageio_cores_blockwise_prediction(
     np.testing.assert_allclose(written, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_percentile_normalisation_uses_the_whole_planes_percentiles(
+    client: ModelRunnerClient, tiny: Tiny, tmp_path: Path, dtype: str
+) -> None:
+    """scale_range with the 1st and 99.8th percentiles over each whole plane (exact histograms
+    for uint16, narrowing passes for float32), then clip and sigmoid: equal to the runtime's
+    own tiling of each plane with the same blocks."""
+    model = client.add_model(tiny("heavy_processing"))
+    rng = np.random.default_rng(10)
+    data = (rng.gamma(2.0, 300.0, (2, 100, 90)) * [[[1.0]], [[3.0]]]).astype(dtype)
+    client.predict_volume(model.id, data, tmp_path / "p.ome.zarr", axes="zyx", blocksize=4)
+    written = zarr.open_group(str(tmp_path / "p.ome.zarr"), mode="r")["0"][:]
+    for z in range(2):
+        expected = client.predict(model.id, data[z], blocksize=4, reference_path=True)["output"]
+        np.testing.assert_allclose(written[z], expected[0, 0], atol=1e-5)
+
+
 @needs_zoo
 def test_the_nuclei_unet_equals_bioimageio_cores_blockwise_prediction(
     client: ModelRunnerClient, nuclei: ModelInfo, pipelines: Pipelines, tmp_path: Path

@@ -5,7 +5,6 @@ against the session's server, in a folder laid out like a checkout: the example 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +14,8 @@ import zarr
 
 from modelrunner.client import ModelInfo
 from modelrunner.serving import RunningServer
+from tests.common.test_readme_cli import REPO, readme_commands
 from tests.zoo import ZOO, needs_zoo
-
-REPO = Path(__file__).resolve().parents[2]
-SECTION = "## Large images"
-
-
-def _section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start : end if end >= 0 else None]
 
 
 @needs_zoo
@@ -41,10 +31,8 @@ def test_the_large_images_commands_run_as_written(
         MODELRUNNER_SERVER=server.address,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
-    blocks = re.findall(r"```bash\n(.*?)```", _section(), flags=re.DOTALL)
-    assert len(blocks) == 1
     done = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + blocks[0]],
+        ["bash", "-c", "set -euo pipefail\n" + readme_commands("## Large images")],
         cwd=checkout, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
