@@ -284,6 +284,24 @@ def test_a_model_with_several_inputs_is_refused_before_any_work(
     assert not (tmp_path / "x.ome.zarr").exists()
 
 
+def test_the_async_client_predicts_volumes_too(
+    server: RunningServer, halo: ModelInfo, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from modelrunner.client import AsyncModelRunnerClient
+
+    async def run() -> int:
+        async with AsyncModelRunnerClient(server.address) as client:
+            result = await client.predict_volume(
+                halo.id, _image((64, 70)), tmp_path / "a.ome.zarr", axes="yx"
+            )
+            return result.blocks
+
+    assert asyncio.run(run()) == 4
+    assert zarr.open_group(str(tmp_path / "a.ome.zarr"), mode="r")["0"].shape == (64, 70)
+
+
 # -- several runtimes --------------------------------------------------------------------------
 
 
