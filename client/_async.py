@@ -9,7 +9,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +34,7 @@ from ._sources import SourceLike
 from ._stream import FrameStream, OnError
 from ._sync import ModelRunnerClient, NanPolicy, Precision
 from ._timeouts import USE_CLIENT_DEFAULT, Timeout
+from ._volume_result import VolumeResult
 
 T = TypeVar("T")
 _END = object()
@@ -201,6 +209,20 @@ class AsyncModelRunnerClient:
             keep_shape=keep_shape,
             progress=progress,
             timeout=timeout,
+        )
+
+    async def predict_volume(
+        self,
+        model_id: str,
+        source: str | Path | Any,
+        destination: str | Path | Mapping[str, str | Path],
+        **options: Any,
+    ) -> VolumeResult:
+        """:meth:`ModelRunnerClient.predict_volume` (the same options), on a thread of the
+        client's pool; cancelling the task stops the prediction, leaving a destination to
+        resume."""
+        return await self._run_cancellable(
+            self._sync.predict_volume, model_id, source, destination, **options
         )
 
     def predict_stream(

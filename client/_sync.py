@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ._sessions import fits_session
 from ._sources import SourceLike, Upload, interpret_source, is_local_address
 from ._stream import DEFAULT_IDLE_TIMEOUT_S, FrameStream, OnError
 from ._timeouts import USE_CLIENT_DEFAULT, Timeout, resolve_timeout
+
+if TYPE_CHECKING:
+    from ._volume_result import VolumeResult
 
 _T = TypeVar("_T")
 NanPolicy = Literal["reject", "allow"]
@@ -429,6 +432,73 @@ class ModelRunnerClient:
         )
         stream.on_unavailable = lambda: self._forget_route(route)
         return stream
+
+    def predict_volume(
+        self,
+        model_id: str,
+        source: str | Path | Any,
+        destination: str | Path | Mapping[str, str | Path],
+        *,
+        axes: str | Sequence[str] | None = None,
+        level: int = 0,
+        channel: int | None = None,
+        per_plane: bool = False,
+        keep_singletons: bool = False,
+        blocksize: int | None = None,
+        weight_format: str | None = None,
+        device: str | None = None,
+        resume: bool = False,
+        workers_per_runtime: int = 2,
+        nan_policy: NanPolicy = "reject",
+        progress: ProgressOption = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> VolumeResult:
+        """Predict a volume of any size block by block, from ``source`` into the OME-Zarr image
+        ``destination``, on every runtime that serves the model; memory stays bounded by a few
+        blocks however large the volume.
+
+        ``source``: an OME-Zarr image (NGFF 0.4 or 0.5; ``level`` picks a pyramid level), a
+        TIFF, a ``.npy``, or an array (zarr, dask, numpy) with ``axes`` (``"zyx"``, ``"tcyx"``).
+        Axes the model lacks (time, z for a 2-D model) run one index at a time, as separate
+        samples; ``channel`` picks one channel. Blocks overlap by the model's halo as in
+        bioimageio.core's blockwise prediction (``blocksize`` is its block size parameter n;
+        by default about 4 million voxels a block), and statistics the model's normalisation
+        needs are computed over each whole sample first: the result equals bioimageio.core's
+        blockwise prediction of the whole array.
+
+        ``destination`` (one per output: a mapping by output id, or ``<name>_<output id>``
+        beside the path given) becomes a valid OME-Zarr image with the source's scale and
+        translation and a multiscale pyramid. It records the run and the blocks finished: a run
+        that stopped (Ctrl-C, a crash, kill -9, a runtime gone) is finished with
+        ``resume=True``, which predicts only the missing blocks, and the result is the same, bit
+        for bit. A destination holding anything else, or another run's output (other model,
+        options or source), is refused (FailedPreconditionError), never overwritten.
+
+        ``workers_per_runtime``: blocks in flight on each runtime. ``timeout``: for each
+        block's prediction. Ctrl-C (in the main thread) or :meth:`close` stops it within a
+        second, leaving a destination to resume. Returns what was done (a
+        :class:`VolumeResult`)."""
+        from ._volume_prediction import predict_volume
+
+        return predict_volume(
+            self,
+            model_id,
+            source,
+            destination,
+            axes=axes,
+            level=level,
+            channel=channel,
+            per_plane=per_plane,
+            keep_singletons=keep_singletons,
+            blocksize=blocksize,
+            weight_format=weight_format,
+            device=device,
+            resume=resume,
+            workers_per_runtime=workers_per_runtime,
+            nan_policy=nan_policy,
+            timeout=self._timeout(timeout),
+            progress=progress,
+        )
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ def add_predict_command(sub: Any) -> None:
         "--output",
         required=True,
         help="a folder (ending in /, or existing): <input name>_<output id> in the input's "
-        "format (OME-TIFF for PNG/JPEG); or one file (.ome.tif, .tif, .ome.zarr, .npy, .png)",
+        "format (OME-TIFF for PNG/JPEG); or one file (.ome.tif, .tif, .ome.zarr, .npy, .png). "
+        "One input into one .ome.zarr runs block by block, for images of any size (--resume)",
     )
     predict.add_argument(
         "--axes",
@@ -79,6 +80,15 @@ def add_predict_command(sub: Any) -> None:
         "--precision",
         choices=("float16", "bfloat16"),
         help="run the network in reduced precision (fast path, PyTorch/TorchScript weights)",
+    )
+    predict.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted block-wise run into the same -o .ome.zarr (only the "
+        "missing blocks are predicted); see 'Large images' in the README",
+    )
+    predict.add_argument(
+        "--level", type=int, default=0, help="the OME-Zarr pyramid level to read (0: full size)"
     )
     predict.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")

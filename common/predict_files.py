@@ -83,17 +83,34 @@ def run_predict(args: argparse.Namespace) -> int:
     # Everything that can be refused without the model is refused before connecting.
     axes = parse_axes(args.axes) if args.axes else None
     output = Path(args.output)
-    to_folder = args.output.endswith(("/", os.sep)) or output.is_dir() or not full_suffix(output)
+    # an existing .ome.zarr is an image (a folder on disk), not a folder to write into
+    image_folder = full_suffix(output) in (".ome.zarr", ".zarr")
+    to_folder = (
+        args.output.endswith(("/", os.sep))
+        or (output.is_dir() and not image_folder)
+        or not full_suffix(output)
+    )
     fixed = None if to_folder else output_format(output)
     check_writable(output / "x" if to_folder else output)
     files = find_inputs(args.inputs)
-    images = [open_image(path, axes, args.channel) for path in files]
+    blockwise = len(files) == 1 and fixed == "zarr"
+    if (args.resume or args.level) and not blockwise:
+        raise InvalidArgumentError(
+            f"{'--resume' if args.resume else '--level'} is for one input written block by "
+            "block into one .ome.zarr (-o result.ome.zarr)"
+        )
+    images = [] if blockwise else [open_image(path, axes, args.channel) for path in files]
 
     with ExitStack() as stack:
         client = _connect(args, stack)
         model_id = args.model
         if Path(model_id).exists():
             model_id = client.add_model(model_id, progress=not args.no_progress).id
+        if blockwise:
+            from modelrunner.predict_volume_files import predict_volume_file
+
+            predict_volume_file(client, model_id, files[0], output, args)
+            return 0
         info = client.describe(model_id)
         jobs = _jobs(info, images, output, fixed, args)
         total = sum(job.plans[0].planes(job.images[0].shape) for job in jobs)

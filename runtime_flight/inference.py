@@ -105,7 +105,7 @@ def predict(
     descr = model_descr(pipeline)
     arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
-    if options.keep_shape:
+    if options.keep_shape or options.block_statistics is not None:
         return _predict_kept_shape(pipeline, descr, arrays, options, _polling(progress, cancelled))
     return predict_mapped(
         pipeline, descr, arrays, options, _polling(progress, cancelled), cancelled=cancelled
@@ -128,7 +128,8 @@ def _predict_kept_shape(
         raise
     except Exception as e:
         shapes = input_shapes(descr, arrays)
-        if options.blocksize is None and _plan(pipeline, descr, shapes, options).mode != "whole":
+        fitted = options.blocksize is None and options.block_statistics is None
+        if fitted and _plan(pipeline, descr, shapes, options).mode != "whole":
             # A shape outside the model's sizes that its network refuses (bioimageio.core's
             # halo padding of a fixed-size ONNX model fails in process too): fitted instead.
             logger.info("the network refused %s (%s): fitting it to the model", shapes, e)
@@ -196,7 +197,7 @@ def start_prediction(
     descr = model_descr(pipeline)
     arrays = map_inputs(descr, inputs, dim_names, nan_policy=options.nan_policy)
     check_cancelled(cancelled)
-    if options.keep_shape:
+    if options.keep_shape or options.block_statistics is not None:
         return _predict_kept_shape(pipeline, descr, arrays, options, _polling(progress, cancelled))
     parts = split_batch(descr, arrays)
     if parts is not None:

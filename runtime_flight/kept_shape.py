@@ -30,6 +30,7 @@ from modelrunner.errors import ResourceExhaustedError
 from .core_blocks import predict_blockwise
 from .input_mapping import as_sample
 from .options import PredictOptions
+from .sample_blocks import predict_block_of_sample
 from .streamed_tiling import Progress
 
 
@@ -48,6 +49,10 @@ def predict_kept_shape(
             ``max_tile_input_bytes``, the bound every other call is tiled under.
     """
     _check_network_input(descr, arrays, options, network_dtypes, pipeline)
+    if options.block_statistics is not None:
+        return predict_block_of_sample(
+            pipeline, descr, arrays, options.block_statistics, options, network_dtypes
+        )
     sample = as_sample(descr, arrays)
     if options.skip_preprocessing:
         # as for every call that skips preprocessing: the network gets its own dtype

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from modelrunner.errors import InvalidArgumentError
+from modelrunner.types import SampleStatistic
 
 MiB = 1024**2
 
@@ -38,6 +39,10 @@ class PredictOptions:
     padding, tiling or fitting to the model's sizes, no fast path; with ``blocksize`` n its
     blockwise prediction with ``ns=n``. With both processing steps skipped: the network alone,
     what a bioimageio.core ``RemoteModelAdapter`` asks for."""
+    block_statistics: tuple[SampleStatistic, ...] | None = None
+    """Block mode (:mod:`.sample_blocks`): the sample is one block of a larger one, predicted as
+    sent with these statistics of the whole sample in its pre- and postprocessing. None: the
+    sample is whole."""
     max_batch_size: int = 0
     """``predict_batch``: the most samples stacked along the batch axis; 0: no limit."""
     max_tile_input_bytes: int = 256 * MiB
@@ -69,6 +74,12 @@ class PredictOptions:
                 "keep_shape runs bioimageio.core's pipeline; reduced precision runs on the fast "
                 "path only",
                 details={"precision": self.precision},
+            )
+        if self.block_statistics is not None and (self.blocksize is not None or self.precision):
+            raise InvalidArgumentError(
+                "a block of a larger sample is predicted as sent, on bioimageio.core's pipeline: "
+                "it takes neither blocksize nor precision",
+                details={"option": "blocksize" if self.blocksize is not None else "precision"},
             )
         if self.max_batch_size < 0:
             raise InvalidArgumentError(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from modelrunner import errors, types
+from modelrunner.converters import from_pb_sample_statistics
 from modelrunner.metrics import WARM_LOOKUPS
 from modelrunner.settings import Settings
 from modelrunner.v1 import runtime_pb2
@@ -109,6 +110,11 @@ class RuntimeService:
             reference_path=command.reference_path,
             precision=command.precision,
             keep_shape=command.keep_shape,
+            block_statistics=(
+                from_pb_sample_statistics(command.block_of_sample)
+                if command.HasField("block_of_sample")
+                else None
+            ),
             max_batch_size=max(0, command.max_batch_size),
             max_tile_input_bytes=self.settings.max_tile_input_bytes,
             stream_tiles_min_bytes=self.settings.stream_tiles_min_bytes,
@@ -195,9 +201,10 @@ class RuntimeService:
         that fails gives its error in its place."""
         options = self._options(command)
         try:
-            if options.keep_shape:
+            if options.keep_shape or options.block_statistics is not None:
                 raise errors.InvalidArgumentError(
-                    "keep_shape is for single predictions and sessions, not frame streams"
+                    f"{'keep_shape' if options.keep_shape else 'block_of_sample'} is for single "
+                    "predictions and sessions, not frame streams"
                 )
             with self._use(command) as warm:
                 mapped = [_unnamed_to_single(warm, f, dims) for f in frames]

@@ -22,16 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 SECTION = "## From the command line"
 
 
-def readme_section() -> str:
+def readme_section(section: str = SECTION) -> str:
     text = (REPO / "README.md").read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
+    start = text.index(section)
+    end = text.find("\n## ", start + len(section))
     return text[start : end if end >= 0 else None]
 
 
-def readme_commands() -> str:
-    blocks = re.findall(r"```bash\n(.*?)```", readme_section(), flags=re.DOTALL)
-    assert blocks, f"no bash block in {SECTION!r}"
+def readme_commands(section: str = SECTION) -> str:
+    blocks = re.findall(r"```bash\n(.*?)```", readme_section(section), flags=re.DOTALL)
+    assert blocks, f"no bash block in {section!r}"
     return "".join(blocks)
 
 
