@@ -97,6 +97,17 @@ class ControlPlane:
             workspaces = tuple(w for w in workspaces if w == identity.workspace)
         return info.model_copy(update={"workspaces": workspaces, "published": published})
 
+    def _loaded_as_seen(self, loaded: types.LoadedModel, identity: Identity) -> types.LoadedModel:
+        """A warm pipeline as the caller may know it: how much and when it was used tells a
+        workspace what another workspace does with a package they share (or a published one),
+        so a non-admin sees those only for a model that is its workspace's alone."""
+        if identity.sees_all_workspaces():
+            return loaded
+        held, published = self.access.workspaces(loaded.model_id)
+        if published or any(w != identity.workspace for w in held):
+            return loaded.model_copy(update={"requests": 0, "last_used_at": None})
+        return loaded
+
     def check_caller(self, token: str, model_ref: str = "") -> tuple[Identity, str]:
         """For a runtime: who holds ``token``, and the full id of ``model_ref`` when the holder
         may use it (UnauthenticatedError, ModelNotFoundError otherwise)."""
@@ -166,7 +177,10 @@ class ControlPlane:
         """The model's metadata, and where runtimes have it loaded (with the serving path)."""
         info = self.registry.describe(self.visible_id(model_ref, identity))
         loaded = tuple(
-            m for r in self.runtimes.runtimes() for m in r.loaded_models if m.model_id == info.id
+            self._loaded_as_seen(m, identity)
+            for r in self.runtimes.runtimes()
+            for m in r.loaded_models
+            if m.model_id == info.id
         )
         return self._with_access(info, identity).model_copy(update={"loaded": loaded})
 
@@ -315,7 +329,9 @@ class ControlPlane:
             r.model_copy(
                 update={
                     "loaded_models": tuple(
-                        m for m in r.loaded_models if self.access.visible(m.model_id, identity)
+                        self._loaded_as_seen(m, identity)
+                        for m in r.loaded_models
+                        if self.access.visible(m.model_id, identity)
                     )
                 }
             )
@@ -323,9 +339,16 @@ class ControlPlane:
         ]
         cache = self.registry.cache_info()
         if not identity.sees_all_workspaces():
-            # the cache's place and the count of everyone's models are the admins' to know
-            visible = sum(
-                1 for m in self.registry.list_models() if self.access.visible(m.id, identity)
+            # the cache's place, and the count and size of everyone's models, are the admins'
+            # to know: they would show another workspace adding a model
+            visible = [
+                m for m in self.registry.list_models() if self.access.visible(m.id, identity)
+            ]
+            cache = cache.model_copy(
+                update={
+                    "directory": "",
+                    "models": len(visible),
+                    "used_bytes": sum(m.size_bytes for m in visible),
+                }
             )
-            cache = cache.model_copy(update={"directory": "", "models": visible})
         return server_info(cache, runtimes).model_copy(update={"metrics_uri": self.metrics_uri})
