@@ -28,6 +28,7 @@ non-finite pixel makes a normalising model's whole output NaN.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -201,8 +202,14 @@ def _check_values_fit(tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr) 
     integers and overflowing floats to infinity: such values are refused instead, naming the
     first one (nothing is checked when the dtypes match)."""
     declared = _dtype_name(t)
-    if array.dtype.name != declared:
-        check_fits(tensor, array, np.dtype(declared), f"the model's {declared}")
+    target = _numpy_dtype(declared)
+    if array.dtype != target:  # (a comparison of dtypes: 0.1 µs; their names cost 2 µs)
+        check_fits(tensor, array, target, f"the model's {declared}")
+
+
+@cache
+def _numpy_dtype(name: str) -> np.dtype:
+    return np.dtype(name)
 
 
 def _axis_ids(t: v0_5.InputTensorDescr) -> list[str]:
