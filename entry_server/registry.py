@@ -184,7 +184,7 @@ class ModelRegistry:
 
         ``visible``: only the models it accepts count (a caller's workspace): the others are
         neither matched nor named in errors, so a prefix or alias cannot probe them."""
-        if not model_ref:
+        if not model_ref.strip():
             raise errors.InvalidArgumentError(
                 "no model given: pass a model id, a unique prefix of one (at least "
                 f"{MIN_PREFIX_LENGTH} characters) or a bioimage.io id"

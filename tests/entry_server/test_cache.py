@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from modelrunner import converters, errors, types
-from modelrunner.entry_server import ModelRegistry
+from modelrunner.entry_server import ModelRegistry, control_plane
 from modelrunner.entry_server.content_hash import hash_package
 from modelrunner.v1 import control_pb2, models_pb2
 from tests.entry_server.conftest import Running, ServerFactory, make_settings
@@ -257,7 +258,47 @@ def _register(control: Running, loaded: list[str]) -> None:
     )
 
 
-def test_removing_a_model_an_operation_uses_fails(control: Running) -> None:
+def test_removing_a_model_an_operation_uses_waits_for_it(control: Running) -> None:
+    """A removal withdraws the model at once (new calls find it NOT_FOUND) and removes it when
+    the operation using it (a model test, a package fetch) has finished."""
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    in_use = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with control.server.registry.use(model.id):
+            in_use.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    removal = None
+    try:
+        assert in_use.wait(10)
+        removal = control.stub.RemoveModel.future(
+            control_pb2.RemoveModelRequest(model_id=model.id), timeout=30
+        )
+        deadline = time.monotonic() + 10
+        while True:  # withdrawn while it waits
+            try:
+                control.stub.DescribeModel(control_pb2.DescribeModelRequest(model_id=model.id))
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not removal.done()
+    finally:
+        release.set()
+        holder.join()
+    assert removal is not None and removal.result().model_id == model.id
+    assert not (control.cache_dir / "models" / model.id).exists()
+
+
+def test_removing_a_model_an_operation_keeps_using_fails_and_keeps_it(
+    control: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control_plane, "_REMOVAL_TIMEOUT_S", 0.3)
     model = add_model(control.stub, path=str(NUCLEI))[0].model
     in_use = threading.Event()
     release = threading.Event()
@@ -280,6 +321,7 @@ def test_removing_a_model_an_operation_uses_fails(control: Running) -> None:
     finally:
         release.set()
         holder.join()
+    control.stub.DescribeModel(control_pb2.DescribeModelRequest(model_id=model.id))  # still there
     control.stub.RemoveModel(control_pb2.RemoveModelRequest(model_id=model.id))
 
 
