@@ -125,13 +125,14 @@ class ControlClient:
             )
         return converters.from_pb_report(response.report)
 
-    def remove(self, model_id: str, *, timeout: float | None) -> int:
+    def remove(self, model_id: str, *, timeout: float | None) -> str:
+        """Remove the model; returns its full id."""
         with translated_errors():
             response = self._stub.RemoveModel(
                 control_pb2.RemoveModelRequest(model_id=model_id), timeout=timeout
             )
         self.forget_routes()
-        return response.freed_bytes
+        return response.model_id
 
     def server_info(self, *, timeout: float | None) -> types.ServerInfo:
         with translated_errors():

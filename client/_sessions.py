@@ -64,6 +64,7 @@ class _Session:
     def __init__(self, client: flight.FlightClient, key: SessionKey) -> None:
         self.key = key
         self.layout = key[2]
+        self.model_id = runtime_pb2.PredictCommand.FromString(key[1]).model_id
         self.frames = 0
         """Samples answered so far: the index the runtime gives the next one."""
         self.idle_since = 0.0
@@ -260,6 +261,14 @@ class SessionPool:
         with self._cond:
             dropped = [s for s in self._idle if s.key[0] == uri]
             self._idle = [s for s in self._idle if s.key[0] != uri]
+        for s in dropped:
+            s.close()
+
+    def drop_model(self, model_id: str) -> None:
+        """Close the idle sessions on ``model_id`` (a full id: the model was removed)."""
+        with self._cond:
+            dropped = [s for s in self._idle if s.model_id == model_id]
+            self._idle = [s for s in self._idle if s.model_id != model_id]
         for s in dropped:
             s.close()
 

@@ -236,7 +236,9 @@ class ModelRunnerClient:
     def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Remove the model from your workspace (and from the server when no other workspace
         holds it; an admin removes it everywhere)."""
-        self._control.remove(model_id, timeout=self._timeout(timeout))
+        removed = self._control.remove(model_id, timeout=self._timeout(timeout))
+        # its sessions, which the runtime ended: not the next prediction's to find
+        self._runtimes.sessions.drop_model(removed)
 
     def publish_model(
         self, model_id: str, published: bool = True, *, timeout: Timeout = USE_CLIENT_DEFAULT

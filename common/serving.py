@@ -207,7 +207,7 @@ def start_runtime(
             max_files=settings.max_package_files,
         )
         locator_ref.append(locator)
-        service.set_resolver(locator.resolve)
+        service.set_resolver(locator.resolve, locator.forget)
         service.set_on_change(registration.poke)
         registration.start()
         locator.shared_cache_dir = registration.shared_cache_dir

@@ -25,6 +25,20 @@ from modelrunner.tls import ClientTls
 logger = logging.getLogger(__name__)
 
 
+_REMOVAL_TIMEOUT_S = 60.0
+"""How long a removal waits for a runtime to unload the model (which waits up to 30 s for the
+predictions running on it), and for this service's own operations on its package."""
+
+
+@dataclass(frozen=True)
+class Removal:
+    model_id: str
+    freed_bytes: int
+    """0 when the model stays for other workspaces."""
+    calls_in_flight: int
+    """Predictions the runtimes were running on it, which the removal waited for."""
+
+
 @dataclass(frozen=True)
 class Route:
     model_id: str
@@ -82,6 +96,17 @@ class ControlPlane:
         if not identity.sees_all_workspaces():
             workspaces = tuple(w for w in workspaces if w == identity.workspace)
         return info.model_copy(update={"workspaces": workspaces, "published": published})
+
+    def _loaded_as_seen(self, loaded: types.LoadedModel, identity: Identity) -> types.LoadedModel:
+        """A warm pipeline as the caller may know it: how much and when it was used tells a
+        workspace what another workspace does with a package they share (or a published one),
+        so a non-admin sees those only for a model that is its workspace's alone."""
+        if identity.sees_all_workspaces():
+            return loaded
+        held, published = self.access.workspaces(loaded.model_id)
+        if published or any(w != identity.workspace for w in held):
+            return loaded.model_copy(update={"requests": 0, "last_used_at": None})
+        return loaded
 
     def check_caller(self, token: str, model_ref: str = "") -> tuple[Identity, str]:
         """For a runtime: who holds ``token``, and the full id of ``model_ref`` when the holder
@@ -152,7 +177,10 @@ class ControlPlane:
         """The model's metadata, and where runtimes have it loaded (with the serving path)."""
         info = self.registry.describe(self.visible_id(model_ref, identity))
         loaded = tuple(
-            m for r in self.runtimes.runtimes() for m in r.loaded_models if m.model_id == info.id
+            self._loaded_as_seen(m, identity)
+            for r in self.runtimes.runtimes()
+            for m in r.loaded_models
+            if m.model_id == info.id
         )
         return self._with_access(info, identity).model_copy(update={"loaded": loaded})
 
@@ -219,11 +247,11 @@ class ControlPlane:
             details={"model_id": package.model_id},
         )
 
-    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> tuple[str, int]:
+    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> Removal:
         """Remove a model from the caller's workspace, and from the cache when no workspace
-        holds it any more (an admin removes it from every workspace): runtimes that have it
-        warm unload it first (a runtime serving it right now refuses with ModelInUseError, and
-        nothing is removed)."""
+        holds it any more (an admin removes it from every workspace). Then nothing answers for
+        it: every runtime unloads it, the exchanges open on it end with NOT_FOUND, and the
+        predictions running on it are waited for (``Removal.calls_in_flight``)."""
         with self._models_lock:
             model_id = self.visible_id(model_ref, identity)
             if not identity.sees_all_workspaces():
@@ -235,32 +263,46 @@ class ControlPlane:
                         details={"model_id": model_id},
                     )
                 if len(held) > 1 or published:
+                    # open calls of this workspace's callers lose it within auth_cache_s
                     self.access.leave(model_id, identity.workspace)
-                    return model_id, 0
+                    return Removal(model_id, 0, 0)
             # The last workspace holding it, or an admin: the package goes. Its access record
-            # goes only once it is gone (a runtime serving it refuses, and nothing changes).
+            # goes only once it is gone (a model test using it runs out first, or nothing
+            # changes).
             return self._remove_package(model_id)
 
-    def _remove_package(self, model_id: str) -> tuple[str, int]:
-        for runtime in self.runtimes.runtimes():
-            if not any(m.model_id == model_id for m in runtime.loaded_models):
-                continue
-            try:
-                runtime_actions.unload_model_on_runtime(
-                    runtime.flight_uri,
-                    model_id=model_id,
-                    timeout_s=30.0,
-                    caller=self._caller_for(runtime.runtime_id),
-                )
-            except errors.UnavailableError as exc:
-                # a vanished runtime holds nothing; its registration expires on its own
-                logger.warning(
-                    "runtime %s unreachable while unloading: %s", runtime.runtime_id, exc
-                )
-            self.runtimes.forget_loaded(runtime.runtime_id, model_id)
-        removed = self.registry.remove(model_id)
+    def _remove_package(self, model_id: str) -> Removal:
+        with self.registry.withdrawn(model_id):  # from here on no reference resolves to it
+            in_flight = 0
+            for runtime in self.runtimes.runtimes():
+                # every runtime, not only those whose last heartbeat listed it: a heartbeat may
+                # be on its way, and a runtime's exchanges may be open on it without it loaded
+                try:
+                    _, waited = runtime_actions.remove_model_on_runtime(
+                        runtime.flight_uri,
+                        model_id=model_id,
+                        timeout_s=_REMOVAL_TIMEOUT_S,
+                        caller=self._caller_for(runtime.runtime_id),
+                    )
+                    in_flight += waited
+                except errors.UnavailableError as exc:
+                    # a vanished runtime holds nothing; its registration expires on its own
+                    logger.warning(
+                        "runtime %s unreachable while removing model %s: %s",
+                        runtime.runtime_id,
+                        model_id[:12],
+                        exc,
+                    )
+                self.runtimes.forget_loaded(runtime.runtime_id, model_id)
+            freed = self.registry.remove_withdrawn(model_id, wait_s=_REMOVAL_TIMEOUT_S)
         self.access.forget(model_id)
-        return removed
+        if in_flight:
+            logger.info(
+                "model %s removed after waiting for %d prediction(s) in flight",
+                model_id[:12],
+                in_flight,
+            )
+        return Removal(model_id, freed, in_flight)
 
     def _candidates(
         self, model_id: str, weight_format: str, device: str, wait_s: float | None = None
@@ -287,7 +329,9 @@ class ControlPlane:
             r.model_copy(
                 update={
                     "loaded_models": tuple(
-                        m for m in r.loaded_models if self.access.visible(m.model_id, identity)
+                        self._loaded_as_seen(m, identity)
+                        for m in r.loaded_models
+                        if self.access.visible(m.model_id, identity)
                     )
                 }
             )
@@ -295,9 +339,16 @@ class ControlPlane:
         ]
         cache = self.registry.cache_info()
         if not identity.sees_all_workspaces():
-            # the cache's place and the count of everyone's models are the admins' to know
-            visible = sum(
-                1 for m in self.registry.list_models() if self.access.visible(m.id, identity)
+            # the cache's place, and the count and size of everyone's models, are the admins'
+            # to know: they would show another workspace adding a model
+            visible = [
+                m for m in self.registry.list_models() if self.access.visible(m.id, identity)
+            ]
+            cache = cache.model_copy(
+                update={
+                    "directory": "",
+                    "models": len(visible),
+                    "used_bytes": sum(m.size_bytes for m in visible),
+                }
             )
-            cache = cache.model_copy(update={"directory": "", "models": visible})
         return server_info(cache, runtimes).model_copy(update={"metrics_uri": self.metrics_uri})

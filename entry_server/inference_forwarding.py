@@ -16,9 +16,11 @@ Python client's ``predict``.
   A call's cancellation reaches the runtime through its deadline only (a session's exchange
   outlives calls).
 
-Routes are kept for :data:`ROUTE_TTL_S` per caller's view (workspace), as the Python client
-keeps them for longer: resolving a model costs a few index queries, as much as moving a small
-frame. A model removed or unpublished is served to V2 callers for at most that long.
+Routes are kept per caller's view (workspace) for ``settings.auth_cache_s`` (the bound of
+rights that follow a call, docs/security.md), as the Python client keeps them for longer:
+resolving a model costs a few index queries, as much as moving a small frame. A model
+unpublished or taken out of a workspace is served to that workspace's V2 callers for at most
+that long; a removed one not at all (its runtimes no longer have it).
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ from modelrunner.wire import DEFAULT_BATCH_BYTES
 
 MAX_CALLERS = 32
 """Tokens whose connections stay open at once."""
-ROUTE_TTL_S = 2.0
 MAX_ROUTES = 1024
 _LOCAL = "127.0.0.1:0"
 """A runtime announcing a wildcard host listens on loopback too: the control service's view."""
@@ -120,7 +121,7 @@ class RuntimeForwarding:
         now = time.monotonic()
         with self._lock:
             kept = self._routes.get(key)
-        if kept is not None and now - kept[0] < ROUTE_TTL_S:
+        if kept is not None and now - kept[0] < self.control.settings.auth_cache_s:
             return kept[1]
         route = self.control.route(model_ref, options.weight_format, options.device, identity)
         with self._lock:

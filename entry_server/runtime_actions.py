@@ -70,19 +70,19 @@ def run_model_test_on_runtime(
     return from_pb_report(response.report)
 
 
-def unload_model_on_runtime(
+def remove_model_on_runtime(
     flight_uri: str, *, model_id: str, timeout_s: float, caller: RuntimeCaller = NO_CREDENTIALS
-) -> int:
-    """Unload every pipeline of the model on the runtime; returns how many it unloaded.
-
-    Raises ModelInUseError when one of them is serving a request."""
-    request = runtime_pb2.UnloadModelRequest(model_id=model_id)
+) -> tuple[int, int]:
+    """Tell the runtime the model (a full id) is removed: it unloads it even while in use, ends
+    the exchanges open on it and waits for its predictions in flight. Returns how many pipelines
+    it unloaded and how many predictions it waited for."""
+    request = runtime_pb2.UnloadModelRequest(model_id=model_id, removed=True)
     body = _do_action(
         flight_uri, UNLOAD_MODEL_ACTION, request.SerializeToString(), timeout_s, caller
     )
     response = runtime_pb2.UnloadModelResponse()
     response.ParseFromString(body)
-    return response.unloaded
+    return response.unloaded, response.calls_in_flight
 
 
 def _do_action(

@@ -26,6 +26,10 @@ The transport and process around them:
 
     service         RuntimeService: what the Flight server calls (predict, frames, load, test)
     server          RuntimeFlightServer: do_exchange (predictions, streams) and do_action
+    caller_auth     Flight middleware: who calls (tokens checked by the control service)
+    call_gate       CallGate: a call's rights (the model resolved as its caller, re-checked
+                    while it is open) and the runtime's limits, the one object the edge asks
+    model_removal   what a runtime does when the control service removes a model
     packages        PackageLocator: a model's package from the shared cache or the control service
     registration    Registration: announce the runtime to the control service, heartbeats
 

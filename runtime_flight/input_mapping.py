@@ -28,6 +28,7 @@ non-finite pixel makes a normalising model's whole output NaN.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import InvalidTensorError, clip
+from modelrunner.value_ranges import check_fits
 
 from .options import NanPolicy
 
@@ -118,6 +120,7 @@ def map_inputs(
         if tensor not in arrays:
             continue
         array = _check_dtype(tensor, arrays[tensor], t)
+        _check_values_fit(tensor, array, t)
         array = _map_axes(tensor, array, t, names.get(tensor))
         _check_sizes(tensor, array, t)
         array = _widen_float16(array, t)
@@ -192,6 +195,21 @@ def _check_dtype(tensor: str, value: Any, t: v0_5.InputTensorDescr) -> np.ndarra
             + f"expects {_dtype_name(t)} (any bool, int, uint or float array is converted)",
         )
     return value
+
+
+def _check_values_fit(tensor: str, array: np.ndarray, t: v0_5.InputTensorDescr) -> None:
+    """The model's processing converts the input to its declared dtype, silently wrapping
+    integers and overflowing floats to infinity: such values are refused instead, naming the
+    first one (nothing is checked when the dtypes match)."""
+    declared = _dtype_name(t)
+    target = _numpy_dtype(declared)
+    if array.dtype != target:  # (a comparison of dtypes: 0.1 µs; their names cost 2 µs)
+        check_fits(tensor, array, target, f"the model's {declared}")
+
+
+@cache
+def _numpy_dtype(name: str) -> np.dtype:
+    return np.dtype(name)
 
 
 def _axis_ids(t: v0_5.InputTensorDescr) -> list[str]:

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from modelrunner import converters, errors, types
 from modelrunner.auth import Role
 from modelrunner.body_alignment import write_aligned
+from modelrunner.call_rights import CallRights
 from modelrunner.transport_errors import bounded, to_flight_error
 from modelrunner.v1 import control_pb2, runtime_pb2
 from modelrunner.wire import (
@@ -37,9 +38,11 @@ from modelrunner.wire import (
     encode_sample,
 )
 
+from .call_gate import CallGate
 from .caller_auth import CallerChecks
 from .exchange_metrics import ExchangeObservation, observing
 from .memory_release import release_free_memory
+from .model_removal import remove_model
 from .service import Outputs, RuntimeService, StreamedOutputs, whole_outputs
 
 logger = logging.getLogger(__name__)
@@ -125,6 +128,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.caller_checks = caller_checks or CallerChecks(None)
         super().__init__(location, middleware=self.caller_checks.middleware(), **kwargs)
         self.service = service
+        self.gate = CallGate(self.caller_checks, service.resolve, service.settings)
+        """Rights and limits of every call (:mod:`.call_gate`)."""
         self.batch_bytes = batch_bytes
         self.active_exchanges = 0
         """Predictions in progress (streams and sessions included): what a cancelled call must
@@ -193,21 +198,31 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             try:
                 with flight_errors("prediction", context):
                     command = _parse_command(descriptor)
-                    self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
-                    kind = (
-                        "session" if command.session else "stream" if command.stream else "predict"
-                    )
-                    with observing(kind, command.model_id) as seen:
-                        if command.session:
-                            self._serve_session(context, command, reader, writer, seen)
-                        elif command.stream:
-                            self._serve_stream(context, command, reader, writer, seen)
-                        else:
-                            self._serve_one(context, command, reader, writer)
+                    with self.gate.exchange(context, command.model_id) as rights:
+                        # the model as the caller resolved it: nothing resolves it again
+                        command.model_id = rights.model_id
+                        self._serve(context, command, reader, writer, rights)
             finally:
                 # counted before the exchange stops counting as active
                 if context.is_cancelled():
                     self._cancelled(command, started)
+
+    def _serve(
+        self,
+        context: flight.ServerCallContext,
+        command: runtime_pb2.PredictCommand,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+        rights: CallRights,
+    ) -> None:
+        kind = "session" if command.session else "stream" if command.stream else "predict"
+        with observing(kind, rights.model_id) as seen:
+            if command.session:
+                self._serve_session(context, command, reader, writer, seen, rights)
+            elif command.stream:
+                self._serve_stream(context, command, reader, writer, seen, rights)
+            else:
+                self._serve_one(context, command, reader, writer)
 
     def _cancelled(self, command: runtime_pb2.PredictCommand | None, started: float) -> None:
         """The one line a cancelled exchange leaves, once its work has stopped and its buffers
@@ -339,8 +354,10 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
         seen: ExchangeObservation | None = None,
+        rights: CallRights | None = None,
     ) -> None:
         seen = seen or ExchangeObservation("stream", command.model_id)
+        rights = rights or CallRights(command.model_id)
         layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
         max_batch = self.service.stream_batch_limit(command)
@@ -366,6 +383,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     raise drained
                 if not batch:
                     break
+                rights.check()
                 if cancelled():
                     seen.cancelled = True
                     return  # logged once by do_exchange
@@ -408,11 +426,14 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
         seen: ExchangeObservation | None = None,
+        rights: CallRights | None = None,
     ) -> None:
         """Lockstep predictions on one exchange, all in this thread: read a sample, answer it,
         read the next, until the client finishes writing or cancels. A sample that fails is
-        answered with its error and the session goes on."""
+        answered with its error and the session goes on; a sample whose caller lost its rights
+        ends the session with that error."""
         seen = seen or ExchangeObservation("session", command.model_id)
+        rights = rights or CallRights(command.model_id)
         epoch = self._session_epoch
         layout = _announced_layout(context, reader, self.max_sample_bytes)
         dims = {t.name: t.dim_names for t in layout.tensors if t.dim_names}
@@ -442,6 +463,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     if self._session_epoch != epoch:
                         logger.info("session ended before its frame %d", frame)
                         return
+                    rights.check()
                     with self._counting("busy_sessions"):
                         out_layout = self._answer_session_sample(
                             context, command, writer, out_layout, sample, dims, frame, seen
@@ -534,8 +556,8 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def _load(self, context: flight.ServerCallContext, body: bytes) -> bytes:
         request = _parse(runtime_pb2.LoadModelRequest(), body)
-        self.caller_checks.require(context, Role.READ, "load_model", request.model_id)
-        info = self.service.load(request.model_id, request.weight_format, request.device)
+        model_id = self.gate.model_for(context, Role.READ, "load_model", request.model_id)
+        info = self.service.load(model_id, request.weight_format, request.device)
         return runtime_pb2.LoadModelResponse(
             model=converters.to_pb_loaded_model(info.model), load_seconds=info.load_seconds
         ).SerializeToString()
@@ -545,15 +567,21 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         # removed (with the control token it issued for this runtime).
         self.caller_checks.require(context, (Role.ADMIN, Role.CONTROL), "unload_model")
         request = _parse(runtime_pb2.UnloadModelRequest(), body)
+        if request.removed:
+            removal = remove_model(self.service, self.gate.open_calls, request.model_id)
+            return runtime_pb2.UnloadModelResponse(
+                unloaded=removal.unloaded, calls_in_flight=removal.calls_in_flight
+            ).SerializeToString()
         count = self.service.unload(request.model_id, request.weight_format, request.device)
         return runtime_pb2.UnloadModelResponse(unloaded=count).SerializeToString()
 
     def _test(self, context: flight.ServerCallContext, body: bytes) -> bytes:
         request = _parse(control_pb2.TestModelRequest(), body)
-        self.caller_checks.require(
-            context, (Role.READ, Role.CONTROL), "test_model", request.model_id
-        )
-        report = self.service.test(request.model_id, request.weight_format, request.device)
+        with self.gate.tests.slot():
+            model_id = self.gate.model_for(
+                context, (Role.READ, Role.CONTROL), "test_model", request.model_id
+            )
+            report = self.service.test(model_id, request.weight_format, request.device)
         return control_pb2.TestModelResponse(
             report=converters.to_pb_report(report)
         ).SerializeToString()

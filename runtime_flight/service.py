@@ -81,6 +81,7 @@ class RuntimeService:
         self._package_dir = package_dir
         self.pool = PipelinePool.from_settings(settings, package_dir)
         self._resolve: Callable[[str], str] = lambda model_id: model_id
+        self._forget: Callable[[str], None] = lambda model_id: None
         self._on_change: Callable[[], None] = lambda: None
         self.runtime_id = ""
         self.flight_uri = ""
@@ -88,9 +89,28 @@ class RuntimeService:
     def set_identity(self, *, runtime_id: str, flight_uri: str) -> None:
         self.runtime_id, self.flight_uri = runtime_id, flight_uri
 
-    def set_resolver(self, resolve: Callable[[str], str]) -> None:
-        """How to turn a prefix or bioimage.io id into a full model id (the control service)."""
+    def set_resolver(
+        self, resolve: Callable[[str], str], forget: Callable[[str], None] | None = None
+    ) -> None:
+        """How to turn a prefix or bioimage.io id into a full model id (the control service),
+        and how to forget a removed model's package (``PackageLocator.forget``)."""
         self._resolve = resolve
+        if forget is not None:
+            self._forget = forget
+
+    def resolve(self, model_ref: str) -> str:
+        """The full id of a model reference, as the runtime resolves it (a warm full id needs no
+        lookup)."""
+        return model_ref if self.pool.has_warm(model_ref) else self._resolve(model_ref)
+
+    def forget_package(self, model_id: str) -> None:
+        """The model was removed: this runtime's copy of its package goes, and its id is looked
+        up afresh from now on (the control service refuses it)."""
+        self._forget(model_id)
+
+    def changed(self) -> None:
+        """Tell the control service at once what is loaded now (a heartbeat)."""
+        self._on_change()
 
     def set_on_change(self, callback: Callable[[], None]) -> None:
         """Called after a model is loaded or unloaded (the registration sends a heartbeat)."""

@@ -114,17 +114,21 @@ class LoadModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[_models_pb2.LoadedModel, _Mapping]] = ..., load_seconds: _Optional[float] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
-    __slots__ = ("model_id", "weight_format", "device")
+    __slots__ = ("model_id", "weight_format", "device", "removed")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     weight_format: str
     device: str
-    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    removed: bool
+    def __init__(self, model_id: _Optional[str] = ..., weight_format: _Optional[str] = ..., device: _Optional[str] = ..., removed: _Optional[bool] = ...) -> None: ...
 
 class UnloadModelResponse(_message.Message):
-    __slots__ = ("unloaded",)
+    __slots__ = ("unloaded", "calls_in_flight")
     UNLOADED_FIELD_NUMBER: _ClassVar[int]
+    CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     unloaded: int
-    def __init__(self, unloaded: _Optional[int] = ...) -> None: ...
+    calls_in_flight: int
+    def __init__(self, unloaded: _Optional[int] = ..., calls_in_flight: _Optional[int] = ...) -> None: ...
