@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelrunner import __version__, errors
+from modelrunner.cli_example_model import add_example_model_command
 from modelrunner.cli_predict import add_predict_command
 from modelrunner.cli_status import add_status_command
 from modelrunner.cli_tokens import add_token_commands
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.set_defaults(run=_test)
 
     add_predict_command(sub)
+    add_example_model_command(sub)
     return parser
 
 
