@@ -89,6 +89,30 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
+def example_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """An example model package by kind (``modelrunner.example_kinds.KINDS``: ``nuclei``,
+    ``nuclei3d``), trained and written on first use (seconds each): the realistic packages a
+    fresh clone has."""
+    from modelrunner.example_models import write_example_model
+
+    root = tmp_path_factory.mktemp("example-models")
+    made: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            made[kind] = write_example_model(kind, root / kind).directory
+        return made[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def example_nuclei(client: ModelRunnerClient, example_model: Callable[[str], Path]) -> ModelInfo:
+    """The 2-D example nuclei model on the shared server."""
+    return client.add_model(example_model("nuclei"))
+
+
+@pytest.fixture(scope="session")
 def n2v_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CAREamics package, unzipped (the zoo folder is read-only)."""
     pytest.importorskip("careamics")

@@ -30,7 +30,7 @@ needs_zoo = pytest.mark.skipif(not ZOO_PRESENT, reason=SKIP_REASON)
 def uses_zoo(item: pytest.Item) -> bool:
     """Whether the test ``item`` reads the zoo: its function, the fixtures it uses or the
     helpers of this test suite that they call name a path under :data:`ZOO`, or one of its
-    parameters is such a path."""
+    parameters is such a path (or its text)."""
     seen: set[int] = set()
     callspec = getattr(item, "callspec", None)
     if callspec is not None and any(_holds_zoo_path(v) for v in callspec.params.values()):
@@ -49,6 +49,8 @@ def uses_zoo(item: pytest.Item) -> bool:
 def _holds_zoo_path(value: Any) -> bool:
     if isinstance(value, Path):
         return value == ZOO or ZOO in value.parents
+    if isinstance(value, str):  # a parameter such as str(NUCLEI / "weights.onnx")
+        return str(ZOO) in value
     if isinstance(value, (tuple, list)):
         return any(_holds_zoo_path(v) for v in value)
     return False
