@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import modelrunner.quiet_grpc_logs  # noqa: F401 - first: before anything loads gRPC
 from modelrunner import __version__, errors
 from modelrunner.cli_example_model import add_example_model_command
 from modelrunner.cli_predict import add_predict_command
@@ -27,6 +28,11 @@ from modelrunner.server_address import (
     DEFAULT_ADDRESS,
     address_from_environment,
     start_hint,
+)
+from modelrunner.tls_hints import (
+    plaintext_refused_hint,
+    server_certificate_hint,
+    untrusted_certificate,
 )
 
 if TYPE_CHECKING:
@@ -57,10 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except errors.ModelRunnerError as e:
-        print(f"error ({e.code.name}): {e.message}", file=sys.stderr)
-        hint = _hint(args, e)
-        if hint:
-            print(hint, file=sys.stderr)
+        # no server there: what to do instead of gRPC's "ipv6:%5B::1%5D:50051: Failed to connect"
+        print(f"error ({e.code.name}): {_hint(args, e) or e.message}", file=sys.stderr)
         return 1
 
 
@@ -71,14 +75,22 @@ def _cancelled() -> int:
     return 130
 
 
-_NOT_LISTENING = ("failed to connect to all addresses", "Connection refused")
+_NOT_LISTENING = ("Connection refused",)
+_CLOSED = "Socket closed"
+"""What gRPC says of a server that accepted the connection and closed it: one that speaks TLS
+to a client that does not."""
 
 
 def _hint(args: argparse.Namespace, error: errors.ModelRunnerError) -> str:
-    """What to do about an error whose fix is outside the command: no server at the address."""
+    """What to say instead of an error whose fix is outside the command: no server at the
+    address, or a server whose certificate this client does not trust."""
     server = getattr(args, "server", None)
     if not server or not isinstance(error, errors.UnavailableError):
         return ""
+    if untrusted_certificate(error.message):
+        return server_certificate_hint(server, error.message)
+    if _CLOSED in error.message and not (getattr(args, "tls_ca", None) or getattr(args, "tls", 0)):
+        return plaintext_refused_hint(server)
     if not any(text in error.message for text in _NOT_LISTENING):
         return ""
     return start_hint(server)
@@ -353,7 +365,7 @@ def _describe(args: argparse.Namespace) -> int:
     from modelrunner.cli_output import model_details
 
     with _client(args) as client:
-        info = client.describe(args.model)
+        info = client.describe(_model_id(client, args.model))
     if args.json:
         _print_json(info.model_dump(mode="json"))
     else:
