@@ -189,6 +189,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         started = time.monotonic()
         command: runtime_pb2.PredictCommand | None = None
+        seen: ExchangeObservation | None = None
         with self._counting_exchange():
             try:
                 with flight_errors("prediction", context):
@@ -207,9 +208,11 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             finally:
                 # counted before the exchange stops counting as active
                 if context.is_cancelled():
-                    self._cancelled(command, started)
+                    self._cancelled(command, started, idle=seen is not None and seen.ended_idle)
 
-    def _cancelled(self, command: runtime_pb2.PredictCommand | None, started: float) -> None:
+    def _cancelled(
+        self, command: runtime_pb2.PredictCommand | None, started: float, *, idle: bool = False
+    ) -> None:
         """The one line a cancelled exchange leaves, once its work has stopped and its buffers
         are gone."""
         with self._exchanges_lock:
@@ -229,10 +232,20 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if command is not None and command.stream
             else "prediction"
         )
+        model = command.model_id[:12] if command is not None else "?"
+        if idle:
+            # a session waiting for its next frame: its client closed it or went away, which
+            # is how sessions end (a client process that exits without close() too)
+            logger.debug(
+                "session of model %s ended by its client after %.2f s, between frames",
+                model,
+                time.monotonic() - started,
+            )
+            return
         logger.info(
             "%s of model %s cancelled by the client after %.2f s",
             kind,
-            command.model_id[:12] if command is not None else "?",
+            model,
             time.monotonic() - started,
         )
 
@@ -425,9 +438,11 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     with malformed_input(context):
                         chunk = reader.read_chunk()
                 except StopIteration:
+                    seen.ended_idle = True  # a client that goes away ends its input too
                     return
                 except Exception:
                     if context.is_cancelled():
+                        seen.ended_idle = True
                         return
                     raise
                 if chunk.data is None:
