@@ -30,6 +30,7 @@ def add_example_model_command(sub: argparse._SubParsersAction) -> None:  # type:
     parser.add_argument(
         "--seed",
         type=int,
+        metavar="N",
         default=0,
         help="random seed of the training images and weights (default 0: the same package "
         "each time on one machine)",

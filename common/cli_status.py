@@ -44,14 +44,19 @@ def add_status_command(
     client_flags(status)
     status.add_argument("--once", action="store_true", help="print one snapshot and exit")
     status.add_argument(
-        "--interval", type=float, default=2.0, help="seconds between scrapes (default 2)"
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between scrapes (default 2)",
     )
     status.add_argument(
         "--metrics",
         action="append",
         default=[],
         metavar="URL",
-        help="another metrics endpoint to read (repeatable), e.g. one the server does not list",
+        help="another metrics endpoint to read (repeatable), e.g. one the server does not list "
+        "(default: those the server and its runtimes report)",
     )
     status.set_defaults(run=lambda args: _status(args, connect(args)))
 
