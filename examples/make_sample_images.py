@@ -86,7 +86,12 @@ def main() -> None:
         volume,
         ome=True,
         photometric="minisblack",
-        metadata={"axes": "ZYX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65, "PhysicalSizeZ": 1.3},
+        metadata={
+            "axes": "ZYX",
+            "PhysicalSizeX": 0.65,
+            "PhysicalSizeY": 0.65,
+            "PhysicalSizeZ": 1.3,
+        },
     )
     print(f"wrote sample images to {out}/")
 
