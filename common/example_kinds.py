@@ -51,14 +51,14 @@ KINDS: dict[str, ExampleKind] = {
     "nuclei": ExampleKind(
         "nuclei",
         "Example nuclei U-Net 2D",
-        "2-D nuclei segmentation (YX images), about 10 s to train",
+        "2-D nuclei segmentation (YX images), 10-30 s to train on 2 CPU cores",
         TrainingPlan(dims=2, patch=(64, 64), patches=64, batch=8, steps=200, base=8),
         test_shape=(256, 256),
     ),
     "nuclei3d": ExampleKind(
         "nuclei3d",
         "Example nuclei U-Net 3D",
-        "3-D nuclei segmentation (ZYX stacks), about 15 s to train",
+        "3-D nuclei segmentation (ZYX stacks), 15-40 s to train on 2 CPU cores",
         TrainingPlan(dims=3, patch=(8, 48, 48), patches=32, batch=4, steps=150, base=4),
         test_shape=(16, 128, 128),
     ),

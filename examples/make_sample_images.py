@@ -37,18 +37,7 @@ def main() -> None:
     out: Path = args.folder
     (out / "fields").mkdir(parents=True, exist_ok=True)
 
-    tifffile.imwrite(
-        out / "nuclei_zstack.ome.tif",
-        planes,
-        ome=True,
-        photometric="minisblack",
-        metadata={
-            "axes": "ZYX",
-            "PhysicalSizeX": 0.65,
-            "PhysicalSizeY": 0.65,
-            "PhysicalSizeZ": 2.0,
-        },
-    )
+    _write_zstack(out / "nuclei_zstack.ome.tif", planes, z_step_um=2.0)
     flat = draw_nuclei((256, 256), rng).image
     rgb = np.zeros((256, 256, 3), np.uint8)
     rgb[..., 2] = (np.clip(flat / flat.max(), 0, 1) * 255).astype(np.uint8)
@@ -81,19 +70,24 @@ def main() -> None:
     ]
 
     volume = camera_counts(draw_nuclei((24, 128, 128), rng).image)
+    _write_zstack(out / "nuclei_volume.ome.tif", volume, z_step_um=1.3)
+    print(f"wrote sample images to {out}/")
+
+
+def _write_zstack(path: Path, stack: np.ndarray, *, z_step_um: float) -> None:
+    """An OME-TIFF z-stack (ZYX) with 0.65 µm pixels, as a microscope writes it."""
     tifffile.imwrite(
-        out / "nuclei_volume.ome.tif",
-        volume,
+        path,
+        stack,
         ome=True,
         photometric="minisblack",
         metadata={
             "axes": "ZYX",
             "PhysicalSizeX": 0.65,
             "PhysicalSizeY": 0.65,
-            "PhysicalSizeZ": 1.3,
+            "PhysicalSizeZ": z_step_um,
         },
     )
-    print(f"wrote sample images to {out}/")
 
 
 if __name__ == "__main__":
