@@ -17,6 +17,7 @@ import pytest
 from modelrunner.cli import main
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.serving import RunningServer
+from tests.common.test_listen_failures import GRPC_CORE_LINE
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -211,6 +212,7 @@ def test_serve_starts_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert f"modelrunner control service at 127.0.0.1:{port}" in out
+    assert not GRPC_CORE_LINE.search(out), out  # a normal start and stop: our lines only
 
 
 def _free_port() -> int:
