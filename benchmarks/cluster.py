@@ -8,7 +8,8 @@ Every runtime is its own Ray worker process; the streams are threads of this pro
 own client, routed by the control service (placement spreads them: ``spread_queue_depth=1``).
 On a machine with few cores the figure is the cost of the extra processes and hops, not a
 speed-up: read it with ``nproc``. Not part of ``benchmarks.run --smoke`` (Ray takes ~20 s to
-start). Results go to ``benchmarks/results/cluster.json`` unless ``--out`` says otherwise.
+start). Results go to ``cluster.json`` in a new folder under ``benchmarks/runs/`` unless ``--out``
+names one (``--out benchmarks/results`` refreshes the tracked figures).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .modelrunner_server import IDENTITY_MIN_SIZE, IDENTITY_STEP, _identity_builder
+from .output_folders import run_folder
 
 logger = logging.getLogger("benchmarks.cluster")
 
@@ -150,7 +152,12 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams (default 4)")
     parser.add_argument("--frames", type=int, default=300, help="frames per stream (default 300)")
     parser.add_argument("--side", type=int, default=256, help="frame side (default 256)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: a new one under benchmarks/runs/)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if (args.side - IDENTITY_MIN_SIZE) % IDENTITY_STEP:
@@ -164,10 +171,12 @@ def main() -> None:
             f"| {r['setup']} | {r['runtimes_with_the_model']} | {r['streams']} | "
             f"{r['side']} | {r['frames_per_s']:.0f} | {r['ms_per_frame']:.2f} |"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cluster.json").write_text(
+    out = args.out or run_folder("cluster")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cluster.json").write_text(
         json.dumps({"cpu_cores": os.cpu_count(), "rows": rows}, indent=2)
     )
+    print(f"results in {out}/cluster.json")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,16 @@ def progress_callback(
         yield option
         return
     display = _Bars(description) if _interactive(sys.stderr) else _Lines(description, sys.stderr)
+
+    def show(event: Progress) -> None:
+        # a stage with nothing to do (the server copies no files of an upload it unpacked)
+        # is not worth a line: "copy: 0 B"
+        if event.total == 0 and event.done == 0:
+            return
+        display.show(event)
+
     try:
-        yield display.show
+        yield show
     finally:
         display.close()
 

@@ -74,6 +74,8 @@ class ModelRunnerClient:
         self._control = ControlClient(address, token=token, tls=client_tls)
         self._runtimes = _flight.RuntimeConnections(token=token, tls=client_tls)
         self._closed = False
+        self._reads_no_paths = False
+        """The server refused a path because it reads none (``path_source_roots`` empty)."""
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -195,7 +197,10 @@ class ModelRunnerClient:
         call: Callable[[types.ModelSourceSpec], _T],
     ) -> _T:
         """``call`` with the source as the server gets it. A local path the server does not
-        read (outside its ``path_source_roots``, or it has none) is uploaded instead."""
+        read (outside its ``path_source_roots``, or it has none) is uploaded instead; a server
+        that reads no paths at all is remembered, so later paths go to it as uploads at once."""
+        if upload is None and self._reads_no_paths:
+            upload = True
         spec = self._source_spec(source, upload, progress, timeout)
         try:
             return call(spec)
@@ -206,6 +211,8 @@ class ModelRunnerClient:
                 or exc.details.get("setting") != "path_source_roots"
             ):
                 raise
+            # "reads no paths" (no roots), not "not under a root": worth remembering
+            self._reads_no_paths = "reads no paths" in exc.message
         return call(self._source_spec(source, True, progress, timeout))
 
     def _source_spec(

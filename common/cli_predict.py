@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Any
 
+from modelrunner.cli_help import DEVICE_HELP, WEIGHT_FORMAT_HELP
 from modelrunner.server_address import DEFAULT_ADDRESS
 
 
@@ -37,6 +38,7 @@ def add_predict_command(sub: Any) -> None:
     )
     predict.add_argument(
         "--axes",
+        metavar="AXES",
         help="the files' axes, e.g. zyx, cyx, tyx, yxs (RGB samples are channels); default: "
         "from the file's metadata",
     )
@@ -46,7 +48,9 @@ def add_predict_command(sub: Any) -> None:
         help="run z planes and time points one by one even where the model has such an axis "
         "(planes run one by one anyway where it has none)",
     )
-    predict.add_argument("--channel", type=int, help="use only this channel (0-based)")
+    predict.add_argument(
+        "--channel", type=int, metavar="N", help="use only this channel, 0-based (default: all)"
+    )
     predict.add_argument(
         "--keep-singletons",
         action="store_true",
@@ -55,6 +59,7 @@ def add_predict_command(sub: Any) -> None:
     where = predict.add_mutually_exclusive_group()
     where.add_argument(
         "--server",
+        metavar="HOST:PORT",
         help="server address (default $MODELRUNNER_SERVER or $MODELRUNNER_ADDRESS; else "
         f"{DEFAULT_ADDRESS} when a server answers there); an error when it does not answer",
     )
@@ -62,15 +67,28 @@ def add_predict_command(sub: Any) -> None:
         "--embedded", action="store_true", help="run the model in this process, not on a server"
     )
     predict.add_argument(
-        "--token", default=os.environ.get("MODELRUNNER_TOKEN"), help="access token (a server)"
+        "--token",
+        metavar="TOKEN",
+        default=os.environ.get("MODELRUNNER_TOKEN"),
+        help="access token of a server with --auth (default $MODELRUNNER_TOKEN)",
     )
     predict.add_argument(
-        "--tls-ca", default=os.environ.get("MODELRUNNER_TLS_CA"), help="TLS roots (a server)"
+        "--tls-ca",
+        metavar="PEM",
+        default=os.environ.get("MODELRUNNER_TLS_CA"),
+        help="connect to the server with TLS, trusting the CA certificate in this file "
+        "(default $MODELRUNNER_TLS_CA)",
     )
     predict.add_argument("--tls", action="store_true", help="connect with TLS (a server)")
-    predict.add_argument("--weight-format")
-    predict.add_argument("--device")
-    predict.add_argument("--blocksize", type=int, help="bioimageio.core blocksize parameter")
+    predict.add_argument("--weight-format", metavar="FORMAT", help=WEIGHT_FORMAT_HELP)
+    predict.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
+    predict.add_argument(
+        "--blocksize",
+        type=int,
+        metavar="N",
+        help="tile with bioimageio.core's blocksize parameter N: tiles of min + N*step pixels "
+        "per axis, plus the model's halo (default: the runtime tiles only where it must)",
+    )
     predict.add_argument(
         "--reference-path",
         action="store_true",
@@ -79,7 +97,8 @@ def add_predict_command(sub: Any) -> None:
     predict.add_argument(
         "--precision",
         choices=("float16", "bfloat16"),
-        help="run the network in reduced precision (fast path, PyTorch/TorchScript weights)",
+        help="run the network in reduced precision (fast path, PyTorch/TorchScript weights; "
+        "default: the model's own, float32)",
     )
     predict.add_argument(
         "--resume",

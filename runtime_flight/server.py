@@ -194,6 +194,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         started = time.monotonic()
         command: runtime_pb2.PredictCommand | None = None
+        seen: ExchangeObservation | None = None
         with self._counting_exchange():
             try:
                 with flight_errors("prediction", context):
@@ -201,11 +202,19 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     with self.gate.exchange(context, command.model_id) as rights:
                         # the model as the caller resolved it: nothing resolves it again
                         command.model_id = rights.model_id
-                        self._serve(context, command, reader, writer, rights)
+                        kind = (
+                            "session"
+                            if command.session
+                            else "stream"
+                            if command.stream
+                            else "predict"
+                        )
+                        with observing(kind, rights.model_id) as seen:
+                            self._serve(context, command, reader, writer, seen, rights)
             finally:
                 # counted before the exchange stops counting as active
                 if context.is_cancelled():
-                    self._cancelled(command, started)
+                    self._cancelled(command, started, idle=seen is not None and seen.ended_idle)
 
     def _serve(
         self,
@@ -213,18 +222,19 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         command: runtime_pb2.PredictCommand,
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
+        seen: ExchangeObservation,
         rights: CallRights,
     ) -> None:
-        kind = "session" if command.session else "stream" if command.stream else "predict"
-        with observing(kind, rights.model_id) as seen:
-            if command.session:
-                self._serve_session(context, command, reader, writer, seen, rights)
-            elif command.stream:
-                self._serve_stream(context, command, reader, writer, seen, rights)
-            else:
-                self._serve_one(context, command, reader, writer)
+        if command.session:
+            self._serve_session(context, command, reader, writer, seen, rights)
+        elif command.stream:
+            self._serve_stream(context, command, reader, writer, seen, rights)
+        else:
+            self._serve_one(context, command, reader, writer)
 
-    def _cancelled(self, command: runtime_pb2.PredictCommand | None, started: float) -> None:
+    def _cancelled(
+        self, command: runtime_pb2.PredictCommand | None, started: float, *, idle: bool = False
+    ) -> None:
         """The one line a cancelled exchange leaves, once its work has stopped and its buffers
         are gone."""
         with self._exchanges_lock:
@@ -244,10 +254,20 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if command is not None and command.stream
             else "prediction"
         )
+        model = command.model_id[:12] if command is not None else "?"
+        if idle:
+            # a session waiting for its next frame: its client closed it or went away, which
+            # is how sessions end (a client process that exits without close() too)
+            logger.debug(
+                "session of model %s ended by its client after %.2f s, between frames",
+                model,
+                time.monotonic() - started,
+            )
+            return
         logger.info(
             "%s of model %s cancelled by the client after %.2f s",
             kind,
-            command.model_id[:12] if command is not None else "?",
+            model,
             time.monotonic() - started,
         )
 
@@ -446,9 +466,11 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     with malformed_input(context):
                         chunk = reader.read_chunk()
                 except StopIteration:
+                    seen.ended_idle = True  # a client that goes away ends its input too
                     return
                 except Exception:
                     if context.is_cancelled():
+                        seen.ended_idle = True
                         return
                     raise
                 if chunk.data is None:

@@ -26,7 +26,7 @@ from tests.entry_server.helpers import (
     expect_rpc_error,
 )
 
-NUCLEI_ID = hash_package(NUCLEI)[0]
+NUCLEI_ID = hash_package(NUCLEI)[0] if NUCLEI.is_dir() else ""  # tests.zoo skips its users
 
 
 def _ids(control: Running) -> list[str]:
