@@ -107,7 +107,11 @@ def add_predict_command(sub: Any) -> None:
         "missing blocks are predicted); see 'Large images' in the README",
     )
     predict.add_argument(
-        "--level", type=int, default=0, help="the OME-Zarr pyramid level to read (0: full size)"
+        "--level",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the OME-Zarr pyramid level to read, block by block; default: 0 (full size)",
     )
     predict.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")
