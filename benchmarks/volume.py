@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .local_ray import local_ray
 from .machine import describe_machine, load_average
 from .memory import PeakRss
 from .modelrunner_server import (
@@ -228,20 +229,12 @@ def measure_serve(
 
 
 def measure_ray(workdir: Path, source: Path, counts: list[int]) -> list[dict[str, Any]]:
-    import ray
-
     from modelrunner.client import ModelRunnerClient
     from modelrunner.cluster.ray_serving import RayPlan, start_ray_serving
     from modelrunner.settings import Settings
 
     rows = []
-    ray.init(
-        num_cpus=max(counts),
-        object_store_memory=100 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    try:
+    with local_ray(max(counts)):
         package = _identity(workdir)
         for count in counts:
             settings = Settings(
@@ -266,8 +259,6 @@ def measure_ray(workdir: Path, source: Path, counts: list[int]) -> list[dict[str
                 shutil.rmtree(destination, ignore_errors=True)
             logger.info("%d runtime(s): %.1f MB/s", count, volume["predict_mb_s"])
             rows.append({"setup": f"Ray, {count} runtime(s)", **volume})
-    finally:
-        ray.shutdown()
     return rows
 
 
