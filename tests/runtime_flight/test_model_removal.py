@@ -228,3 +228,77 @@ def test_the_same_package_added_again_serves_again(
     client.remove_model(info.id)
     assert client.add_model(package).id == info.id
     np.testing.assert_array_equal(client.predict(info.id, IMAGE)["output"], IMAGE)
+
+
+def test_a_runtimes_copy_of_a_removed_package_outlives_a_load_reading_it(
+    server: RunningServer, client: ModelRunnerClient, model: ModelInfo, tmp_path: Path
+) -> None:
+    """A load under way on a runtime with its own copy of the package when the model is
+    removed: the copy stays until the load has read it (it used to go at once, and the load
+    failed on the missing weights), new calls get NOT_FOUND meanwhile, then the pipeline and
+    the copy go."""
+    settings = Settings(
+        host="127.0.0.1",
+        flight_port=0,
+        cache_dir=tmp_path / "own-copy",
+        heartbeat_interval_s=60.0,
+        grace_period_s=0.5,
+    )
+    second = start_runtime(settings, control_address_of(server))
+    loading, go_on = threading.Event(), threading.Event()
+    try:
+        service = second.server.service
+        pool = service.pool
+        factory = pool._factory
+
+        def slow_factory(*args: object) -> object:
+            loading.set()
+            assert go_on.wait(30)
+            return factory(*args)  # type: ignore[arg-type]
+
+        pool._factory = slow_factory  # type: ignore[assignment]
+        load = runtime_pb2.LoadModelRequest(model_id=model.id).SerializeToString()
+        loaded: list[object] = []
+
+        def load_it() -> None:
+            with flight.connect(second.flight_uri) as raw:
+                try:
+                    loaded.extend(raw.do_action(flight.Action("load_model", load)))
+                except flight.FlightError as exc:
+                    loaded.append(from_flight_error(exc))
+
+        loader = threading.Thread(target=load_it)
+        loader.start()
+        assert loading.wait(30)
+        copy = settings.cache_dir / "runtime" / "models" / model.id
+        assert copy.is_dir()
+        remover = threading.Thread(target=client.remove_model, args=(model.id,))
+        remover.start()
+        deadline = time.monotonic() + 30
+        while not isinstance(
+            _refused_or_none(lambda: service.resolve(model.id)), errors.NotFoundError
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # the removal waits for the load
+        assert remover.is_alive() and copy.is_dir()
+        with flight.connect(second.flight_uri) as raw:
+            refused = _refused(lambda: list(raw.do_action(flight.Action("load_model", load))))
+        assert isinstance(refused, errors.NotFoundError), refused
+        go_on.set()
+        loader.join(60)
+        remover.join(60)
+        assert len(loaded) == 1 and not isinstance(loaded[0], errors.ModelRunnerError), loaded
+        assert not pool.has_warm(model.id)
+        assert not copy.exists()
+    finally:
+        go_on.set()
+        second.stop()
+
+
+def _refused_or_none(call: Callable[[], object]) -> errors.ModelRunnerError | None:
+    try:
+        call()
+    except errors.ModelRunnerError as exc:
+        return exc
+    return None
