@@ -2,7 +2,8 @@
 NOT_FOUND at their next frame, nothing answers for its id afterwards on any plane, a removal
 that waits for predictions in flight says so, and the same package added again serves again.
 Without authentication (where nothing else would stop a removed model) and on a second runtime
-whose heartbeat has not yet told the control service that it loaded the model."""
+whose heartbeat has not yet told the control service that it loaded the model. A removal waiting
+for a busy runtime holds up no other workspace's adds, only an add of the same package."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from modelrunner.serving import RunningServer, control_address_of, start_runtime
 from modelrunner.settings import Settings
 from modelrunner.transport_errors import from_flight_error
 from modelrunner.v1 import control_pb2, control_pb2_grpc, runtime_pb2
+from tests.conftest import Secured
 from tests.tiny_models import build_onnx_identity
 
 IMAGE = np.arange(64, dtype="float32").reshape(1, 1, 8, 8)
@@ -302,3 +304,68 @@ def _refused_or_none(call: Callable[[], object]) -> errors.ModelRunnerError | No
     except errors.ModelRunnerError as exc:
         return exc
     return None
+
+
+def test_a_removal_waiting_on_a_busy_runtime_holds_up_only_adds_of_its_package(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """Attack: a write-role user removes a model while a prediction runs on it; the removal
+    waits for the runtime (up to 30 s each) and used to hold a lock every add of every
+    workspace waits for, so one user could stall adds across the server."""
+    assert secured.server.runtime is not None
+    pool = secured.server.runtime.server.service.pool
+    package = build_onnx_identity(tmp_path / "a", name="removed-while-busy")
+    with secured.client("alice") as alice:
+        model = alice.add_model(package, upload=True)
+        alice.load(model.id)
+    lent, release = threading.Event(), threading.Event()
+
+    def predicting() -> None:  # what a long prediction holds: its pipeline
+        with pool.use(model.id):
+            lent.set()
+            release.wait(60)
+
+    removals: list[object] = []
+
+    def remove() -> None:
+        with secured.client("alice") as alice:
+            alice.remove_model(model.id)
+        removals.append(model.id)
+
+    adds: dict[str, object] = {}
+
+    def add(name: str, path: Path) -> None:
+        with secured.client(name) as user:
+            adds[name] = user.add_model(path, upload=True)
+
+    threads = [threading.Thread(target=predicting), threading.Thread(target=remove)]
+    try:
+        threads[0].start()
+        assert lent.wait(10)
+        threads[1].start()
+        deadline = time.monotonic() + 30
+        while pool.has_warm(model.id):  # the runtime took it out: it waits for the prediction
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        other = threading.Thread(
+            target=add, args=("bob", build_onnx_identity(tmp_path / "b", name="lab-b-meanwhile"))
+        )
+        other.start()
+        other.join(10)
+        assert not other.is_alive() and "bob" in adds  # lab-b's add went through ...
+        assert threads[1].is_alive() and not removals  # ... while the removal still waits
+        again = threading.Thread(target=add, args=("alice", package))
+        again.start()
+        again.join(0.5)
+        assert again.is_alive()  # the same package waits for its removal to end
+        release.set()
+        for t in (*threads, again):
+            t.join(60)
+        assert removals == [model.id]
+        assert adds["alice"].id == model.id  # type: ignore[attr-defined]
+        with secured.client("alice") as alice:  # added anew after the removal: it serves
+            np.testing.assert_array_equal(alice.predict(model.id, IMAGE)["output"], IMAGE)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
