@@ -146,7 +146,7 @@ def client_memory(address: str, model: str, planes: int, side: int, blocks: int)
     same pipeline as ``predict_volume``'s, with nothing written."""
     from modelrunner.client import ModelRunnerClient
     from modelrunner.client._volume_pipeline import BlockPipeline
-    from modelrunner.client._volume_prediction import _plan, _routes
+    from modelrunner.client._volume_prediction import _plan, _routes_for_the_weights
     from modelrunner.client._volume_run import read_block
     from modelrunner.client._volume_sources import open_volume
 
@@ -159,7 +159,7 @@ def client_memory(address: str, model: str, planes: int, side: int, blocks: int)
             nan_policy="reject", source=volume,
         )  # fmt: skip
         todo = [b for b in run.grid.blocks() if not run.grid.is_empty(b)][:blocks]
-        routes = _routes(run, None)
+        routes = _routes_for_the_weights(run, None)  # the weights predict_volume fixes
         nbytes = [0]
 
         def read(block: Any) -> np.ndarray:
