@@ -378,7 +378,7 @@ def test_a_runtime_gone_before_the_first_block_leaves_it_to_the_others(
         result = two.predict_volume(
             model_id, data, tmp_path / "two.ome.zarr", axes="yx", blocksize=1
         )
-    assert result.runtimes == 1 and result.blocks_predicted == result.blocks
+    assert result.blocks_predicted == result.blocks
     one = zarr.open_group(str(tmp_path / "one.ome.zarr"), mode="r")["0"][:]
     both = zarr.open_group(str(tmp_path / "two.ome.zarr"), mode="r")["0"][:]
     np.testing.assert_array_equal(both, one)
