@@ -294,7 +294,8 @@ class ControlPlane:
 
     def _removal_ended(self, model_id: str, done: threading.Event) -> None:
         with self._models_lock:
-            del self._removals[model_id]
+            if self._removals.get(model_id) is done:  # (a next removal may have begun)
+                del self._removals[model_id]
         done.set()
 
     def _remove_package(self, model_id: str) -> Removal:
