@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .local_ray import local_ray
 from .modelrunner_server import IDENTITY_MIN_SIZE, IDENTITY_STEP, _identity_builder
 from .output_folders import run_folder
 
@@ -78,11 +79,8 @@ def _row(
 
 
 def measure(runtimes: list[int], streams: int, frames: int, side: int) -> list[dict[str, object]]:
-    import ray
-
     from modelrunner.client import ModelRunnerClient
     from modelrunner.cluster.ray_serving import RayPlan, start_ray_serving
-    from modelrunner.cluster.ray_token_auth import local_cluster_token
     from modelrunner.serving import start_embedded
     from modelrunner.settings import Settings
 
@@ -101,48 +99,37 @@ def measure(runtimes: list[int], streams: int, frames: int, side: int) -> list[d
             rate = _streams(running.address, model_id, streams, frames, side)
         logger.info("embedded runtime (no Ray), %d streams: %.0f frames/s", streams, rate)
         rows.append(_row("serve (no Ray)", 1, streams, frames, side, rate))
-    # a token of its own for this cluster, not ~/.ray/auth_token (docs/cluster.md)
-    with local_cluster_token():
-        ray.init(
-            num_cpus=max(runtimes),
-            object_store_memory=100 * 1024**2,
-            include_dashboard=False,
-            log_to_driver=False,
+    with local_ray(max(runtimes)), tempfile.TemporaryDirectory() as tmp:
+        package = _identity_builder()(
+            Path(tmp) / "identity", min_size=IDENTITY_MIN_SIZE, step=IDENTITY_STEP
         )
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                package = _identity_builder()(
-                    Path(tmp) / "identity", min_size=IDENTITY_MIN_SIZE, step=IDENTITY_STEP
-                )
-                for count in runtimes:
-                    settings = Settings(
-                        host="127.0.0.1",
-                        port=0,
-                        cache_dir=Path(tmp) / f"cache-{count}",
-                        heartbeat_interval_s=1.0,
-                        spread_queue_depth=1,
-                        log_level="WARNING",
+        for count in runtimes:
+            settings = Settings(
+                host="127.0.0.1",
+                port=0,
+                cache_dir=Path(tmp) / f"cache-{count}",
+                heartbeat_interval_s=1.0,
+                spread_queue_depth=1,
+                log_level="WARNING",
+            )
+            with start_ray_serving(settings, RayPlan("local", cpu_runtimes=count)) as (
+                running,
+                _,
+            ):
+                with ModelRunnerClient(running.address) as client:
+                    model_id = client.add_model(package).id
+                # warm-up: the streams spread and every runtime loads the model
+                _streams(running.address, model_id, max(streams, count), 20, side)
+                time.sleep(settings.heartbeat_interval_s * 1.5)
+                rate = _streams(running.address, model_id, streams, frames, side)
+                with ModelRunnerClient(running.address) as client:
+                    warm = sum(
+                        1
+                        for r in client.server_info().runtimes
+                        if any(m.model_id == model_id for m in r.loaded_models)
                     )
-                    with start_ray_serving(settings, RayPlan("local", cpu_runtimes=count)) as (
-                        running,
-                        _,
-                    ):
-                        with ModelRunnerClient(running.address) as client:
-                            model_id = client.add_model(package).id
-                        # warm-up: the streams spread and every runtime loads the model
-                        _streams(running.address, model_id, max(streams, count), 20, side)
-                        time.sleep(settings.heartbeat_interval_s * 1.5)
-                        rate = _streams(running.address, model_id, streams, frames, side)
-                        with ModelRunnerClient(running.address) as client:
-                            warm = sum(
-                                1
-                                for r in client.server_info().runtimes
-                                if any(m.model_id == model_id for m in r.loaded_models)
-                            )
-                    logger.info("%d runtime(s), %d streams: %.0f frames/s", count, streams, rate)
-                    rows.append(_row(f"Ray, {count} runtime(s)", warm, streams, frames, side, rate))
-        finally:
-            ray.shutdown()
+            logger.info("%d runtime(s), %d streams: %.0f frames/s", count, streams, rate)
+            rows.append(_row(f"Ray, {count} runtime(s)", warm, streams, frames, side, rate))
     return rows
 
 

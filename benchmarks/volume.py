@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .local_ray import local_ray
 from .machine import describe_machine, load_average
 from .memory import PeakRss
 from .modelrunner_server import (
@@ -145,7 +146,7 @@ def client_memory(address: str, model: str, planes: int, side: int, blocks: int)
     same pipeline as ``predict_volume``'s, with nothing written."""
     from modelrunner.client import ModelRunnerClient
     from modelrunner.client._volume_pipeline import BlockPipeline
-    from modelrunner.client._volume_prediction import _plan, _routes
+    from modelrunner.client._volume_prediction import _plan, _routes_for_the_weights
     from modelrunner.client._volume_run import read_block
     from modelrunner.client._volume_sources import open_volume
 
@@ -158,7 +159,7 @@ def client_memory(address: str, model: str, planes: int, side: int, blocks: int)
             nan_policy="reject", source=volume,
         )  # fmt: skip
         todo = [b for b in run.grid.blocks() if not run.grid.is_empty(b)][:blocks]
-        routes = _routes(run, None)
+        routes = _routes_for_the_weights(run, None)  # the weights predict_volume fixes
         nbytes = [0]
 
         def read(block: Any) -> np.ndarray:
@@ -228,20 +229,12 @@ def measure_serve(
 
 
 def measure_ray(workdir: Path, source: Path, counts: list[int]) -> list[dict[str, Any]]:
-    import ray
-
     from modelrunner.client import ModelRunnerClient
     from modelrunner.cluster.ray_serving import RayPlan, start_ray_serving
     from modelrunner.settings import Settings
 
     rows = []
-    ray.init(
-        num_cpus=max(counts),
-        object_store_memory=100 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    try:
+    with local_ray(max(counts)):
         package = _identity(workdir)
         for count in counts:
             settings = Settings(
@@ -266,8 +259,6 @@ def measure_ray(workdir: Path, source: Path, counts: list[int]) -> list[dict[str
                 shutil.rmtree(destination, ignore_errors=True)
             logger.info("%d runtime(s): %.1f MB/s", count, volume["predict_mb_s"])
             rows.append({"setup": f"Ray, {count} runtime(s)", **volume})
-    finally:
-        ray.shutdown()
     return rows
 
 

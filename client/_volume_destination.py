@@ -139,6 +139,14 @@ class VolumeDestination:
                 details={"destination": str(path)},
             )
         differs = _difference(record.identity, identity)
+        if differs and differs[0] == "weights":
+            _, theirs, ours = differs
+            raise DestinationError(
+                f"{path} was predicted with {theirs}, and this run asks for {ours}: resume it "
+                "with the same weight format and device, or without naming them (it then uses "
+                "those it started with)",
+                details={"destination": str(path), "differs": "weights"},
+            )
         if differs:
             key, theirs, ours = differs
             raise DestinationError(
@@ -333,13 +341,32 @@ def read_record(path: Path) -> RunRecord | None:
 
 
 def _difference(theirs: dict[str, Any], ours: dict[str, Any]) -> tuple[str, str, str] | None:
-    """The first part of the identity that differs, as (what, theirs, ours)."""
+    """The first part of the identity that differs, as (what, theirs, ours). ``weights``: the
+    weight format and device the run used (theirs) and those this one asks for (ours; "": any,
+    "cuda": any CUDA device)."""
     for key in ("model", "source", "options", "grid", "output"):
         if theirs.get(key) != ours.get(key):
             return key, _short(theirs.get(key)), _short(ours.get(key))
-    if theirs != ours:
+    if not _weights_match(theirs.get("weights"), ours.get("weights")):
+        return "weights", _weights(theirs.get("weights")), _weights(ours.get("weights"))
+    if {**theirs, "weights": None} != {**ours, "weights": None}:
         return "identity", "another", "this one"
     return None
+
+
+def _weights_match(used: dict[str, str] | None, asked: dict[str, str] | None) -> bool:
+    if used is None or asked is None:
+        return used == asked
+    device, wanted = used.get("device", ""), asked.get("device", "")
+    return asked.get("weight_format", "") in ("", used.get("weight_format")) and (
+        wanted in ("", device) or (":" not in wanted and device.split(":", 1)[0] == wanted)
+    )
+
+
+def _weights(weights: dict[str, str] | None) -> str:
+    if weights is None:
+        return "no weight format recorded"
+    return f"{weights.get('weight_format') or 'any'} weights on {weights.get('device') or 'any device'}"
 
 
 def _short(value: Any) -> str:

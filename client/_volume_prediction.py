@@ -11,11 +11,15 @@ The steps, each in its own module:
    the destination so a resumed run uses the same numbers;
 4. the destination and its run record (:mod:`._volume_destination`): a destination of another run
    is refused before any work, one of this run is resumed only when asked;
-5. the blocks not yet finished, read, predicted on every runtime and written with back-pressure
-   (:mod:`._volume_pipeline`); each block is sent in block mode (``PredictCommand.block_of_sample``)
-   with its sample's statistics, so the stitched output equals bioimageio.core's blockwise
-   prediction of the whole sample;
-6. the destination's multiscale pyramid, level by level, then the run is marked complete.
+5. the weight format and device of the run: those the destination recorded when resumed, else
+   those a runtime loads the model with for the options given; every block names them, so a
+   resumed run computes its blocks as the run it finishes did;
+6. the blocks not yet finished, read, predicted on every runtime and written with back-pressure
+   (:mod:`._volume_pipeline`; the first block goes to the first runtime that answers, its
+   outputs shape the destinations); each block is sent in block mode
+   (``PredictCommand.block_of_sample``) with its sample's statistics, so the stitched output
+   equals bioimageio.core's blockwise prediction of the whole sample;
+7. the destination's multiscale pyramid, level by level, then the run is marked complete.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from modelrunner.converters import to_pb_sample_statistics
 from modelrunner.image_axes import plan_input
 from modelrunner.image_files import ImageFile
 from modelrunner.types import ModelInfo, Progress
+from modelrunner.v1 import runtime_pb2
 
 from . import _flight
 from ._progress import ProgressOption, progress_callback
@@ -78,7 +83,6 @@ def predict_volume(
     device: str | None = None,
     resume: bool = False,
     workers_per_runtime: int = 2,
-    depth: int | None = None,
     nan_policy: str = "reject",
     timeout: float | None = None,
     progress: ProgressOption = False,
@@ -107,7 +111,6 @@ def predict_volume(
                 run,
                 resume=resume,
                 workers_per_runtime=workers_per_runtime,
-                depth=depth,
                 timeout=timeout,
                 report=report,
                 started=started,
@@ -178,8 +181,9 @@ def _plan(
     identity = {
         "model": info.id,
         "source": fingerprint(image, {"name": image.name, "level": level, "channel": channel}),
+        # those asked for ("": any) until a runtime or the destination says which
+        "weights": {"weight_format": options["weight_format"], "device": options["device"]},
         "options": {
-            "weight_format": weight_format or "",
             "axes": list(image.axes),
             "per_plane": per_plane,
             "keep_singletons": keep_singletons,
@@ -240,7 +244,6 @@ def _execute(
     *,
     resume: bool,
     workers_per_runtime: int,
-    depth: int | None,
     timeout: float | None,
     report: Callable[[Progress], None] | None,
     started: float,
@@ -254,7 +257,7 @@ def _execute(
         done = _done(run)
         blocks = [b for b in run.grid.blocks() if not run.grid.is_empty(b)]
         todo = [b for b in blocks if b.index not in done]
-        routes = _routes(run, timeout) if todo else []
+        routes = _routes_for_the_weights(run, timeout) if todo else []
         compute_statistics(run, todo, report)
         nbytes = 0
         predicted = 0
@@ -264,7 +267,7 @@ def _execute(
             if len(run.opened) < len(run.destinations):
                 # the first block tells the outputs' channels and dtype: then the destinations
                 inputs = read_block(run, first)
-                outputs = routes[0].predict(first, inputs)
+                outputs, routes = _predict_first(routes, first, inputs)
                 create_destinations(run, outputs, len(blocks))
                 write_block(run, first, outputs)
                 nbytes += inputs.nbytes
@@ -272,7 +275,7 @@ def _execute(
                 todo = todo[1:]
             predicted_rest, rest_bytes = _pipeline(
                 run, routes, todo, len(blocks), len(blocks) - len(todo), workers_per_runtime,
-                depth, report,
+                report,
             )  # fmt: skip
             predicted += predicted_rest
             nbytes += rest_bytes
@@ -300,6 +303,64 @@ def _done(run: VolumeRun) -> set[int]:
         return set()
     sets = [d.done_blocks() for d in run.opened.values()]
     return set.intersection(*sets) if sets else set()
+
+
+def _routes_for_the_weights(run: VolumeRun, timeout: float | None) -> list[Route]:
+    """The run's weight format and device, fixed in its identity and options (so that every
+    block, on every runtime, now and when resumed, is computed with them), and the runtimes
+    that serve the model with them."""
+    weights = next((d.record.identity.get("weights") for d in run.opened.values()), None)
+    if weights is None:  # a new run
+        weights = _weights_loaded(run, _routes(run, timeout), timeout)
+    run.identity["weights"] = dict(weights)
+    run.options.update(weights)
+    return _routes(run, timeout)
+
+
+def _weights_loaded(run: VolumeRun, routes: list[Route], timeout: float | None) -> dict[str, str]:
+    """The weight format and device the first runtime that answers loads the model with for
+    the options asked for (those a prediction there would use)."""
+    request = runtime_pb2.LoadModelRequest(
+        model_id=run.info.id,
+        weight_format=run.options["weight_format"],
+        device=run.options["device"],
+    )
+    gone: list[str] = []
+    for route in routes:
+        response = runtime_pb2.LoadModelResponse()
+        try:
+            _flight.do_action(
+                run.client._runtimes.get(route.name),
+                "load_model",
+                request,
+                response,
+                timeout=timeout,
+            )
+        except errors.UnavailableError as e:
+            logger.warning("runtime %s is unavailable (%s): trying the next", route.name, e)
+            gone.append(route.name)
+            continue
+        return {"weight_format": response.model.weight_format, "device": response.model.device}
+    raise errors.UnavailableError(
+        f"no runtime serving model {run.info.id[:12]} answers ({', '.join(gone)})"
+    )
+
+
+def _predict_first(
+    routes: list[Route], block: Block, inputs: np.ndarray
+) -> tuple[dict[str, np.ndarray], list[Route]]:
+    """The first block's outputs from the first runtime that answers, and the runtimes left
+    (without those that went away)."""
+    left = list(routes)
+    while left:
+        try:
+            return left[0].predict(block, inputs), left
+        except errors.UnavailableError as e:
+            logger.warning("runtime %s went away (%s): trying the next", left[0].name, e)
+            left.pop(0)
+    raise errors.UnavailableError(
+        f"no runtime answered ({', '.join(r.name for r in routes)}); nothing was written"
+    )
 
 
 def _routes(run: VolumeRun, timeout: float | None) -> list[Route]:
@@ -389,7 +450,6 @@ def _pipeline(
     total: int,
     already: int,
     workers_per_runtime: int,
-    depth: int | None,
     report: Callable[[Progress], None] | None,
 ) -> tuple[int, int]:
     state = {"done": already, "bytes": 0}
@@ -418,7 +478,7 @@ def _pipeline(
         routes=routes,
         write=lambda b, outputs: write_block(run, b, outputs),
         workers_per_runtime=workers_per_runtime,
-        depth=depth or max(2, predictors),
+        depth=max(2, predictors),
         on_written=written,
     )
     count = pipeline.run(todo)

@@ -54,31 +54,26 @@ class VolumeRun:
 
 def read_block(run: VolumeRun, block: Block) -> np.ndarray:
     """The block's input in the sent axes: the bounding box of its pixels read at once, then
-    arranged (halo, padding) by index."""
+    arranged (halo, padding) by index where the block reaches past the volume's edge (a block
+    inside it is the box as read)."""
     indices = run.grid.read_indices(block)
-    at = dict(zip(run.plan.loop, block.sample, strict=True))
-    region: list[int | slice] = []
+    box: list[slice] = []
     local: list[np.ndarray] = []
-    constant = False
-    for i in range(len(run.image.shape)):
-        if i in at:
-            region.append(at[i])
-        elif i in run.plan.drop:
-            region.append(0)
-        else:
-            axis = run.sent[run.sent_index.index(i)]
-            wanted = indices.get(axis)
-            if wanted is None:  # a channel axis: whole
-                region.append(slice(None))
-                local.append(np.arange(run.image.shape[i]))
-                continue
-            valid = wanted[wanted >= 0]
-            low, high = int(valid.min()), int(valid.max()) + 1
-            region.append(slice(low, high))
-            constant = constant or bool((wanted < 0).any())
-            local.append(np.where(wanted >= 0, wanted - low, 0))
-    data = run.image.read(tuple(region))
-    block_data = data[np.ix_(*local)] if local else data
+    constant = padded = False
+    for axis, i in zip(run.sent, run.sent_index, strict=True):
+        wanted = indices.get(axis)
+        if wanted is None:  # a channel axis: whole
+            box.append(slice(None))
+            local.append(np.arange(run.image.shape[i]))
+            continue
+        valid = wanted[wanted >= 0]
+        low, high = int(valid.min()), int(valid.max()) + 1
+        box.append(slice(low, high))
+        constant = constant or bool((wanted < 0).any())
+        padded = padded or len(wanted) != high - low or bool((np.diff(wanted) != 1).any())
+        local.append(np.where(wanted >= 0, wanted - low, 0))
+    data = run.image.read(_source_region(run, block.sample, tuple(box)))
+    block_data = data[np.ix_(*local)] if padded else data
     if constant:
         mask = np.ones(block_data.shape, bool)
         for position, kept in enumerate(_sent_indices(run, indices)):
@@ -145,6 +140,8 @@ def compute_statistics(
 def _source_region(
     run: VolumeRun, sample: tuple[int, ...], region: tuple[slice, ...]
 ) -> tuple[int | slice, ...]:
+    """The source's index of ``region`` (one slice per sent axis, in their order) in
+    ``sample``: the sample's index on the axes looped over, 0 on those dropped."""
     at = dict(zip(run.plan.loop, sample, strict=True))
     out: list[int | slice] = []
     for i in range(len(run.image.shape)):

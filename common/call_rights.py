@@ -11,6 +11,10 @@ what the call consults before each frame or request it serves:
   frame costs a clock read and a comparison: no lock, no call, no allocation.
 * :meth:`CallRights.end` ends the call at its next check with the error given, without waiting
   for the bound: :class:`OpenCalls` finds the calls open on a model that is being removed.
+* :meth:`CallRights.idle` and :meth:`CallRights.at_work`: a call that waits for its client's
+  next request holds no working slot of its client's limit, only an idle one
+  (:class:`~modelrunner.call_slots.HeldSlot`), and takes a working slot again when the request
+  arrives.
 
 A refusal is final: the call keeps raising it. While the authority cannot be reached (a remote
 runtime's control service restarting: ``UnavailableError``) the call keeps the rights it had and
@@ -23,8 +27,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from modelrunner import errors
+
+if TYPE_CHECKING:
+    from modelrunner.call_slots import HeldSlot
 
 Recheck = Callable[[], None]
 """Asks the authority whether the call's rights still hold; raises the refusal
@@ -34,7 +42,7 @@ Recheck = Callable[[], None]
 class CallRights:
     """The rights one open call was granted, consulted before each of its frames."""
 
-    __slots__ = ("_clock", "_due", "_ended", "_every_s", "_recheck", "model_id")
+    __slots__ = ("_clock", "_due", "_ended", "_every_s", "_recheck", "_slot", "model_id")
 
     def __init__(
         self,
@@ -43,15 +51,18 @@ class CallRights:
         *,
         every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        slot: HeldSlot | None = None,
     ) -> None:
         """``model_id``: the full id the call was granted; ``recheck``: None when there is no
-        authority to ask (authentication off: only :meth:`end` ends the call)."""
+        authority to ask (authentication off: only :meth:`end` ends the call); ``slot``: the
+        call's slot of its client's limit (None: no limit)."""
         self.model_id = model_id
         self._recheck = recheck
         self._every_s = every_s
         self._clock = clock
         self._due = clock() + every_s
         self._ended: errors.ModelRunnerError | None = None
+        self._slot = slot
 
     def check(self) -> None:
         """Raise the refusal when the call's rights are gone (the hot path: see module)."""
@@ -70,6 +81,18 @@ class CallRights:
             self._ended = exc
             raise _copy(exc) from None
         self._due = self._clock() + self._every_s
+
+    def idle(self) -> bool:
+        """The call waits for its client's next request, holding an idle slot instead of a
+        working one; False when its client has as many idle calls as it may: end the call now
+        (its client sends the next request on a new one)."""
+        return self._slot is None or self._slot.idle()
+
+    def at_work(self) -> None:
+        """The client's next request is arriving: RESOURCE_EXHAUSTED when its other calls hold
+        every working slot (as a new call would get)."""
+        if self._slot is not None:
+            self._slot.at_work()
 
     def end(self, error: errors.ModelRunnerError) -> None:
         """End the call at its next :meth:`check` with ``error``."""

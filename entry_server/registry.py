@@ -92,11 +92,17 @@ class ModelRegistry:
     # -- adding -----------------------------------------------------------------------------------
 
     def add(
-        self, source: types.ModelSourceSpec, progress: ProgressCallback = no_progress
+        self,
+        source: types.ModelSourceSpec,
+        progress: ProgressCallback = no_progress,
+        *,
+        keep_upload: bool = False,
     ) -> tuple[types.ModelInfo, bool]:
         """Add a model; returns its info and False when the same content was already there.
 
-        The description is read in a description worker (bounded in memory and time).
+        The description is read in a description worker (bounded in memory and time). An
+        upload it was added from is discarded, unless ``keep_upload`` (a caller that may have
+        to add it again discards it itself: :meth:`discard_upload`).
         """
         self.uploads.purge_expired()  # expired uploads no longer count in the cache budget
         staged = self._stager.stage(source, progress)
@@ -127,8 +133,8 @@ class ModelRegistry:
                 )
         finally:
             self._stager.discard(staged)
-        if source.kind == "upload_id":
-            self.uploads.discard(source.value.strip())
+        if not keep_upload:
+            self.discard_upload(source)
         logger.info(
             "%s model %s (%s) from %s",
             "added" if created else "already had",
@@ -137,6 +143,11 @@ class ModelRegistry:
             staged.source,
         )
         return info, created
+
+    def discard_upload(self, source: types.ModelSourceSpec) -> None:
+        """The upload ``source`` names, once added (nothing for other sources)."""
+        if source.kind == "upload_id":
+            self.uploads.discard(source.value.strip())
 
     def receive_upload(
         self, header: UploadHeader, chunks: Iterable[bytes], *, client: str = ""

@@ -11,7 +11,8 @@ watershed on the distance to the background). A 3-D map (ZYX) is labelled in 3-D
     python examples/probabilities_to_labels.py results/nuclei_zstack_probability.ome.tif --per-plane
 
 writes ``results/nuclei_zstack_labels.ome.tif`` (uint16, the input's axes) and prints how many
-nuclei each image or plane holds. Reads and writes OME-TIFF, TIFF and ``.npy``.
+nuclei each image or plane holds. Reads and writes OME-TIFF, TIFF and ``.npy``. Needs
+scikit-image: ``pip install -e ".[examples]"`` (``.[all]`` has it).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ The Flight edge asks this one object, and nothing else, about rights and limits:
   the exchange checks before each sample or frame (``rights.check()``): the caller's token and
   the model's visibility are asked again at most every ``auth_cache_s``; a removed model ends
   the exchange at once (:attr:`CallGate.open_calls`). It also holds one of the caller's
-  ``max_exchanges_per_token`` slots.
+  ``max_exchanges_per_token`` slots while it is at work (from when it opens; a session gives
+  its slot back while it waits idle for its next sample, and a token keeps at most as many idle
+  sessions besides: see :class:`~modelrunner.call_slots.WorkingAndIdleLimit`).
 * :attr:`CallGate.tests`: model tests at once (``max_concurrent_tests``), as on the control
   service.
 """
@@ -18,14 +20,14 @@ The Flight edge asks this one object, and nothing else, about rights and limits:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pyarrow.flight as flight
 
 from modelrunner import errors
 from modelrunner.auth import Role, token_hash
 from modelrunner.call_rights import CallRights, OpenCalls, Recheck
-from modelrunner.call_slots import CallLimit, PerClientLimit
+from modelrunner.call_slots import CallLimit, HeldSlot, WorkingAndIdleLimit
 from modelrunner.settings import Settings
 
 from .caller_auth import Caller, CallerChecks
@@ -45,7 +47,7 @@ class CallGate:
         self.open_calls = OpenCalls()
         """The exchanges open now, by model (a removed model's are ended)."""
         self.tests = CallLimit("max_concurrent_tests", settings.max_concurrent_tests, "model tests")
-        self._exchanges_per_token = PerClientLimit(
+        self._exchanges_per_token = WorkingAndIdleLimit(
             "max_exchanges_per_token", settings.max_exchanges_per_token, "open exchanges"
         )
 
@@ -65,15 +67,15 @@ class CallGate:
         """The rights of a prediction exchange naming ``model_ref``, for as long as it is
         open."""
         caller = self.checks.caller(context)
-        slot = (
+        slot: AbstractContextManager[HeldSlot | None] = (
             self._exchanges_per_token.slot(f"token {token_hash(caller.token)[:12]}")
             if caller is not None
             else nullcontext()
         )
-        with slot:
+        with slot as held:
             model_id = self.model_for(context, Role.READ, PREDICTION, model_ref)
             recheck = None if caller is None else self._recheck(caller, model_id)
-            rights = CallRights(model_id, recheck, every_s=self._recheck_s)
+            rights = CallRights(model_id, recheck, every_s=self._recheck_s, slot=held)
             with self.open_calls.holding(rights):
                 yield rights
 

@@ -80,14 +80,16 @@ class PackageLocator:
             self._removed.pop(response.model_id, None)  # added again since
         return response.model_id
 
-    def forget(self, model_id: str) -> None:
-        """The control service removed the model: this runtime's own copy of its package goes
-        (never the control service's shared cache), and its id is asked about from now on."""
+    def forget(self, model_id: str, delete_copy: bool = True) -> None:
+        """The control service removed the model: its id is asked about from now on, and
+        (``delete_copy``) this runtime's own copy of its package goes (never the control
+        service's shared cache). A removal first only marks the id, and deletes the copy once
+        the work still reading it (predictions, loads) has ended."""
         with self._lock:
             self._removed[model_id] = None
             while len(self._removed) > _REMEMBERED_REMOVALS:
                 self._removed.popitem(last=False)
-        if _FULL_ID.match(model_id):
+        if delete_copy and _FULL_ID.match(model_id):
             folder = cache_layout.model_dir(self.local_cache_dir, model_id)
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)

@@ -240,6 +240,11 @@ class PipelinePool:
             self._close(w)
         return len(idle)
 
+    def loading(self, model_id: str) -> bool:
+        """Whether a pipeline of ``model_id`` (a full id) is being loaded now."""
+        with self._cond:
+            return any(k[0] == model_id for k in self._loading)
+
     def has_warm(self, model_id: str) -> bool:
         """Whether a pipeline of ``model_id`` (a full id) is loaded."""
         with self._cond:

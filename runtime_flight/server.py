@@ -462,6 +462,10 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         frame = 0
         with self._counting("active_sessions"):
             while True:
+                if frame and not decoder.in_progress and not rights.idle():
+                    # its token keeps as many idle sessions as it may: the client sends its
+                    # next sample on a new exchange (max_exchanges_per_token)
+                    return
                 try:
                     with malformed_input(context):
                         chunk = reader.read_chunk()
@@ -475,6 +479,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     raise
                 if chunk.data is None:
                     continue
+                rights.at_work()
                 with malformed_input(context):
                     samples = decoder.feed(chunk.data)
                 if layout.chunked:

@@ -81,7 +81,7 @@ class RuntimeService:
         self._package_dir = package_dir
         self.pool = PipelinePool.from_settings(settings, package_dir)
         self._resolve: Callable[[str], str] = lambda model_id: model_id
-        self._forget: Callable[[str], None] = lambda model_id: None
+        self._forget: Callable[[str, bool], None] = lambda model_id, delete_copy: None
         self._on_change: Callable[[], None] = lambda: None
         self.runtime_id = ""
         self.flight_uri = ""
@@ -90,7 +90,7 @@ class RuntimeService:
         self.runtime_id, self.flight_uri = runtime_id, flight_uri
 
     def set_resolver(
-        self, resolve: Callable[[str], str], forget: Callable[[str], None] | None = None
+        self, resolve: Callable[[str], str], forget: Callable[[str, bool], None] | None = None
     ) -> None:
         """How to turn a prefix or bioimage.io id into a full model id (the control service),
         and how to forget a removed model's package (``PackageLocator.forget``)."""
@@ -103,10 +103,10 @@ class RuntimeService:
         lookup)."""
         return model_ref if self.pool.has_warm(model_ref) else self._resolve(model_ref)
 
-    def forget_package(self, model_id: str) -> None:
-        """The model was removed: this runtime's copy of its package goes, and its id is looked
-        up afresh from now on (the control service refuses it)."""
-        self._forget(model_id)
+    def forget_package(self, model_id: str, *, delete_copy: bool = True) -> None:
+        """The model was removed: its id is looked up afresh from now on (the control service
+        refuses it), and (``delete_copy``) this runtime's copy of its package goes."""
+        self._forget(model_id, delete_copy)
 
     def changed(self) -> None:
         """Tell the control service at once what is loaded now (a heartbeat)."""

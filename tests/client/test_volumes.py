@@ -1,8 +1,10 @@
 """``client.predict_volume`` against real servers: block by block from OME-Zarr, TIFF, .npy and
 arrays into OME-Zarr, equal to bioimageio.core's blockwise prediction of the whole array (2-D,
-a stack run plane by plane, 3-D, the zoo's nuclei U-Net), over two runtimes, resumed after a
-kill -9 to the same bytes, refusing destinations of other runs, with the NGFF pyramid metadata
-read back, and memory that does not grow with the volume."""
+a stack run plane by plane, 3-D, the zoo's nuclei U-Net), over two runtimes (a runtime gone
+before the first block leaves it to the others), resumed after a kill -9 to the same bytes with
+the weights and device the run started with, refusing destinations of other runs, with the NGFF
+pyramid metadata read back, blocks inside the volume sent as read, and memory that does not
+grow with the volume."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow.flight as flight
 import pytest
 import tifffile
 import zarr
@@ -25,8 +28,12 @@ from bioimageio.core.common import MemberId
 
 from modelrunner import errors
 from modelrunner.client import ModelInfo, ModelRunnerClient
+from modelrunner.client._volume_prediction import _plan
+from modelrunner.client._volume_run import read_block
+from modelrunner.client._volume_sources import open_volume
 from modelrunner.serving import RunningServer, start_embedded, start_runtime
 from modelrunner.settings import Settings
+from modelrunner.v1 import runtime_pb2
 from tests.reference import Pipelines
 from tests.zoo import NUCLEI, needs_zoo
 
@@ -338,6 +345,45 @@ def test_blocks_spread_over_every_runtime_with_the_same_result(
     np.testing.assert_array_equal(both, one)
 
 
+def test_a_runtime_gone_before_the_first_block_leaves_it_to_the_others(
+    client: ModelRunnerClient, halo: ModelInfo, tiny: Tiny, tmp_path: Path
+) -> None:
+    """The runtime routed first (it has the model loaded) is gone, its registration not yet
+    expired: the run used to fail on its first block instead of trying the other runtime."""
+    data = _image((120, 100), seed=11)
+    client.predict_volume(halo.id, data, tmp_path / "one.ome.zarr", axes="yx", blocksize=1)
+    settings = Settings(
+        host="127.0.0.1", port=0, flight_port=0, cache_dir=tmp_path / "cache",
+        heartbeat_interval_s=10.0, log_level="WARNING",
+    )  # fmt: skip
+    with start_embedded(settings) as running, ModelRunnerClient(running.address) as two:
+        model_id = two.add_model(tiny("halo")).id
+        gone = start_runtime(
+            settings.model_copy(update={"runtime_id": "gone", "cache_dir": tmp_path / "gone"}),
+            running.address,
+        )
+        try:
+            load = runtime_pb2.LoadModelRequest(model_id=model_id).SerializeToString()
+            with flight.connect(gone.flight_uri) as raw:
+                list(raw.do_action(flight.Action("load_model", load)))
+            deadline = time.monotonic() + 30
+            while not any(  # its heartbeat told it loaded the model: it is routed first
+                r.runtime_id == "gone" and any(m.model_id == model_id for m in r.loaded_models)
+                for r in two.server_info().runtimes
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            gone.stop(leave=False)  # as a crash: still registered
+        result = two.predict_volume(
+            model_id, data, tmp_path / "two.ome.zarr", axes="yx", blocksize=1
+        )
+    assert result.blocks_predicted == result.blocks
+    one = zarr.open_group(str(tmp_path / "one.ome.zarr"), mode="r")["0"][:]
+    both = zarr.open_group(str(tmp_path / "two.ome.zarr"), mode="r")["0"][:]
+    np.testing.assert_array_equal(both, one)
+
+
 # -- resumable and safe ------------------------------------------------------------------------
 
 _RUN = """
@@ -399,6 +445,99 @@ def test_a_run_killed_at_a_random_block_resumes_to_the_same_bytes(
         assert np.array_equal(got, expected)  # bit for bit, every level
     again = client.predict_volume(halo.id, data, destination, axes="yx", blocksize=0, resume=True)
     assert again.blocks_predicted == 0
+
+
+class _Stopped(Exception):
+    """Raised from a progress callback: the run stops there, resumable."""
+
+
+def _stop_after(blocks: int) -> Callable[[object], None]:
+    def progress(event: object) -> None:
+        if getattr(event, "stage", "") == "predict" and getattr(event, "done", 0) >= blocks:
+            raise _Stopped
+
+    return progress
+
+
+def test_a_resumed_run_keeps_the_weights_and_device_it_started_with(
+    client: ModelRunnerClient, example_nuclei: ModelInfo, tmp_path: Path
+) -> None:
+    """The destination records the weight format and device its blocks were computed with,
+    also where the server chose them; a resume without naming them uses those (it used to be
+    refused, or to mix, when the server would choose others), and one naming others is refused
+    before any work."""
+    data = _image((256, 256), seed=12)
+    destination = tmp_path / "out.ome.zarr"
+    with pytest.raises(_Stopped):  # the server chooses: torchscript on this CPU runtime
+        client.predict_volume(
+            example_nuclei.id, data, destination, axes="yx", blocksize=0,
+            progress=_stop_after(2), workers_per_runtime=1,
+        )  # fmt: skip
+    record = json.loads((destination / ".modelrunner" / "run.json").read_text())
+    assert record["identity"]["weights"] == {"weight_format": "torchscript", "device": "cpu"}
+    with pytest.raises(errors.FailedPreconditionError) as raised:
+        client.predict_volume(
+            example_nuclei.id, data, destination, axes="yx", blocksize=0, resume=True,
+            weight_format="pytorch_state_dict",
+        )  # fmt: skip
+    assert raised.value.message == (
+        f"{destination} was predicted with torchscript weights on cpu, and this run asks for "
+        "pytorch_state_dict weights on any device: resume it with the same weight format and "
+        "device, or without naming them (it then uses those it started with)"
+    )
+    assert raised.value.details == {"destination": str(destination), "differs": "weights"}
+    with pytest.raises(errors.FailedPreconditionError) as raised:
+        client.predict_volume(
+            example_nuclei.id, data, destination, axes="yx", blocksize=0, resume=True,
+            device="cuda",
+        )  # fmt: skip
+    assert raised.value.details["differs"] == "weights"
+    resumed = client.predict_volume(
+        example_nuclei.id, data, destination, axes="yx", blocksize=0, resume=True,
+        weight_format="torchscript", device="cpu",
+    )  # fmt: skip
+    assert 0 < resumed.blocks_predicted < resumed.blocks
+    whole = tmp_path / "whole.ome.zarr"
+    client.predict_volume(
+        example_nuclei.id, data, whole, axes="yx", blocksize=0, weight_format="torchscript"
+    )
+    for got, expected in zip(_all_levels(destination), _all_levels(whole), strict=True):
+        assert np.array_equal(got, expected)
+
+
+def test_a_block_inside_the_volume_is_sent_as_read(
+    client: ModelRunnerClient, halo: ModelInfo, tmp_path: Path
+) -> None:
+    """A block needing no halo or padding arranged is the array read from the source, not a
+    copy of it through index arrays; the others are arranged by index."""
+    data = _image((300, 280), seed=13)
+    source = _ome_zarr(tmp_path / "in.ome.zarr", data, "yx", chunks=(64, 64))
+    image = open_volume(source, axes=None, level=0, channel=None)
+    run = _plan(
+        client, halo.id, image, tmp_path / "out.ome.zarr", level=0, channel=None,
+        per_plane=False, keep_singletons=False, blocksize=1, weight_format=None, device=None,
+        nan_policy="reject", source=source,
+    )  # fmt: skip
+    read: list[np.ndarray] = []
+    real_read = image.read
+
+    def recording_read(region: tuple[int | slice, ...]) -> np.ndarray:
+        read.append(real_read(region))
+        return read[-1]
+
+    image.read = recording_read  # type: ignore[method-assign]
+    inside = sent_as_read = 0
+    for block in run.grid.blocks():
+        indices = [run.grid.read_indices(block)[axis] for axis in run.sent]
+        got = read_block(run, block)
+        np.testing.assert_array_equal(got, data[np.ix_(*indices)])
+        inside += all(
+            (i >= 0).all() and i[-1] < n and (np.diff(i) == 1).all()
+            for i, n in zip(indices, data.shape, strict=True)
+        )
+        sent_as_read += np.shares_memory(got, read[-1])
+    image.close()
+    assert inside > 0 and sent_as_read == inside
 
 
 def _snapshot(path: Path) -> dict[str, bytes]:

@@ -1,16 +1,31 @@
 """``examples/probabilities_to_labels.py``: connected components of the thresholded map, specks
-dropped, and touching nuclei split by ``--split``. (The README runs the script on
+dropped, and touching nuclei split by ``--split``; what it and the README's "From probabilities
+to labels" import comes with the install they name. (The README runs the script on
 ``modelrunner predict``'s output: ``tests/common/test_readme_cli.py``.)"""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import tomllib
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "probabilities_to_labels.py"
+from tests.readme_checkout import blocks, section
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "examples" / "probabilities_to_labels.py"
+DISTRIBUTIONS = {
+    "skimage": "scikit-image",
+    "scipy": "scipy",
+    "numpy": "numpy",
+    "tifffile": "tifffile",
+}
+"""The distribution each third-party module the labelling steps import comes from."""
 
 
 def _script() -> ModuleType:
@@ -44,3 +59,32 @@ def test_specks_are_dropped_and_apart_nuclei_counted() -> None:
     labels = script.labels_of(probability, min_size=8)
     assert labels.max() == 2 and labels[30, 30] == 0
     assert script.labels_of(probability, threshold=None).max() == 2  # Otsu's threshold
+
+
+def _imported(source: str) -> set[str]:
+    """The third-party top-level modules ``source`` imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "modelrunner"}
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_what_the_labelling_steps_import_comes_with_the_examples_extra() -> None:
+    """scikit-image arrived only through careamics in ``[runtime]``: a client install, or a
+    runtime without careamics, could not run the script or the README's section."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    declared = _requirement_names(project["dependencies"] + extras["examples"])
+    readme = "".join(blocks(section("### From probabilities to labels"), "python"))
+    for source in (SCRIPT.read_text(), readme):
+        for module in sorted(_imported(source)):
+            assert DISTRIBUTIONS.get(module, module) in declared, module
+    assert "examples" in extras["all"][0]
+    assert 'pip install -e ".[examples]"' in section("### From probabilities to labels")

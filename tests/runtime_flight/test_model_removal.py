@@ -2,7 +2,8 @@
 NOT_FOUND at their next frame, nothing answers for its id afterwards on any plane, a removal
 that waits for predictions in flight says so, and the same package added again serves again.
 Without authentication (where nothing else would stop a removed model) and on a second runtime
-whose heartbeat has not yet told the control service that it loaded the model."""
+whose heartbeat has not yet told the control service that it loaded the model. A removal waiting
+for a busy runtime holds up no other workspace's adds, only an add of the same package."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from modelrunner.serving import RunningServer, control_address_of, start_runtime
 from modelrunner.settings import Settings
 from modelrunner.transport_errors import from_flight_error
 from modelrunner.v1 import control_pb2, control_pb2_grpc, runtime_pb2
+from tests.conftest import Secured
 from tests.tiny_models import build_onnx_identity
 
 IMAGE = np.arange(64, dtype="float32").reshape(1, 1, 8, 8)
@@ -228,3 +230,142 @@ def test_the_same_package_added_again_serves_again(
     client.remove_model(info.id)
     assert client.add_model(package).id == info.id
     np.testing.assert_array_equal(client.predict(info.id, IMAGE)["output"], IMAGE)
+
+
+def test_a_runtimes_copy_of_a_removed_package_outlives_a_load_reading_it(
+    server: RunningServer, client: ModelRunnerClient, model: ModelInfo, tmp_path: Path
+) -> None:
+    """A load under way on a runtime with its own copy of the package when the model is
+    removed: the copy stays until the load has read it (it used to go at once, and the load
+    failed on the missing weights), new calls get NOT_FOUND meanwhile, then the pipeline and
+    the copy go."""
+    settings = Settings(
+        host="127.0.0.1",
+        flight_port=0,
+        cache_dir=tmp_path / "own-copy",
+        heartbeat_interval_s=60.0,
+        grace_period_s=0.5,
+    )
+    second = start_runtime(settings, control_address_of(server))
+    loading, go_on = threading.Event(), threading.Event()
+    try:
+        service = second.server.service
+        pool = service.pool
+        factory = pool._factory
+
+        def slow_factory(*args: object) -> object:
+            loading.set()
+            assert go_on.wait(30)
+            return factory(*args)  # type: ignore[arg-type]
+
+        pool._factory = slow_factory  # type: ignore[assignment]
+        load = runtime_pb2.LoadModelRequest(model_id=model.id).SerializeToString()
+        loaded: list[object] = []
+
+        def load_it() -> None:
+            with flight.connect(second.flight_uri) as raw:
+                try:
+                    loaded.extend(raw.do_action(flight.Action("load_model", load)))
+                except flight.FlightError as exc:
+                    loaded.append(from_flight_error(exc))
+
+        loader = threading.Thread(target=load_it)
+        loader.start()
+        assert loading.wait(30)
+        copy = settings.cache_dir / "runtime" / "models" / model.id
+        assert copy.is_dir()
+        remover = threading.Thread(target=client.remove_model, args=(model.id,))
+        remover.start()
+        deadline = time.monotonic() + 30
+        while not isinstance(
+            _refused_or_none(lambda: service.resolve(model.id)), errors.NotFoundError
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # the removal waits for the load
+        assert remover.is_alive() and copy.is_dir()
+        with flight.connect(second.flight_uri) as raw:
+            refused = _refused(lambda: list(raw.do_action(flight.Action("load_model", load))))
+        assert isinstance(refused, errors.NotFoundError), refused
+        go_on.set()
+        loader.join(60)
+        remover.join(60)
+        assert len(loaded) == 1 and not isinstance(loaded[0], errors.ModelRunnerError), loaded
+        assert not pool.has_warm(model.id)
+        assert not copy.exists()
+    finally:
+        go_on.set()
+        second.stop()
+
+
+def _refused_or_none(call: Callable[[], object]) -> errors.ModelRunnerError | None:
+    try:
+        call()
+    except errors.ModelRunnerError as exc:
+        return exc
+    return None
+
+
+def test_a_removal_waiting_on_a_busy_runtime_holds_up_only_adds_of_its_package(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """Attack: a write-role user removes a model while a prediction runs on it; the removal
+    waits for the runtime (up to 30 s each) and used to hold a lock every add of every
+    workspace waits for, so one user could stall adds across the server."""
+    assert secured.server.runtime is not None
+    pool = secured.server.runtime.server.service.pool
+    package = build_onnx_identity(tmp_path / "a", name="removed-while-busy")
+    with secured.client("alice") as alice:
+        model = alice.add_model(package, upload=True)
+        alice.load(model.id)
+    lent, release = threading.Event(), threading.Event()
+
+    def predicting() -> None:  # what a long prediction holds: its pipeline
+        with pool.use(model.id):
+            lent.set()
+            release.wait(60)
+
+    removals: list[object] = []
+
+    def remove() -> None:
+        with secured.client("alice") as alice:
+            alice.remove_model(model.id)
+        removals.append(model.id)
+
+    adds: dict[str, object] = {}
+
+    def add(name: str, path: Path) -> None:
+        with secured.client(name) as user:
+            adds[name] = user.add_model(path, upload=True)
+
+    threads = [threading.Thread(target=predicting), threading.Thread(target=remove)]
+    try:
+        threads[0].start()
+        assert lent.wait(10)
+        threads[1].start()
+        deadline = time.monotonic() + 30
+        while pool.has_warm(model.id):  # the runtime took it out: it waits for the prediction
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        other = threading.Thread(
+            target=add, args=("bob", build_onnx_identity(tmp_path / "b", name="lab-b-meanwhile"))
+        )
+        other.start()
+        other.join(10)
+        assert not other.is_alive() and "bob" in adds  # lab-b's add went through ...
+        assert threads[1].is_alive() and not removals  # ... while the removal still waits
+        again = threading.Thread(target=add, args=("alice", package))
+        again.start()
+        again.join(0.5)
+        assert again.is_alive()  # the same package waits for its removal to end
+        release.set()
+        for t in (*threads, again):
+            t.join(60)
+        assert removals == [model.id]
+        assert adds["alice"].id == model.id  # type: ignore[attr-defined]
+        with secured.client("alice") as alice:  # added anew after the removal: it serves
+            np.testing.assert_array_equal(alice.predict(model.id, IMAGE)["output"], IMAGE)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
