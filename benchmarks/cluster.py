@@ -8,7 +8,8 @@ Every runtime is its own Ray worker process; the streams are threads of this pro
 own client, routed by the control service (placement spreads them: ``spread_queue_depth=1``).
 On a machine with few cores the figure is the cost of the extra processes and hops, not a
 speed-up: read it with ``nproc``. Not part of ``benchmarks.run --smoke`` (Ray takes ~20 s to
-start). Results go to ``benchmarks/results/cluster.json`` unless ``--out`` says otherwise.
+start). Results go to ``cluster.json`` in a new folder under ``benchmarks/runs/`` unless ``--out``
+names one (``--out benchmarks/results`` refreshes the tracked figures).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .local_ray import local_ray
 from .modelrunner_server import IDENTITY_MIN_SIZE, IDENTITY_STEP, _identity_builder
+from .output_folders import run_folder
 
 logger = logging.getLogger("benchmarks.cluster")
 
@@ -76,8 +79,6 @@ def _row(
 
 
 def measure(runtimes: list[int], streams: int, frames: int, side: int) -> list[dict[str, object]]:
-    import ray
-
     from modelrunner.client import ModelRunnerClient
     from modelrunner.cluster.ray_serving import RayPlan, start_ray_serving
     from modelrunner.serving import start_embedded
@@ -98,46 +99,37 @@ def measure(runtimes: list[int], streams: int, frames: int, side: int) -> list[d
             rate = _streams(running.address, model_id, streams, frames, side)
         logger.info("embedded runtime (no Ray), %d streams: %.0f frames/s", streams, rate)
         rows.append(_row("serve (no Ray)", 1, streams, frames, side, rate))
-    ray.init(
-        num_cpus=max(runtimes),
-        object_store_memory=100 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            package = _identity_builder()(
-                Path(tmp) / "identity", min_size=IDENTITY_MIN_SIZE, step=IDENTITY_STEP
+    with local_ray(max(runtimes)), tempfile.TemporaryDirectory() as tmp:
+        package = _identity_builder()(
+            Path(tmp) / "identity", min_size=IDENTITY_MIN_SIZE, step=IDENTITY_STEP
+        )
+        for count in runtimes:
+            settings = Settings(
+                host="127.0.0.1",
+                port=0,
+                cache_dir=Path(tmp) / f"cache-{count}",
+                heartbeat_interval_s=1.0,
+                spread_queue_depth=1,
+                log_level="WARNING",
             )
-            for count in runtimes:
-                settings = Settings(
-                    host="127.0.0.1",
-                    port=0,
-                    cache_dir=Path(tmp) / f"cache-{count}",
-                    heartbeat_interval_s=1.0,
-                    spread_queue_depth=1,
-                    log_level="WARNING",
-                )
-                with start_ray_serving(settings, RayPlan("local", cpu_runtimes=count)) as (
-                    running,
-                    _,
-                ):
-                    with ModelRunnerClient(running.address) as client:
-                        model_id = client.add_model(package).id
-                    # warm-up: the streams spread and every runtime loads the model
-                    _streams(running.address, model_id, max(streams, count), 20, side)
-                    time.sleep(settings.heartbeat_interval_s * 1.5)
-                    rate = _streams(running.address, model_id, streams, frames, side)
-                    with ModelRunnerClient(running.address) as client:
-                        warm = sum(
-                            1
-                            for r in client.server_info().runtimes
-                            if any(m.model_id == model_id for m in r.loaded_models)
-                        )
-                logger.info("%d runtime(s), %d streams: %.0f frames/s", count, streams, rate)
-                rows.append(_row(f"Ray, {count} runtime(s)", warm, streams, frames, side, rate))
-    finally:
-        ray.shutdown()
+            with start_ray_serving(settings, RayPlan("local", cpu_runtimes=count)) as (
+                running,
+                _,
+            ):
+                with ModelRunnerClient(running.address) as client:
+                    model_id = client.add_model(package).id
+                # warm-up: the streams spread and every runtime loads the model
+                _streams(running.address, model_id, max(streams, count), 20, side)
+                time.sleep(settings.heartbeat_interval_s * 1.5)
+                rate = _streams(running.address, model_id, streams, frames, side)
+                with ModelRunnerClient(running.address) as client:
+                    warm = sum(
+                        1
+                        for r in client.server_info().runtimes
+                        if any(m.model_id == model_id for m in r.loaded_models)
+                    )
+            logger.info("%d runtime(s), %d streams: %.0f frames/s", count, streams, rate)
+            rows.append(_row(f"Ray, {count} runtime(s)", warm, streams, frames, side, rate))
     return rows
 
 
@@ -147,7 +139,12 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams (default 4)")
     parser.add_argument("--frames", type=int, default=300, help="frames per stream (default 300)")
     parser.add_argument("--side", type=int, default=256, help="frame side (default 256)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: a new one under benchmarks/runs/)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if (args.side - IDENTITY_MIN_SIZE) % IDENTITY_STEP:
@@ -161,10 +158,12 @@ def main() -> None:
             f"| {r['setup']} | {r['runtimes_with_the_model']} | {r['streams']} | "
             f"{r['side']} | {r['frames_per_s']:.0f} | {r['ms_per_frame']:.2f} |"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cluster.json").write_text(
+    out = args.out or run_folder("cluster")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cluster.json").write_text(
         json.dumps({"cpu_cores": os.cpu_count(), "rows": rows}, indent=2)
     )
+    print(f"results in {out}/cluster.json")
 
 
 if __name__ == "__main__":

@@ -75,13 +75,16 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def ratio_table(ratios: Sequence[Ratio]) -> str:
     lines = [
-        "| ratio | size | value | target | result |",
-        "|---|---|---:|---|---|",
+        "| ratio | size | median of per-round ratios | ratio of the medians | target | result |",
+        "|---|---|---:|---:|---|---|",
     ]
     for r in ratios:
         value = "-" if r.value is None else f"{r.value:.2f}x"
+        medians = "-" if r.of_medians is None else f"{r.of_medians:.2f}x"
         verdict = r.verdict if r.missing is None else f"missing ({r.missing})"
-        lines.append(f"| {r.spec.name} | {r.size} | {value} | {r.spec.target_text} | {verdict} |")
+        lines.append(
+            f"| {r.spec.name} | {r.size} | {value} | {medians} | {r.spec.target_text} | {verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -169,7 +172,8 @@ def markdown(report: Report) -> str:
 
 Command: `{report.command}` ({report.seconds:.0f} s in all). Every figure is a median over
 {rounds} rounds; rounds interleave the systems (in a rotating order) and ratios are medians of
-per-round ratios. Frames are float32 `(1, 1, side, side)` arrays; GB/s counts each frame's bytes
+per-round ratios (the verdict's), shown beside the ratio of the two medians in the throughput
+table. Frames are float32 `(1, 1, side, side)` arrays; GB/s counts each frame's bytes
 once (1 GB = 1e9 bytes), although every frame also travels back. Targets are reported, not
 asserted: this machine is shared and noisy, so read ratios, not absolute figures.
 

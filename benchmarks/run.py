@@ -27,8 +27,8 @@ Systems (``--systems``, comma-separated, default all):
   show where a lockstep frame's time goes beyond the echo ceiling.
 
 Writes ``results.md``, ``results.json``, ``throughput.png`` and the servers' logs to ``--out``
-(default ``benchmarks/results``, or ``benchmarks/results/smoke`` with ``--smoke``) and prints
-the tables. Exits 1 when a system failed (Triton skipped for want of its environment is not a
+(default: a new folder under ``benchmarks/runs/``, ignored by git; ``--out benchmarks/results``
+refreshes the tracked figures) and prints the tables. Exits 1 when a system failed (Triton skipped for want of its environment is not a
 failure), else 0: targets missed are results, not failures.
 """
 
@@ -50,6 +50,7 @@ from .context import BenchContext, Settings
 from .frames import FrameSize, parse_sizes
 from .machine import describe_machine, load_average
 from .modelrunner_server import REPO_ROOT
+from .output_folders import run_folder
 from .ratios import compute_ratios
 from .report import Report, ratio_table, throughput_table, write
 from .rounds import Case, describe_error, run_rounds
@@ -85,7 +86,6 @@ CPU_SYSTEMS = (
 DEVICE_SYSTEMS = ("echo", "floor", "unet2d", "batching", "processing")
 """What ``--device cuda`` measures: the raw-torch floor, unet2d (TorchScript) in process and
 through modelrunner, lockstep, stream and tiled, batching, and the processing-heavy model."""
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 FULL_SIZES = "512,2048"
 SMOKE_SIZES = "64,128"
 SMOKE_INCLUDES_TRITON = True
@@ -111,7 +111,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"frame sides in pixels (default {FULL_SIZES}; smoke {SMOKE_SIZES})",
     )
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5; smoke 2)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: a new one under benchmarks/runs/, not tracked by git; "
+        "--out benchmarks/results refreshes the figures the READMEs quote)",
+    )
     parser.add_argument(
         "--long-stream",
         type=int,
@@ -154,7 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as e:
         parser.error(str(e))
     if args.out is None:
-        args.out = DEFAULT_OUT / "smoke" if args.smoke else DEFAULT_OUT
+        args.out = run_folder("smoke" if args.smoke else "run")
     return args
 
 

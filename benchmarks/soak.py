@@ -38,10 +38,13 @@ from modelrunner.client import ModelRunnerClient
 
 from .machine import cpu_model, gpus, load_average
 from .modelrunner_server import IDENTITY_MIN_SIZE, IDENTITY_STEP, _identity_builder
+from .output_folders import run_folder
 from .processes import ServerProcess, free_port
 
 logger = logging.getLogger(__name__)
-RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
+RESULTS = "soak.json"
+"""Written in a new folder under ``benchmarks/runs/`` unless ``--output`` names the file
+(``--output benchmarks/results/soak.json`` refreshes the tracked one)."""
 
 
 @dataclass
@@ -295,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-s", type=float, default=2.0)
     parser.add_argument("--kill", action="store_true", help="SIGKILL the runtime, not SIGTERM")
     parser.add_argument("--smoke", action="store_true", help="20 s, 2 streams, 5 s warm-up")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write every sample (default: soak.json in a new folder under "
+        "benchmarks/runs/)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.streams, args.warmup_s, args.sample_s = 20.0, 2, 5.0, 2.0
@@ -303,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         result = soak(args, Path(tmp))
     if not args.smoke:
-        args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        output = args.output or run_folder("soak") / RESULTS
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"every sample in {output}")
     summary = {k: v for k, v in result.items() if k != "samples"}
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -60,6 +60,7 @@ from ._async import AsyncFrameStream, AsyncModelRunnerClient
 from ._stream import FrameError, FrameStream
 from ._sync import ModelRunnerClient
 from ._timeouts import USE_CLIENT_DEFAULT
+from ._volume_result import VolumeResult
 from .core_pipeline import create_prediction_pipeline
 
 __all__ = [
@@ -99,5 +100,6 @@ __all__ = [
     "TensorSpec",
     "UnavailableError",
     "ValidationReport",
+    "VolumeResult",
     "create_prediction_pipeline",
 ]

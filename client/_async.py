@@ -139,6 +139,10 @@ class AsyncModelRunnerClient:
     predict = _awaitable(ModelRunnerClient.predict, cancellable=True)
     send = _awaitable(ModelRunnerClient.send, cancellable=True)
 
+    predict_volume = _awaitable(ModelRunnerClient.predict_volume, cancellable=True)
+    """:meth:`ModelRunnerClient.predict_volume`; cancelling its task stops the prediction,
+    leaving a destination to resume."""
+
     build_request = _forwarded(ModelRunnerClient.build_request)
 
     def predict_stream(

@@ -1,21 +1,25 @@
-"""Calls to the control service (gRPC)."""
+"""Calls to the control service (gRPC), and model sources as the server gets them (a path it
+does not read uploaded instead)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 
-from modelrunner import converters, types
+from modelrunner import converters, errors, types
 from modelrunner.channels import control_channel
 from modelrunner.runtime_client import Route, RouteCache
 from modelrunner.tls import ClientTls
 from modelrunner.transport_errors import translated_errors
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 
-from ._sources import Upload
+from ._progress import ProgressOption, progress_callback
+from ._sources import SourceLike, Upload, interpret_source, is_local_address
 
 ProgressCallback = Callable[[types.Progress], None]
+_T = TypeVar("_T")
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -37,6 +41,8 @@ class ControlClient:
         )
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
         self._routes = RouteCache()
+        self._reads_no_paths = False
+        """The server refused a path because it reads none (``path_source_roots`` empty)."""
 
     @property
     def channel(self) -> grpc.Channel:
@@ -45,6 +51,49 @@ class ControlClient:
 
     def close(self) -> None:
         self._channel.close()
+
+    def with_source(
+        self,
+        source: SourceLike,
+        upload: bool | None,
+        progress: ProgressOption,
+        timeout: float | None,
+        call: Callable[[types.ModelSourceSpec], _T],
+    ) -> _T:
+        """``call`` with the source as the server gets it. A local path the server does not
+        read (outside its ``path_source_roots``, or it has none) is uploaded instead; a server
+        that reads no paths at all is remembered, so later paths go to it as uploads at once."""
+        if upload is None and self._reads_no_paths:
+            upload = True
+        spec = self._source_spec(source, upload, progress, timeout)
+        try:
+            return call(spec)
+        except errors.PermissionDeniedError as exc:
+            if (
+                spec.kind != "path"
+                or upload is not None
+                or exc.details.get("setting") != "path_source_roots"
+            ):
+                raise
+            # "reads no paths" (no roots), not "not under a root": worth remembering
+            self._reads_no_paths = "reads no paths" in exc.message
+        return call(self._source_spec(source, True, progress, timeout))
+
+    def _source_spec(
+        self,
+        source: SourceLike,
+        upload: bool | None,
+        progress: ProgressOption,
+        timeout: float | None,
+    ) -> types.ModelSourceSpec:
+        interpreted = interpret_source(
+            source, upload=upload, server_is_local=is_local_address(self.address)
+        )
+        if isinstance(interpreted, Upload):
+            with progress_callback(progress, "upload") as report:
+                upload_id = self.upload(interpreted, timeout=timeout, progress=report)
+            return types.ModelSourceSpec(kind="upload_id", value=upload_id)
+        return interpreted
 
     def add_model(
         self,
@@ -114,13 +163,14 @@ class ControlClient:
             )
         return converters.from_pb_report(response.report)
 
-    def remove(self, model_id: str, *, timeout: float | None) -> int:
+    def remove(self, model_id: str, *, timeout: float | None) -> str:
+        """Remove the model; returns its full id."""
         with translated_errors():
             response = self._stub.RemoveModel(
                 control_pb2.RemoveModelRequest(model_id=model_id), timeout=timeout
             )
         self.forget_routes()
-        return response.freed_bytes
+        return response.model_id
 
     def server_info(self, *, timeout: float | None) -> types.ServerInfo:
         with translated_errors():

@@ -33,8 +33,16 @@ def progress_callback(
         yield option
         return
     display = _Bars(description) if _interactive(sys.stderr) else _Lines(description, sys.stderr)
+
+    def show(event: Progress) -> None:
+        # a stage with nothing to do (the server copies no files of an upload it unpacked)
+        # is not worth a line: "copy: 0 B"
+        if event.total == 0 and event.done == 0:
+            return
+        display.show(event)
+
     try:
-        yield display.show
+        yield show
     finally:
         display.close()
 
@@ -77,6 +85,10 @@ class _Bars:
         bar = self._bar
         if event.total and bar.total != event.total:
             bar.total = event.total
+        if event.bytes_done and event.unit != "bytes":
+            elapsed = bar.format_dict.get("elapsed") or 0.0
+            if elapsed > 0:
+                bar.set_postfix_str(f"{event.bytes_done / 1e6 / elapsed:.1f} MB/s", refresh=False)
         bar.update(event.done - bar.n)
         if event.total and event.done >= event.total:
             self.close()  # now, so its rate is that of its own stage
@@ -95,6 +107,7 @@ class _Lines:
         self._description = description
         self._stream = stream
         self._last: dict[str, float] = {}
+        self._started: dict[str, tuple[float, int]] = {}
         self._finished: set[str] = set()
 
     def show(self, event: Progress) -> None:
@@ -107,8 +120,22 @@ class _Lines:
             self._last[event.stage] = now
             if finished:
                 self._finished.add(event.stage)
-            self._stream.write(f"{_label(self._description, event.stage)}: {_amount(event)}\n")
+            rate = self._rate(event, now)
+            self._stream.write(
+                f"{_label(self._description, event.stage)}: {_amount(event)}{rate}\n"
+            )
             self._stream.flush()
+
+    def _rate(self, event: Progress, now: float) -> str:
+        """ ", 12.3 MB/s, 4m05s left" for events that carry bytes, from the stage's first event."""
+        start, done = self._started.setdefault(event.stage, (now, event.done))
+        if not event.bytes_done or now <= start:
+            return ""
+        text = f", {event.bytes_done / 1e6 / (now - start):.1f} MB/s"
+        if event.total and event.done > done:
+            left = (event.total - event.done) * (now - start) / (event.done - done)
+            text += f", {int(left // 60)}m{int(left % 60):02d}s left"
+        return text
 
     def close(self) -> None:
         pass

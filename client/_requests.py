@@ -4,6 +4,7 @@ the async client share both."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
 from typing_extensions import Unpack
@@ -62,6 +63,30 @@ class RequestKeywords(PredictKeywords, total=False):
     """Every option a call may give: a prediction's, and a stream's ``max_batch_size``."""
 
     max_batch_size: int
+
+
+class VolumeKeywords(TypedDict, total=False):
+    """The options of a volume's prediction (``predict_volume``)."""
+
+    axes: str | Sequence[str] | None
+    """The source's axes (``"zyx"``, ``"tcyx"``) where it does not say (an array)."""
+    level: int
+    """The OME-Zarr pyramid level to read (default 0, full size)."""
+    channel: int | None
+    """One channel of the source (None: all the model takes)."""
+    per_plane: bool
+    """A 3-D source predicted plane by plane by a 2-D model."""
+    keep_singletons: bool
+    """Keep the outputs' size-1 channel axis."""
+    blocksize: int | None
+    """bioimageio.core's block size parameter n (None: about 4 million voxels a block)."""
+    weight_format: str | None
+    device: str | None
+    resume: bool
+    """Finish a run that stopped into the same destination: only its missing blocks."""
+    workers_per_runtime: int
+    """Blocks in flight on each runtime (default 2)."""
+    nan_policy: NanPolicy
 
 
 def build_request(

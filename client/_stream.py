@@ -34,7 +34,7 @@ from modelrunner import converters, errors
 from modelrunner.body_alignment import write_aligned
 from modelrunner.runtime_client.cancellation import CallRegistry
 from modelrunner.runtime_client.exchanges import call_options, parse_frame_result
-from modelrunner.transport_errors import translated_errors
+from modelrunner.transport_errors import translated_errors, typed_error
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
@@ -192,7 +192,7 @@ class _AnswerReader:
             try:
                 chunk = self.reader.read_chunk()
             except BaseException as e:  # noqa: BLE001 - handed to the consumer in order
-                self.chunks.put(e)
+                self.chunks.put(_typed_here(e))
                 self.upload.sent.put(_ENDED)  # wakes a consumer waiting for a frame to be sent
                 return
             if chunk.data is None and _is_shutdown_notice(chunk.app_metadata):
@@ -203,6 +203,13 @@ class _AnswerReader:
                     pass
                 continue
             self.chunks.put(chunk)
+
+
+def _typed_here(error: BaseException) -> BaseException:
+    """The typed error of a failed read, made in the thread that read: the call's error trailer
+    (which tells ModelNotFoundError from NotFoundError) is kept per thread. A cancellation stays
+    as it is, for the idle watchdog to tell apart."""
+    return error if isinstance(error, flight.FlightCancelledError) else typed_error(error)
 
 
 def _is_shutdown_notice(metadata: Any) -> bool:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from typing_extensions import Unpack
@@ -23,11 +23,14 @@ from ._control import ControlClient
 from ._health import check_health
 from ._inputs import Inputs
 from ._progress import ProgressOption, progress_callback
-from ._requests import PredictKeywords, StreamKeywords, build_request
+from ._requests import PredictKeywords, StreamKeywords, VolumeKeywords, build_request
 from ._retries import DEFAULT_RETRY_S, with_retries
-from ._sources import SourceLike, Upload, interpret_source, is_local_address
+from ._sources import SourceLike
 from ._stream import DEFAULT_IDLE_TIMEOUT_S, FrameStream, OnError
 from ._timeouts import USE_CLIENT_DEFAULT, Timeout, resolve_timeout
+
+if TYPE_CHECKING:
+    from ._volume_result import VolumeResult
 
 _T = TypeVar("_T")
 
@@ -161,7 +164,7 @@ class ModelRunnerClient:
                 )
             return info
 
-        return self._with_source(source, upload, progress, timeout, add)
+        return self._control.with_source(source, upload, progress, self._timeout(timeout), add)
 
     def validate(
         self,
@@ -173,51 +176,15 @@ class ModelRunnerClient:
     ) -> types.ValidationReport:
         """Validate a model description without adding it. An invalid description gives a report
         with ``status == "failed"``, not an exception."""
-        return self._with_source(
+        return self._control.with_source(
             source,
             upload,
             False,
-            timeout,
+            self._timeout(timeout),
             lambda spec: self._control.validate(
                 spec, perform_io_checks=perform_io_checks, timeout=self._timeout(timeout)
             ),
         )
-
-    def _with_source(
-        self,
-        source: SourceLike,
-        upload: bool | None,
-        progress: ProgressOption,
-        timeout: Timeout,
-        call: Callable[[types.ModelSourceSpec], _T],
-    ) -> _T:
-        """``call`` with the source as the server gets it. A local path the server does not
-        read (outside its ``path_source_roots``, or it has none) is uploaded instead."""
-        spec = self._source_spec(source, upload, progress, timeout)
-        try:
-            return call(spec)
-        except errors.PermissionDeniedError as exc:
-            if (
-                spec.kind != "path"
-                or upload is not None
-                or exc.details.get("setting") != "path_source_roots"
-            ):
-                raise
-        return call(self._source_spec(source, True, progress, timeout))
-
-    def _source_spec(
-        self, source: SourceLike, upload: bool | None, progress: ProgressOption, timeout: Timeout
-    ) -> types.ModelSourceSpec:
-        interpreted = interpret_source(
-            source, upload=upload, server_is_local=is_local_address(self.address)
-        )
-        if isinstance(interpreted, Upload):
-            with progress_callback(progress, "upload") as report:
-                upload_id = self._control.upload(
-                    interpreted, timeout=self._timeout(timeout), progress=report
-                )
-            return types.ModelSourceSpec(kind="upload_id", value=upload_id)
-        return interpreted
 
     def list_models(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> list[types.ModelInfo]:
         return self._retried(
@@ -233,7 +200,9 @@ class ModelRunnerClient:
     def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
         """Remove the model from your workspace (and from the server when no other workspace
         holds it; an admin removes it everywhere)."""
-        self._control.remove(model_id, timeout=self._timeout(timeout))
+        removed = self._control.remove(model_id, timeout=self._timeout(timeout))
+        # its sessions, which the runtime ended: not the next prediction's to find
+        self._runtimes.sessions.drop_model(removed)
 
     def publish_model(
         self, model_id: str, published: bool = True, *, timeout: Timeout = USE_CLIENT_DEFAULT
@@ -395,6 +364,52 @@ class ModelRunnerClient:
         )
         stream.on_unavailable = lambda: self._forget_route(route)
         return stream
+
+    def predict_volume(
+        self,
+        model_id: str,
+        source: str | Path | Any,
+        destination: str | Path | Mapping[str, str | Path],
+        *,
+        progress: ProgressOption = False,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+        **options: Unpack[VolumeKeywords],
+    ) -> VolumeResult:
+        """Predict a volume of any size block by block, from ``source`` into the OME-Zarr image
+        ``destination``, on every runtime that serves the model; memory stays bounded by a few
+        blocks however large the volume.
+
+        ``source``: an OME-Zarr image (NGFF 0.4 or 0.5; ``level`` picks a pyramid level), a
+        TIFF, a ``.npy``, or an array (zarr, dask, numpy) with ``axes`` (``"zyx"``, ``"tcyx"``).
+        Axes the model lacks (time, z for a 2-D model) run one index at a time, as separate
+        samples; ``channel`` picks one channel. Blocks overlap by the model's halo as in
+        bioimageio.core's blockwise prediction (``blocksize`` is its block size parameter n;
+        by default about 4 million voxels a block), and statistics the model's normalisation
+        needs are computed over each whole sample first: the result equals bioimageio.core's
+        blockwise prediction of the whole array.
+
+        ``destination`` (one per output: a mapping by output id, or ``<name>_<output id>``
+        beside the path given) becomes a valid OME-Zarr image with the source's scale and
+        translation and a multiscale pyramid. It records the run and the blocks finished: a run
+        that stopped (Ctrl-C, a crash, kill -9, a runtime gone) is finished with
+        ``resume=True``, which predicts only the missing blocks, and the result is the same, bit
+        for bit. A destination holding anything else, or another run's output (other model,
+        options or source), is refused (FailedPreconditionError), never overwritten.
+
+        ``options``: :class:`VolumeKeywords`. ``timeout``: for each block's prediction. Ctrl-C
+        (in the main thread) or :meth:`close` stops it within a second, leaving a destination
+        to resume. Returns what was done (a :class:`VolumeResult`)."""
+        from ._volume_prediction import predict_volume
+
+        return predict_volume(
+            self,
+            model_id,
+            source,
+            destination,
+            timeout=self._timeout(timeout),
+            progress=progress,
+            **options,
+        )
 
     # -- internals -----------------------------------------------------------------------------
 

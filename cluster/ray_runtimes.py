@@ -237,9 +237,12 @@ def start_ray_runtimes(
             "no runtimes to start: the Ray cluster has no GPU and --ray-cpu-runtimes is 0"
         )
     actor = _actor_class(max_restarts)
-    # the control service's own address and name are not its runtimes' (each finds its node's)
+    # the control service's own address and name are not its runtimes' (each finds its node's);
+    # nor is its Ray token file (an actor's worker process has its node's token)
     values = settings.model_dump(
-        mode="json", exclude={"runtime_token", "advertise_host", "runtime_id"}, exclude_none=True
+        mode="json",
+        exclude={"runtime_token", "advertise_host", "runtime_id", "ray_auth_token_file"},
+        exclude_none=True,
     )
     started: dict[str, int] = {"gpu": 0, "cpu": 0}
 

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -19,6 +20,7 @@ from modelrunner.settings import Settings
 
 from .ray_runtimes import DEFAULT_MAX_RESTARTS, RayRuntimes, start_ray_runtimes
 from .ray_scaling import LoadScaling
+from .ray_token_auth import HOW_TO_PASS, choose_ray_auth, local_cluster_token, use_ray_auth
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +45,42 @@ class RayPlan:
     them); None: the runtimes started are all there is."""
 
 
-def connect(address: str) -> None:
-    """Join the Ray cluster at ``address`` (or start one: ``local``); UnavailableError when
-    there is none to join."""
+@contextmanager
+def joined_ray(address: str, token_file: Path | None = None) -> Iterator[Path | None]:
+    """In the Ray cluster at ``address`` for the block (``local``: one started for it, stopped
+    at the end); nothing to do when Ray is initialized already. UnavailableError when no
+    cluster answers there, UnauthenticatedError when it refuses this process's Ray token
+    (:mod:`.ray_token_auth`). Yields the token file made for a local cluster, else None."""
     if ray.is_initialized():
+        yield None
+        return
+    if address == "local":
+        with local_cluster_token(token_file) as made:
+            _init(address)
+            try:
+                yield made
+            finally:
+                ray.shutdown()
         return
     _reachable(address)
+    # Ray retries a refused token for 20 s and then blames the address: ask first
+    choice = choose_ray_auth(address, token_file)
+    if choice is not None:
+        use_ray_auth(choice)
+    _init(address)
+    yield None
+
+
+def _init(address: str) -> None:
     try:
         if address == "local":
             ray.init(include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
+    except ray.exceptions.AuthenticationError as e:
+        raise errors.UnauthenticatedError(
+            f"Ray's token authentication failed for {address!r} ({errors.clip(e)}): {HOW_TO_PASS}"
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise errors.UnavailableError(
             f"cannot join the Ray cluster at {address!r} ({type(e).__name__}: {errors.clip(e)}); "
@@ -81,7 +108,17 @@ def start_ray_serving(
 ) -> Iterator[tuple[RunningServer, RayRuntimes]]:
     """The control service here, its runtimes on the cluster, every one of them registered
     when this yields; all stopped on exit (the runtimes drain first)."""
-    connect(plan.address)
+    with (
+        joined_ray(plan.address, settings.ray_auth_token_file),
+        _serving_on_joined_cluster(settings, plan) as started,
+    ):
+        yield started
+
+
+@contextmanager
+def _serving_on_joined_cluster(
+    settings: Settings, plan: RayPlan
+) -> Iterator[tuple[RunningServer, RayRuntimes]]:
     if settings.idle_unload_s is None:
         settings = settings.model_copy(update={"idle_unload_s": IDLE_UNLOAD_S})
     running = start_serving(settings, with_runtime=False)
@@ -123,18 +160,25 @@ def start_ray_serving(
 def serve_with_ray(settings: Settings, plan: RayPlan) -> None:
     """Serve until SIGTERM or Ctrl+C, then drain the runtimes and stop within the grace
     period (a second signal exits at once)."""
-    connect(plan.address)
-    # after ray.init: Ray's core installs its own SIGTERM handler, which would exit at once
-    signals = ShutdownSignals()
-    with ExitStack() as stack:
-        running, group = stack.enter_context(start_ray_serving(settings, plan))
-        print(
-            f"modelrunner control service at {running.address}; "
-            f"{len(group.runtimes)} runtime(s) on Ray ({plan.address}): "
-            + ", ".join(r.runtime_id for r in group.runtimes)
-            + (f"; metrics at {running.metrics.uri}" if running.metrics is not None else ""),
-            flush=True,
-        )
-        announce_ready(running, signals.requested)
-        signals.wait()
-        stop_within(stack.pop_all().close, settings.grace_period_s)
+    with joined_ray(plan.address, settings.ray_auth_token_file) as local_token:
+        # after ray.init: Ray's core installs its own SIGTERM handler, which would exit at once
+        signals = ShutdownSignals()
+        with ExitStack() as stack:
+            running, group = stack.enter_context(start_ray_serving(settings, plan))
+            print(
+                f"modelrunner control service at {running.address}; "
+                f"{len(group.runtimes)} runtime(s) on Ray ({plan.address}): "
+                + ", ".join(r.runtime_id for r in group.runtimes)
+                + (f"; metrics at {running.metrics.uri}" if running.metrics is not None else ""),
+                flush=True,
+            )
+            if local_token is not None:
+                print(
+                    f"Ray's token for this local cluster: {local_token} (for `ray status` and "
+                    f"the like: RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={local_token}); removed "
+                    "when this process exits",
+                    flush=True,
+                )
+            announce_ready(running, signals.requested)
+            signals.wait()
+            stop_within(stack.pop_all().close, settings.grace_period_s)

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import modelrunner.quiet_grpc_logs  # noqa: F401 - first: before anything loads gRPC
 from modelrunner import __version__, errors
+from modelrunner.cli_example_model import add_example_model_command
+from modelrunner.cli_help import DEVICE_HELP, SOURCE_HELP, WEIGHT_FORMAT_HELP
 from modelrunner.cli_predict import add_predict_command
 from modelrunner.cli_status import add_status_command
 from modelrunner.cli_tokens import add_token_commands
@@ -26,6 +29,11 @@ from modelrunner.server_address import (
     DEFAULT_ADDRESS,
     address_from_environment,
     start_hint,
+)
+from modelrunner.tls_hints import (
+    plaintext_refused_hint,
+    server_certificate_hint,
+    untrusted_certificate,
 )
 
 if TYPE_CHECKING:
@@ -56,10 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except errors.ModelRunnerError as e:
-        print(f"error ({e.code.name}): {e.message}", file=sys.stderr)
-        hint = _hint(args, e)
-        if hint:
-            print(hint, file=sys.stderr)
+        # no server there: what to do instead of gRPC's "ipv6:%5B::1%5D:50051: Failed to connect"
+        print(f"error ({e.code.name}): {_hint(args, e) or e.message}", file=sys.stderr)
         return 1
 
 
@@ -70,14 +76,22 @@ def _cancelled() -> int:
     return 130
 
 
-_NOT_LISTENING = ("failed to connect to all addresses", "Connection refused")
+_NOT_LISTENING = ("Connection refused",)
+_CLOSED = "Socket closed"
+"""What gRPC says of a server that accepted the connection and closed it: one that speaks TLS
+to a client that does not."""
 
 
 def _hint(args: argparse.Namespace, error: errors.ModelRunnerError) -> str:
-    """What to do about an error whose fix is outside the command: no server at the address."""
+    """What to say instead of an error whose fix is outside the command: no server at the
+    address, or a server whose certificate this client does not trust."""
     server = getattr(args, "server", None)
     if not server or not isinstance(error, errors.UnavailableError):
         return ""
+    if untrusted_certificate(error.message):
+        return server_certificate_hint(server, error.message)
+    if _CLOSED in error.message and not (getattr(args, "tls_ca", None) or getattr(args, "tls", 0)):
+        return plaintext_refused_hint(server)
     if not any(text in error.message for text in _NOT_LISTENING):
         return ""
     return start_hint(server)
@@ -91,38 +105,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelrunner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="start the control service and an embedded runtime")
-    _server_flags(serve)
-    serve.add_argument("--no-runtime", action="store_true", help="control service only")
+    serve = sub.add_parser(
+        "serve",
+        help="start the control service and an embedded runtime",
+        description="Start the control service (gRPC, --port) and a runtime in the same "
+        "process (Arrow Flight, --flight-port). Flags win over MODELRUNNER_* variables, which "
+        "win over the defaults (common/settings.py).",
+    )
+    _server_flags(serve, control=True)
+    serve.add_argument(
+        "--no-runtime",
+        action="store_true",
+        help="the control service alone; runtimes register with `modelrunner runtime "
+        "--control` (default: one embedded runtime)",
+    )
     cluster = serve.add_argument_group("runtimes on a Ray cluster (docs/cluster.md)")
     cluster.add_argument(
         "--ray",
         metavar="ADDRESS",
-        help="run the runtimes as Ray actors: auto, HOST:6379, ray://HOST:10001, or local",
+        help="run the runtimes as Ray actors: auto, HOST:6379, ray://HOST:10001, or local "
+        "(a cluster on this machine; default: no Ray, one embedded runtime)",
     )
     cluster.add_argument(
-        "--ray-gpu-runtimes", type=int, help="runtimes with one GPU each (default: one per GPU)"
+        "--ray-gpu-runtimes",
+        type=int,
+        metavar="N",
+        help="runtimes with one GPU each (default: one per GPU of the cluster)",
     )
     cluster.add_argument(
-        "--ray-cpu-runtimes", type=int, default=0, help="CPU-only runtimes (default 0)"
+        "--ray-cpu-runtimes", type=int, default=0, metavar="N", help="CPU-only runtimes (default 0)"
     )
     cluster.add_argument(
-        "--ray-gpu-resource", help="a custom Ray resource that stands for a GPU (default: GPU)"
+        "--ray-gpu-resource",
+        metavar="NAME",
+        help="a custom Ray resource that stands for a GPU (default: GPU)",
     )
     cluster.add_argument(
         "--ray-max-runtimes",
         type=int,
+        metavar="N",
         help="add runtimes while all are saturated, up to this many (default: no scaling)",
+    )
+    cluster.add_argument(
+        "--ray-auth-token-file",
+        metavar="FILE",
+        type=Path,
+        help="the Ray cluster's token when it uses Ray's token authentication (default: "
+        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)",
     )
     serve.set_defaults(run=_serve)
 
     runtime = sub.add_parser(
-        "runtime", help="start a runtime that registers with a control service"
+        "runtime",
+        help="start a runtime that registers with a control service",
+        description="Start a runtime alone (Arrow Flight: inference and model tests) that "
+        "registers with the control service at --control; the control service sends clients "
+        "to it. Flags win over MODELRUNNER_* variables, which win over the defaults.",
     )
-    _server_flags(runtime)
     runtime.add_argument(
-        "--control", dest="control_address", help="control service address, e.g. host:50051"
+        "--control",
+        dest="control_address",
+        metavar="HOST:PORT",
+        help="the control service to register with, e.g. gpu-host:50051 (no default: this or "
+        "$MODELRUNNER_CONTROL_ADDRESS is required)",
     )
+    _server_flags(runtime, control=False)
     runtime.set_defaults(run=_runtime)
 
     add_token_commands(sub)
@@ -134,33 +181,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = sub.add_parser("add", help="add a model (path, .zip, URL or bioimage.io id)")
     _client_flags(add)
-    add.add_argument("source")
-    add.add_argument("--upload", action="store_true", help="upload a local package")
+    add.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+    add.add_argument(
+        "--upload",
+        action="store_true",
+        help="upload a local package even to a server on this host (default: the server reads "
+        "it where it is when allowed to, else it is uploaded)",
+    )
     add.set_defaults(run=_add)
 
     describe = sub.add_parser("describe", help="show a model's metadata")
     _client_flags(describe)
-    describe.add_argument("model")
+    describe.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model id (or a unique prefix), or a package path (added first)",
+    )
     describe.set_defaults(run=_describe)
 
     validate = sub.add_parser("validate", help="validate a model description (exit 1 if invalid)")
     _client_flags(validate)
-    validate.add_argument("source")
-    validate.add_argument("--no-io-checks", action="store_true", help="skip file checks")
-    validate.add_argument("--upload", action="store_true", help="upload a local package")
-    validate.add_argument("--details", action="store_true", help="print the full report")
+    validate.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+    validate.add_argument(
+        "--no-io-checks",
+        action="store_true",
+        help="check the description alone, not the files it names (default: check them)",
+    )
+    validate.add_argument(
+        "--upload",
+        action="store_true",
+        help="upload a local package even to a server on this host (default: as for add)",
+    )
+    validate.add_argument(
+        "--details",
+        action="store_true",
+        help="print bioimageio.core's full report (default: a summary)",
+    )
     validate.set_defaults(run=_validate)
 
     remove = sub.add_parser("remove", help="remove a model from the server")
     _client_flags(remove)
-    remove.add_argument("model")
+    remove.add_argument("model", metavar="MODEL", help="model id (or a unique prefix)")
     remove.set_defaults(run=_remove)
 
     publish = sub.add_parser("publish", help="make a model visible in every workspace (admin role)")
     _client_flags(publish)
-    publish.add_argument("model")
+    publish.add_argument("model", metavar="MODEL", help="model id (or a unique prefix)")
     publish.add_argument(
-        "--withdraw", action="store_true", help="visible only where it was added again"
+        "--withdraw",
+        action="store_true",
+        help="make it visible only in the workspaces that added it again",
     )
     publish.set_defaults(run=_publish)
 
@@ -172,74 +242,160 @@ def build_parser() -> argparse.ArgumentParser:
         "test", help="run a model's bioimage.io test on the server (exit 1 if it fails)"
     )
     _client_flags(test)
-    test.add_argument("model", help="model id, or a package path (added first)")
-    test.add_argument("--weight-format")
-    test.add_argument("--device")
-    test.add_argument("--details", action="store_true", help="print bioimageio.core's full report")
+    test.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model id (or a unique prefix), or a package path (added first)",
+    )
+    test.add_argument("--weight-format", metavar="FORMAT", help=WEIGHT_FORMAT_HELP)
+    test.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
+    test.add_argument(
+        "--details",
+        action="store_true",
+        help="print bioimageio.core's full report (default: a summary)",
+    )
     test.set_defaults(run=_test)
 
     add_predict_command(sub)
+    add_example_model_command(sub)
     return parser
 
 
-def _server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", help="control service interface (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="control service port (default 50051; 0: any free)")
-    p.add_argument("--flight-host", help="runtime interface (default: --host)")
-    p.add_argument("--flight-port", type=int, help="runtime port (default 8815; 0: any free)")
-    p.add_argument("--cache-dir", type=Path, help="model cache (default ~/.cache/modelrunner)")
-    p.add_argument("--device", help="default device (default: cuda if available, else cpu)")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+def _server_flags(p: argparse.ArgumentParser, *, control: bool) -> None:
+    """A server's flags; ``control``: it runs a control service (``serve``), else a runtime
+    alone (``runtime``), whose interface --host names."""
+    if control:
+        p.add_argument(
+            "--host",
+            metavar="HOST",
+            help="interface the control service listens on, and the runtime unless "
+            "--flight-host (default 127.0.0.1; another needs --auth and TLS, or --insecure)",
+        )
+        p.add_argument(
+            "--port",
+            type=int,
+            metavar="PORT",
+            help="control service port (default 50051; 0: any free port)",
+        )
+    else:
+        p.add_argument(
+            "--host",
+            metavar="HOST",
+            help="interface the runtime listens on, unless --flight-host (default 127.0.0.1; "
+            "another needs --auth and TLS, or --insecure)",
+        )
+    p.add_argument(
+        "--flight-host",
+        metavar="HOST",
+        help="interface the runtime's Arrow Flight server listens on (default: --host)",
+    )
+    p.add_argument(
+        "--flight-port",
+        type=int,
+        metavar="PORT",
+        help="the runtime's Arrow Flight port (default 8815; 0: any free port)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="model cache and token file (default ~/.cache/modelrunner)",
+    )
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="where models run unless a call says: cpu, cuda or cuda:N (default: cuda if "
+        "available, else cpu)",
+    )
+    p.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,
-        help="publish Prometheus metrics on this port (0: any free; default: none)",
+        metavar="PORT",
+        help="publish Prometheus metrics on this port, for `modelrunner status` and Grafana "
+        "(0: any free port; default: none)",
     )
-    p.add_argument("--metrics-host", help="metrics interface (default 127.0.0.1)")
+    p.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="interface the metrics endpoint listens on (default 127.0.0.1)",
+    )
     security = p.add_argument_group("security (docs/security.md)")
     security.add_argument(
         "--auth",
         action="store_true",
         default=None,
-        help="require a token on every call (`modelrunner token create`)",
+        help="require a token on every call (`modelrunner token create`; default: off, "
+        "loopback only)",
     )
-    security.add_argument("--tls-cert", dest="tls_cert_file", type=Path, help="PEM certificate")
-    security.add_argument("--tls-key", dest="tls_key_file", type=Path, help="PEM private key")
     security.add_argument(
-        "--tls-ca", dest="tls_ca_file", type=Path, help="PEM roots to verify the other plane"
+        "--tls-cert",
+        dest="tls_cert_file",
+        type=Path,
+        metavar="PEM",
+        help="this host's certificate (chain), for TLS on both planes (default: no TLS)",
+    )
+    security.add_argument(
+        "--tls-key",
+        dest="tls_key_file",
+        type=Path,
+        metavar="PEM",
+        help="the private key of --tls-cert (needed with it; default: none)",
+    )
+    security.add_argument(
+        "--tls-ca",
+        dest="tls_ca_file",
+        type=Path,
+        metavar="PEM",
+        help="certificate of the CA that signed --tls-cert (your facility's or a private "
+        "one): the runtime and the control service verify each other with it (default: the "
+        "system's roots, which trust public CAs only)",
     )
     security.add_argument(
         "--tls-client-ca",
         dest="tls_client_ca_file",
         type=Path,
-        help="mutual TLS: clients must present a certificate signed by these roots",
+        metavar="PEM",
+        help="mutual TLS: clients must present a certificate signed by this CA (default: off)",
     )
     security.add_argument(
         "--insecure",
         action="store_true",
         default=None,
-        help="allow a non-loopback interface without --auth and TLS",
+        help="allow a non-loopback --host without --auth and TLS (default: refused)",
     )
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
+        metavar="HOST:PORT",
         default=address_from_environment() or DEFAULT_ADDRESS,
-        help=f"server address (default $MODELRUNNER_SERVER, $MODELRUNNER_ADDRESS or "
-        f"{DEFAULT_ADDRESS})",
+        help=f"the server's control service (default $MODELRUNNER_SERVER, $MODELRUNNER_ADDRESS "
+        f"or {DEFAULT_ADDRESS})",
     )
     p.add_argument(
         "--token",
+        metavar="TOKEN",
         default=os.environ.get("MODELRUNNER_TOKEN"),
-        help="access token (default $MODELRUNNER_TOKEN)",
+        help="access token of a server with --auth (default $MODELRUNNER_TOKEN)",
     )
     p.add_argument(
         "--tls-ca",
+        metavar="PEM",
         default=os.environ.get("MODELRUNNER_TLS_CA"),
-        help="connect with TLS, trusting the roots in this PEM file (default $MODELRUNNER_TLS_CA)",
+        help="connect with TLS, trusting the CA certificate in this file (default "
+        "$MODELRUNNER_TLS_CA; without it and --tls: plaintext)",
     )
-    p.add_argument("--tls", action="store_true", help="connect with TLS (the system's roots)")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, trusting the system's roots (default: plaintext)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -264,6 +420,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "tls_key_file",
         "tls_ca_file",
         "tls_client_ca_file",
+        "ray_auth_token_file",
     )
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return Settings(**overrides)
@@ -351,7 +508,7 @@ def _describe(args: argparse.Namespace) -> int:
     from modelrunner.cli_output import model_details
 
     with _client(args) as client:
-        info = client.describe(args.model)
+        info = client.describe(_model_id(client, args.model))
     if args.json:
         _print_json(info.model_dump(mode="json"))
     else:

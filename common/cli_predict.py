@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Any
 
+from modelrunner.cli_help import DEVICE_HELP, WEIGHT_FORMAT_HELP
 from modelrunner.predict_request import INPUT_PADDINGS
 from modelrunner.server_address import DEFAULT_ADDRESS
 
@@ -33,10 +34,12 @@ def add_predict_command(sub: Any) -> None:
         "--output",
         required=True,
         help="a folder (ending in /, or existing): <input name>_<output id> in the input's "
-        "format (OME-TIFF for PNG/JPEG); or one file (.ome.tif, .tif, .ome.zarr, .npy, .png)",
+        "format (OME-TIFF for PNG/JPEG); or one file (.ome.tif, .tif, .ome.zarr, .npy, .png). "
+        "One input into one .ome.zarr runs block by block, for images of any size (--resume)",
     )
     predict.add_argument(
         "--axes",
+        metavar="AXES",
         help="the files' axes, e.g. zyx, cyx, tyx, yxs (RGB samples are channels); default: "
         "from the file's metadata",
     )
@@ -46,7 +49,9 @@ def add_predict_command(sub: Any) -> None:
         help="run z planes and time points one by one even where the model has such an axis "
         "(planes run one by one anyway where it has none)",
     )
-    predict.add_argument("--channel", type=int, help="use only this channel (0-based)")
+    predict.add_argument(
+        "--channel", type=int, metavar="N", help="use only this channel, 0-based (default: all)"
+    )
     predict.add_argument(
         "--keep-singletons",
         action="store_true",
@@ -55,6 +60,7 @@ def add_predict_command(sub: Any) -> None:
     where = predict.add_mutually_exclusive_group()
     where.add_argument(
         "--server",
+        metavar="HOST:PORT",
         help="server address (default $MODELRUNNER_SERVER or $MODELRUNNER_ADDRESS; else "
         f"{DEFAULT_ADDRESS} when a server answers there); an error when it does not answer",
     )
@@ -62,15 +68,28 @@ def add_predict_command(sub: Any) -> None:
         "--embedded", action="store_true", help="run the model in this process, not on a server"
     )
     predict.add_argument(
-        "--token", default=os.environ.get("MODELRUNNER_TOKEN"), help="access token (a server)"
+        "--token",
+        metavar="TOKEN",
+        default=os.environ.get("MODELRUNNER_TOKEN"),
+        help="access token of a server with --auth (default $MODELRUNNER_TOKEN)",
     )
     predict.add_argument(
-        "--tls-ca", default=os.environ.get("MODELRUNNER_TLS_CA"), help="TLS roots (a server)"
+        "--tls-ca",
+        metavar="PEM",
+        default=os.environ.get("MODELRUNNER_TLS_CA"),
+        help="connect to the server with TLS, trusting the CA certificate in this file "
+        "(default $MODELRUNNER_TLS_CA)",
     )
     predict.add_argument("--tls", action="store_true", help="connect with TLS (a server)")
-    predict.add_argument("--weight-format")
-    predict.add_argument("--device")
-    predict.add_argument("--blocksize", type=int, help="bioimageio.core blocksize parameter")
+    predict.add_argument("--weight-format", metavar="FORMAT", help=WEIGHT_FORMAT_HELP)
+    predict.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
+    predict.add_argument(
+        "--blocksize",
+        type=int,
+        metavar="N",
+        help="tile with bioimageio.core's blocksize parameter N: tiles of min + N*step pixels "
+        "per axis, plus the model's halo (default: the runtime tiles only where it must)",
+    )
     predict.add_argument(
         "--reference-path",
         action="store_true",
@@ -79,7 +98,21 @@ def add_predict_command(sub: Any) -> None:
     predict.add_argument(
         "--precision",
         choices=("float16", "bfloat16"),
-        help="run the network in reduced precision (fast path, PyTorch/TorchScript weights)",
+        help="run the network in reduced precision (fast path, PyTorch/TorchScript weights; "
+        "default: the model's own, float32)",
+    )
+    predict.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted block-wise run into the same -o .ome.zarr (only the "
+        "missing blocks are predicted); see 'Large images' in the README",
+    )
+    predict.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the OME-Zarr pyramid level to read, block by block; default: 0 (full size)",
     )
     predict.add_argument(
         "--input-padding",

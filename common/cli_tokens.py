@@ -30,6 +30,7 @@ def add_token_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     create.add_argument(
         "--workspace",
+        metavar="NAME",
         default=DEFAULT_WORKSPACE,
         help=f"the models it sees and adds (default {DEFAULT_WORKSPACE!r})",
     )
@@ -44,8 +45,19 @@ def add_token_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     revoke.set_defaults(run=_revoke)
 
     for p in (create, listing, revoke):
-        p.add_argument("--cache-dir", type=Path, help="the server's cache (its token file)")
-        p.add_argument("--tokens-file", type=Path, help="the token file itself")
+        p.add_argument(
+            "--cache-dir",
+            type=Path,
+            metavar="DIR",
+            help="the server's cache, whose auth/tokens.json is the token file (default "
+            "$MODELRUNNER_CACHE_DIR or ~/.cache/modelrunner)",
+        )
+        p.add_argument(
+            "--tokens-file",
+            type=Path,
+            metavar="FILE",
+            help="the token file itself (default: auth/tokens.json in the cache)",
+        )
 
 
 def _store(args: argparse.Namespace) -> TokenStore:

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from modelrunner import errors, types
-from modelrunner.v1 import control_pb2, models_pb2
+from modelrunner.v1 import control_pb2, models_pb2, runtime_pb2
 
 
 def to_pb_timestamp(value: datetime | None) -> Timestamp | None:
@@ -369,7 +371,8 @@ def from_pb_server_info(msg: control_pb2.GetServerInfoResponse) -> types.ServerI
 
 
 def to_pb_progress(progress: types.Progress) -> models_pb2.Progress:
-    return models_pb2.Progress(**progress.model_dump())
+    # bytes_done is the client's own (volume predictions): not on the wire
+    return models_pb2.Progress(**progress.model_dump(exclude={"bytes_done"}))
 
 
 def from_pb_progress(msg: models_pb2.Progress) -> types.Progress:
@@ -404,3 +407,65 @@ def from_pb_error(msg: models_pb2.ErrorDetail) -> errors.ModelRunnerError:
     code = getattr(grpc.StatusCode, msg.code, grpc.StatusCode.UNKNOWN)
     cls = errors.error_class_for(code, msg.type)
     return cls(msg.message, details=dict(msg.details))
+
+
+def to_pb_sample_statistics(
+    statistics: Sequence[types.SampleStatistic],
+) -> runtime_pb2.SampleStatistics:
+    return runtime_pb2.SampleStatistics(
+        statistics=[
+            runtime_pb2.SampleStatistic(
+                tensor_id=s.tensor_id,
+                name=s.name,
+                axes=s.axes,
+                q=s.q,
+                dims=s.dims,
+                shape=s.shape,
+                values=s.values,
+                method="" if s.method == "linear" else s.method,
+            )
+            for s in statistics
+        ]
+    )
+
+
+def from_pb_sample_statistics(
+    msg: runtime_pb2.SampleStatistics,
+) -> tuple[types.SampleStatistic, ...]:
+    """Malformed statistics (an unknown name, values that do not fill the shape) are refused."""
+    out = []
+    for s in msg.statistics:
+        if s.name not in ("mean", "var", "std", "quantile"):
+            raise errors.InvalidArgumentError(
+                f"unknown sample statistic {errors.clip(s.name)!r}: one of mean, var, std, "
+                "quantile",
+                details={"statistic": errors.clip(s.name)},
+            )
+        if s.method not in ("", "linear", "inverted_cdf"):
+            raise errors.InvalidArgumentError(
+                f"unknown quantile method {errors.clip(s.method)!r}: linear or inverted_cdf",
+                details={"method": errors.clip(s.method)},
+            )
+        if (
+            len(s.dims) != len(s.shape)
+            or any(n < 0 for n in s.shape)
+            or math.prod(s.shape) != len(s.values)
+        ):
+            raise errors.InvalidArgumentError(
+                f"sample statistic {s.name} of {errors.clip(s.tensor_id)!r}: {len(s.values)} "
+                f"values for dims {errors.clip(list(s.dims))} of shape {errors.clip(list(s.shape))}",
+                details={"tensor": errors.clip(s.tensor_id), "statistic": s.name},
+            )
+        out.append(
+            types.SampleStatistic(
+                tensor_id=s.tensor_id,
+                name=s.name,  # type: ignore[arg-type]
+                axes=tuple(s.axes),
+                q=s.q,
+                method=s.method or "linear",  # type: ignore[arg-type]
+                dims=tuple(s.dims),
+                shape=tuple(s.shape),
+                values=tuple(s.values),
+            )
+        )
+    return tuple(out)

@@ -44,6 +44,8 @@ class ImageFile:
     pixel_sizes: dict[str, tuple[float, str]] = field(default_factory=dict)
     """Physical size (and unit) of one pixel by axis, from the file's metadata."""
     zarr_version: str = "0.4"
+    translation: dict[str, float] = field(default_factory=dict)
+    """OME-Zarr: the image's ``translation`` by axis (physical units)."""
     _source: Any = None
     _channel: tuple[int, int] | None = None
     """(axis, index) chosen with ``--channel``: dropped from ``shape`` and ``axes``."""
@@ -102,10 +104,13 @@ def find_inputs(patterns: list[str]) -> list[Path]:
     return found
 
 
-def open_image(path: Path, axes: tuple[str, ...] | None, channel: int | None) -> ImageFile:
-    """Shape, axes and metadata of ``path``; ``axes`` (from ``--axes``) wins over the file's."""
+def open_image(
+    path: Path, axes: tuple[str, ...] | None, channel: int | None, *, level: int = 0
+) -> ImageFile:
+    """Shape, axes and metadata of ``path``; ``axes`` (from ``--axes``) wins over the file's.
+    ``level``: which level of an OME-Zarr pyramid (0: full resolution)."""
     with _unreadable(path):
-        image = _open(path, forced=axes is not None)
+        image = _open(path, forced=axes is not None, level=level)
     if axes is not None:
         if len(axes) != len(image.shape):
             raise InvalidArgumentError(
@@ -133,7 +138,7 @@ def _unreadable(path: Path) -> Iterator[None]:
         ) from e
 
 
-def _open(path: Path, *, forced: bool) -> ImageFile:
+def _open(path: Path, *, forced: bool, level: int = 0) -> ImageFile:
     suffix = full_suffix(path)
     if suffix in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
         image = _open_tiff(path, forced=forced)
@@ -144,7 +149,7 @@ def _open(path: Path, *, forced: bool) -> ImageFile:
         guess = ("y", "x") if array.ndim == 2 else None
         image = ImageFile(path, "npy", tuple(array.shape), guess, _source=array)
     elif suffix in (".zarr", ".ome.zarr"):
-        ome = read_ome_zarr(path, forced_axes=forced)
+        ome = read_ome_zarr(path, forced_axes=forced, level=level)
         image = ImageFile(
             path,
             "zarr",
@@ -152,6 +157,7 @@ def _open(path: Path, *, forced: bool) -> ImageFile:
             ome.axes,
             pixel_sizes=ome.pixel_sizes,
             zarr_version=ome.version,
+            translation=ome.translation,
             _source=ome.array,
         )
     else:

@@ -7,14 +7,16 @@ histograms are updated where the work happens (``entry_server/call_metrics.py``,
 the cache, GPUs), is read when Prometheus scrapes, from the sources the servers add
 (:func:`add_state_source`), so the hot path pays for nothing it does not count.
 
-Label values a client chooses are bounded: a model is named only once a call for it succeeded
-or got as far as a runtime (an unknown id cannot make a series), and by its 12-character short
-id.
+Label values a client chooses are bounded by construction: a ``model`` label is only ever the
+12-character short id of a model the server resolved (:func:`model_label`), whatever spelling
+the caller used, or :data:`NO_MODEL`; and a model is named only once a call for it succeeded or
+got as far as a runtime (an unknown id cannot make a series).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +27,10 @@ from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
+FULL_ID_CHARS = 64
+SHORT_ID_CHARS = 12
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
+
 REGISTRY = CollectorRegistry()
 """This process's metrics (not prometheus_client's global registry: a library must not add its
 series to its host's)."""
@@ -34,22 +40,34 @@ LATENCY_BUCKETS = (
     0.001,
     0.0025,
     0.005,
+    0.0075,
     0.01,
+    0.015,
     0.025,
+    0.035,
     0.05,
+    0.075,
     0.1,
+    0.15,
     0.25,
+    0.35,
     0.5,
+    0.75,
     1.0,
+    1.5,
     2.5,
+    3.5,
     5.0,
+    7.5,
     10.0,
     30.0,
     60.0,
     300.0,
 )
-"""From half a millisecond (a small frame on a GPU) to five minutes (adding a large model);
-p50/p95/p99 come from ``histogram_quantile`` over them."""
+"""From half a millisecond (a small frame on a GPU) to five minutes (adding a large model), each
+bound at most about twice the one before between 5 ms and 10 s, where frames are: p50/p95/p99 come
+from ``histogram_quantile`` over them, interpolated within a bucket, so coarser buckets made
+estimates of up to twice the truth."""
 
 REQUESTS = Counter(
     "modelrunner_requests",
@@ -93,9 +111,17 @@ WARM_LOOKUPS = Counter(
 )
 
 
+NO_MODEL = ""
+"""The ``model`` label of calls that name no model, or no model the server resolved."""
+
+
 def model_label(model_id: str) -> str:
-    """A model's label value: its short id (bounded, as in ``modelrunner models``)."""
-    return model_id[:12]
+    """A model's label value: the short id (as in ``modelrunner models``) of a canonical full
+    id, which only the server's own resolution produces; anything else (a prefix, an alias, a
+    spelling a client chose) is :data:`NO_MODEL`, so a label never holds what a caller typed."""
+    if len(model_id) == FULL_ID_CHARS and _LOWER_HEX.fullmatch(model_id):
+        return model_id[:SHORT_ID_CHARS]
+    return NO_MODEL
 
 
 @dataclass(frozen=True)

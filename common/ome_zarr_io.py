@@ -9,6 +9,7 @@ would bring dask and an HTTP stack for this; the metadata is a few keys.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,13 @@ class OmeZarrImage:
     axes: tuple[str, ...]
     pixel_sizes: dict[str, tuple[float, str]] = field(default_factory=dict)
     version: str = "0.4"
+    translation: dict[str, float] = field(default_factory=dict)
+    """The level's ``translation`` transform by axis (physical units), where it has one."""
 
 
-def read_ome_zarr(path: Path, *, forced_axes: bool = False) -> OmeZarrImage:
-    """The full-resolution level of ``path``; with ``forced_axes`` (``--axes``) the metadata's
-    axes need not match the array."""
+def read_ome_zarr(path: Path, *, forced_axes: bool = False, level: int = 0) -> OmeZarrImage:
+    """The full-resolution level of ``path`` (or the pyramid's ``level``); with
+    ``forced_axes`` (``--axes``) the metadata's axes need not match the array."""
     import zarr
 
     try:
@@ -54,12 +57,12 @@ def read_ome_zarr(path: Path, *, forced_axes: bool = False) -> OmeZarrImage:
     except Exception as e:  # zarr raises many kinds for a folder that is no zarr group
         raise InvalidArgumentError(f"{path}: not a zarr group ({e})") from e
     try:
-        return _read_level0(path, group, forced_axes=forced_axes)
+        return _read_level(path, group, forced_axes=forced_axes, level=level)
     except (AttributeError, TypeError, ValueError, IndexError) as e:
         raise InvalidArgumentError(f"{path}: malformed OME-Zarr metadata ({e})") from e
 
 
-def _read_level0(path: Path, group: Any, *, forced_axes: bool) -> OmeZarrImage:
+def _read_level(path: Path, group: Any, *, forced_axes: bool, level: int) -> OmeZarrImage:
     import zarr
 
     attrs: dict[str, Any] = dict(group.attrs)
@@ -75,12 +78,18 @@ def _read_level0(path: Path, group: Any, *, forced_axes: bool) -> OmeZarrImage:
     datasets = scale0.get("datasets") or []
     if not datasets or "path" not in datasets[0]:
         raise InvalidArgumentError(f"{path}: OME-Zarr multiscales without datasets")
+    if not 0 <= level < len(datasets):
+        raise InvalidArgumentError(
+            f"{path.name}: no pyramid level {level}; it has levels 0 to {len(datasets) - 1}",
+            details={"level": level, "levels": len(datasets)},
+        )
+    dataset = datasets[level]
     try:
-        array = group[str(datasets[0]["path"])]
+        array = group[str(dataset["path"])]
     except KeyError as e:
-        raise InvalidArgumentError(f"{path}: no array {datasets[0]['path']!r}") from e
+        raise InvalidArgumentError(f"{path}: no array {dataset['path']!r}") from e
     if not isinstance(array, zarr.Array):
-        raise InvalidArgumentError(f"{path}: {datasets[0]['path']!r} is not an array")
+        raise InvalidArgumentError(f"{path}: {dataset['path']!r} is not an array")
     raw_axes = scale0.get("axes") or []
     axes = tuple(_axis_name(a) for a in raw_axes)
     if len(axes) != array.ndim:
@@ -91,13 +100,20 @@ def _read_level0(path: Path, group: Any, *, forced_axes: bool) -> OmeZarrImage:
             )
         return OmeZarrImage(array, (), {}, version)
     sizes: dict[str, tuple[float, str]] = {}
-    for transform in datasets[0].get("coordinateTransformations") or []:
+    translation: dict[str, float] = {}
+    for transform in dataset.get("coordinateTransformations") or []:
         if transform.get("type") == "scale" and len(transform.get("scale", ())) == len(axes):
             for axis, raw, value in zip(axes, raw_axes, transform["scale"], strict=True):
                 if axis in ("z", "y", "x", "time"):
                     unit = raw.get("unit", "") if isinstance(raw, dict) else ""
                     sizes[axis] = (float(value), str(unit))
-    return OmeZarrImage(array, axes, sizes, version)
+        elif transform.get("type") == "translation" and len(
+            transform.get("translation", ())
+        ) == len(axes):
+            for axis, value in zip(axes, transform["translation"], strict=True):
+                if axis in ("z", "y", "x", "time"):
+                    translation[axis] = float(value)
+    return OmeZarrImage(array, axes, sizes, version, translation)
 
 
 def _axis_name(axis: Any) -> str:
@@ -123,18 +139,39 @@ def create_ome_zarr(
     chunked one 2-D plane (all channels) per chunk, for the caller to fill plane by plane."""
     import zarr
 
-    unknown = [a for a in axes if a not in _NGFF_TYPE]
-    if unknown:
-        raise InvalidArgumentError(
-            f"{path.name}: OME-Zarr holds time, channel, z, y and x axes, not {unknown}; "
-            "write .npy instead"
-        )
+    check_ngff_axes(path, axes)
     v05 = version.startswith("0.5")
     group = zarr.open_group(str(path), mode="w-", zarr_format=3 if v05 else 2)
     chunks = tuple(
         size if axis in ("y", "x", "channel") else 1 for axis, size in zip(axes, shape, strict=True)
     )
     array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    scale = [pixel_sizes.get(a, (1.0, ""))[0] for a in axes]
+    write_multiscales(group, axes, pixel_sizes, [("0", scale, None)], name=name, version=version)
+    return array
+
+
+def check_ngff_axes(path: Path, axes: tuple[str, ...]) -> None:
+    unknown = [a for a in axes if a not in _NGFF_TYPE]
+    if unknown:
+        raise InvalidArgumentError(
+            f"{path.name}: OME-Zarr holds time, channel, z, y and x axes, not {unknown}; "
+            "write .npy instead"
+        )
+
+
+def write_multiscales(
+    group: Any,
+    axes: tuple[str, ...],
+    pixel_sizes: dict[str, tuple[float, str]],
+    datasets: Sequence[tuple[str, list[float], list[float] | None]],
+    *,
+    name: str,
+    version: str,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The group's NGFF ``multiscales`` (0.4: in its attributes; 0.5: under ``ome``): the axes
+    with their units, and per level (path, scale, translation or None)."""
     ngff_axes: list[dict[str, str]] = []
     for axis in axes:
         entry = {"name": _NGFF_NAME.get(axis, axis), "type": _NGFF_TYPE[axis]}
@@ -142,16 +179,19 @@ def create_ome_zarr(
         if unit:
             entry["unit"] = UNIT_NAMES.get(unit, unit)
         ngff_axes.append(entry)
-    scale = [pixel_sizes.get(a, (1.0, ""))[0] for a in axes]
+    entries = []
+    for path, scale, translation in datasets:
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+        if translation is not None:
+            transforms.append({"type": "translation", "translation": translation})
+        entries.append({"path": path, "coordinateTransformations": transforms})
     multiscale: dict[str, Any] = {
         "axes": ngff_axes,
-        "datasets": [
-            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-        ],
+        "datasets": entries,
         "name": name,
+        **(extra or {}),
     }
-    if v05:
+    if version.startswith("0.5"):
         group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}
     else:
         group.attrs["multiscales"] = [{"version": "0.4", **multiscale}]
-    return array

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from modelrunner.converters import from_pb_sample_statistics, to_pb_sample_statistics
 from modelrunner.predict_request import NanPolicy, PredictRequest
 from modelrunner.v1 import runtime_pb2
 
@@ -51,6 +52,8 @@ def to_command(
     )
     if request.blocksize is not None:
         command.blocksize = request.blocksize
+    if request.block_statistics is not None:
+        command.block_of_sample.CopyFrom(to_pb_sample_statistics(request.block_statistics))
     return command
 
 
@@ -74,6 +77,11 @@ def from_command(
         precision=command.precision,  # type: ignore[arg-type]  # checked by the request
         keep_shape=command.keep_shape,
         input_padding=command.input_padding or "none",  # type: ignore[arg-type]
+        block_statistics=(
+            from_pb_sample_statistics(command.block_of_sample)
+            if command.HasField("block_of_sample")
+            else None
+        ),
         # a stream's limit; a negative one (no valid client sends it) means none
         max_batch_size=max(0, command.max_batch_size),
     )

@@ -54,6 +54,7 @@ from modelrunner.server_address import (
     address_from_environment,
     start_hint,
 )
+from modelrunner.tls_hints import untrusted_certificate
 
 if TYPE_CHECKING:
     from modelrunner.client import ModelRunnerClient
@@ -83,17 +84,36 @@ def run_predict(args: argparse.Namespace) -> int:
     # Everything that can be refused without the model is refused before connecting.
     axes = parse_axes(args.axes) if args.axes else None
     output = Path(args.output)
-    to_folder = args.output.endswith(("/", os.sep)) or output.is_dir() or not full_suffix(output)
+    # an existing .ome.zarr is an image (a folder on disk), not a folder to write into
+    image_folder = full_suffix(output) in (".ome.zarr", ".zarr")
+    to_folder = (
+        args.output.endswith(("/", os.sep))
+        or (output.is_dir() and not image_folder)
+        or not full_suffix(output)
+    )
     fixed = None if to_folder else output_format(output)
     check_writable(output / "x" if to_folder else output)
     files = find_inputs(args.inputs)
-    images = [open_image(path, axes, args.channel) for path in files]
+    blockwise = len(files) == 1 and fixed == "zarr"
+    if (args.resume or args.level) and not blockwise:
+        raise InvalidArgumentError(
+            f"{'--resume' if args.resume else '--level'} is for one input written block by "
+            "block into one .ome.zarr (-o result.ome.zarr)"
+        )
+    images = [] if blockwise else [open_image(path, axes, args.channel) for path in files]
 
     with ExitStack() as stack:
-        client = _connect(args, stack)
+        client, embedded = _connect(args, stack)
         model_id = args.model
         if Path(model_id).exists():
-            model_id = client.add_model(model_id, progress=not args.no_progress).id
+            # this process reads the package in place: nothing to show
+            progress = not (args.no_progress or embedded)
+            model_id = client.add_model(model_id, progress=progress).id
+        if blockwise:
+            from modelrunner.predict_volume_files import predict_volume_file
+
+            predict_volume_file(client, model_id, files[0], output, args)
+            return 0
         info = client.describe(model_id)
         jobs = _jobs(info, images, output, fixed, args)
         total = sum(job.plans[0].planes(job.images[0].shape) for job in jobs)
@@ -111,7 +131,8 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect(args: argparse.Namespace, stack: ExitStack) -> ModelRunnerClient:
+def _connect(args: argparse.Namespace, stack: ExitStack) -> tuple[ModelRunnerClient, bool]:
+    """The client, and whether it talks to a runner embedded in this process."""
     from modelrunner.client import ModelRunnerClient
 
     if not args.embedded:
@@ -126,7 +147,7 @@ def _connect(args: argparse.Namespace, stack: ExitStack) -> ModelRunnerClient:
         )
         if _answers(client):
             print(f"using the server at {address}", file=sys.stderr)
-            return stack.enter_context(client)
+            return stack.enter_context(client), False
         client.close()
         if named:
             raise UnavailableError(
@@ -143,19 +164,30 @@ def _connect(args: argparse.Namespace, stack: ExitStack) -> ModelRunnerClient:
     from modelrunner.settings import Settings
 
     # An embedded runner of this command alone: loopback, free ports, no tokens, with the
-    # usual cache so models are reused.
+    # usual cache so models are reused; it reads a package path in place (no upload to itself).
+    model = Path(args.model)
     private = Settings(
-        host="127.0.0.1", flight_host=None, port=0, flight_port=0, auth=False, tls_cert_file=None
+        host="127.0.0.1",
+        flight_host=None,
+        port=0,
+        flight_port=0,
+        auth=False,
+        tls_cert_file=None,
+        path_source_roots=[model.resolve().parent] if model.exists() else [],
     )
     running = stack.enter_context(start_embedded(private))
-    return stack.enter_context(ModelRunnerClient(running.address, timeout=None))
+    return stack.enter_context(ModelRunnerClient(running.address, timeout=None)), True
 
 
 def _answers(client: ModelRunnerClient) -> bool:
     """A server listens there (its liveness; a server still starting counts: calls wait)."""
     try:
         client.health("liveness", timeout=HEALTH_TIMEOUT_S)
-    except (UnavailableError, DeadlineExceededError):
+    except UnavailableError as e:
+        # one that closed the connection (it speaks TLS) or whose certificate this client
+        # refused is there: the real call fails, with modelrunner.cli's hint
+        return "Socket closed" in e.message or untrusted_certificate(e.message)
+    except DeadlineExceededError:
         return False
     except ModelRunnerError:  # it answered, and refused: the real call will tell
         return True

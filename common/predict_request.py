@@ -20,6 +20,8 @@ from modelrunner.errors import InvalidArgumentError
 if TYPE_CHECKING:
     import numpy as np
 
+    from modelrunner.types import SampleStatistic
+
 NanPolicy = Literal["reject", "allow"]
 """``reject``: float inputs with NaN or infinite values are refused (InvalidTensorError);
 ``allow``: passed to the model."""
@@ -76,6 +78,10 @@ class PredictRequest:
     by the input halo that the outputs' halo implies (with the input's pad mode), processed,
     run, and the outputs cropped by their halo (with ``blocksize``: its blockwise prediction,
     which pads each block so). The network must take the padded shape; no fast path."""
+    block_statistics: tuple[SampleStatistic, ...] | None = None
+    """Block mode: the sample is one block of a larger one (a volume predicted block by block),
+    predicted as sent on bioimageio.core's pipeline, its pre- and postprocessing using these
+    statistics of the whole sample instead of the block's own. None: the sample is whole."""
     max_batch_size: int = 0
     """Frame streams: the most waiting frames stacked along the model's batch axis; 0: the
     runtime decides."""
@@ -89,8 +95,17 @@ class PredictRequest:
     @property
     def as_sent(self) -> bool:
         """Whether the sample goes to bioimageio.core's call as it is, not fitted to the model
-        (``keep_shape``, or ``input_padding="halo"``)."""
-        return self.keep_shape or self.input_padding == "halo"
+        (``keep_shape``, ``input_padding="halo"``, or a block of a larger sample)."""
+        return self.keep_shape or self.input_padding == "halo" or self.block_statistics is not None
+
+    @property
+    def as_sent_option(self) -> str:
+        """The option that keeps the sample as sent, for messages ("" when none does)."""
+        if self.block_statistics is not None:
+            return "block_of_sample"
+        if self.keep_shape:
+            return "keep_shape"
+        return "input_padding='halo'" if self.input_padding == "halo" else ""
 
     def with_inputs(
         self,
@@ -143,16 +158,31 @@ def _check(request: PredictRequest) -> None:
         raise _invalid("max_batch_size", request.max_batch_size, "0 (no limit) or more")
     if request.timeout_s is not None and request.timeout_s < 0:
         raise _invalid("timeout_s", request.timeout_s, "0 or more (or None: no limit)")
+    if request.block_statistics is not None:
+        clash = (
+            "blocksize"
+            if request.blocksize is not None
+            else "precision"
+            if request.precision
+            else "input_padding"
+            if request.input_padding != "none"
+            else ""
+        )
+        if clash:
+            raise InvalidArgumentError(
+                "a block of a larger sample is predicted as sent, on bioimageio.core's pipeline "
+                "(its halo is the caller's): it takes no blocksize, precision or input_padding",
+                details={"option": clash},
+            )
     if request.precision and request.reference_path:
         raise InvalidArgumentError(
             "reduced precision runs on the fast path only; it cannot go with reference_path",
             details={"precision": request.precision},
         )
     if request.precision and request.as_sent:
-        which = "keep_shape" if request.keep_shape else "input_padding='halo'"
         raise InvalidArgumentError(
-            f"{which} runs bioimageio.core's pipeline; reduced precision runs on the fast "
-            "path only",
+            f"{request.as_sent_option} runs bioimageio.core's pipeline; reduced precision runs on "
+            "the fast path only",
             details={"precision": request.precision},
         )
 

@@ -8,6 +8,7 @@ tables and recommended environments); ``--details`` still prints it.
 from __future__ import annotations
 
 import re
+import textwrap
 
 from modelrunner.types import ValidationDetail, ValidationEntry, ValidationReport
 
@@ -21,6 +22,8 @@ _OUTPUT_VERDICT = re.compile(r"^Output [`'](?P<name>[^`']+)[`']: (?P<verdict>[^.
 _ABSOLUTE = re.compile(r"absolute tolerance \((?P<value>[^)]+)\)")
 _RELATIVE = re.compile(r"relative tolerance \((?P<value>[^)]+)\)")
 
+WIDTH = 100
+"""Warnings wrap at this many characters."""
 INFO_SEVERITY = 20
 """bioimageio.spec's severity of an informational note (its ``INFO``); warnings are above."""
 
@@ -40,7 +43,18 @@ def report_summary(report: ValidationReport, title: str) -> str:
     warnings = [w for w in report.warnings if w.severity > INFO_SEVERITY]
     if warnings:
         lines.append(f"{len(warnings)} warning(s):")
-        lines.extend(f"  {_where(w)}{_first_line(w.msg)}" for w in warnings)
+        for w in warnings:
+            # whole words, wrapped: a warning is often the one line a person acts on
+            lines.extend(
+                textwrap.wrap(
+                    f"{_where(w)}{_first_line(w.msg, limit=None)}",
+                    width=WIDTH,
+                    initial_indent="  ",
+                    subsequent_indent="    ",
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+            )
     return "\n".join(lines)
 
 
@@ -70,6 +84,9 @@ def _where(entry: ValidationEntry) -> str:
     return f"{'.'.join(entry.loc)}: " if entry.loc else ""
 
 
-def _first_line(text: str, limit: int = 160) -> str:
+def _first_line(text: str, limit: int | None = 160) -> str:
+    """The first line, shortened at a word boundary to at most ``limit`` characters."""
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    if limit is None or len(line) <= limit:
+        return line
+    return textwrap.shorten(line, width=limit, placeholder=" ...")

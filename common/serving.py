@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 from modelrunner import errors, types
 from modelrunner.auth import Role
 from modelrunner.graceful_shutdown import ShutdownSignals, stop_within
+from modelrunner.listen_failures import listen_failure
 from modelrunner.settings import Settings
 from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
+from modelrunner.tls_hints import runtime_trust_error, untrusted_certificate
 
 if TYPE_CHECKING:
     from modelrunner.entry_server.server import ControlServer
@@ -155,14 +157,11 @@ def start_runtime(
             ),
             **(server_tls.flight_kwargs() if server_tls is not None else {}),
         )
-    except pa.ArrowException as exc:
+    except pa.ArrowException:
         service.close()
         # pyarrow says only "Server did not start properly"; the usual cause is a port in use
         # (a second runtime on a host whose first took the default 8815)
-        raise errors.UnavailableError(
-            f"the runtime cannot listen on {host}:{settings.flight_port} ({exc}): is the port "
-            "in use? Choose another with --flight-port (0: any free port)"
-        ) from None
+        raise listen_failure(host, settings.flight_port, "runtime") from None
     cleanup = ExitStack()
     cleanup.callback(service.close)
     cleanup.callback(server.shutdown)
@@ -207,9 +206,16 @@ def start_runtime(
             max_files=settings.max_package_files,
         )
         locator_ref.append(locator)
-        service.set_resolver(locator.resolve)
+        service.set_resolver(locator.resolve, locator.forget)
         service.set_on_change(registration.poke)
-        registration.start()
+        try:
+            registration.start()
+        except errors.UnavailableError as e:
+            if not untrusted_certificate(e.message):
+                raise
+            raise runtime_trust_error(
+                settings.tls_cert_file, settings.tls_ca_file, e.message
+            ) from None
         locator.shared_cache_dir = registration.shared_cache_dir
         idle = (
             IdleUnloading(service.pool, settings.idle_unload_s, registration.poke)

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     mean/std in bounded chunks): its memory stays near the input's size. Smaller ones are
     assembled whole first. Models whose outputs cannot be cut into bands of rows (see
     ``runtime_flight/streamed_tiling.py``) are always assembled whole."""
+    max_exchanges_per_token: int = Field(32, gt=0)
+    """Flight exchanges (predictions, frame streams, sessions) one token may have open at once
+    on a runtime, with authentication on; one more is refused with RESOURCE_EXHAUSTED. What an
+    exchange holds while its client is slow to send (a thread, a sample being received) is
+    bounded by this, since a Flight server cannot end a call whose client sends nothing."""
     max_sample_bytes: int = Field(16 * GiB, gt=0)
     """Largest sample (all input tensors of one prediction or frame, as announced by the
     client's Arrow schema) the runtime accepts; larger ones are refused with INVALID_ARGUMENT
@@ -98,9 +103,12 @@ class Settings(BaseSettings):
     both planes. Without it the server listens on loopback only (see ``insecure``)."""
     auth_tokens_file: Path | None = None
     """The tokens the server accepts (hashed); default ``<cache_dir>/auth/tokens.json``."""
-    auth_cache_s: float = Field(10.0, ge=0)
-    """How long a runtime trusts the control service's verdict on a token (a revoked token may
-    still predict on a remote runtime for this long)."""
+    auth_cache_s: float = Field(1.0, ge=0)
+    """The bound on how long rights outlive their revocation: open sessions, frame streams and
+    Open Inference streams ask again whether their caller may still use their model at most this
+    often (a revoked token, a changed role, an unpublished or removed model end them at their
+    next frame after it), and a runtime of its own trusts the control service's verdict on a
+    token this long (there, both add up: at most twice this). 0 asks before every frame."""
     insecure: bool = False
     """Allow listening on a non-loopback interface without authentication and TLS."""
     tls_cert_file: Path | None = None
@@ -120,6 +128,11 @@ class Settings(BaseSettings):
     runtime_token: SecretStr | None = None
     """``modelrunner runtime``: the token (role ``runtime``) it registers with and checks its
     callers' tokens with; ``MODELRUNNER_RUNTIME_TOKEN``."""
+    ray_auth_token_file: Path | None = None
+    """``modelrunner serve --ray``: the file holding the Ray cluster's token when it runs with
+    Ray's token authentication (docs/cluster.md); default: Ray's own ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``. Only this process reads it, not the runtime
+    actors."""
 
     # -- package contents and outbound fetches (security) --
     path_source_roots: list[Path] = Field(default_factory=list)

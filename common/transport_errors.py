@@ -269,3 +269,16 @@ def translated_errors() -> Iterator[None]:
         raise from_flight_error(e) from None
     except pa.ArrowException as e:
         raise errors.ModelRunnerError(str(e)) from None
+
+
+def typed_error(error: BaseException) -> BaseException:
+    """``error`` as :func:`translated_errors` would raise it (other exceptions as they are), for
+    a thread that hands an error to another: translate it in the thread that caught it, where
+    the call's error trailer is kept."""
+    try:
+        with translated_errors():
+            raise error
+    except errors.ModelRunnerError as typed:
+        return typed
+    except BaseException:  # noqa: BLE001 - not a transport error: handed on as it is
+        return error

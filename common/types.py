@@ -240,6 +240,28 @@ class Progress(_Frozen):
     done: int = 0
     total: int = 0
     unit: str = "bytes"
+    bytes_done: int = 0
+    """Where ``unit`` is not bytes: the bytes the units done so far held (for a rate in MB/s)."""
+
+
+class SampleStatistic(_Frozen):
+    """A statistic of one input tensor over a whole sample, as bioimageio.core's sample measures
+    define it: given with each block of a sample predicted block by block
+    (``PredictCommand.block_of_sample``), so the blocks are normalised like the whole."""
+
+    tensor_id: str
+    name: Literal["mean", "var", "std", "quantile"]
+    axes: tuple[str, ...] = ()
+    """The axes it reduces, as the model's processing names them; ``()``: all of them."""
+    q: float = 0.0
+    """``quantile``: which one, in [0, 1]."""
+    method: Literal["linear", "inverted_cdf"] = "linear"
+    """``quantile``: numpy's method (``clip`` with percentiles uses ``inverted_cdf``)."""
+    dims: tuple[str, ...] = ()
+    """The axes of ``values`` (those not reduced; size-1 ones may be left out)."""
+    shape: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+    """C order; one value when every axis is reduced."""
 
 
 class LoadInfo(_Frozen):

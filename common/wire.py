@@ -70,8 +70,10 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 
 
 def check_model_ref(ref: str, what: str = "model id") -> str:
-    """``ref``, or InvalidArgumentError when it cannot be a model reference (too long, or with
-    control characters), before anything looks it up."""
+    """``ref``, or InvalidArgumentError when it cannot be a model reference (too long, with
+    control characters, or with whitespace around it), before anything looks it up. The one
+    check of every plane (the control service, Open Inference, Flight), so that each accepts
+    and refuses the same spellings."""
     if len(ref) > MAX_MODEL_REF_CHARS:
         raise InvalidArgumentError(
             f"{what} {clip(ref, 40)!r} has {len(ref)} characters; at most "
@@ -81,6 +83,11 @@ def check_model_ref(ref: str, what: str = "model id") -> str:
     if not ref.isprintable():
         raise InvalidArgumentError(
             f"{what} {clip(ref, 40)!r} contains control characters",
+            details={what.replace(" ", "_"): clip(ref, 40)},
+        )
+    if ref != ref.strip():
+        raise InvalidArgumentError(
+            f"{what} {clip(ref, 40)!r} has whitespace around it",
             details={what.replace(" ", "_"): clip(ref, 40)},
         )
     return ref

@@ -27,9 +27,9 @@ Modules, one responsibility each::
     description_jobs  what those workers run (validate, read a model to add), plain data in and out
     yaml_limits       the cheap pre-check of description size and alias expansion (YAML bombs)
     call_limits       concurrency limits of uploads/validations/adds, per-client keys, idle streams
-    limits            ResourceExhaustedError naming the setting of the limit that was hit
+    limits            ResourceExhaustedError naming the setting (modelrunner.limits, shared)
     runtimes          RuntimeDirectory: registered runtimes, heartbeats, route choice
-    runtime_actions   model tests and unloads on a runtime, by the runtime client
+    runtime_actions   model tests and removals on a runtime, by the runtime client
     package_zips      zipped packages for FetchModelPackage
     server_info       versions, platform, cache and runtimes for GetServerInfo
 """

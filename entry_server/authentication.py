@@ -32,6 +32,7 @@ from modelrunner.auth import (
     token_from_header,
     token_hash,
 )
+from modelrunner.call_rights import Recheck
 from modelrunner.entry_server.error_interceptor import abort
 from modelrunner.entry_server.handler_wrapping import rewrapped
 from modelrunner.entry_server.token_store import TokenStore
@@ -136,6 +137,16 @@ class Authenticator:
         if identity is None:
             raise errors.UnauthenticatedError("the token is not known to this server (revoked?)")
         return identity
+
+    def recheck(self, token: str | None, method: str) -> Recheck | None:
+        """For a call that stays open (an Open Inference stream): whether ``token`` may still
+        call ``method`` (revoked, or its role changed since the call opened); None when
+        authentication is off."""
+        if not self.enabled:
+            return None
+        roles = METHOD_ROLES.get(method, (Role.ADMIN,))
+        what = method.rsplit("/", 1)[-1]
+        return lambda: self.identify(token).require(roles, what)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

@@ -328,11 +328,11 @@ class ModelCache:
         with self._lock:
             return set(self._pins) | set(self._in_use_elsewhere())
 
-    def busy_reason(self, model_id: str) -> str | None:
+    def busy_reason(self, model_id: str, *, runtimes: bool = True) -> str | None:
         with self._lock:
             if self._pins.get(model_id):
                 return "an ongoing operation is using it"
-        if model_id in set(self._in_use_elsewhere()):
+        if runtimes and model_id in set(self._in_use_elsewhere()):
             return "a runtime has it loaded"
         return None
 
@@ -368,12 +368,14 @@ class ModelCache:
 
     # -- removing ---------------------------------------------------------------------------------
 
-    def remove(self, model_id: str) -> int:
-        """Remove the model; returns the bytes freed. ModelInUseError while it is in use."""
+    def remove(self, model_id: str, *, runtimes_unloaded: bool = False) -> int:
+        """Remove the model; returns the bytes freed. ModelInUseError while it is in use
+        (``runtimes_unloaded``: the runtimes were told to unload it, only this service's own
+        operations count)."""
         trash: list[Path | None] = []
         with self._lock:
             entry = self.get(model_id)
-            reason = self.busy_reason(model_id)
+            reason = self.busy_reason(model_id, runtimes=not runtimes_unloaded)
             if reason is not None:
                 raise errors.ModelInUseError(
                     f"model {model_id} cannot be removed now: {reason}",

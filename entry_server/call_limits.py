@@ -2,8 +2,9 @@
 
 Uploads, validations, adds, model tests, package fetches and V2 inference calls hold one of the
 gRPC server's threads for as long as they run (an upload for as long as its client takes to
-send). Each kind has its own :class:`CallLimit`, and uploads also one per client
-(:class:`PerClientLimit`); a call over its limit is refused at once
+send). Each kind has its own :class:`~modelrunner.call_slots.CallLimit`, and uploads also one per
+client (:class:`~modelrunner.call_slots.PerClientLimit`; the runtime uses the same two for its
+own limits); a call over its limit is refused at once
 with RESOURCE_EXHAUSTED naming the setting, never queued. The server's thread pool is larger
 than the sum of these limits (:func:`threads_for_limited_calls`), so health checks, listings,
 routing and runtime heartbeats always find a thread.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -27,8 +27,9 @@ from typing import TypeVar
 import grpc
 
 from modelrunner import errors
+from modelrunner.call_slots import CallLimit as CallLimit  # the servicers take both from here
+from modelrunner.call_slots import PerClientLimit as PerClientLimit
 from modelrunner.entry_server.authentication import current_identity
-from modelrunner.entry_server.limits import over_limit
 from modelrunner.settings import Settings
 
 T = TypeVar("T")
@@ -68,61 +69,6 @@ def peer_host(context: grpc.ServicerContext) -> str:
         host = address.rsplit(":", 1)[0]
         return host.removeprefix("[").removesuffix("]")
     return peer
-
-
-class CallLimit:
-    """At most ``limit`` calls at once; one more is refused, naming ``setting``."""
-
-    def __init__(self, setting: str, limit: int, what: str) -> None:
-        self.setting = setting
-        self.limit = limit
-        self._what = what
-        self._slots = threading.BoundedSemaphore(limit)
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        if not self._slots.acquire(blocking=False):
-            raise over_limit(
-                self.setting,
-                self.limit,
-                f"too many {self._what} at once: the server takes {self.limit}; "
-                "try again when one has finished",
-            )
-        try:
-            yield
-        finally:
-            self._slots.release()
-
-
-class PerClientLimit:
-    """At most ``limit`` calls at once from each client."""
-
-    def __init__(self, setting: str, limit: int, what: str) -> None:
-        self.setting = setting
-        self.limit = limit
-        self._what = what
-        self._lock = threading.Lock()
-        self._active: Counter[str] = Counter()
-
-    @contextmanager
-    def slot(self, client: str) -> Iterator[None]:
-        with self._lock:
-            if self._active[client] >= self.limit:
-                raise over_limit(
-                    self.setting,
-                    self.limit,
-                    f"too many {self._what} at once from {client}: each client may have "
-                    f"{self.limit}; try again when one has finished",
-                    client=client,
-                )
-            self._active[client] += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active[client] -= 1
-                if self._active[client] <= 0:
-                    del self._active[client]
 
 
 class ControlCallLimits:

@@ -46,7 +46,9 @@ def _unary(behavior: Behavior, method: str) -> Behavior:
         code, model = "OK", ""
         try:
             response = behavior(request, context)
-            model = _model_of(request) or _model_of(response)
+            # the response names the model as the server resolved it; the request as the
+            # caller spelled it (model_label keeps only canonical ids)
+            model = _model_of(response) or _model_of(request)
             return response
         except BaseException as exc:
             code = _code_of(exc, context)
@@ -99,12 +101,15 @@ def _code_of(exc: BaseException, context: grpc.ServicerContext) -> str:
 
 def _model_of(message: Any) -> str:
     """The model a request or response names: ``model_id`` (control RPCs), ``model_name``
-    (Open Inference), or an added model's id (AddModel's last event)."""
+    (Open Inference), a described model's id (DescribeModel), or an added model's id
+    (AddModel's last event)."""
     for attr in ("model_id", "model_name"):
         value = getattr(message, attr, None)
         if isinstance(value, str) and value:
             return value
     result = getattr(message, "result", None)
-    model = getattr(result, "model", None)
-    value = getattr(model, "id", None)
-    return value if isinstance(value, str) else ""
+    for holder in (getattr(result, "model", None), getattr(message, "model", None)):
+        value = getattr(holder, "id", None)
+        if isinstance(value, str) and value:
+            return value
+    return ""

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 
 from modelrunner import errors, types
 from modelrunner.auth import ANONYMOUS, Identity, Role
@@ -23,6 +26,22 @@ from modelrunner.settings import Settings
 from modelrunner.tls import ClientTls
 
 logger = logging.getLogger(__name__)
+
+
+_REMOVAL_TIMEOUT_S = 60.0
+"""How long a removal waits for a runtime to unload the model (which waits up to 30 s for the
+predictions running on it), and for this service's own operations on its package."""
+_REMOVAL_CALLS = 16
+"""Runtimes a removal calls at once."""
+
+
+@dataclass(frozen=True)
+class Removal:
+    model_id: str
+    freed_bytes: int
+    """0 when the model stays for other workspaces."""
+    calls_in_flight: int
+    """Predictions the runtimes were running on it, which the removal waited for."""
 
 
 class ControlPlane:
@@ -47,9 +66,13 @@ class ControlPlane:
         """Where this process's Prometheus metrics are scraped (set by whoever publishes them)."""
         self._runtime_callers: dict[str, runtime_actions.RuntimeCaller] = {}
         self._callers_lock = threading.Lock()
-        self._models_lock = threading.RLock()
-        """Held while a model is granted to a workspace or removed: an add and a remove of the
-        same package never interleave."""
+        self._models_lock = threading.Lock()
+        """Held for the bookkeeping of who holds which model (a grant, a removal's start and
+        end), never while runtimes are called."""
+        self._removals: dict[str, threading.Event] = {}
+        """Packages being removed, each with the event its removal sets when it ends: an add of
+        the same package waits for it, so an add and a remove of one package never
+        interleave."""
 
     @property
     def runtime_tls(self) -> ClientTls | None:
@@ -72,6 +95,17 @@ class ControlPlane:
         if not identity.sees_all_workspaces():
             workspaces = tuple(w for w in workspaces if w == identity.workspace)
         return info.model_copy(update={"workspaces": workspaces, "published": published})
+
+    def _loaded_as_seen(self, loaded: types.LoadedModel, identity: Identity) -> types.LoadedModel:
+        """A warm pipeline as the caller may know it: how much and when it was used tells a
+        workspace what another workspace does with a package they share (or a published one),
+        so a non-admin sees those only for a model that is its workspace's alone."""
+        if identity.sees_all_workspaces():
+            return loaded
+        held, published = self.access.workspaces(loaded.model_id)
+        if published or any(w != identity.workspace for w in held):
+            return loaded.model_copy(update={"requests": 0, "last_used_at": None})
+        return loaded
 
     def check_caller(self, token: str, model_ref: str = "") -> tuple[Identity, str]:
         """For a runtime: who holds ``token``, and the full id of ``model_ref`` when the holder
@@ -104,14 +138,22 @@ class ControlPlane:
         progress: ProgressCallback = no_progress,
         identity: Identity = ANONYMOUS,
     ) -> tuple[types.ModelInfo, bool]:
-        """Add a model to the caller's workspace."""
+        """Add a model to the caller's workspace (after a removal of the same package under
+        way, which it waits for)."""
         for _ in range(3):
-            info, created = self.registry.add(source, progress)
+            # an upload is kept until the model is granted: it may have to be stored again
+            info, created = self.registry.add(source, progress, keep_upload=True)
             with self._models_lock:
+                removal = self._removals.get(info.id)
                 # a remove of the same package may have run between the store and now
-                if self.registry.cache.find(info.id) is not None:
+                granted = removal is None and self.registry.cache.find(info.id) is not None
+                if granted:
                     self.access.grant(info.id, identity.workspace)
-                    return self._with_access(info, identity), created
+            if granted:
+                self.registry.discard_upload(source)
+                return self._with_access(info, identity), created
+            if removal is not None:  # then the package is stored again
+                removal.wait(2 * _REMOVAL_TIMEOUT_S)
         raise errors.UnavailableError(
             "the package was removed while it was being added, three times; try again",
             details={"model_id": info.id},
@@ -142,7 +184,10 @@ class ControlPlane:
         """The model's metadata, and where runtimes have it loaded (with the serving path)."""
         info = self.registry.describe(self.visible_id(model_ref, identity))
         loaded = tuple(
-            m for r in self.runtimes.runtimes() for m in r.loaded_models if m.model_id == info.id
+            self._loaded_as_seen(m, identity)
+            for r in self.runtimes.runtimes()
+            for m in r.loaded_models
+            if m.model_id == info.id
         )
         return self._with_access(info, identity).model_copy(update={"loaded": loaded})
 
@@ -209,48 +254,87 @@ class ControlPlane:
             details={"model_id": package.model_id},
         )
 
-    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> tuple[str, int]:
+    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> Removal:
         """Remove a model from the caller's workspace, and from the cache when no workspace
-        holds it any more (an admin removes it from every workspace): runtimes that have it
-        warm unload it first (a runtime serving it right now refuses with ModelInUseError, and
-        nothing is removed)."""
-        with self._models_lock:
-            model_id = self.visible_id(model_ref, identity)
-            if not identity.sees_all_workspaces():
-                held, published = self.access.workspaces(model_id)
-                if identity.workspace not in held:
-                    raise errors.PermissionDeniedError(
-                        f"model {model_id[:12]} is published from another workspace: only an "
-                        "admin may remove it",
-                        details={"model_id": model_id},
-                    )
-                if len(held) > 1 or published:
-                    self.access.leave(model_id, identity.workspace)
-                    return model_id, 0
-            # The last workspace holding it, or an admin: the package goes. Its access record
-            # goes only once it is gone (a runtime serving it refuses, and nothing changes).
+        holds it any more (an admin removes it from every workspace). Then nothing answers for
+        it: every runtime unloads it, the exchanges open on it end with NOT_FOUND, and the
+        predictions running on it are waited for (``Removal.calls_in_flight``). Only an add of
+        the same package waits for it meanwhile."""
+        with ExitStack() as removing:
+            with self._models_lock:
+                model_id = self.visible_id(model_ref, identity)
+                if not identity.sees_all_workspaces():
+                    held, published = self.access.workspaces(model_id)
+                    if identity.workspace not in held:
+                        raise errors.PermissionDeniedError(
+                            f"model {model_id[:12]} is published from another workspace: only "
+                            "an admin may remove it",
+                            details={"model_id": model_id},
+                        )
+                    if len(held) > 1 or published:
+                        # open calls of this workspace's callers lose it within auth_cache_s
+                        self.access.leave(model_id, identity.workspace)
+                        return Removal(model_id, 0, 0)
+                # The last workspace holding it, or an admin: the package goes. From here on
+                # no reference resolves to it (a second removal finds it NOT_FOUND), and an add
+                # of it waits until this one has ended.
+                done = self._removals[model_id] = threading.Event()
+                removing.callback(self._removal_ended, model_id, done)
+                removing.enter_context(self.registry.withdrawn(model_id))  # left first
             return self._remove_package(model_id)
 
-    def _remove_package(self, model_id: str) -> tuple[str, int]:
-        for runtime in self.runtimes.runtimes():
-            if not any(m.model_id == model_id for m in runtime.loaded_models):
-                continue
-            try:
-                runtime_actions.unload_model_on_runtime(
-                    runtime.flight_uri,
-                    model_id=model_id,
-                    timeout_s=30.0,
-                    caller=self._caller_for(runtime.runtime_id),
+    def _removal_ended(self, model_id: str, done: threading.Event) -> None:
+        with self._models_lock:
+            if self._removals.get(model_id) is done:  # (a next removal may have begun)
+                del self._removals[model_id]
+        done.set()
+
+    def _remove_package(self, model_id: str) -> Removal:
+        """Unload it from every runtime at once, then remove it from the cache. Its access
+        record goes only once it is gone (a model test using it runs out first, or nothing
+        changes)."""
+        # every runtime, not only those whose last heartbeat listed it: a heartbeat may be on
+        # its way, and a runtime's exchanges may be open on it without it loaded
+        runtimes = self.runtimes.runtimes()
+        in_flight = 0
+        if runtimes:
+            with ThreadPoolExecutor(
+                min(len(runtimes), _REMOVAL_CALLS), thread_name_prefix="modelrunner-removal"
+            ) as calls:
+                in_flight = sum(
+                    calls.map(lambda r: self._remove_from_runtime(r, model_id), runtimes)
                 )
-            except errors.UnavailableError as exc:
-                # a vanished runtime holds nothing; its registration expires on its own
-                logger.warning(
-                    "runtime %s unreachable while unloading: %s", runtime.runtime_id, exc
-                )
-            self.runtimes.forget_loaded(runtime.runtime_id, model_id)
-        removed = self.registry.remove(model_id)
-        self.access.forget(model_id)
-        return removed
+        freed = self.registry.remove_withdrawn(model_id, wait_s=_REMOVAL_TIMEOUT_S)
+        with self._models_lock:
+            self.access.forget(model_id)
+        if in_flight:
+            logger.info(
+                "model %s removed after waiting for %d prediction(s) in flight",
+                model_id[:12],
+                in_flight,
+            )
+        return Removal(model_id, freed, in_flight)
+
+    def _remove_from_runtime(self, runtime: types.RuntimeInfo, model_id: str) -> int:
+        """The predictions the runtime was running on the model, which it waited for."""
+        waited = 0
+        try:
+            _, waited = runtime_actions.remove_model_on_runtime(
+                runtime.flight_uri,
+                model_id=model_id,
+                timeout_s=_REMOVAL_TIMEOUT_S,
+                caller=self._caller_for(runtime.runtime_id),
+            )
+        except errors.UnavailableError as exc:
+            # a vanished runtime holds nothing; its registration expires on its own
+            logger.warning(
+                "runtime %s unreachable while removing model %s: %s",
+                runtime.runtime_id,
+                model_id[:12],
+                exc,
+            )
+        self.runtimes.forget_loaded(runtime.runtime_id, model_id)
+        return waited
 
     def _candidates(
         self, model_id: str, weight_format: str, device: str, wait_s: float | None = None
@@ -277,7 +361,9 @@ class ControlPlane:
             r.model_copy(
                 update={
                     "loaded_models": tuple(
-                        m for m in r.loaded_models if self.access.visible(m.model_id, identity)
+                        self._loaded_as_seen(m, identity)
+                        for m in r.loaded_models
+                        if self.access.visible(m.model_id, identity)
                     )
                 }
             )
@@ -285,9 +371,16 @@ class ControlPlane:
         ]
         cache = self.registry.cache_info()
         if not identity.sees_all_workspaces():
-            # the cache's place and the count of everyone's models are the admins' to know
-            visible = sum(
-                1 for m in self.registry.list_models() if self.access.visible(m.id, identity)
+            # the cache's place, and the count and size of everyone's models, are the admins'
+            # to know: they would show another workspace adding a model
+            visible = [
+                m for m in self.registry.list_models() if self.access.visible(m.id, identity)
+            ]
+            cache = cache.model_copy(
+                update={
+                    "directory": "",
+                    "models": len(visible),
+                    "used_bytes": sum(m.size_bytes for m in visible),
+                }
             )
-            cache = cache.model_copy(update={"directory": "", "models": visible})
         return server_info(cache, runtimes).model_copy(update={"metrics_uri": self.metrics_uri})

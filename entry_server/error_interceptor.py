@@ -102,7 +102,16 @@ def _streaming(
 def abort(context: grpc.ServicerContext, exc: Exception, method: str) -> NoReturn:
     """End the call with the status for ``exc`` (``context.abort`` raises)."""
     if isinstance(exc, errors.ModelRunnerError):
-        logger.info("%s: %s: %s", method, type(exc).__name__, exc.message)
+        # a path refused by path_source_roots is how a client learns to upload (it does so
+        # at once): no line in the server's log for it
+        routine = exc.details.get("setting") == "path_source_roots"
+        logger.log(
+            logging.DEBUG if routine else logging.INFO,
+            "%s: %s: %s",
+            method,
+            type(exc).__name__,
+            exc.message,
+        )
         error = exc
     elif context.code() is not None:
         # Already aborted (context.abort raises a bare Exception): let grpc finish the call.

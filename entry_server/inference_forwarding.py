@@ -16,9 +16,13 @@ the Python client's ``predict``.
   closed. A call's cancellation reaches the runtime through its deadline only (a session's
   exchange outlives calls).
 
-Routes are kept per caller's view (workspace) as the Python client keeps them
-(:class:`~modelrunner.runtime_client.RouteCache`): a model removed or unpublished is served to V2
-callers for at most :data:`~modelrunner.runtime_client.ROUTE_TTL_S`.
+Routes are kept per caller's view (workspace) by the same policy as the Python client's
+(:class:`~modelrunner.runtime_client.RouteCache`), for ``settings.auth_cache_s`` (the bound of
+rights that follow a call, docs/security.md) where the client keeps them for
+:data:`~modelrunner.runtime_client.ROUTE_TTL_S`: resolving a model costs a few index queries, as
+much as moving a small frame. A model unpublished or taken out of a workspace is served to that
+workspace's V2 callers for at most that long; a removed one not at all (its runtimes no longer
+have it).
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ class RuntimeForwarding:
     def __init__(self, control: ControlPlane) -> None:
         self.control = control
         self._local: dict[str, LocalRuntime] = {}
-        self._routes = RouteCache()
+        # the bound of rights that follow a call, not the client's ROUTE_TTL_S
+        self._routes = RouteCache(ttl_s=control.settings.auth_cache_s)
         self._callers: OrderedDict[str, _Caller] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False

@@ -20,6 +20,7 @@ import grpc
 
 from modelrunner import __version__, errors, types
 from modelrunner.auth import AUTHORIZATION_HEADER, token_from_header
+from modelrunner.call_rights import CallRights
 from modelrunner.entry_server.authentication import current_identity
 from modelrunner.entry_server.call_limits import (
     CallLimit,
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_INFOS = 256
 SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_STREAM_METHOD = f"/{SERVICE_NAME}/ModelStreamInfer"
 EXTENSIONS = ("model_stream_infer", "parameters")
 """What the server metadata announces beyond the core protocol: Triton's streaming extension,
 and request parameters (weight format, device, blocksize, ...)."""
@@ -138,8 +140,16 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, requests: Iterator[v2.ModelInferRequest], context: grpc.ServicerContext
     ) -> Iterator[v2.ModelStreamInferResponse]:
         client = self._client_identity(context)
+        settings = self._control.settings
+        # the caller's right to stream is asked again at most every auth_cache_s: a revoked
+        # token (or a role changed) ends the stream with UNAUTHENTICATED (PERMISSION_DENIED)
+        rights = CallRights(
+            "",
+            self._control.authenticator.recheck(_caller_token(context), _STREAM_METHOD),
+            every_s=settings.auth_cache_s,
+        )
         with self._streams.slot(), self._streams_per_client.slot(client):
-            timeout_s = self._control.settings.infer_stream_idle_timeout_s
+            timeout_s = settings.infer_stream_idle_timeout_s
             received = with_idle_timeout(
                 requests,
                 timeout_s=timeout_s,
@@ -147,6 +157,7 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 what=f"the stream sent no request for {timeout_s:g} s and was ended",
             )
             for request in received:
+                rights.check()
                 try:
                     response = self._infer(request, context)
                 except Exception as exc:  # noqa: BLE001 - one request's failure, not the stream's

@@ -17,6 +17,7 @@ import numpy as np
 from modelrunner import errors, types
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.predict_request import PredictRequest
+from modelrunner.value_ranges import check_fits
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -63,6 +64,17 @@ _CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
+
+_FIELD_DTYPES = {
+    "bool_contents": np.dtype(np.bool_),
+    "uint_contents": np.dtype("<u4"),
+    "uint64_contents": np.dtype("<u8"),
+    "int_contents": np.dtype("<i4"),
+    "int64_contents": np.dtype("<i8"),
+    "fp32_contents": np.dtype("<f4"),
+    "fp64_contents": np.dtype("<f8"),
+}
+"""The type of each typed contents field (protobuf's uint32, int32, ...)."""
 
 # Request parameters: modelrunner's, and other clients' that are accepted and ignored (tritonclient
 # sends "priority"; KServe and MLServer codecs send "content_type" and "headers").
@@ -189,13 +201,11 @@ def _input_array(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | Non
             f"has {len(values)}",
             details={"tensor": name, "expected": count, "got": len(values)},
         )
-    try:
-        return np.asarray(values, dtype=dtype).reshape(shape)
-    except OverflowError as e:
-        raise errors.InvalidTensorError(
-            f"input {name!r}: a value does not fit {tensor.datatype}: {e}",
-            details={"tensor": name},
-        ) from None
+    # read in the field's own type, which every value it holds fits, then checked against the
+    # datatype's range: numpy would wrap UINT8 300 to 44
+    received = np.asarray(values, dtype=_FIELD_DTYPES[field])
+    check_fits(name, received, dtype, tensor.datatype)
+    return received.astype(dtype, copy=False).reshape(shape)
 
 
 def _booleans(name: str, values: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from modelrunner.wire import check_model_ref
 logger = logging.getLogger(__name__)
 
 MIN_PREFIX_LENGTH = 6
+_PIN_POLL_S = 0.05
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -67,6 +70,9 @@ class ModelRegistry:
             list_references=self._list_references,
         )
         self._zips = PackageZips(settings.cache_dir, self.cache.staging_dir)
+        self._withdrawn: frozenset[str] = frozenset()
+        """Models being removed: no reference resolves to them any more."""
+        self._withdrawn_lock = threading.Lock()
         self._reindex()
 
     def _list_references(self, rdf_path: Path) -> list[str] | None:
@@ -86,11 +92,17 @@ class ModelRegistry:
     # -- adding -----------------------------------------------------------------------------------
 
     def add(
-        self, source: types.ModelSourceSpec, progress: ProgressCallback = no_progress
+        self,
+        source: types.ModelSourceSpec,
+        progress: ProgressCallback = no_progress,
+        *,
+        keep_upload: bool = False,
     ) -> tuple[types.ModelInfo, bool]:
         """Add a model; returns its info and False when the same content was already there.
 
-        The description is read in a description worker (bounded in memory and time).
+        The description is read in a description worker (bounded in memory and time). An
+        upload it was added from is discarded, unless ``keep_upload`` (a caller that may have
+        to add it again discards it itself: :meth:`discard_upload`).
         """
         self.uploads.purge_expired()  # expired uploads no longer count in the cache budget
         staged = self._stager.stage(source, progress)
@@ -121,8 +133,8 @@ class ModelRegistry:
                 )
         finally:
             self._stager.discard(staged)
-        if source.kind == "upload_id":
-            self.uploads.discard(source.value.strip())
+        if not keep_upload:
+            self.discard_upload(source)
         logger.info(
             "%s model %s (%s) from %s",
             "added" if created else "already had",
@@ -131,6 +143,11 @@ class ModelRegistry:
             staged.source,
         )
         return info, created
+
+    def discard_upload(self, source: types.ModelSourceSpec) -> None:
+        """The upload ``source`` names, once added (nothing for other sources)."""
+        if source.kind == "upload_id":
+            self.uploads.discard(source.value.strip())
 
     def receive_upload(
         self, header: UploadHeader, chunks: Iterable[bytes], *, client: str = ""
@@ -178,15 +195,18 @@ class ModelRegistry:
 
         ``visible``: only the models it accepts count (a caller's workspace): the others are
         neither matched nor named in errors, so a prefix or alias cannot probe them."""
-        ref = model_ref.strip()
-        if not ref:
+        if not model_ref.strip():
             raise errors.InvalidArgumentError(
                 "no model given: pass a model id, a unique prefix of one (at least "
                 f"{MIN_PREFIX_LENGTH} characters) or a bioimage.io id"
             )
-        check_model_ref(ref)
+        ref = check_model_ref(model_ref)
         lowered = ref.lower()
-        keep = visible or (lambda _: True)
+        withdrawn = self._withdrawn
+        if visible is None:
+            keep: Callable[[str], bool] = lambda m: m not in withdrawn  # noqa: E731
+        else:
+            keep = lambda m: m not in withdrawn and visible(m)  # noqa: E731
         if _HEX.match(lowered) and len(lowered) >= MIN_PREFIX_LENGTH:
             matches = [m for m in self.cache.ids_with_prefix(lowered) if keep(m)]
             if len(matches) == 1:
@@ -244,6 +264,35 @@ class ModelRegistry:
         freed = self.cache.remove(model_id)
         logger.info("removed model %s (%d bytes)", short_id(model_id), freed)
         return model_id, freed
+
+    @contextmanager
+    def withdrawn(self, model_id: str) -> Iterator[None]:
+        """While the block runs, no reference resolves to the model (it is being removed):
+        routes, descriptions, package fetches and callers' checks find it NOT_FOUND."""
+        with self._withdrawn_lock:
+            self._withdrawn = self._withdrawn | {model_id}
+        try:
+            yield
+        finally:
+            with self._withdrawn_lock:
+                self._withdrawn = self._withdrawn - {model_id}
+
+    def remove_withdrawn(self, model_id: str, *, wait_s: float) -> int:
+        """Remove a model withdrawn by :meth:`withdrawn` once runtimes no longer serve it;
+        returns the bytes freed. Operations of the control service that still use its package
+        (a model test, a package fetch) are waited for, at most ``wait_s``: ModelInUseError
+        after that, and nothing is removed."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                freed = self.cache.remove(model_id, runtimes_unloaded=True)
+                break
+            except errors.ModelInUseError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(_PIN_POLL_S)
+        logger.info("removed model %s (%d bytes)", short_id(model_id), freed)
+        return freed
 
     def verify(self, model_ref: str) -> str:
         """Hash every file of the model against its manifest; CorruptModelError on a mismatch."""

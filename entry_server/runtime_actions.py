@@ -1,4 +1,4 @@
-"""How the control service calls its runtimes' actions (model tests, unloads): through the
+"""How the control service calls its runtimes' actions (model tests, removals): through the
 runtime client (:mod:`modelrunner.runtime_client`), each runtime with the credential the
 control service holds for it, one connection per call (these calls are rare)."""
 
@@ -33,10 +33,10 @@ def run_model_test_on_runtime(
     return caller.client.test(flight_uri, model_id, weight_format, device, timeout=timeout_s)
 
 
-def unload_model_on_runtime(
+def remove_model_on_runtime(
     flight_uri: str, *, model_id: str, timeout_s: float, caller: RuntimeCaller = NO_CREDENTIALS
-) -> int:
-    """Unload every pipeline of the model on the runtime; returns how many it unloaded.
-
-    Raises ModelInUseError when one of them is serving a request."""
-    return caller.client.unload(flight_uri, model_id, timeout=timeout_s)
+) -> tuple[int, int]:
+    """Tell the runtime the model (a full id) is removed: it unloads it even while in use, ends
+    the exchanges open on it and waits for its predictions in flight. Returns how many pipelines
+    it unloaded and how many predictions it waited for."""
+    return caller.client.remove(flight_uri, model_id, timeout=timeout_s)

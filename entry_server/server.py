@@ -22,7 +22,6 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from modelrunner import errors
 from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
 from modelrunner.entry_server.call_limits import threads_for_limited_calls
 from modelrunner.entry_server.call_metrics import CallMetricsInterceptor
@@ -38,6 +37,7 @@ from modelrunner.entry_server.server_reflection import SERVICE_NAMES as REFLECTI
 from modelrunner.entry_server.server_reflection import enable_server_reflection
 from modelrunner.entry_server.servicer import ControlServicer
 from modelrunner.entry_server.state_metrics import control_state
+from modelrunner.listen_failures import listen_failure
 from modelrunner.metrics import add_state_source
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.settings import Settings
@@ -200,10 +200,10 @@ def start_control_server(
                 port = server.add_secure_port(target, server_tls.grpc_credentials())
             else:
                 port = server.add_insecure_port(target)
-        except RuntimeError as exc:
-            raise errors.UnavailableError(f"cannot listen on {target}: {exc}") from exc
+        except RuntimeError:
+            port = 0  # gRPC says only "Failed to bind": listen_failure asks why
         if port == 0:
-            raise errors.UnavailableError(f"cannot listen on {target}")
+            raise listen_failure(settings.host, settings.port, "control")
         server.start()
     except BaseException:
         registry.close()

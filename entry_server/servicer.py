@@ -159,8 +159,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def RemoveModel(
         self, request: control_pb2.RemoveModelRequest, context: grpc.ServicerContext
     ) -> control_pb2.RemoveModelResponse:
-        model_id, freed = self._control.remove_model(request.model_id, current_identity())
-        return control_pb2.RemoveModelResponse(model_id=model_id, freed_bytes=freed)
+        removal = self._control.remove_model(request.model_id, current_identity())
+        return control_pb2.RemoveModelResponse(
+            model_id=removal.model_id,
+            freed_bytes=removal.freed_bytes,
+            calls_in_flight=removal.calls_in_flight,
+        )
 
     def GetServerInfo(
         self, request: control_pb2.GetServerInfoRequest, context: grpc.ServicerContext

@@ -133,12 +133,22 @@ class TokenStore:
         lock_path = self.path.with_name(self.path.name + ".lock")
         with open(lock_path, "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
-            records = _read(self.path) if self.path.exists() else []
+            records = _read_all(self.path) if self.path.exists() else []
             yield records
             _write(self.path, records)
 
 
+_FILE_ROLES = frozenset(r.value for r in Role if r is not Role.CONTROL)
+"""The roles a token in the file may have (``control`` is the control service's own)."""
+
+
 def _read(path: Path) -> list[TokenRecord]:
+    """The records the server honours."""
+    return [r for r in _read_all(path) if _usable(path, r)]
+
+
+def _read_all(path: Path) -> list[TokenRecord]:
+    """Every record of the file (an edit keeps those the server refuses)."""
     try:
         data = json.loads(path.read_text())
         return [TokenRecord(**r) for r in data["tokens"]]
@@ -146,6 +156,23 @@ def _read(path: Path) -> list[TokenRecord]:
         # A broken file must not open the server: no token is accepted until it is mended.
         logger.error("cannot read the token file %s (%s): no token is accepted", path, exc)
         return []
+
+
+def _usable(path: Path, record: TokenRecord) -> bool:
+    """Whether a record can be honoured; one that cannot is refused once, when the file is read
+    (its calls are UNAUTHENTICATED), never by a failing call."""
+    if record.role not in _FILE_ROLES:
+        logger.error(
+            "the token file %s gives token %r (id %s) the unknown role %r: the token is refused "
+            "until the file is mended (roles: %s)",
+            path,
+            record.name,
+            record.token_id,
+            record.role,
+            ", ".join(sorted(_FILE_ROLES)),
+        )
+        return False
+    return True
 
 
 def _write(path: Path, records: list[TokenRecord]) -> None:

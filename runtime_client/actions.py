@@ -75,6 +75,19 @@ def unload_model(
     return response.unloaded
 
 
+def remove_model(
+    client: flight.FlightClient, model_id: str, *, timeout: float | None
+) -> tuple[int, int]:
+    """Tell the runtime the model (a full id) was removed from the server (the control
+    service's call): it unloads it even while in use, ends the exchanges open on it and waits
+    for its predictions in flight. Returns how many pipelines it unloaded and how many
+    predictions it waited for."""
+    response = runtime_pb2.UnloadModelResponse()
+    request = runtime_pb2.UnloadModelRequest(model_id=model_id, removed=True)
+    do_action(client, UNLOAD_MODEL, request, response, timeout=timeout)
+    return response.unloaded, response.calls_in_flight
+
+
 def test_model(
     client: flight.FlightClient,
     model_id: str,

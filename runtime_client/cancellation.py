@@ -103,6 +103,11 @@ _scope: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar(
 )
 
 
+def current_scope() -> CancelScope | None:
+    """The scope made current in this thread (:meth:`CancelScope.current`), if any."""
+    return _scope.get()
+
+
 class CallRegistry(CancelScope):
     """The calls in progress on one client; :meth:`cancel_all` cancels them all, for good."""
 

@@ -206,6 +206,13 @@ class RuntimeClient:
         with self._using(uri) as client:
             return actions.unload_model(client, model_id, weight_format, device, timeout=timeout)
 
+    def remove(self, uri: str, model_id: str, *, timeout: float | None) -> tuple[int, int]:
+        """The model (a full id) was removed from the server: the runtime unloads it even while
+        in use and ends its open exchanges. Returns the pipelines it unloaded and the
+        predictions in flight it waited for (the control service's call)."""
+        with self._using(uri) as client:
+            return actions.remove_model(client, model_id, timeout=timeout)
+
     def test(
         self,
         uri: str,

@@ -25,6 +25,7 @@ import pyarrow.flight as flight
 from modelrunner import converters, errors
 from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import translated_errors
+from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
 from .cancellation import CallRegistry
@@ -67,6 +68,7 @@ class _Session:
     def __init__(self, client: flight.FlightClient, key: SessionKey) -> None:
         self.key = key
         self.layout = key[2]
+        self.model_id = runtime_pb2.PredictCommand.FromString(key[1]).model_id
         self.frames = 0
         """Samples answered so far: the index the runtime gives the next one."""
         self.last_call_s = float("inf")
@@ -268,6 +270,14 @@ class SessionPool:
         with self._cond:
             dropped = [s for s in self._idle if s.key[0] == uri]
             self._idle = [s for s in self._idle if s.key[0] != uri]
+        for s in dropped:
+            s.close()
+
+    def drop_model(self, model_id: str) -> None:
+        """Close the idle sessions on ``model_id`` (a full id: the model was removed)."""
+        with self._cond:
+            dropped = [s for s in self._idle if s.model_id == model_id]
+            self._idle = [s for s in self._idle if s.model_id != model_id]
         for s in dropped:
             s.close()
 

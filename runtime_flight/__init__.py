@@ -15,6 +15,7 @@ responsibility per module:
     repeated_inputs how inputs of signatures seen lately map, and their plans
     batching        several samples, stacked along the batch axis when possible
     kept_shape      bioimageio.core's call on a sample as sent (keep_shape, halo padding)
+    sample_blocks   one block of a larger sample, with the whole sample's statistics
     core_calls      bioimageio.core's call sequence, written once
     core_blocks     how bioimageio.core places output blocks (fixed-size outputs that follow inputs)
     input_mapping   arrays (+ dim names) -> validated arrays in the model's axis order
@@ -41,7 +42,11 @@ The Flight edge (protobuf here only), and the process around it:
     exchange_calls  what every exchange shares: the call, cancel polling, errors, counters
     frame_io        frames in and out: layouts, reading, the frame reader thread, writing
     flight_actions  load, unload, test, info
-    exchange_metrics, caller_auth   Prometheus metrics; who may call
+    exchange_metrics, caller_auth   Prometheus metrics; who may call (tokens checked by the
+                    control service)
+    call_gate       CallGate: a call's rights (the model resolved as its caller, re-checked
+                    while it is open) and the runtime's limits, the one object the edge asks
+    model_removal   what a runtime does when the control service removes a model
     packages        PackageLocator: a model's package from the shared cache or the control service
     registration    Registration: announce the runtime to the control service, heartbeats
 

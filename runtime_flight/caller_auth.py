@@ -146,29 +146,45 @@ class CallerChecks:
     def middleware(self) -> dict[str, flight.ServerMiddlewareFactory]:
         return {} if self.check is None else {MIDDLEWARE_KEY: CallerAuthFactory(self.check)}
 
+    def caller(self, context: flight.ServerCallContext) -> Caller | None:
+        """Who makes the call; None without authentication."""
+        if self.check is None:
+            return None
+        middleware = context.get_middleware(MIDDLEWARE_KEY)
+        if middleware is None:  # pragma: no cover - the factory refuses such calls
+            raise errors.UnauthenticatedError("the call carries no token")
+        caller: Caller = middleware.caller
+        return caller
+
     def require(
         self,
         context: flight.ServerCallContext,
         role: Role | tuple[Role, ...],
         what: str,
         model_ref: str = "",
-    ) -> None:
-        """PermissionDeniedError when the caller's role is too low; ModelNotFoundError when
-        the model is not visible to it. Nothing without authentication."""
-        if self.check is None:
-            return
-        middleware = context.get_middleware(MIDDLEWARE_KEY)
-        if middleware is None:  # pragma: no cover - the factory refuses such calls
-            raise errors.UnauthenticatedError("the call carries no token")
-        caller: Caller = middleware.caller
+    ) -> str:
+        """The full id of ``model_ref`` as the caller resolves it (its workspaces, through the
+        control service's resolution; "" for no model). PermissionDeniedError when the caller's
+        role is too low; ModelNotFoundError when the model is not visible to it. Without
+        authentication nothing is checked and "" is returned: the runtime resolves the
+        reference itself."""
+        caller = self.caller(context)
+        if caller is None:
+            return ""
+        self.require_role(caller, role, what)
+        if not model_ref:
+            return ""
+        assert self.check is not None
+        _, model_id = self.check(caller.token, model_ref)
+        return model_id
+
+    def require_role(self, caller: Caller, role: Role | tuple[Role, ...], what: str) -> None:
         caller.identity.require(role, what)
         if caller.identity.role is Role.CONTROL and caller.identity.audience != self._runtime_id():
             raise errors.PermissionDeniedError(
                 f"{what}: this control service token was issued for another runtime",
                 details={"role": Role.CONTROL.value},
             )
-        if model_ref:
-            self.check(caller.token, model_ref)
 
     def sees_everything(self, context: flight.ServerCallContext) -> bool:
         """Whether the caller sees every workspace (admin, or no authentication)."""

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from modelrunner import errors
+from modelrunner.call_rights import CallRights
 from modelrunner.predict_request import PredictRequest
 from modelrunner.transport_errors import to_flight_error
 
-from .caller_auth import CallerChecks
 from .exchange_metrics import ExchangeObservation
 from .memory_release import release_free_memory
 from .service import RuntimeService
@@ -178,13 +178,16 @@ class ExchangeCall:
     writer: flight.MetadataRecordBatchWriter
     service: RuntimeService
     counters: ExchangeCounters
-    caller_checks: CallerChecks
+    rights: CallRights
+    """The caller's rights to the call (:mod:`modelrunner.call_rights`), checked again per
+    frame."""
     seen: ExchangeObservation
     batch_bytes: int
     draining: threading.Event
     report_progress: bool = False
 
     def check_rights_again(self) -> None:
-        """Where a stream's or a session's next frame is admitted: the place to check the
-        caller's rights again per frame (today they are checked once, when the exchange
-        opens, by the edge)."""
+        """Where a stream's or a session's next frame is admitted: the caller's rights, asked
+        again at most every ``auth_cache_s`` (a clock read in between); a removed model, a
+        revoked token or a model the caller no longer sees ends the call with its error."""
+        self.rights.check()

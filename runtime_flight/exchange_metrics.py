@@ -39,17 +39,12 @@ class ExchangeObservation:
         self.cancelled = False
         """Set when the client cancelled a stream before its end (a session's client closing it
         is how a session ends)."""
-        self._ok = FRAMES.labels(self.model, "ok")
-        self._failed = FRAMES.labels(self.model, "error")
-        self._latency = FRAME_LATENCY.labels(self.model)
-        self._bytes_in = TENSOR_BYTES.labels("in", self.model)
-        self._bytes_out = TENSOR_BYTES.labels("out", self.model)
-        # a session's samples are single predictions on one open exchange (the client's
-        # predict): each is timed as a call too
-        self._call_latency = LATENCY.labels("runtime", "predict") if kind == "session" else None
-        self._calls_ok = (
-            REQUESTS.labels("runtime", "predict", self.model, "OK") if kind == "session" else None
-        )
+        self.ended_idle = False
+        """Set when a session's client went away while the session waited for its next frame:
+        a normal end, not a cancelled prediction."""
+        self._series: _FrameSeries | None = None
+        """Bound at the first frame: an action, or an exchange for an unknown model, makes no
+        series (``modelrunner status`` would show a model named "")."""
 
     def frame(
         self,
@@ -60,20 +55,39 @@ class ExchangeObservation:
     ) -> None:
         """One frame answered: with its outputs, or with its ``error`` (``outputs`` None)."""
         self.frames_answered += 1
-        self._bytes_in.inc(bytes_in)
+        series = self._series
+        if series is None:
+            series = self._series = _FrameSeries(self.kind, self.model)
+        series.bytes_in.inc(bytes_in)
         if outputs is None:
-            self._failed.inc()
-            if self._call_latency is not None:
+            series.failed.inc()
+            if series.call_latency is not None:
                 code = error.code.name if error is not None else "INTERNAL"
                 REQUESTS.labels("runtime", "predict", self.model, code).inc()
             return
-        self._ok.inc()
-        self._bytes_out.inc(sum(a.nbytes for a in outputs.values()))
-        self._latency.observe(seconds)
-        if self._call_latency is not None:
-            self._call_latency.observe(seconds)
-        if self._calls_ok is not None:
-            self._calls_ok.inc()
+        series.ok.inc()
+        series.bytes_out.inc(sum(a.nbytes for a in outputs.values()))
+        series.latency.observe(seconds)
+        if series.call_latency is not None:
+            series.call_latency.observe(seconds)
+        if series.calls_ok is not None:
+            series.calls_ok.inc()
+
+
+class _FrameSeries:
+    """The label children one exchange's frames count on, bound once."""
+
+    def __init__(self, kind: str, model: str) -> None:
+        self.ok = FRAMES.labels(model, "ok")
+        self.failed = FRAMES.labels(model, "error")
+        self.latency = FRAME_LATENCY.labels(model)
+        self.bytes_in = TENSOR_BYTES.labels("in", model)
+        self.bytes_out = TENSOR_BYTES.labels("out", model)
+        # a session's samples are single predictions on one open exchange (the client's
+        # predict): each is timed as a call too
+        session = kind == "session"
+        self.call_latency = LATENCY.labels("runtime", "predict") if session else None
+        self.calls_ok = REQUESTS.labels("runtime", "predict", model, "OK") if session else None
 
 
 @contextmanager

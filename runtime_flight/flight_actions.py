@@ -1,6 +1,7 @@
 """The runtime's Flight actions (``do_action``): load, unload and test a model, and report the
 runtime's state. Protobuf bodies in and out (``runtime.proto``), the data plane's domain types
-in between; each checks the caller's role first."""
+in between; each asks the call gate (:mod:`.call_gate`) first: the caller's role, the model as
+the caller resolves it, and the runtime's limits."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from modelrunner.auth import Role
 from modelrunner.v1 import control_pb2, runtime_pb2
 from modelrunner.wire import check_model_ref
 
-from .caller_auth import CallerChecks
+from .call_gate import CallGate
+from .model_removal import remove_model
 from .service import RuntimeService
 
 ACTIONS = {
@@ -41,9 +43,10 @@ def parse_message(message: M, body: bytes) -> M:
 
 
 class FlightActions:
-    def __init__(self, service: RuntimeService, caller_checks: CallerChecks) -> None:
+    def __init__(self, service: RuntimeService, gate: CallGate) -> None:
         self.service = service
-        self.caller_checks = caller_checks
+        self.gate = gate
+        self.caller_checks = gate.checks
         self.handlers: dict[str, Handler] = {
             "load_model": self.load,
             "unload_model": self.unload,
@@ -53,8 +56,8 @@ class FlightActions:
 
     def load(self, context: flight.ServerCallContext, body: bytes) -> bytes:
         request = parse_message(runtime_pb2.LoadModelRequest(), body)
-        self.caller_checks.require(context, Role.READ, "load_model", request.model_id)
-        info = self.service.load(request.model_id, request.weight_format, request.device)
+        model_id = self.gate.model_for(context, Role.READ, "load_model", request.model_id)
+        info = self.service.load(model_id, request.weight_format, request.device)
         return runtime_pb2.LoadModelResponse(
             model=converters.to_pb_loaded_model(info.model), load_seconds=info.load_seconds
         ).SerializeToString()
@@ -64,15 +67,21 @@ class FlightActions:
         # removed (with the control token it issued for this runtime).
         self.caller_checks.require(context, (Role.ADMIN, Role.CONTROL), "unload_model")
         request = parse_message(runtime_pb2.UnloadModelRequest(), body)
+        if request.removed:
+            removal = remove_model(self.service, self.gate.open_calls, request.model_id)
+            return runtime_pb2.UnloadModelResponse(
+                unloaded=removal.unloaded, calls_in_flight=removal.calls_in_flight
+            ).SerializeToString()
         count = self.service.unload(request.model_id, request.weight_format, request.device)
         return runtime_pb2.UnloadModelResponse(unloaded=count).SerializeToString()
 
     def test(self, context: flight.ServerCallContext, body: bytes) -> bytes:
         request = parse_message(control_pb2.TestModelRequest(), body)
-        self.caller_checks.require(
-            context, (Role.READ, Role.CONTROL), "test_model", request.model_id
-        )
-        report = self.service.test(request.model_id, request.weight_format, request.device)
+        with self.gate.tests.slot():
+            model_id = self.gate.model_for(
+                context, (Role.READ, Role.CONTROL), "test_model", request.model_id
+            )
+            report = self.service.test(model_id, request.weight_format, request.device)
         return control_pb2.TestModelResponse(
             report=converters.to_pb_report(report)
         ).SerializeToString()

@@ -190,7 +190,8 @@ def _predict_as_sent(call: Prediction, arrays: Mapped) -> Predicted:
         raise
     except Exception as e:
         request = call.request
-        if request.input_padding == "none" and request.blocksize is None:
+        fits = request.blocksize is None and request.block_statistics is None
+        if fits and request.input_padding == "none":
             plan = call.plan(arrays)
             if plan.mode != "whole":
                 # A shape outside the model's sizes that its network refuses (bioimageio.core's

@@ -13,7 +13,9 @@ process, so this runs the call bioimageio.core would run, on the sample as it is
 - with blocksize ``n``: ``predict_sample_with_blocking(ns=n)``, bioimageio.core's blockwise
   prediction with its own padding of the blocks;
 - with ``input_padding="halo"`` and no blocksize: ``predict_sample_without_blocking`` with its
-  halo padding and cropping, what ``bioimageio.core.predict()`` runs.
+  halo padding and cropping, what ``bioimageio.core.predict()`` runs;
+- a block of a larger sample (``block_statistics``): its blockwise processing with the whole
+  sample's statistics around the network (:mod:`.sample_blocks`).
 
 The fast path is not taken: it is checked against bioimageio.core only for the sizes the model
 declares.
@@ -35,6 +37,7 @@ from modelrunner.predict_request import PredictRequest
 
 from .core_calls import Progress, core_predict
 from .input_mapping import as_sample
+from .sample_blocks import predict_block_of_sample
 
 
 def predict_kept_shape(
@@ -53,6 +56,10 @@ def predict_kept_shape(
             ``max_tile_input_bytes``, the bound every other call is tiled under.
     """
     _check_network_input(descr, arrays, request, network_dtypes, pipeline, max_tile_input_bytes)
+    if request.block_statistics is not None:
+        return predict_block_of_sample(
+            pipeline, descr, arrays, request.block_statistics, request, network_dtypes
+        )
     return core_predict(
         pipeline,
         descr,

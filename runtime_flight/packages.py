@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from modelrunner.v1 import control_pb2, control_pb2_grpc
 logger = logging.getLogger(__name__)
 
 _FULL_ID = re.compile(r"^[0-9a-f]{64}$")
+_REMEMBERED_REMOVALS = 4096
 
 
 class PackageLocator:
@@ -48,10 +50,17 @@ class PackageLocator:
         self._max_files = max_files
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._removed: OrderedDict[str, None] = OrderedDict()
+        """Models removed since: their package on disk proves nothing any more (the control
+        service's folder may still be there for a moment), the control service decides."""
 
     def resolve(self, model_id: str) -> str:
         """The full id for a full id, a unique prefix or a bioimage.io id."""
-        if _FULL_ID.match(model_id) and self._existing(model_id) is not None:
+        if (
+            _FULL_ID.match(model_id)
+            and model_id not in self._removed
+            and self._existing(model_id) is not None
+        ):
             return model_id
         channel = self._control_channel()
         if channel is None:
@@ -67,7 +76,24 @@ class PackageLocator:
             )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
+        with self._lock:
+            self._removed.pop(response.model_id, None)  # added again since
         return response.model_id
+
+    def forget(self, model_id: str, delete_copy: bool = True) -> None:
+        """The control service removed the model: its id is asked about from now on, and
+        (``delete_copy``) this runtime's own copy of its package goes (never the control
+        service's shared cache). A removal first only marks the id, and deletes the copy once
+        the work still reading it (predictions, loads) has ended."""
+        with self._lock:
+            self._removed[model_id] = None
+            while len(self._removed) > _REMEMBERED_REMOVALS:
+                self._removed.popitem(last=False)
+        if delete_copy and _FULL_ID.match(model_id):
+            folder = cache_layout.model_dir(self.local_cache_dir, model_id)
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                logger.info("deleted this runtime's copy of removed model %s", model_id[:12])
 
     def package_dir(self, model_id: str) -> Path:
         """The unpacked package of ``model_id`` (a full id), fetched first when needed."""

@@ -233,6 +233,20 @@ class PipelinePool:
             self._close(w)
         return len(matching)
 
+    def retire(self, model_id: str) -> list[WarmPipeline]:
+        """Take every pipeline of ``model_id`` out of the pool at once (a removed model): idle
+        ones are closed now, those in use when their last request ends. Returns them, so the
+        caller can wait for those requests (``WarmPipeline.users``)."""
+        with self._cond:
+            retired = [w for k, w in self._warm.items() if k[0] == model_id]
+            for w in retired:
+                del self._warm[w.key]
+                w.retired = True
+            idle = [w for w in retired if not w.users]
+        for w in idle:
+            self._close(w)
+        return retired
+
     def unload_idle(self, idle_s: float) -> int:
         """Unload the pipelines nobody holds and nobody used for ``idle_s`` seconds (a copy
         loaded to spread traffic that is no longer needed); returns how many."""
@@ -250,6 +264,11 @@ class PipelinePool:
             logger.info("unloading %s (%s, %s): idle for %.0f s", *w.key, idle_s)
             self._close(w)
         return len(idle)
+
+    def loading(self, model_id: str) -> bool:
+        """Whether a pipeline of ``model_id`` (a full id) is being loaded now."""
+        with self._cond:
+            return any(k[0] == model_id for k in self._loading)
 
     def has_warm(self, model_id: str) -> bool:
         """Whether a pipeline of ``model_id`` (a full id) is loaded."""

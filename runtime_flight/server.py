@@ -19,11 +19,12 @@ from typing import Any
 import pyarrow.flight as flight
 
 from modelrunner import errors
-from modelrunner.auth import Role
+from modelrunner.call_rights import CallRights
 from modelrunner.predict_command import ExchangeKind, exchange_kind, from_command
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
+from .call_gate import CallGate
 from .caller_auth import CallerChecks
 from .exchange_calls import ExchangeCall, ExchangeCounters, flight_errors
 from .exchange_metrics import ExchangeObservation, observing
@@ -57,9 +58,11 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.caller_checks = caller_checks or CallerChecks(None)
         super().__init__(location, middleware=self.caller_checks.middleware(), **kwargs)
         self.service = service
+        self.gate = CallGate(self.caller_checks, service.resolve, service.settings)
+        """Rights and limits of every call (:mod:`.call_gate`)."""
         self.batch_bytes = batch_bytes
         self.counters = ExchangeCounters()
-        self.actions = FlightActions(service, self.caller_checks)
+        self.actions = FlightActions(service, self.gate)
         self.draining = threading.Event()
         """Set by :meth:`begin_drain`: streams answer the frames they hold and end."""
 
@@ -104,24 +107,24 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         started = time.monotonic()
         command: runtime_pb2.PredictCommand | None = None
+        seen: ExchangeObservation | None = None
         with self.counters.exchange():
             try:
                 with flight_errors("prediction", context):
                     command = _parse_command(descriptor)
-                    self.caller_checks.require(context, Role.READ, "prediction", command.model_id)
-                    kind = exchange_kind(command)
-                    with observing(kind, command.model_id) as seen:
-                        _SERVE[kind](self.exchange_call(context, command, reader, writer, seen))
+                    with self.gate.exchange(context, command.model_id) as rights:
+                        # the model as the caller resolved it: nothing resolves it again
+                        command.model_id = rights.model_id
+                        kind = exchange_kind(command)
+                        with observing(kind, rights.model_id) as seen:
+                            _SERVE[kind](
+                                self.exchange_call(context, command, reader, writer, seen, rights)
+                            )
             finally:
                 # counted before the exchange stops counting as active
                 if context.is_cancelled():
                     self.counters.count_cancelled()
-                    logger.info(
-                        "%s of model %s cancelled by the client after %.2f s",
-                        "prediction" if command is None else _KIND_NAMES[exchange_kind(command)],
-                        command.model_id[:12] if command is not None else "?",
-                        time.monotonic() - started,
-                    )
+                    _log_cancelled(command, started, idle=seen is not None and seen.ended_idle)
 
     def exchange_call(
         self,
@@ -130,8 +133,10 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
         seen: ExchangeObservation | None = None,
+        rights: CallRights | None = None,
     ) -> ExchangeCall:
-        """An exchange of ``command`` on this server, as its kind's handler takes it."""
+        """An exchange of ``command`` on this server, as its kind's handler takes it (``rights``
+        None: those of a caller that may do anything)."""
         return ExchangeCall(
             context=context,
             request=from_command(command),
@@ -139,7 +144,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             writer=writer,
             service=self.service,
             counters=self.counters,
-            caller_checks=self.caller_checks,
+            rights=rights or CallRights(command.model_id),
             seen=seen or ExchangeObservation(exchange_kind(command), command.model_id),
             batch_bytes=self.batch_bytes,
             draining=self.draining,
@@ -165,6 +170,21 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
 
 _KIND_NAMES = {"predict": "prediction", "stream": "stream", "session": "session"}
+_ENDED_BETWEEN_FRAMES = "session of model %s ended by its client after %.2f s, between frames"
+
+
+def _log_cancelled(
+    command: runtime_pb2.PredictCommand | None, started: float, *, idle: bool
+) -> None:
+    """The one line a cancelled exchange leaves, once its work has stopped. ``idle``: a session
+    its client closed or left between frames, which is how sessions end (debug level)."""
+    model = command.model_id[:12] if command is not None else "?"
+    seconds = time.monotonic() - started
+    if idle:
+        logger.debug(_ENDED_BETWEEN_FRAMES, model, seconds)
+        return
+    kind = "prediction" if command is None else _KIND_NAMES[exchange_kind(command)]
+    logger.info("%s of model %s cancelled by the client after %.2f s", kind, model, seconds)
 
 
 def _parse_command(descriptor: flight.FlightDescriptor) -> runtime_pb2.PredictCommand:

@@ -54,6 +54,7 @@ class RuntimeService:
         self._package_dir = package_dir
         self.pool = PipelinePool.from_settings(settings, package_dir)
         self._resolve: Callable[[str], str] = lambda model_id: model_id
+        self._forget: Callable[[str, bool], None] = lambda model_id, delete_copy: None
         self._on_change: Callable[[], None] = lambda: None
         self.runtime_id = ""
         self.flight_uri = ""
@@ -61,9 +62,28 @@ class RuntimeService:
     def set_identity(self, *, runtime_id: str, flight_uri: str) -> None:
         self.runtime_id, self.flight_uri = runtime_id, flight_uri
 
-    def set_resolver(self, resolve: Callable[[str], str]) -> None:
-        """How to turn a prefix or bioimage.io id into a full model id (the control service)."""
+    def set_resolver(
+        self, resolve: Callable[[str], str], forget: Callable[[str, bool], None] | None = None
+    ) -> None:
+        """How to turn a prefix or bioimage.io id into a full model id (the control service),
+        and how to forget a removed model's package (``PackageLocator.forget``)."""
         self._resolve = resolve
+        if forget is not None:
+            self._forget = forget
+
+    def resolve(self, model_ref: str) -> str:
+        """The full id of a model reference, as the runtime resolves it (a warm full id needs no
+        lookup)."""
+        return model_ref if self.pool.has_warm(model_ref) else self._resolve(model_ref)
+
+    def forget_package(self, model_id: str, *, delete_copy: bool = True) -> None:
+        """The model was removed: its id is looked up afresh from now on (the control service
+        refuses it), and (``delete_copy``) this runtime's copy of its package goes."""
+        self._forget(model_id, delete_copy)
+
+    def changed(self) -> None:
+        """Tell the control service at once what is loaded now (a heartbeat)."""
+        self._on_change()
 
     def set_on_change(self, callback: Callable[[], None]) -> None:
         """Called after a model is loaded or unloaded (the registration sends a heartbeat)."""
@@ -146,9 +166,9 @@ class RuntimeService:
         batch axis when the model allows); a frame that fails gives its error in its place."""
         try:
             if request.as_sent:
-                which = "keep_shape" if request.keep_shape else "input_padding='halo'"
                 raise errors.InvalidArgumentError(
-                    f"{which} is for single predictions and sessions, not frame streams"
+                    f"{request.as_sent_option} is for single predictions and sessions, not "
+                    "frame streams"
                 )
             with self._use(request) as warm:
                 return warm.predict_batch(
@@ -163,9 +183,7 @@ class RuntimeService:
         convolution streamed 512x512 frames at 234 frames/s one by one, 126 stacked by 8)."""
         if request.max_batch_size > 0:
             return request.max_batch_size
-        model_id = request.model_id
-        if not self.pool.has_warm(model_id):
-            model_id = self._resolve(model_id)
+        model_id = self.resolve(request.model_id)
         _, _, device = self.pool.resolve(
             model_id, request.weight_format or None, request.device or None
         )
@@ -181,9 +199,7 @@ class RuntimeService:
 
     def _lend(self, request: PredictRequest) -> WarmPipeline:
         """The request's warm pipeline, lent by the pool (give it back)."""
-        model_id = request.model_id
-        if not self.pool.has_warm(model_id):  # a warm full id needs no lookup
-            model_id = self._resolve(model_id)
+        model_id = self.resolve(request.model_id)
         loads = self.pool.loads
         warm = self.pool.lend(model_id, request.weight_format or None, request.device or None)
         if self.pool.loads != loads:

@@ -1,7 +1,10 @@
 """A session: lockstep predictions on one exchange, all in the handler's thread. Read a sample,
 answer it, read the next, until the client finishes writing or cancels. A sample that fails is
-answered with its error and the session goes on. Sessions opened before the runtime retired
-them end before their next sample (the client sends it again on a new exchange)."""
+answered with its error and the session goes on; a sample whose caller lost its rights ends the
+session with that error. While it waits for its client's next sample a session holds an idle
+slot of its token's ``max_exchanges_per_token``, not a working one. Sessions opened before the
+runtime retired them end before their next sample (the client sends it again on a new
+exchange)."""
 
 from __future__ import annotations
 
@@ -34,19 +37,27 @@ def serve_session(call: ExchangeCall) -> None:
     decoder = SampleDecoder(layout)
     out_layout: SampleLayout | None = None
     frame = 0
+    rights, seen = call.rights, call.seen
     with counters.session():
         while True:
+            if frame and not decoder.in_progress and not rights.idle():
+                # its token keeps as many idle sessions as it may: the client sends its next
+                # sample on a new exchange (max_exchanges_per_token)
+                return
             try:
                 with malformed_input(context):
                     chunk = reader.read_chunk()
             except StopIteration:
+                seen.ended_idle = True  # a client that goes away ends its input too
                 return
             except Exception:
                 if context.is_cancelled():
+                    seen.ended_idle = True
                     return
                 raise
             if chunk.data is None:
                 continue
+            rights.at_work()
             with malformed_input(context):
                 samples = decoder.feed(chunk.data)
             if layout.chunked:

@@ -363,6 +363,65 @@ def build_halo_model(directory: Path) -> Path:
     )
 
 
+def build_halo_model_3d(directory: Path) -> Path:
+    """A 3x3x3 convolution (TorchScript) on BCZYX float32 with an output halo of 2 on z, y and
+    x; sizes 8 + n*4 (z) and 16 + n*8 (y, x); zero-mean-unit-variance over the whole volume
+    (z, y, x) and symmetric padding (bioimageio.core's default)."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        net = torch.nn.Conv3d(1, 1, 3, padding=1)
+        with torch.no_grad():
+            weights = torch.arange(net.weight.numel(), dtype=torch.float32)
+            net.weight.copy_((weights / weights.sum()).reshape(net.weight.shape))
+            net.bias.fill_(0.25)
+        path = staging / "weights_torchscript.pt"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # see _write_torchscript
+            torch.jit.save(torch.jit.trace(net.eval(), torch.zeros(1, 1, 8, 16, 16)), str(path))
+        sizes = {"z": (8, 4), "y": (16, 8), "x": (16, 8)}
+        shape = (1, 1, *(_test_size(s) for s in sizes.values()))
+        space_in = [v0_5.SpaceInputAxis(id=v0_5.AxisId(a), size=_size(s)) for a, s in sizes.items()]
+        space_out = [
+            v0_5.SpaceOutputAxisWithHalo(
+                id=v0_5.AxisId(a),
+                size=v0_5.SizeReference(tensor_id=v0_5.TensorId("raw"), axis_id=v0_5.AxisId(a)),
+                halo=2,
+            )
+            for a in sizes
+        ]
+        zmuv = v0_5.ZeroMeanUnitVarianceDescr(
+            kwargs=v0_5.ZeroMeanUnitVarianceKwargs(axes=[v0_5.AxisId(a) for a in sizes])
+        )
+        descr = _model(
+            "tiny-halo-3d",
+            [
+                v0_5.InputTensorDescr(
+                    id=v0_5.TensorId("raw"),
+                    axes=[v0_5.BatchAxis(), _channel(["c0"]), *space_in],
+                    test_tensor=v0_5.FileDescr(source=_test_input(staging, "raw", shape)),
+                    preprocessing=[zmuv],
+                )
+            ],
+            [
+                v0_5.OutputTensorDescr(
+                    id=v0_5.TensorId("out"),
+                    axes=[v0_5.BatchAxis(), _channel(["c0"]), *space_out],
+                    test_tensor=v0_5.FileDescr(
+                        source=_placeholder(staging, "out", shape, "float32")
+                    ),
+                )
+            ],
+            v0_5.WeightsDescr(
+                torchscript=v0_5.TorchscriptWeightsDescr(
+                    source=path, pytorch_version=_torch_version()
+                )
+            ),
+        )
+        return _finish(descr, staging, directory)
+
+
 def build_parameterized_model(directory: Path) -> Path:
     """A 3x3 convolution whose y/x sizes are 20 + n*12 (so most sizes need padding)."""
     return _build_conv(
@@ -800,6 +859,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "torchscript": build_torchscript,
     "onnx": build_onnx_identity,
     "halo": build_halo_model,
+    "halo_3d": build_halo_model_3d,
     "parameterized": build_parameterized_model,
     "two_inputs": build_two_input_model,
     "fixed_output": build_fixed_output_model,

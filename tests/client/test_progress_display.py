@@ -45,3 +45,12 @@ def test_a_callable_gets_the_events_untouched() -> None:
         assert report is not None
         report(Progress(stage="predict", done=1, total=2, unit="blocks"))
     assert seen == [Progress(stage="predict", done=1, total=2, unit="blocks")]
+
+
+def test_a_stage_with_nothing_to_do_shows_no_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """The server copies no files of an upload it unpacked: no "add model: copy: 0 B"."""
+    with progress_callback(True, "add model") as report:
+        assert report is not None
+        report(Progress(stage="copy", done=0, total=0, unit="bytes"))
+        report(Progress(stage="hash", done=10, total=10, unit="bytes"))
+    assert capsys.readouterr().err.splitlines() == ["add model: hash: 10 B/10 B (100%)"]

@@ -1,37 +1,27 @@
 """The README's "Use it from bioimageio.core" example runs as written, against the session's
-server (its address put in for ``localhost:50051``)."""
+server (its address put in for ``localhost:50051``), in a folder laid out like a fresh clone
+(``tests/readme_checkout.py``): the example model where the README's first command writes it."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from modelrunner.serving import RunningServer
-from tests.zoo import needs_zoo
+from tests.readme_checkout import blocks, fresh_clone, promised, run_python, section
 
-ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Use it from bioimageio.core"
 
 
 def readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index(SECTION) :]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "no python block in the section"
-    return match.group(1)
+    return blocks(section(SECTION), "python")[0]
 
 
-@needs_zoo
 def test_the_readme_example_runs_as_written(
-    server: RunningServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, example_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     code = readme_example()
-    assert "localhost:50051" in code
     assert len(code.strip().splitlines()) <= 6
-    monkeypatch.chdir(ROOT)  # the example's paths are relative to the checkout
-    exec(compile(code.replace("localhost:50051", server.address), "README.md", "exec"), {})
-    printed = capsys.readouterr().out.strip()
-    promised = code.strip().splitlines()[-1].split("# ", 1)[1]
-    assert printed == promised
+    checkout = fresh_clone(tmp_path, example_model)
+    printed = run_python(code, checkout, server.address).splitlines()
+    assert printed == promised(code)

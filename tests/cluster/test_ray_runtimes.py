@@ -9,6 +9,7 @@ runtimes (a kill, spreading) leave every runtime registered and idle again.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -27,7 +28,12 @@ from ray.cluster_utils import Cluster  # noqa: E402 - after the skip above
 from modelrunner import errors, types  # noqa: E402
 from modelrunner.client import ModelRunnerClient  # noqa: E402
 from modelrunner.cluster.ray_runtimes import RayRuntimes  # noqa: E402
-from modelrunner.cluster.ray_serving import RayPlan, start_ray_serving  # noqa: E402
+from modelrunner.cluster.ray_serving import RayPlan, joined_ray, start_ray_serving  # noqa: E402
+from modelrunner.cluster.ray_token_auth import (  # noqa: E402
+    RayAuthChoice,
+    choose_ray_auth,
+    reread_ray_auth,
+)
 from modelrunner.serving import RunningServer  # noqa: E402
 from modelrunner.settings import Settings  # noqa: E402
 
@@ -49,12 +55,19 @@ def ray_cluster() -> Iterator[Cluster]:
         },
     )
     cluster.add_node(num_cpus=3, object_store_memory=OBJECT_STORE_BYTES, resources={"fake_gpu": 2})
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    # joined as `serve --ray` joins, from a shell set up for another cluster: Ray's token mode
+    # on, with a token. This cluster runs without token mode, where a driver in token mode
+    # loses every actor, so the join turns it off (cluster/ray_token_auth.py)
+    with pytest.MonkeyPatch.context() as shell:
+        shell.setenv("RAY_AUTH_MODE", "token")
+        shell.setenv("RAY_AUTH_TOKEN", "c" * 64)
+        try:
+            with joined_ray(cluster.address):
+                yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    reread_ray_auth()
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +287,12 @@ def test_a_saturated_service_adds_a_runtime_and_stops_it_when_idle(
     # nothing routed to it and no model warm for idle_unload_s: it goes again
     _wait_until(lambda: not group.added and "ray-gpu-1" not in registered(), timeout=30)
     assert {r.runtime_id for r in group.runtimes} == {"ray-cpu-0", "ray-cpu-1", "ray-gpu-0"}
+
+
+def test_a_cluster_without_token_mode_is_joined_with_it_off(ray_cluster: Cluster) -> None:
+    """Every test here ran on such a join, from a shell with token mode on (the fixture)."""
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    assert choose_ray_auth(ray_cluster.address) == RayAuthChoice("disabled")
 
 
 def test_an_address_where_no_cluster_answers_is_a_clear_error_at_once() -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from modelrunner.cli import main
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.serving import RunningServer
-from tests.zoo import MULTI, NUCLEI
+from tests.common.test_listen_failures import GRPC_CORE_LINE
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -26,28 +27,42 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 
 def test_models_add_describe(
-    server: RunningServer, nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
+    server: RunningServer,
+    example_nuclei: ModelInfo,
+    example_model: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, _ = _run(capsys, "add", str(MULTI), "--server", server.address, "--json")
-    assert code == 0 and json.loads(out)["name"] == "Multi-tensor"
+    volume = str(example_model("nuclei3d"))
+    code, out, _ = _run(capsys, "add", volume, "--server", server.address, "--json")
+    assert code == 0 and json.loads(out)["name"] == "Example nuclei U-Net 3D"
     code, out, _ = _run(capsys, "models", "--server", server.address)
-    assert code == 0 and nuclei.id[:12] in out and "UNet 2D Nuclei Broad" in out
-    code, out, _ = _run(capsys, "describe", nuclei.id[:12], "--server", server.address)
+    assert code == 0 and example_nuclei.id[:12] in out and "Example nuclei U-Net 2D" in out
+    code, out, _ = _run(capsys, "describe", example_nuclei.id[:12], "--server", server.address)
     assert code == 0
-    assert "input raw: float32 (batch:1, channel:1, y:512, x:512)" in out
     assert (
-        "output probability: float32 (batch:*, channel:1, y:=raw.y halo 32, x:=raw.x halo 32)"
-        in out
-    )
+        "input raw: float32 (batch:*, channel:1, y:32+n*16, x:32+n*16)  "
+        "[ensure_dtype, zero_mean_unit_variance, ensure_dtype]"
+    ) in out
+    assert (
+        "output probability: float32 (batch:*, channel:1, y:=raw.y halo 8, x:=raw.x halo 8)  "
+        "[sigmoid, ensure_dtype]"
+    ) in out
+    # a package path is added first (the same content: the same model)
+    code, out, _ = _run(capsys, "describe", volume, "--server", server.address)
+    assert code == 0 and "name:           Example nuclei U-Net 3D" in out
 
 
 def test_validate_exit_codes(
-    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: RunningServer,
+    example_model: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, _ = _run(capsys, "validate", str(NUCLEI), "--server", server.address)
+    package = example_model("nuclei")
+    code, out, _ = _run(capsys, "validate", str(package), "--server", server.address)
     assert code == 0
     broken = tmp_path / "bioimageio.yaml"
-    broken.write_text((NUCLEI / "bioimageio.yaml").read_text().replace("type: batch", "type: bat"))
+    broken.write_text((package / "rdf.yaml").read_text().replace("type: batch", "type: bat"))
     code, out, _ = _run(
         capsys, "validate", str(broken), "--server", server.address, "--no-io-checks"
     )
@@ -63,51 +78,75 @@ def test_errors_print_their_code_not_a_traceback(
 
 
 def test_info_and_test(
-    server: RunningServer, nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, example_nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = _run(capsys, "info", "--server", server.address)
     assert code == 0 and "bioimageio.core 0.11.0" in out and "devices: cpu" in out
     code, out, _ = _run(
-        capsys, "test", nuclei.id, "--weight-format", "onnx", "--server", server.address, "--json"
+        capsys,
+        "test",
+        example_nuclei.id,
+        "--weight-format",
+        "torchscript",
+        "--server",
+        server.address,
+        "--json",
     )
     assert code == 0 and json.loads(out)["status"] == "passed"
 
 
 def test_predict_files(
-    server: RunningServer, nuclei: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: RunningServer,
+    example_nuclei: ModelInfo,
+    example_model: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    x = np.load(NUCLEI / "test_input.npy")
+    package = example_model("nuclei")
+    x = np.load(package / "test_input.npy")
     np.save(tmp_path / "in.npy", x[0, 0])
     code, _, err = _run(
         capsys,
         "predict",
-        nuclei.id,
+        example_nuclei.id,
         str(tmp_path / "in.npy"),
         "-o",
         str(tmp_path / "out.tif"),
         "--server",
         server.address,
         "--weight-format",
-        "onnx",
+        "torchscript",
         "--no-progress",
     )
     assert code == 0, err
     import tifffile
 
     y = tifffile.imread(tmp_path / "out.tif")
-    expected = np.load(NUCLEI / "test_output.npy")[0, 0]  # written without singleton axes
+    expected = np.load(package / "test_output.npy")[0, 0]  # written without singleton axes
     np.testing.assert_allclose(y, expected, atol=1e-4)
 
 
 def test_predict_on_the_reference_path_and_a_bad_precision(
-    server: RunningServer, nuclei: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: RunningServer,
+    example_nuclei: ModelInfo,
+    identity: ModelInfo,
+    example_model: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    np.save(tmp_path / "in.npy", np.load(NUCLEI / "test_input.npy")[0, 0])
-    common = [str(tmp_path / "in.npy"), "--server", server.address, "--weight-format", "onnx"]
+    package = example_model("nuclei")
+    np.save(tmp_path / "in.npy", np.load(package / "test_input.npy")[0, 0])
+    common = [
+        str(tmp_path / "in.npy"),
+        "--server",
+        server.address,
+        "--weight-format",
+        "torchscript",
+    ]
     code, _, err = _run(
         capsys,
         "predict",
-        nuclei.id,
+        example_nuclei.id,
         *common,
         "-o",
         str(tmp_path / "out.npy"),
@@ -115,13 +154,16 @@ def test_predict_on_the_reference_path_and_a_bad_precision(
         "--no-progress",
     )
     assert code == 0, err
-    expected = np.load(NUCLEI / "test_output.npy")[0, 0]  # written without singleton axes
+    expected = np.load(package / "test_output.npy")[0, 0]  # written without singleton axes
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4)
+    # reduced precision needs PyTorch or TorchScript weights: the tiny identity's are ONNX
     code, _, err = _run(
         capsys,
         "predict",
-        nuclei.id,
-        *common,
+        identity.id,
+        str(tmp_path / "in.npy"),
+        "--server",
+        server.address,
         "-o",
         str(tmp_path / "half.npy"),
         "--precision",
@@ -170,6 +212,7 @@ def test_serve_starts_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert f"modelrunner control service at 127.0.0.1:{port}" in out
+    assert not GRPC_CORE_LINE.search(out), out  # a normal start and stop: our lines only
 
 
 def _free_port() -> int:

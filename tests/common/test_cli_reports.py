@@ -8,17 +8,14 @@ import shlex
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from modelrunner import errors
 from modelrunner.cli import main
 from modelrunner.client import ModelInfo
-from modelrunner.runtime_flight.server import RuntimeFlightServer
-from modelrunner.serving import RunningServer, start_runtime
-from modelrunner.settings import Settings
-from tests.zoo import NUCLEI
+from modelrunner.serving import RunningServer
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -28,15 +25,19 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 
 def test_model_test_prints_one_line_per_check_and_the_tolerance(
-    server: RunningServer, nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, example_nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    short = example_nuclei.id[:12]
     code, out, _ = _run(
-        capsys, "test", nuclei.id[:12], "--weight-format", "onnx", "--server", server.address
+        capsys, "test", short, "--weight-format", "torchscript", "--server", server.address
     )
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == f"model test of {nuclei.id[:12]}: passed"
-    assert "  ok    Reproduce test outputs from test inputs (onnx) [weights.onnx]" in lines
+    assert lines[0] == f"model test of {short}: passed"
+    assert (
+        "  ok    Reproduce test outputs from test inputs (torchscript) [weights.torchscript]"
+        in lines
+    )
     assert (
         "        output 'probability': all elements agree with expected values "
         "(rtol 1.00e-03, atol 1.00e-03)"
@@ -46,29 +47,33 @@ def test_model_test_prints_one_line_per_check_and_the_tolerance(
 
 
 def test_model_test_details_is_the_full_report_without_conda(
-    server: RunningServer, nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, example_nuclei: ModelInfo, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = _run(
         capsys,
         "test",
-        nuclei.id[:12],
+        example_nuclei.id[:12],
         "--weight-format",
-        "onnx",
+        "torchscript",
         "--details",
         "--server",
         server.address,
     )
     assert code == 0
-    assert "Reproduce test outputs from test inputs (onnx)" in out
+    assert "Reproduce test outputs from test inputs (torchscript)" in out
     assert "| status" in out  # bioimageio.core's markdown tables
     assert "conda compare" not in out and "Conda Environment" not in out
 
 
 def test_validation_summary_names_the_failed_check(
-    server: RunningServer, tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    server: RunningServer,
+    example_model: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    broken = tmp_path / "bioimageio.yaml"  # type: ignore[operator]
-    broken.write_text((NUCLEI / "bioimageio.yaml").read_text().replace("type: batch", "type: bat"))
+    broken = tmp_path / "bioimageio.yaml"
+    rdf = example_model("nuclei") / "rdf.yaml"
+    broken.write_text(rdf.read_text().replace("type: batch", "type: bat"))
     code, out, _ = _run(
         capsys, "validate", str(broken), "--server", server.address, "--no-io-checks"
     )
@@ -90,9 +95,12 @@ def test_no_server_says_how_to_start_one(
     address = f"127.0.0.1:{_closed_port()}"
     code, out, err = _run(capsys, *command, "--server", address)
     assert code == 1 and out == ""
-    assert err.startswith("error (UNAVAILABLE): control service unavailable")
-    assert f"no modelrunner server answers at {address}: start one with `modelrunner serve`" in err
-    assert "Traceback" not in err
+    # one line: what to do, not gRPC's "ipv4:127.0.0.1:PORT: Failed to connect" first
+    assert err == (
+        f"error (UNAVAILABLE): no modelrunner server answers at {address}: start one with "
+        "`modelrunner serve` (in another terminal, or as a service), or name a running one with "
+        "--server HOST:PORT or $MODELRUNNER_SERVER\n"
+    )
 
 
 def test_other_unavailable_errors_get_no_start_hint(
@@ -103,25 +111,9 @@ def test_other_unavailable_errors_get_no_start_hint(
     assert code == 1 and "modelrunner serve" not in err
 
 
-def test_a_second_runtime_on_the_first_ones_port_says_which_flag_to_change(
-    server: RunningServer, runtime: RuntimeFlightServer, tmp_path: Path
+def test_output_piped_into_head_ends_quietly(
+    server: RunningServer, example_nuclei: ModelInfo
 ) -> None:
-    """`modelrunner runtime --control ...` next to `modelrunner serve` takes the default Flight
-    port the embedded runtime holds: one clear error, not pyarrow's traceback."""
-    settings = Settings(
-        host="127.0.0.1", port=0, flight_port=runtime.port, cache_dir=tmp_path / "cache"
-    )
-    with pytest.raises(errors.UnavailableError) as raised:
-        start_runtime(settings, server.address)
-    assert raised.value.message.startswith(
-        f"the runtime cannot listen on 127.0.0.1:{runtime.port} ("
-    )
-    assert raised.value.message.endswith(
-        "is the port in use? Choose another with --flight-port (0: any free port)"
-    )
-
-
-def test_output_piped_into_head_ends_quietly(server: RunningServer, nuclei: ModelInfo) -> None:
     """`modelrunner describe ID | head -1`: the reader closes the pipe early; no traceback."""
     command = [
         sys.executable,
@@ -129,7 +121,13 @@ def test_output_piped_into_head_ends_quietly(server: RunningServer, nuclei: Mode
         "import sys; from modelrunner.cli import main; sys.exit(main())",
     ]
     shell = " ".join(
-        [*(shlex.quote(c) for c in command), "describe", nuclei.id[:12], "--server", server.address]
+        [
+            *(shlex.quote(c) for c in command),
+            "describe",
+            example_nuclei.id[:12],
+            "--server",
+            server.address,
+        ]
     )
     result = subprocess.run(
         ["bash", "-c", f"{shell} | true"],  # the reader is gone before anything is written

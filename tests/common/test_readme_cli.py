@@ -1,63 +1,40 @@
 """The README's "From the command line" section, run exactly as written (its fenced bash
-blocks, as a script) against the session's server, in a folder laid out like a checkout: the
-example script where ``examples/`` is and the zoo at ``../shared/zoo``."""
+blocks, as a script) against the session's server, in a folder laid out like a fresh clone
+without ``../shared`` (``tests/readme_checkout.py``): the example scripts where ``examples/``
+is and the example models where the README's first command writes them."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import zarr
 
-from modelrunner.client import ModelInfo
 from modelrunner.serving import RunningServer
-from tests.zoo import ZOO
+from tests.readme_checkout import README, blocks, fresh_clone, run_bash, section, shell_env
 
-REPO = Path(__file__).resolve().parents[2]
 SECTION = "## From the command line"
 
 
 def readme_section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start : end if end >= 0 else None]
+    return section(SECTION, README)
 
 
 def readme_commands() -> str:
-    blocks = re.findall(r"```bash\n(.*?)```", readme_section(), flags=re.DOTALL)
-    assert blocks, f"no bash block in {SECTION!r}"
-    return "".join(blocks)
+    return "".join(blocks(readme_section(), "bash"))
 
 
 def test_the_readme_commands_run_as_written(
-    server: RunningServer, nuclei: ModelInfo, tmp_path: Path
+    server: RunningServer, example_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    checkout = tmp_path / "modelrunner"
-    checkout.mkdir()
-    (checkout / "examples").symlink_to(REPO / "examples")
-    (tmp_path / "shared").symlink_to(ZOO.parent)
-    env = dict(
-        os.environ,
-        MODELRUNNER_SERVER=server.address,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    )
-    script = "set -euo pipefail\n" + readme_commands()
-    done = subprocess.run(
-        ["bash", "-c", script],
-        cwd=checkout,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    checkout = fresh_clone(tmp_path, example_model)
+    env = shell_env(server.address)
+    done = run_bash(readme_commands(), checkout, env)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count(f"using the server at {server.address}") == 5
+    assert done.stderr.count(f"using the server at {server.address}") == 6
 
     results = checkout / "results"
     with tifffile.TiffFile(results / "nuclei_zstack_probability.ome.tif") as tif:
@@ -77,14 +54,23 @@ def test_the_readme_commands_run_as_written(
     group = zarr.open_group(str(results / "nuclei_timelapse_probability.ome.zarr"), mode="r")
     assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["t", "y", "x"]
     np.testing.assert_allclose(group["0"][:], zstack, atol=1e-5)
+    with tifffile.TiffFile(results / "nuclei_volume_probability.ome.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].shape == (24, 128, 128)
+    with tifffile.TiffFile(results / "nuclei_zstack_labels.ome.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].dtype == np.uint16
+        labels = tif.asarray()
+    counts = ", ".join(str(int(plane.max())) for plane in labels)
+    assert (
+        f"nuclei_zstack_probability.ome.tif: {counts} nuclei in its 3 planes -> "
+        "results/nuclei_zstack_labels.ome.tif"
+    ) in done.stdout
+    assert all(int(plane.max()) > 20 for plane in labels)  # the planes hold dozens of nuclei
     assert not [p for p in results.rglob("*") if "partial" in p.name]
 
     # the error the section quotes, for the RGB image without --channel
     quoted = re.search(r"Without it the command\s+says `(.*?)`", readme_section(), re.DOTALL)
     assert quoted is not None
-    command = "modelrunner predict ../shared/zoo/unet2d_nuclei_broad samples/nuclei_rgb.png -o x/"
-    refused = subprocess.run(
-        ["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True, timeout=120
-    )
+    command = "modelrunner predict models/nuclei samples/nuclei_rgb.png -o x/"
+    refused = run_bash(command, checkout, env)
     assert refused.returncode == 1
     assert f"error (INVALID_ARGUMENT): {' '.join(quoted.group(1).split())}\n" in refused.stderr

@@ -20,10 +20,9 @@ from modelrunner.settings import Settings
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 from tests.entry_server.helpers import ZOO
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _zoo_present() -> None:
-    assert (ZOO / "unet2d_nuclei_broad" / "bioimageio.yaml").is_file(), f"zoo missing at {ZOO}"
+READABLE_ZOO = [ZOO] if ZOO.is_dir() else []
+"""Without the zoo, no test names a path in it (``tests/zoo.py`` skips those that would), and
+the servers of the others must not count as reading it."""
 
 
 def make_settings(cache_dir: Path, **overrides: Any) -> Settings:
@@ -39,7 +38,7 @@ def make_settings(cache_dir: Path, **overrides: Any) -> Settings:
         "download_backoff_s": 0.01,
         "bioimageio_base_url": "http://127.0.0.1:9/unused",
         # Tests name packages by path in the zoo and in their own tmp folder (the cache's parent).
-        "path_source_roots": [ZOO, cache_dir.parent],
+        "path_source_roots": [*READABLE_ZOO, cache_dir.parent],
     }
     values.update(overrides)
     return Settings(**values)

@@ -24,7 +24,7 @@ from tests.entry_server.helpers import (
     zip_folder,
 )
 
-NUCLEI_ID = hash_package(NUCLEI)[0]
+NUCLEI_ID = hash_package(NUCLEI)[0] if NUCLEI.is_dir() else ""  # tests.zoo skips its users
 
 
 def test_add_from_a_folder_streams_progress_then_the_model(control: Running) -> None:

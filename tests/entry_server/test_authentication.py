@@ -3,6 +3,8 @@ typed client against a real ``modelrunner serve`` with authentication on (``secu
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -307,3 +309,47 @@ def test_a_prefix_or_alias_resolves_among_the_callers_models_only(
         registry.resolve("abcdef")  # an admin sees both
     with pytest.raises(errors.ModelNotFoundError):
         registry.resolve("abcdef", lambda _: False)
+
+
+def _set_role(store: TokenStore, name: str, role: str) -> None:
+    """Edit the token file by hand, as an admin might (atomically, as the server writes it)."""
+    data = json.loads(store.path.read_text())
+    for record in data["tokens"]:
+        if record["name"] == name:
+            record["role"] = role
+    edited = store.path.with_name("tokens.edited")
+    edited.write_text(json.dumps(data))
+    edited.replace(store.path)
+
+
+@pytest.mark.parametrize("role", ["superuser", "control", ""])
+def test_a_token_with_an_unknown_role_is_refused_at_load_with_a_log_line(
+    secured: Secured, raw: grpc.Channel, caplog: pytest.LogCaptureFixture, role: str
+) -> None:
+    """Attack: a hand-edited token file names a role the server does not have (or the control
+    service's own). It answered UNKNOWN "Error in service handler!" on every call."""
+    name = f"odd-role-{role or 'empty'}"
+    token, _ = secured.store.create(name, Role.READ, "lab-a")
+    _set_role(secured.store, name, role)
+    stub = control_pb2_grpc.ControlServiceStub(raw)
+    metadata = (("authorization", f"Bearer {token}"),)
+    with caplog.at_level(logging.ERROR, logger="modelrunner.entry_server.token_store"):
+        for _ in range(3):
+            code = _status(
+                lambda: stub.ListModels(
+                    control_pb2.ListModelsRequest(), timeout=10, metadata=metadata
+                )
+            )
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+    logged = [r.getMessage() for r in caplog.records if "unknown role" in r.getMessage()]
+    assert len(logged) == 1, logged  # once, when the file was read
+    assert f"token {name!r}" in logged[0] and f"unknown role {role!r}" in logged[0]
+    # the other tokens work, and an edit of the file keeps the record for the admin to mend
+    with secured.client("alice") as alice:
+        alice.list_models()
+    secured.store.revoke(secured.store.create(f"{name}-next", Role.READ, "lab-a")[1].name)
+    assert name in secured.store.path.read_text()
+    _set_role(secured.store, name, "read")
+    with ModelRunnerClient(secured.address, token=token, timeout=30) as mended:
+        mended.list_models()
+    secured.store.revoke(name)

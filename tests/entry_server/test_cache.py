@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import shutil
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 
 from modelrunner import converters, errors, types
-from modelrunner.entry_server import ModelRegistry
+from modelrunner.entry_server import ModelRegistry, control_plane
 from modelrunner.entry_server.content_hash import hash_package
 from modelrunner.v1 import control_pb2, models_pb2
 from tests.entry_server.conftest import Running, ServerFactory, make_settings
@@ -23,7 +26,7 @@ from tests.entry_server.helpers import (
     expect_rpc_error,
 )
 
-NUCLEI_ID = hash_package(NUCLEI)[0]
+NUCLEI_ID = hash_package(NUCLEI)[0] if NUCLEI.is_dir() else ""  # tests.zoo skips its users
 
 
 def _ids(control: Running) -> list[str]:
@@ -257,13 +260,14 @@ def _register(control: Running, loaded: list[str]) -> None:
     )
 
 
-def test_removing_a_model_an_operation_uses_fails(control: Running) -> None:
-    model = add_model(control.stub, path=str(NUCLEI))[0].model
-    in_use = threading.Event()
-    release = threading.Event()
+@contextmanager
+def _operation_using(control: Running, model_id: str) -> Iterator[None]:
+    """An operation of the control service holding the model's package (as a model test or a
+    package fetch does) while the block runs."""
+    in_use, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with control.server.registry.use(model.id):
+        with control.server.registry.use(model_id):
             in_use.set()
             release.wait(10)
 
@@ -271,15 +275,48 @@ def test_removing_a_model_an_operation_uses_fails(control: Running) -> None:
     holder.start()
     try:
         assert in_use.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_removing_a_model_an_operation_uses_waits_for_it(control: Running) -> None:
+    """A removal withdraws the model at once (new calls find it NOT_FOUND) and removes it when
+    the operation using it (a model test, a package fetch) has finished."""
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    removal = None
+    with _operation_using(control, model.id):
+        removal = control.stub.RemoveModel.future(
+            control_pb2.RemoveModelRequest(model_id=model.id), timeout=30
+        )
+        deadline = time.monotonic() + 10
+        while True:  # withdrawn while it waits
+            try:
+                control.stub.DescribeModel(control_pb2.DescribeModelRequest(model_id=model.id))
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not removal.done()
+    assert removal is not None and removal.result().model_id == model.id
+    assert not (control.cache_dir / "models" / model.id).exists()
+
+
+def test_removing_a_model_an_operation_keeps_using_fails_and_keeps_it(
+    control: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control_plane, "_REMOVAL_TIMEOUT_S", 0.3)
+    model = add_model(control.stub, path=str(NUCLEI))[0].model
+    with _operation_using(control, model.id):
         expect_rpc_error(
             lambda: control.stub.RemoveModel(control_pb2.RemoveModelRequest(model_id=model.id)),
             grpc.StatusCode.FAILED_PRECONDITION,
             "ModelInUseError",
             "cannot be removed now: an ongoing operation is using it",
         )
-    finally:
-        release.set()
-        holder.join()
+    control.stub.DescribeModel(control_pb2.DescribeModelRequest(model_id=model.id))  # still there
     control.stub.RemoveModel(control_pb2.RemoveModelRequest(model_id=model.id))
 
 

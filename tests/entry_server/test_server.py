@@ -122,7 +122,8 @@ def test_the_server_binds_a_free_port_and_starts_fast(tmp_path: Path) -> None:
 def test_a_busy_port_is_refused(control: Running, tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "other", port=control.server.port)
     with pytest.raises(
-        errors.UnavailableError, match=f"cannot listen on 127.0.0.1:{settings.port}"
+        errors.UnavailableError,
+        match=f"^port {settings.port} is in use on 127.0.0.1: a modelrunner control service",
     ):
         start_control_server(settings)
 

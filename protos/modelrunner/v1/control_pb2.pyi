@@ -100,12 +100,14 @@ class RemoveModelRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ...) -> None: ...
 
 class RemoveModelResponse(_message.Message):
-    __slots__ = ("model_id", "freed_bytes")
+    __slots__ = ("model_id", "freed_bytes", "calls_in_flight")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     freed_bytes: int
-    def __init__(self, model_id: _Optional[str] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
+    calls_in_flight: int
+    def __init__(self, model_id: _Optional[str] = ..., freed_bytes: _Optional[int] = ..., calls_in_flight: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

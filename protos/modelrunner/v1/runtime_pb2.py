@@ -25,25 +25,29 @@ _sym_db = _symbol_database.Default()
 from modelrunner.v1 import models_pb2 as modelrunner_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelrunner/v1/runtime.proto\x12\x0emodelrunner.v1\x1a\x1bmodelrunner/v1/models.proto\"\xff\x02\n\x0ePredictCommand\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rweight_format\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x16\n\tblocksize\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12-\n\nnan_policy\x18\x07 \x01(\x0e\x32\x19.modelrunner.v1.NanPolicy\x12\x1a\n\x12skip_preprocessing\x18\x08 \x01(\x08\x12\x1b\n\x13skip_postprocessing\x18\t \x01(\x08\x12\x17\n\x0freport_progress\x18\n \x01(\x08\x12\x0f\n\x07session\x18\x0b \x01(\x08\x12\x16\n\x0ereference_path\x18\x0c \x01(\x08\x12\x11\n\tprecision\x18\r \x01(\t\x12\x12\n\nkeep_shape\x18\x0e \x01(\x08\x12\x15\n\rinput_padding\x18\x0f \x01(\tB\x0c\n\n_blocksize\"\xc2\x01\n\x0b\x46rameResult\x12\r\n\x05\x66rame\x18\x01 \x01(\x03\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.modelrunner.v1.ErrorDetail\x12*\n\x08progress\x18\x03 \x01(\x0b\x32\x18.modelrunner.v1.Progress\x12\x15\n\rweight_format\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0cserving_path\x18\x06 \x01(\t\x12\x0f\n\x07padding\x18\x0f \x01(\x0c\"K\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rweight_format\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\"U\n\x11LoadModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.modelrunner.v1.LoadedModel\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"M\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rweight_format\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\"\'\n\x13UnloadModelResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x05*T\n\tNanPolicy\x12\x1a\n\x16NAN_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11NAN_POLICY_REJECT\x10\x01\x12\x14\n\x10NAN_POLICY_ALLOW\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelrunner/v1/runtime.proto\x12\x0emodelrunner.v1\x1a\x1bmodelrunner/v1/models.proto\"\xba\x03\n\x0ePredictCommand\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rweight_format\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x16\n\tblocksize\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06stream\x18\x05 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12-\n\nnan_policy\x18\x07 \x01(\x0e\x32\x19.modelrunner.v1.NanPolicy\x12\x1a\n\x12skip_preprocessing\x18\x08 \x01(\x08\x12\x1b\n\x13skip_postprocessing\x18\t \x01(\x08\x12\x17\n\x0freport_progress\x18\n \x01(\x08\x12\x0f\n\x07session\x18\x0b \x01(\x08\x12\x16\n\x0ereference_path\x18\x0c \x01(\x08\x12\x11\n\tprecision\x18\r \x01(\t\x12\x12\n\nkeep_shape\x18\x0e \x01(\x08\x12\x39\n\x0f\x62lock_of_sample\x18\x0f \x01(\x0b\x32 .modelrunner.v1.SampleStatistics\x12\x15\n\rinput_padding\x18\x10 \x01(\tB\x0c\n\n_blocksize\"G\n\x10SampleStatistics\x12\x33\n\nstatistics\x18\x01 \x03(\x0b\x32\x1f.modelrunner.v1.SampleStatistic\"\x88\x01\n\x0fSampleStatistic\x12\x11\n\ttensor_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x61xes\x18\x03 \x03(\t\x12\t\n\x01q\x18\x04 \x01(\x01\x12\x0c\n\x04\x64ims\x18\x05 \x03(\t\x12\r\n\x05shape\x18\x06 \x03(\x03\x12\x0e\n\x06values\x18\x07 \x03(\x01\x12\x0e\n\x06method\x18\x08 \x01(\t\"\xc2\x01\n\x0b\x46rameResult\x12\r\n\x05\x66rame\x18\x01 \x01(\x03\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.modelrunner.v1.ErrorDetail\x12*\n\x08progress\x18\x03 \x01(\x0b\x32\x18.modelrunner.v1.Progress\x12\x15\n\rweight_format\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0cserving_path\x18\x06 \x01(\t\x12\x0f\n\x07padding\x18\x0f \x01(\x0c\"K\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rweight_format\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\"U\n\x11LoadModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.modelrunner.v1.LoadedModel\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"^\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rweight_format\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07removed\x18\x04 \x01(\x08\"@\n\x13UnloadModelResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x05\x12\x17\n\x0f\x63\x61lls_in_flight\x18\x02 \x01(\x05*T\n\tNanPolicy\x12\x1a\n\x16NAN_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11NAN_POLICY_REJECT\x10\x01\x12\x14\n\x10NAN_POLICY_ALLOW\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelrunner.v1.runtime_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NANPOLICY']._serialized_start=944
-  _globals['_NANPOLICY']._serialized_end=1028
+  _globals['_NANPOLICY']._serialized_start=1257
+  _globals['_NANPOLICY']._serialized_end=1341
   _globals['_PREDICTCOMMAND']._serialized_start=78
-  _globals['_PREDICTCOMMAND']._serialized_end=461
-  _globals['_FRAMERESULT']._serialized_start=464
-  _globals['_FRAMERESULT']._serialized_end=658
-  _globals['_LOADMODELREQUEST']._serialized_start=660
-  _globals['_LOADMODELREQUEST']._serialized_end=735
-  _globals['_LOADMODELRESPONSE']._serialized_start=737
-  _globals['_LOADMODELRESPONSE']._serialized_end=822
-  _globals['_UNLOADMODELREQUEST']._serialized_start=824
-  _globals['_UNLOADMODELREQUEST']._serialized_end=901
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=903
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=942
+  _globals['_PREDICTCOMMAND']._serialized_end=520
+  _globals['_SAMPLESTATISTICS']._serialized_start=522
+  _globals['_SAMPLESTATISTICS']._serialized_end=593
+  _globals['_SAMPLESTATISTIC']._serialized_start=596
+  _globals['_SAMPLESTATISTIC']._serialized_end=732
+  _globals['_FRAMERESULT']._serialized_start=735
+  _globals['_FRAMERESULT']._serialized_end=929
+  _globals['_LOADMODELREQUEST']._serialized_start=931
+  _globals['_LOADMODELREQUEST']._serialized_end=1006
+  _globals['_LOADMODELRESPONSE']._serialized_start=1008
+  _globals['_LOADMODELRESPONSE']._serialized_end=1093
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1095
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1189
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1191
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1255
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,64 @@
+"""Whether values fit a data type, before anything converts them: numpy's casts wrap integers
+(300 as uint8 is 44) and overflow floats to infinity (1e300 as float32), silently.
+
+:func:`check_fits` refuses such values with an InvalidTensorError naming the input, the first
+value that does not fit and its index (C order), and the range it had to fit. It costs nothing
+when every value of the source type fits the target (a safe cast, or integers into floats) and
+one pass over the array otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modelrunner.errors import InvalidTensorError
+
+
+def first_misfit(values: np.ndarray, target: np.dtype) -> tuple[int, object] | None:
+    """The flat index and value of the first element that does not fit ``target`` (integers:
+    its range; floats: its largest finite magnitude, infinities and NaN passing as they are);
+    None when all fit."""
+    source = values.dtype
+    if source == target or values.size == 0 or target.kind == "b" or source.kind == "b":
+        return None
+    if np.can_cast(source, target, "safe") or (source.kind in "iu" and target.kind == "f"):
+        return None
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if source.kind == "f":
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isfinite(values) | (values < info.min) | (values > info.max)
+        else:
+            bad = (values < info.min) | (values > info.max)
+    elif target.kind == "f":
+        limit = np.finfo(target).max
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(values) & (np.abs(values) > limit)
+    else:
+        return None
+    if not bad.any():
+        return None
+    index = int(np.argmax(bad.reshape(-1)))
+    return index, values.reshape(-1)[index].item()
+
+
+def value_range(target: np.dtype) -> str:
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        return f"{info.min}..{info.max}"
+    limit = np.finfo(target).max
+    return f"finite values within ±{limit:.6g}"
+
+
+def check_fits(tensor: str, values: np.ndarray, target: np.dtype, what: str) -> None:
+    """InvalidTensorError when a value of input ``tensor`` does not fit ``target``; ``what``
+    names the type for people ("UINT8", "the model's float32")."""
+    misfit = first_misfit(values, target)
+    if misfit is None:
+        return
+    index, value = misfit
+    expected = value_range(target)
+    raise InvalidTensorError(
+        f"input {tensor!r}: value {value!r} (element {index}) does not fit {what} ({expected})",
+        details={"tensor": tensor, "index": index, "got": value, "expected": expected},
+    )
