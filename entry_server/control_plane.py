@@ -17,10 +17,10 @@ from modelrunner.auth import ANONYMOUS, Identity, Role
 from modelrunner.entry_server import runtime_actions
 from modelrunner.entry_server.authentication import Authenticator
 from modelrunner.entry_server.model_access import ModelAccess
-from modelrunner.entry_server.progress import ProgressCallback, no_progress
 from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import Registration, RuntimeDirectory
 from modelrunner.entry_server.server_info import server_info
+from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.runtime_client import Route
 from modelrunner.settings import Settings
 from modelrunner.tls import ClientTls

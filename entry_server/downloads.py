@@ -32,7 +32,7 @@ import httpx
 from modelrunner import errors
 from modelrunner.entry_server.fetch_policy import AddressNotAllowed, CheckedTransport, FetchPolicy
 from modelrunner.entry_server.limits import over_limit
-from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
+from modelrunner.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from modelrunner.entry_server.content_hash import hash_package
 from modelrunner.entry_server.description_workers import DescriptionWorkers
 from modelrunner.entry_server.downloads import Downloader
 from modelrunner.entry_server.package_zips import PackageZip, PackageZips
-from modelrunner.entry_server.progress import ProgressCallback, no_progress
 from modelrunner.entry_server.sources import SourceStager
 from modelrunner.entry_server.uploads import StoredUpload, UploadHeader, UploadStore
+from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.settings import Settings
 from modelrunner.wire import check_model_ref
 

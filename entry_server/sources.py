@@ -33,8 +33,8 @@ from modelrunner.entry_server import descriptions, yaml_limits
 from modelrunner.entry_server import package_staging as staging
 from modelrunner.entry_server.downloads import Downloader
 from modelrunner.entry_server.package_staging import StagedPackage
-from modelrunner.entry_server.progress import ProgressCallback, no_progress
 from modelrunner.entry_server.uploads import UploadStore
+from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)

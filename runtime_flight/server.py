@@ -67,7 +67,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         """Set by :meth:`begin_drain`: streams answer the frames they hold and end."""
 
     def begin_drain(self) -> None:
-        """The start of a graceful shutdown (``modelrunner.graceful_shutdown``): open streams
+        """The start of a graceful shutdown (``modelrunner.serving.graceful_shutdown``): open streams
         answer the frames already received, then end with ServerShuttingDownError; single
         predictions run on; sessions end before their next sample once :meth:`shutdown` runs."""
         self.draining.set()

@@ -1,68 +1,27 @@
-"""Start the processes: the control service with an embedded runtime (``modelrunner serve``), or
-a runtime alone that registers with a control service (``modelrunner runtime``)."""
+"""``modelrunner serve``: the control service with one runtime in the same process (the runtime
+alone, ``modelrunner runtime``, is :mod:`.runtime_process`)."""
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelrunner import errors, types
 from modelrunner.auth import Role
-from modelrunner.graceful_shutdown import ShutdownSignals, stop_within
-from modelrunner.listen_failures import listen_failure
 from modelrunner.settings import Settings
-from modelrunner.tls import check_exposure, client_tls_for, server_tls_for
-from modelrunner.tls_hints import runtime_trust_error, untrusted_certificate
+
+from .graceful_shutdown import ShutdownSignals, stop_within
+from .runtime_process import RunningRuntime, metrics_endpoint, start_runtime, uri_host
 
 if TYPE_CHECKING:
     from modelrunner.entry_server.server import ControlServer
     from modelrunner.metrics import MetricsEndpoint
-    from modelrunner.runtime_flight.caller_auth import CallerCheck
-    from modelrunner.runtime_flight.idle_unloading import IdleUnloading
-    from modelrunner.runtime_flight.registration import Registration
-    from modelrunner.runtime_flight.server import RuntimeFlightServer
-
-logger = logging.getLogger(__name__)
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
-
-
-@dataclass
-class RunningRuntime:
-    server: RuntimeFlightServer
-    registration: Registration
-    flight_uri: str
-    metrics_uri: str = ""
-    metrics: MetricsEndpoint | None = None
-    """Its own metrics endpoint (a runtime process); None when it shares its control
-    service's or publishes none."""
-    unpublish: Callable[[], None] = field(default=lambda: None, repr=False)
-    idle_unloading: IdleUnloading | None = None
-
-    def stop(self, *, leave: bool = True) -> None:
-        """Drain and stop: the control service is told this runtime leaves (``leave``), streams
-        answer the frames they hold and end with ServerShuttingDownError, Flight refuses new
-        calls and waits for those under way; then the models are unloaded. The process bounds
-        the wait (``graceful_shutdown.stop_within``)."""
-        if leave:
-            self.registration.leave()  # routed to no more, first
-        self.server.begin_drain()
-        self.registration.stop()
-        if self.idle_unloading is not None:
-            self.idle_unloading.stop()
-        self.server.shutdown()
-        self.server.service.close()
-        self.unpublish()
-        if self.metrics is not None:
-            self.metrics.close()
 
 
 @dataclass
@@ -94,168 +53,6 @@ class RunningServer:
             self.metrics.close()
 
 
-def start_runtime(
-    settings: Settings,
-    control_address: str,
-    *,
-    runtime_token: str | None = None,
-    caller_check: CallerCheck | None = None,
-    metrics_uri: str | None = None,
-) -> RunningRuntime:
-    """Start a Flight runtime on ``settings.flight_host:flight_port`` and register it.
-
-    ``metrics_uri``: where this process's metrics are published already (an embedded runtime);
-    None: its own endpoint when ``settings.metrics_port`` is set.
-
-    With ``settings.auth`` the runtime registers with ``runtime_token`` (default
-    ``settings.runtime_token``) and checks its callers' tokens with ``caller_check`` (default:
-    by asking the control service). With ``settings.tls_cert_file`` it speaks TLS."""
-    import pyarrow as pa
-
-    from modelrunner.metrics import add_state_source
-    from modelrunner.runtime_flight.caller_auth import CallerChecks, RemoteCallerCheck
-    from modelrunner.runtime_flight.exchange_metrics import runtime_state
-    from modelrunner.runtime_flight.idle_unloading import IdleUnloading
-    from modelrunner.runtime_flight.packages import PackageLocator
-    from modelrunner.runtime_flight.registration import Registration
-    from modelrunner.runtime_flight.server import RuntimeFlightServer
-    from modelrunner.runtime_flight.service import RuntimeService
-
-    # bioimageio.core draws a tqdm bar per tiled prediction; a server's output is its log
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    host = settings.effective_flight_host
-    check_exposure(
-        host, plane="runtime", auth=settings.auth, tls=settings.tls, insecure=settings.insecure
-    )
-    server_tls = server_tls_for(settings)
-    client_tls = client_tls_for(settings) if server_tls is not None else None
-    if settings.auth and runtime_token is None:
-        if settings.runtime_token is None:
-            raise errors.InvalidArgumentError(
-                "authentication is on: the runtime needs its credential, a token with the "
-                "runtime role (`modelrunner token create NAME --role runtime`), in "
-                "MODELRUNNER_RUNTIME_TOKEN"
-            )
-        runtime_token = settings.runtime_token.get_secret_value()
-    registration_ref: list[Registration] = []
-    if settings.auth and caller_check is None:
-        assert runtime_token is not None
-        caller_check = RemoteCallerCheck(
-            lambda: registration_ref[0].channel if registration_ref else None,
-            runtime_token,
-            cache_s=settings.auth_cache_s,
-        )
-    locator_ref: list[PackageLocator] = []
-    service = RuntimeService(settings, lambda model_id: locator_ref[0].package_dir(model_id))
-    scheme = "grpc+tls" if server_tls is not None else "grpc"
-    try:
-        server = RuntimeFlightServer(
-            f"{scheme}://{host}:{settings.flight_port}",
-            service,
-            caller_checks=CallerChecks(
-                caller_check if settings.auth else None, lambda: service.runtime_id
-            ),
-            **(server_tls.flight_kwargs() if server_tls is not None else {}),
-        )
-    except pa.ArrowException:
-        service.close()
-        # pyarrow says only "Server did not start properly"; the usual cause is a port in use
-        # (a second runtime on a host whose first took the default 8815)
-        raise listen_failure(host, settings.flight_port, "runtime") from None
-    cleanup = ExitStack()
-    cleanup.callback(service.close)
-    cleanup.callback(server.shutdown)
-    try:
-        advertised = settings.advertise_host or host
-        flight_uri = f"{scheme}://{_uri_host(advertised)}:{server.port}"
-        service.set_identity(
-            runtime_id=settings.runtime_id or f"{socket.gethostname()}:{server.port}",
-            flight_uri=flight_uri,
-        )
-        endpoint = None
-        if metrics_uri is None and settings.metrics_port is not None:
-            endpoint = _serve_metrics(settings)
-            cleanup.callback(endpoint.close)
-        published = metrics_uri if endpoint is None else endpoint.uri
-        unpublish = add_state_source(
-            runtime_state(
-                lambda: service.runtime_id, lambda: server.queue_depth, service.pool.loaded
-            )
-        )
-        cleanup.callback(unpublish)
-
-        def info() -> types.RuntimeInfo:
-            # the queue depth routes a busy model's next clients elsewhere (docs/cluster.md)
-            return service.info().model_copy(
-                update={"queue_depth": server.queue_depth, "metrics_uri": published or ""}
-            )
-
-        registration = Registration(
-            control_address,
-            info,
-            cache_dir=settings.cache_dir,
-            interval_s=settings.heartbeat_interval_s,
-            token=runtime_token,
-            tls=client_tls,
-        )
-        registration_ref.append(registration)
-        locator = PackageLocator(
-            local_cache_dir=settings.cache_dir / "runtime",
-            control_channel=lambda: registration_ref[0].channel,
-            max_unpacked_bytes=settings.max_unpacked_bytes,
-            max_files=settings.max_package_files,
-        )
-        locator_ref.append(locator)
-        service.set_resolver(locator.resolve, locator.forget)
-        service.set_on_change(registration.poke)
-        try:
-            registration.start()
-        except errors.UnavailableError as e:
-            if not untrusted_certificate(e.message):
-                raise
-            raise runtime_trust_error(
-                settings.tls_cert_file, settings.tls_ca_file, e.message
-            ) from None
-        locator.shared_cache_dir = registration.shared_cache_dir
-        idle = (
-            IdleUnloading(service.pool, settings.idle_unload_s, registration.poke)
-            if settings.idle_unload_s
-            else None
-        )
-    except BaseException:
-        cleanup.close()
-        raise
-    cleanup.pop_all()
-    logger.info(
-        "runtime %s listening on %s (devices: %s)",
-        service.runtime_id,
-        flight_uri,
-        ", ".join(d.name for d in service.info().devices),
-    )
-    return RunningRuntime(
-        server,
-        registration,
-        flight_uri,
-        metrics_uri=published or "",
-        metrics=endpoint,
-        unpublish=unpublish,
-        idle_unloading=idle,
-    )
-
-
-def _serve_metrics(settings: Settings) -> MetricsEndpoint:
-    from modelrunner.metrics import serve_metrics
-
-    assert settings.metrics_port is not None
-    return serve_metrics(
-        settings.metrics_host, settings.metrics_port, advertise_host=settings.advertise_host
-    )
-
-
-def _uri_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 @contextmanager
 def start_embedded(settings: Settings, *, with_runtime: bool = True) -> Iterator[RunningServer]:
     """The control service plus one runtime in this process, ready (a runtime can predict)
@@ -276,7 +73,7 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
         running = RunningServer(control)
         stack.callback(running.stop)
         if settings.metrics_port is not None:
-            running.metrics = _serve_metrics(settings)
+            running.metrics = metrics_endpoint(settings)
             control.control.metrics_uri = running.metrics.uri
         if with_runtime:
             plane = control.control
@@ -310,7 +107,7 @@ def control_address_of(running: RunningServer) -> str:
 
 
 def _local_address(port: int, host: str) -> str:
-    return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else _uri_host(host)}:{port}"
+    return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else uri_host(host)}:{port}"
 
 
 def serve_forever(settings: Settings, *, with_runtime: bool = True) -> None:
@@ -324,22 +121,6 @@ def serve_forever(settings: Settings, *, with_runtime: bool = True) -> None:
         signals.wait()
     finally:
         stop_within(running.stop, settings.grace_period_s)
-
-
-def run_runtime_forever(settings: Settings) -> None:
-    assert settings.control_address
-    signals = ShutdownSignals()
-    runtime = start_runtime(settings, settings.control_address)
-    try:
-        print(
-            f"modelrunner runtime {runtime.server.service.runtime_id} serving at "
-            f"{runtime.flight_uri}, registered with {settings.control_address}"
-            + (f"; metrics at {runtime.metrics_uri}" if runtime.metrics_uri else ""),
-            flush=True,
-        )
-        signals.wait()
-    finally:
-        stop_within(runtime.stop, settings.grace_period_s)
 
 
 def announce_ready(running: RunningServer, stop: threading.Event) -> None:

@@ -668,7 +668,7 @@ def test_ctrl_c_stops_at_once_and_resume_finishes_the_same(
     source = _stack_zarr(tmp_path / "in.ome.zarr")
     destination = tmp_path / "out.ome.zarr"
     argv = [
-        sys.executable, "-m", "modelrunner.cli", "predict", halo.id, str(source),
+        sys.executable, "-m", "modelrunner.app.cli", "predict", halo.id, str(source),
         "-o", str(destination), "--blocksize", "0", "--server", server.address, "--resume",
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -704,7 +704,7 @@ def test_ctrl_c_stops_at_once_and_resume_finishes_the_same(
 def test_the_command_line_predicts_a_zarr_volume_and_refuses_to_overwrite(
     server: RunningServer, halo: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from modelrunner.cli import main
+    from modelrunner.app.cli import main
 
     source = _stack_zarr(tmp_path / "in.ome.zarr", seed=9)
     destination = tmp_path / "out.ome.zarr"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelrunner.cli import main
+from modelrunner.app.cli import main
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.serving import RunningServer
 from tests.common.test_listen_failures import GRPC_CORE_LINE
@@ -182,7 +182,7 @@ def test_serve_starts_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "modelrunner.cli",
+            "modelrunner.app.cli",
             "serve",
             "--port",
             str(port),
@@ -225,9 +225,9 @@ def _free_port() -> int:
 
 def test_the_single_machine_default_never_imports_ray() -> None:
     code = (
-        "import sys, modelrunner.cli, modelrunner.serving, modelrunner.entry_server.server, "
+        "import sys, modelrunner.app.cli, modelrunner.serving, modelrunner.entry_server.server, "
         "modelrunner.runtime_flight.server; "
-        "modelrunner.cli.build_parser().parse_args(['serve']); "
+        "modelrunner.app.cli.build_parser().parse_args(['serve']); "
         "assert 'ray' not in sys.modules, 'ray imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
