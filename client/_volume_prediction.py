@@ -4,7 +4,7 @@ source to an OME-Zarr destination, over every runtime that serves the model, res
 The steps, each in its own module:
 
 1. the source (:mod:`._volume_sources`) and how its axes meet the model's
-   (:func:`modelrunner.image_axes.plan_input`: axes the model lacks run one index at a time,
+   (:func:`modelrunner.images.axes.plan_input`: axes the model lacks run one index at a time,
    as samples of their own);
 2. the block grid with the model's halo (:mod:`._volume_blocks`);
 3. the whole-sample statistics the model's processing needs (:mod:`._volume_statistics`), kept in
@@ -30,13 +30,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from modelrunner import errors
-from modelrunner.image_axes import plan_input
-from modelrunner.image_files import ImageFile
+from modelrunner.images.axes import plan_input
+from modelrunner.images.files import ImageFile
 from modelrunner.predict_request import PredictRequest
 from modelrunner.runtime_client import reachable_uri
 from modelrunner.types import ModelInfo, Progress
@@ -47,6 +47,7 @@ from ._volume_destination import VolumeDestination
 from ._volume_pipeline import BlockPipeline, BlockRuntime
 from ._volume_result import VolumeResult
 from ._volume_run import (
+    VolumeClient,
     VolumeRun,
     compute_statistics,
     create_destinations,
@@ -54,9 +55,6 @@ from ._volume_run import (
     write_block,
 )
 from ._volume_sources import VolumeLike, fingerprint, open_volume
-
-if TYPE_CHECKING:
-    from ._sync import ModelRunnerClient
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +64,7 @@ input (16 MiB of float32: a 2048x2048 plane, a 160^3 cube)."""
 
 
 def predict_volume(
-    client: ModelRunnerClient,
+    client: VolumeClient,
     model_id: str,
     source: VolumeLike,
     destination: str | Path | Mapping[str, str | Path],
@@ -121,7 +119,7 @@ def predict_volume(
 
 
 def _plan(
-    client: ModelRunnerClient,
+    client: VolumeClient,
     model_id: str,
     image: ImageFile,
     destination: str | Path | Mapping[str, str | Path],

@@ -10,12 +10,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from modelrunner.image_axes import InputPlan, canonical_id, output_axes
-from modelrunner.image_files import ImageFile
+from modelrunner.images.axes import InputPlan, canonical_id, output_axes
+from modelrunner.images.files import ImageFile
 from modelrunner.types import ModelInfo, Progress, SampleStatistic, TensorSpec
 
 from ._volume_blocks import Block, BlockGrid
@@ -24,7 +24,27 @@ from ._volume_sources import source_chunks, source_dtype
 from ._volume_statistics import SampleStatistics, required_measures
 
 if TYPE_CHECKING:
-    from ._sync import ModelRunnerClient
+    from modelrunner.runtime_client import RuntimeClient
+
+    from ._control import ControlClient
+    from ._timeouts import Timeout
+
+_T = TypeVar("_T")
+
+
+class VolumeClient(Protocol):
+    """What a volume prediction uses of :class:`~modelrunner.client.ModelRunnerClient`, which
+    calls it (a protocol, so that the volume modules do not import the client back)."""
+
+    address: str
+    batch_bytes: int
+    _control: ControlClient
+    _runtimes: RuntimeClient
+
+    def describe(self, model_id: str) -> ModelInfo: ...
+
+    def _retried(self, what: str, call: Callable[[float | None], _T], timeout: Timeout) -> _T: ...
+
 
 CHUNK_SIDE = {"z": 64, "y": 256, "x": 256, "time": 1}
 """Output chunk sides (at most; and at most a block's inner size): what viewers read well."""
@@ -34,7 +54,7 @@ CHUNK_SIDE = {"z": 64, "y": 256, "x": 256, "time": 1}
 class VolumeRun:
     """Everything the steps share."""
 
-    client: ModelRunnerClient
+    client: VolumeClient
     info: ModelInfo
     image: ImageFile
     plan: InputPlan
