@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,36 +68,42 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
     """Start what ``start_embedded`` starts; the caller stops it (``RunningServer.stop``)."""
     from modelrunner.entry_server.server import start_control_server
 
-    with ExitStack() as stack:
-        control = start_control_server(settings)
-        running = RunningServer(control)
-        stack.callback(running.stop)
+    control = start_control_server(settings)
+    metrics: MetricsEndpoint | None = None
+    runtime: RunningRuntime | None = None
+    try:
         if settings.metrics_port is not None:
-            running.metrics = metrics_endpoint(settings)
-            control.control.metrics_uri = running.metrics.uri
+            metrics = metrics_endpoint(settings)
+            control.control.metrics_uri = metrics.uri
         if with_runtime:
-            plane = control.control
-            # The embedded runtime holds an in-memory credential and asks its control service
-            # about its callers in process.
-            token = (
-                plane.authenticator.issue_internal("embedded-runtime", Role.RUNTIME)
-                if settings.auth
-                else None
-            )
-            running.runtime = start_runtime(
-                settings,
-                _local_address(control.port, settings.host),
-                runtime_token=token,
-                caller_check=plane.check_caller,
-                metrics_uri=control.control.metrics_uri,
-            )
+            runtime = _embedded_runtime(settings, control)
             # Open Inference requests for it skip the Flight hop (entry_server.inference_forwarding)
-            service = running.runtime.server.service
+            service = runtime.server.service
             control.forwarding.attach_local(service.runtime_id, service)
             # it registered before start_runtime returned; ready means a runtime can predict
             control.readiness.wait(settings.runtime_wait_s)
-        stack.pop_all()
-    return running
+    except BaseException:
+        RunningServer(control, runtime, metrics).stop()
+        raise
+    return RunningServer(control, runtime, metrics)
+
+
+def _embedded_runtime(settings: Settings, control: ControlServer) -> RunningRuntime:
+    """The runtime in the control service's process: it holds an in-memory credential and asks
+    its control service about its callers in process."""
+    plane = control.control
+    token = (
+        plane.authenticator.issue_internal("embedded-runtime", Role.RUNTIME)
+        if settings.auth
+        else None
+    )
+    return start_runtime(
+        settings,
+        _local_address(control.port, settings.host),
+        runtime_token=token,
+        caller_check=plane.check_caller,
+        metrics_uri=plane.metrics_uri,
+    )
 
 
 def control_address_of(running: RunningServer) -> str:
