@@ -4,8 +4,9 @@ package's folder (mypy, import-linter's grimp) cannot follow. Usage: namespace_t
 
 import shutil
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
