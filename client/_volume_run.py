@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -19,32 +19,10 @@ from modelrunner.images.files import ImageFile
 from modelrunner.types import ModelInfo, Progress, SampleStatistic, TensorSpec
 
 from ._volume_blocks import Block, BlockGrid
+from ._volume_calls import VolumeCalls
 from ._volume_destination import OutputLayout, VolumeDestination
 from ._volume_sources import source_chunks, source_dtype
 from ._volume_statistics import SampleStatistics, required_measures
-
-if TYPE_CHECKING:
-    from modelrunner.runtime_client import RuntimeClient
-
-    from ._control import ControlClient
-    from ._timeouts import Timeout
-
-_T = TypeVar("_T")
-
-
-class VolumeClient(Protocol):
-    """What a volume prediction uses of :class:`~modelrunner.client.ModelRunnerClient`, which
-    calls it (a protocol, so that the volume modules do not import the client back)."""
-
-    address: str
-    batch_bytes: int
-    _control: ControlClient
-    _runtimes: RuntimeClient
-
-    def describe(self, model_id: str) -> ModelInfo: ...
-
-    def _retried(self, what: str, call: Callable[[float | None], _T], timeout: Timeout) -> _T: ...
-
 
 CHUNK_SIDE = {"z": 64, "y": 256, "x": 256, "time": 1}
 """Output chunk sides (at most; and at most a block's inner size): what viewers read well."""
@@ -54,7 +32,7 @@ CHUNK_SIDE = {"z": 64, "y": 256, "x": 256, "time": 1}
 class VolumeRun:
     """Everything the steps share."""
 
-    client: VolumeClient
+    client: VolumeCalls
     info: ModelInfo
     image: ImageFile
     plan: InputPlan

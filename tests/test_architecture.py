@@ -33,6 +33,7 @@ FLIGHT_EDGE = {
     "flight_actions",
     "exchange_metrics",
     "caller_auth",
+    "call_gate",
     "packages",
     "registration",
 }

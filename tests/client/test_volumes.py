@@ -514,7 +514,7 @@ def test_a_block_inside_the_volume_is_sent_as_read(
     source = _ome_zarr(tmp_path / "in.ome.zarr", data, "yx", chunks=(64, 64))
     image = open_volume(source, axes=None, level=0, channel=None)
     run = _plan(
-        client, halo.id, image, tmp_path / "out.ome.zarr", level=0, channel=None,
+        client._volume_calls(), halo.id, image, tmp_path / "out.ome.zarr", level=0, channel=None,
         per_plane=False, keep_singletons=False, blocksize=1, weight_format=None, device=None,
         nan_policy="reject", source=source,
     )  # fmt: skip
