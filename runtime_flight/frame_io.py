@@ -36,9 +36,11 @@ END = object()
 """In a stream's frame queue: the client finished writing (or the reading failed)."""
 DRAIN_POLL_S = 0.2
 """How often an idle stream looks whether the runtime is shutting down."""
-SHUTDOWN_NOTICE_FRAME = -1
-"""``FrameResult.frame`` of a draining stream's shutdown notice (a metadata-only message whose
-error is ServerShuttingDownError): the client ends its side of the stream (DoneWriting)."""
+END_NOTICE_FRAME = -1
+"""``FrameResult.frame`` of a stream's end notice: a metadata-only message carrying the error the
+call is about to end with (ServerShuttingDownError from a draining runtime, NOT_FOUND,
+UNAUTHENTICATED or PERMISSION_DENIED from a refusal, ...). The client ends its side of the stream
+(DoneWriting), and the runtime then ends the call with that error (docs/wire-format.md, 3)."""
 
 Sample = dict[str, np.ndarray]
 DimNames = dict[str, tuple[str, ...]]
@@ -112,7 +114,12 @@ def _read_one_sample(
 
 
 class FrameReader(threading.Thread):
-    """Reads and decodes a stream's frames into a bounded queue as (index, sample)."""
+    """Reads and decodes a stream's frames into a bounded queue as (index, sample).
+
+    It reads the call's stream, so the call must not end while it runs: pyarrow aborts the
+    whole process when a handler returns while another thread is inside a read of its call
+    ("pure virtual method called"). :meth:`end` is the only way out: it waits, without a
+    timeout, for the client's next message (a frame, the end of its side) or its cancel."""
 
     def __init__(
         self,
@@ -159,9 +166,13 @@ class FrameReader(threading.Thread):
         """Queue no more frames (those queued stay)."""
         self._stopped.set()
 
-    def stop(self) -> None:
+    def end(self) -> None:
+        """Queue no more frames and wait until the reading has stopped: at once when the
+        client has ended its side or cancelled, else at its next message (which is dropped).
+        A client that may be waiting for an answer must have been told to end its side first
+        (:func:`write_end_notice`), or this waits for as long as the client does."""
         self._stopped.set()
-        self.join(timeout=5)
+        self.join()
 
 
 def take_batch(
@@ -300,6 +311,21 @@ def write_progress(writer: flight.MetadataRecordBatchWriter, progress: types.Pro
             frame=0, progress=converters.to_pb_progress(progress)
         ).SerializeToString()
     )
+
+
+def write_end_notice(writer: flight.MetadataRecordBatchWriter, error: BaseException) -> None:
+    """Tell a stream's client that the call ends with ``error`` (an error that is not a
+    :class:`~modelrunner.errors.ModelRunnerError` is sent as the INTERNAL error the edge makes
+    of it), so that it ends its side of the stream. A client that went away does not read it:
+    nothing to tell then."""
+    if not isinstance(error, errors.ModelRunnerError):
+        error = errors.InternalError(
+            f"prediction failed: {type(error).__name__}: {errors.clip(error)}"
+        )
+    try:
+        write_error(writer, END_NOTICE_FRAME, error)
+    except Exception:  # noqa: BLE001 - the call is broken or cancelled: its reader ends too
+        pass
 
 
 def write_error(
