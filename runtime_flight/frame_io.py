@@ -1,6 +1,6 @@
 """Frames in and out of a prediction exchange (docs/wire-format.md), shared by the exchange
-kinds: the announced input layout (refused over ``max_sample_bytes`` before anything is
-allocated), one whole sample read, a stream's frames read on a thread into a bounded queue, and
+kinds: the announced input layout (refused over ``max_sample_bytes``, or when the runtime's
+``max_receiving_bytes`` has no room for it, before anything is allocated), one whole sample read, a stream's frames read on a thread into a bounded queue, and
 outputs, streamed bands, progress and errors written with their ``FrameResult``.
 """
 
@@ -31,6 +31,7 @@ from .exchange_calls import malformed_input
 from .limits import RuntimeLimits
 from .memory_release import release_free_memory
 from .outputs import Outputs, StreamedOutputs
+from .receiving_budget import Reservation
 
 END = object()
 """In a stream's frame queue: the client finished writing (or the reading failed)."""
@@ -59,12 +60,16 @@ def announced_layout(
     context: flight.ServerCallContext,
     reader: flight.MetadataRecordBatchReader,
     limits: RuntimeLimits,
+    receiving: Reservation,
 ) -> tuple[SampleLayout, DimNames]:
     """The layout the client's schema announces and its dim names, refused before anything is
-    allocated when its sample is larger than ``max_sample_bytes``."""
+    allocated when its sample is larger than ``max_sample_bytes`` or the runtime's budget for
+    samples being received has no room for it (``receiving`` holds its share then)."""
     with malformed_input(context):
         layout = SampleLayout.from_schema(reader.schema)
-    limits.check_sample_bytes(layout.nbytes, _describe(layout))
+    described = _describe(layout)
+    limits.check_sample_bytes(layout.nbytes, described)
+    receiving.hold(layout.nbytes, described)
     return layout, {t.name: t.dim_names for t in layout.tensors if t.dim_names}
 
 
@@ -76,10 +81,11 @@ def receive_sample(
     context: flight.ServerCallContext,
     reader: flight.MetadataRecordBatchReader,
     limits: RuntimeLimits,
+    receiving: Reservation,
 ) -> tuple[Sample, DimNames]:
     """Read one whole sample and its dim names. The decoder and the received batches are gone
     when this returns, so the sample's arrays are the only copy of the input left."""
-    layout, dims = announced_layout(context, reader, limits)
+    layout, dims = announced_layout(context, reader, limits, receiving)
     with malformed_input(context):
         sample = _read_one_sample(context, reader, SampleDecoder(layout))
     return aligned_sample(sample), dims

@@ -29,6 +29,7 @@ from .caller_auth import CallerChecks
 from .exchange_calls import ExchangeCall, ExchangeCounters, flight_errors
 from .exchange_metrics import ExchangeObservation, observing
 from .flight_actions import ACTIONS, FlightActions, parse_message
+from .receiving_budget import Reservation
 from .service import RuntimeService
 from .session_exchange import serve_session
 from .single_exchange import serve_single
@@ -116,10 +117,16 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                         # the model as the caller resolved it: nothing resolves it again
                         command.model_id = rights.model_id
                         kind = exchange_kind(command)
-                        with observing(kind, rights.model_id) as seen:
-                            _SERVE[kind](
-                                self.exchange_call(context, command, reader, writer, seen, rights)
-                            )
+                        receiving = self.gate.receiving.reservation()
+                        try:
+                            with observing(kind, rights.model_id) as seen:
+                                _SERVE[kind](
+                                    self.exchange_call(
+                                        context, command, reader, writer, seen, rights, receiving
+                                    )
+                                )
+                        finally:
+                            receiving.release()
             finally:
                 # counted before the exchange stops counting as active
                 if context.is_cancelled():
@@ -134,9 +141,11 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.MetadataRecordBatchWriter,
         seen: ExchangeObservation | None = None,
         rights: CallRights | None = None,
+        receiving: Reservation | None = None,
     ) -> ExchangeCall:
         """An exchange of ``command`` on this server, as its kind's handler takes it (``rights``
-        None: those of a caller that may do anything)."""
+        None: those of a caller that may do anything; ``receiving`` None: its sample is not
+        counted in ``max_receiving_bytes``)."""
         return ExchangeCall(
             context=context,
             request=from_command(command),
@@ -149,6 +158,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             batch_bytes=self.batch_bytes,
             draining=self.draining,
             report_progress=command.report_progress,
+            receiving=receiving or Reservation(None),
         )
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:

@@ -32,7 +32,7 @@ from .frame_io import (
 
 def serve_stream(call: ExchangeCall) -> None:
     context = call.context
-    layout, dims = announced_layout(context, call.reader, call.service.limits)
+    layout, dims = announced_layout(context, call.reader, call.service.limits, call.receiving)
     request = call.request.with_inputs({}, dims)
     max_batch = call.service.stream_batch_limit(request)
     # Frames are read and decoded on a thread while the model runs, bounded so a fast client
