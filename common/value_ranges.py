@@ -6,8 +6,9 @@ value that does not fit and its index (C order), and the range it had to fit. It
 when every value of the source type fits the target (a safe cast, or integers into floats);
 otherwise the array's minimum and maximum (two reductions, no temporary array) settle it for
 every array whose values fit, and only an array with a value that may not fit (or a NaN) pays for
-the masks that find the first one. A 2048x2048 float64 frame to a float32 model: 13 ms before
-this, under 3 ms with it (benchmarks in the commit that made it so).
+the masks that find the first one. A float64 frame to a float32 model costs 0.10 ms at 512x512
+and 2.4 ms at 2048x2048 (the masks alone: 0.35 and 11 ms; the cast itself: 0.10 and 1.8 ms;
+``python -m benchmarks.value_ranges``).
 """
 
 from __future__ import annotations
