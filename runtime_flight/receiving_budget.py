@@ -15,6 +15,8 @@ on top: at most twice its batch limit).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from modelrunner.limits import over_limit
@@ -35,9 +37,15 @@ class ReceivingBudget:
         """Bytes reserved now."""
         return self._reserved
 
-    def reservation(self) -> Reservation:
-        """An exchange's share of the budget, empty until it reserves its sample."""
-        return Reservation(self)
+    @contextmanager
+    def reserving(self) -> Iterator[Reservation]:
+        """An exchange's share of the budget, empty until it reserves its sample, given back
+        when the block ends."""
+        reservation = Reservation(self)
+        try:
+            yield reservation
+        finally:
+            reservation.release()
 
     def _take(self, nbytes: int, described: str) -> None:
         with self._lock:

@@ -29,7 +29,6 @@ from .caller_auth import CallerChecks
 from .exchange_calls import ExchangeCall, ExchangeCounters, flight_errors
 from .exchange_metrics import ExchangeObservation, observing
 from .flight_actions import ACTIONS, FlightActions, parse_message
-from .receiving_budget import Reservation
 from .service import RuntimeService
 from .session_exchange import serve_session
 from .single_exchange import serve_single
@@ -114,19 +113,14 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 with flight_errors("prediction", context):
                     command = _parse_command(descriptor)
                     with self.gate.exchange(context, command.model_id) as rights:
-                        # the model as the caller resolved it: nothing resolves it again
-                        command.model_id = rights.model_id
+                        command.model_id = rights.model_id  # resolved as the caller: final
                         kind = exchange_kind(command)
-                        receiving = self.gate.receiving.reservation()
-                        try:
-                            with observing(kind, rights.model_id) as seen:
-                                _SERVE[kind](
-                                    self.exchange_call(
-                                        context, command, reader, writer, seen, rights, receiving
-                                    )
-                                )
-                        finally:
-                            receiving.release()
+                        with observing(kind, rights.model_id) as seen:
+                            call = self.exchange_call(
+                                context, command, reader, writer, seen, rights
+                            )
+                            with call.receiving_in(self.gate.receiving):
+                                _SERVE[kind](call)
             finally:
                 # counted before the exchange stops counting as active
                 if context.is_cancelled():
@@ -141,11 +135,9 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.MetadataRecordBatchWriter,
         seen: ExchangeObservation | None = None,
         rights: CallRights | None = None,
-        receiving: Reservation | None = None,
     ) -> ExchangeCall:
         """An exchange of ``command`` on this server, as its kind's handler takes it (``rights``
-        None: those of a caller that may do anything; ``receiving`` None: its sample is not
-        counted in ``max_receiving_bytes``)."""
+        None: those of a caller that may do anything)."""
         return ExchangeCall(
             context=context,
             request=from_command(command),
@@ -158,7 +150,6 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             batch_bytes=self.batch_bytes,
             draining=self.draining,
             report_progress=command.report_progress,
-            receiving=receiving or Reservation(None),
         )
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
