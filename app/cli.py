@@ -538,8 +538,10 @@ def _print_report(args: argparse.Namespace, report: ValidationReport, title: str
 
 def _remove(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        client.remove_model(args.model)
-    print(f"removed {args.model}")
+        removed = client.remove_model(args.model)
+    waited = removed.calls_in_flight
+    note = f"; waited for {waited} prediction(s) in flight" if waited else ""
+    print(f"removed {args.model}{note}")
     return 0
 
 

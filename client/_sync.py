@@ -198,12 +198,17 @@ class ModelRunnerClient:
             "describe", lambda left: self._control.describe(model_id, timeout=left), timeout
         )
 
-    def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+    def remove_model(
+        self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> types.RemovedModel:
         """Remove the model from your workspace (and from the server when no other workspace
-        holds it; an admin removes it everywhere)."""
+        holds it; an admin removes it everywhere). The result says how many predictions were
+        running on it (``calls_in_flight``: the removal waited for them) and the cache space
+        freed."""
         removed = self._control.remove(model_id, timeout=self._timeout(timeout))
         # its sessions, which the runtime ended: not the next prediction's to find
-        self._runtimes.sessions.drop_model(removed)
+        self._runtimes.sessions.drop_model(removed.model_id)
+        return removed
 
     def publish_model(
         self, model_id: str, published: bool = True, *, timeout: Timeout = USE_CLIENT_DEFAULT

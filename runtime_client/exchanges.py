@@ -41,6 +41,20 @@ def parse_frame_result(metadata: pa.Buffer | None) -> runtime_pb2.FrameResult:
     return result
 
 
+END_NOTICE_FRAME = -1
+"""``FrameResult.frame`` of the runtime's end notice (docs/wire-format.md, section 3): the call
+ends with the notice's error once the client has ended its side of the exchange."""
+
+
+def is_end_notice(metadata: pa.Buffer | None) -> bool:
+    """Whether a metadata-only message is the runtime's end notice."""
+    try:
+        result = parse_frame_result(metadata)
+    except Exception:  # noqa: BLE001 - not ours to judge here: the reader reads it again
+        return False
+    return result.frame == END_NOTICE_FRAME and result.HasField("error")
+
+
 def exchange_predict(
     client: flight.FlightClient,
     command: bytes,
