@@ -5,8 +5,12 @@ each, so they are encoded here (field 1: the service name; field 1 of the answer
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import grpc
 
+from modelrunner import errors
 from modelrunner.transport_errors import translated_errors
 
 _CHECK = "/grpc.health.v1.Health/Check"
@@ -39,3 +43,21 @@ def check_health(channel: grpc.Channel, service: str, *, timeout: float | None) 
     )
     with translated_errors():
         return _decode_status(call(_encode_request(service), timeout=timeout))
+
+
+def wait_until_serving(health: Callable[..., str], address: str, timeout: float) -> None:
+    """Ask ``health`` (the client's, which takes ``timeout=``) every 0.1 s until the server is
+    SERVING; DeadlineExceededError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            if health(timeout=max(0.1, left)) == "SERVING":
+                return
+        except errors.UnavailableError:
+            pass
+        if left <= 0:
+            raise errors.DeadlineExceededError(
+                f"the server at {address} was not ready within {timeout:g} s"
+            )
+        time.sleep(min(0.1, max(0.0, left)))

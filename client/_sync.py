@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +19,7 @@ from modelrunner.tls import ClientTls
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
 from ._control import ControlClient
-from ._health import check_health
+from ._health import check_health, wait_until_serving
 from ._inputs import Inputs
 from ._progress import ProgressOption, progress_callback
 from ._requests import PredictKeywords, StreamKeywords, VolumeKeywords, build_request
@@ -126,19 +125,7 @@ class ModelRunnerClient:
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Wait until the server is ready (a runtime can predict); DeadlineExceededError after
         ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                if self.health(timeout=max(0.1, left)) == "SERVING":
-                    return
-            except errors.UnavailableError:
-                pass
-            if left <= 0:
-                raise errors.DeadlineExceededError(
-                    f"the server at {self.address} was not ready within {timeout:g} s"
-                )
-            time.sleep(min(0.1, max(0.0, left)))
+        wait_until_serving(self.health, self.address, timeout)
 
     # -- registry ------------------------------------------------------------------------------
 

@@ -80,7 +80,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     stderr = cache.parent / "refused-streams-stderr.txt"
     with stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "modelrunner.cli", *SERVE],
+            [sys.executable, "-m", "modelrunner.app.cli", *SERVE],
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=env,
