@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelrunner import errors, types
-from modelrunner.auth import Role
 from modelrunner.graceful_shutdown import ShutdownSignals, stop_within
 from modelrunner.listen_failures import listen_failure
 from modelrunner.settings import Settings
@@ -282,11 +281,7 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
             plane = control.control
             # The embedded runtime holds an in-memory credential and asks its control service
             # about its callers in process.
-            token = (
-                plane.authenticator.issue_internal("embedded-runtime", Role.RUNTIME)
-                if settings.auth
-                else None
-            )
+            token = plane.issue_runtime_token("embedded-runtime")
             running.runtime = start_runtime(
                 settings,
                 _local_address(control.port, settings.host),
@@ -294,9 +289,9 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
                 caller_check=plane.check_caller,
                 metrics_uri=control.control.metrics_uri,
             )
-            # Open Inference requests for it skip the Flight hop (entry_server.inference_forwarding)
+            # Open Inference requests for it skip the Flight hop (entry_server.inference_plane)
             service = running.runtime.server.service
-            control.forwarding.attach_local(service.runtime_id, service)
+            control.inference.attach_local(service.runtime_id, service)
             # it registered before start_runtime returned; ready means a runtime can predict
             control.readiness.wait(settings.runtime_wait_s)
         stack.pop_all()

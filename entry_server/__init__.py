@@ -5,9 +5,9 @@ Modules, one responsibility each::
 
     server            start_control_server(settings) -> ControlServer (health, reflection)
     servicer          the thin gRPC ControlService: proto <-> control_plane
-    open_inference    the Open Inference Protocol (KServe V2) servicer: proto <-> forwarding
+    open_inference    the Open Inference Protocol (KServe V2) servicer: proto <-> inference_plane
     open_inference_tensors  V2 tensors, datatypes and parameters <-> numpy and a PredictRequest
-    inference_forwarding    V2 requests to the routed runtime: in process, or by the runtime client
+    inference_plane   InferencePlane: V2 readiness, models, limits; requests to the routed runtime
     server_reflection gRPC server reflection, v1 and v1alpha
     error_interceptor ModelRunnerError -> gRPC status + ErrorDetail trailer
     control_plane     ControlPlane: the transport-free logic layer (registry + runtimes)
@@ -35,6 +35,7 @@ Modules, one responsibility each::
 """
 
 from modelrunner.entry_server.control_plane import ControlPlane, Route
+from modelrunner.entry_server.inference_plane import InferencePlane
 from modelrunner.entry_server.registry import ModelPackage, ModelRegistry
 from modelrunner.entry_server.runtimes import Registration, RuntimeDirectory
 from modelrunner.entry_server.server import ControlServer, start_control_server
@@ -42,6 +43,7 @@ from modelrunner.entry_server.server import ControlServer, start_control_server
 __all__ = [
     "ControlPlane",
     "ControlServer",
+    "InferencePlane",
     "ModelPackage",
     "ModelRegistry",
     "Registration",

@@ -1,26 +1,32 @@
 """The control service's logic layer: the registry plus the runtimes, transport free.
 
-The gRPC servicer is a thin shell around this object; an embedded runtime or a test may call it
-directly.
+The gRPC servicer is a thin shell around this object (proto in, a call here, proto out) and
+holds nothing else; the Open Inference Protocol's plane (:mod:`.inference_plane`) asks it for
+routes and models. An embedded runtime or a test may call it directly.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from modelrunner import errors, types
 from modelrunner.auth import ANONYMOUS, Identity, Role
+from modelrunner.call_rights import Recheck
 from modelrunner.entry_server import runtime_actions
 from modelrunner.entry_server.authentication import Authenticator
+from modelrunner.entry_server.call_limits import ControlCallLimits
 from modelrunner.entry_server.model_access import ModelAccess
+from modelrunner.entry_server.package_zips import PackageZip
 from modelrunner.entry_server.progress import ProgressCallback, no_progress
 from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import Registration, RuntimeDirectory
 from modelrunner.entry_server.server_info import server_info
+from modelrunner.entry_server.uploads import StoredUpload, UploadHeader
 from modelrunner.runtime_client import Route
 from modelrunner.settings import Settings
 from modelrunner.tls import ClientTls
@@ -59,8 +65,11 @@ class ControlPlane:
         self.settings = settings
         self.registry = registry
         self.runtimes = runtimes
-        self.authenticator = authenticator or Authenticator(settings)
+        self._authenticator = authenticator or Authenticator(settings)
         self.access = access or ModelAccess(settings.cache_dir / "model_access.json")
+        self.limits = ControlCallLimits(settings)
+        """How many long calls of each kind may run at once (a servicer holds a slot per
+        call)."""
         self._runtime_tls = runtime_tls
         self.metrics_uri = ""
         """Where this process's Prometheus metrics are scraped (set by whoever publishes them)."""
@@ -110,8 +119,20 @@ class ControlPlane:
     def check_caller(self, token: str, model_ref: str = "") -> tuple[Identity, str]:
         """For a runtime: who holds ``token``, and the full id of ``model_ref`` when the holder
         may use it (UnauthenticatedError, ModelNotFoundError otherwise)."""
-        identity = self.authenticator.identify(token)
+        identity = self._authenticator.identify(token)
         return identity, self.visible_id(model_ref, identity) if model_ref else ""
+
+    def recheck(self, token: str | None, method: str) -> Recheck | None:
+        """How to ask again whether ``token`` may still call ``method`` (None when calls are
+        not authenticated): a long call's rights follow the token (``CallRights``)."""
+        return self._authenticator.recheck(token, method)
+
+    def issue_runtime_token(self, name: str) -> str | None:
+        """A credential for runtimes this process starts (the embedded runtime, Ray actors),
+        valid while this control service runs; None when calls are not authenticated."""
+        if not self._authenticator.enabled:
+            return None
+        return self._authenticator.issue_internal(name, Role.RUNTIME)
 
     def _caller_for(self, runtime_id: str) -> runtime_actions.RuntimeCaller:
         """How to call one runtime: with authentication on, a ``control`` token issued for it
@@ -120,10 +141,10 @@ class ControlPlane:
             caller = self._runtime_callers.get(runtime_id)
             if caller is None:
                 token = (
-                    self.authenticator.issue_internal(
+                    self._authenticator.issue_internal(
                         "control-service", Role.CONTROL, audience=runtime_id
                     )
-                    if self.authenticator.enabled
+                    if self._authenticator.enabled
                     else None
                 )
                 caller = runtime_actions.RuntimeCaller(token=token, tls=self._runtime_tls)
@@ -158,6 +179,26 @@ class ControlPlane:
             "the package was removed while it was being added, three times; try again",
             details={"model_id": info.id},
         )
+
+    def receive_upload(
+        self, header: UploadHeader, chunks: Iterable[bytes], *, client: str = ""
+    ) -> StoredUpload:
+        """Store an upload of ``client`` (whose pending uploads are counted) for a later add
+        that names its ``upload_id``."""
+        return self.registry.receive_upload(header, chunks, client=client)
+
+    def validate(
+        self, source: types.ModelSourceSpec, *, perform_io_checks: bool = False
+    ) -> types.ValidationReport:
+        """Validate a description without adding it; an invalid one gives a failed report."""
+        return self.registry.validate(source, perform_io_checks=perform_io_checks)
+
+    @contextmanager
+    def package_zip(self, model_id: str) -> Iterator[PackageZip]:
+        """A model's package as a zip for a runtime (which sees every workspace's models),
+        pinned while the block runs."""
+        with self.registry.package_zip(model_id) as package:
+            yield package
 
     def list_models(self, identity: Identity = ANONYMOUS) -> list[types.ModelInfo]:
         return [
@@ -194,7 +235,16 @@ class ControlPlane:
     def model_info(self, model_ref: str, identity: Identity = ANONYMOUS) -> types.ModelInfo:
         """The model's tensors and weight formats from the cache's index, without its
         description: what a prediction needs to know, cheap enough for every call."""
-        return self.registry.cache.get(self.visible_id(model_ref, identity)).info
+        return self.stored_model_info(self.visible_id(model_ref, identity))
+
+    def stored_model_info(self, model_id: str) -> types.ModelInfo:
+        """A model's tensors and weight formats by full id, for a caller whose right to it was
+        checked already (by a route)."""
+        return self.registry.cache.get(model_id).info
+
+    def available_runtimes(self) -> int:
+        """Registered runtimes that can take a prediction now (readiness)."""
+        return self.runtimes.available_count()
 
     def route(
         self,

@@ -27,7 +27,7 @@ from modelrunner.entry_server.call_limits import threads_for_limited_calls
 from modelrunner.entry_server.call_metrics import CallMetricsInterceptor
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.error_interceptor import ErrorInterceptor
-from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
+from modelrunner.entry_server.inference_plane import InferencePlane
 from modelrunner.entry_server.open_inference import SERVICE_NAME as V2_SERVICE_NAME
 from modelrunner.entry_server.open_inference import OpenInferenceServicer
 from modelrunner.entry_server.readiness import Readiness
@@ -62,8 +62,8 @@ class ControlServer:
     """The bound port (the chosen one when ``settings.port`` is 0)."""
     control: ControlPlane
     health: health.HealthServicer
-    forwarding: RuntimeForwarding
-    """The Open Inference Protocol's connections to runtimes."""
+    inference: InferencePlane
+    """The Open Inference Protocol's plane (its limits and connections to runtimes)."""
     readiness: Readiness
     """SERVING once a runtime that can predict is registered (``readiness.wait()``)."""
     _stopped: bool = field(default=False, repr=False)
@@ -99,7 +99,7 @@ class ControlServer:
         self.begin_shutdown(grace).wait()
         self._unpublish()
         self.readiness.stop()
-        self.forwarding.close()
+        self.inference.close()
         self.registry.close()
         logger.info("control service on port %d stopped", self.port)
 
@@ -177,10 +177,8 @@ def start_control_server(
             ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(control), server)
-        forwarding = RuntimeForwarding(control)
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            OpenInferenceServicer(control, forwarding), server
-        )
+        inference = InferencePlane(control)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(inference), server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         # NOT_SERVING until a runtime that can predict registers (readiness); "liveness" at once
@@ -222,7 +220,7 @@ def start_control_server(
         port=port,
         control=control,
         health=health_servicer,
-        forwarding=forwarding,
+        inference=inference,
         readiness=readiness,
         _unpublish=add_state_source(control_state(registry, runtimes)),
     )
