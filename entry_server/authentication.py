@@ -33,8 +33,8 @@ from modelrunner.auth import (
     token_hash,
 )
 from modelrunner.call_rights import Recheck
-from modelrunner.entry_server.error_interceptor import abort
-from modelrunner.entry_server.handler_wrapping import rewrapped
+from modelrunner.entry_server.edge.error_interceptor import abort
+from modelrunner.entry_server.edge.handler_wrapping import rewrapped
 from modelrunner.entry_server.token_store import TokenStore
 from modelrunner.settings import Settings
 

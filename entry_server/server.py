@@ -1,7 +1,7 @@
 """Start and stop the control service: gRPC ``ControlService`` with standard health checking and
 server reflection, so ``grpcurl`` and clients in any language work from the ``.proto`` files.
 Its health statuses say whether a runtime can predict (readiness) and whether the process lives
-(``liveness``): see ``entry_server/readiness.py``.
+(``liveness``): see ``entry_server/runtimes/readiness.py``.
 
 ``start_control_server(settings)`` returns a running :class:`ControlServer`. An embedded runtime
 in the same process registers through ``server.control.register_runtime(...)`` (or over gRPC like
@@ -24,18 +24,20 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
 from modelrunner.entry_server.call_limits import threads_for_limited_calls
-from modelrunner.entry_server.call_metrics import CallMetricsInterceptor
 from modelrunner.entry_server.control_plane import ControlPlane
-from modelrunner.entry_server.error_interceptor import ErrorInterceptor
+from modelrunner.entry_server.edge.call_metrics import CallMetricsInterceptor
+from modelrunner.entry_server.edge.control_servicer import ControlServicer
+from modelrunner.entry_server.edge.error_interceptor import ErrorInterceptor
+from modelrunner.entry_server.edge.open_inference import SERVICE_NAME as V2_SERVICE_NAME
+from modelrunner.entry_server.edge.open_inference import OpenInferenceServicer
+from modelrunner.entry_server.edge.server_reflection import (
+    SERVICE_NAMES as REFLECTION_SERVICE_NAMES,
+)
+from modelrunner.entry_server.edge.server_reflection import enable_server_reflection
 from modelrunner.entry_server.inference_plane import InferencePlane
-from modelrunner.entry_server.open_inference import SERVICE_NAME as V2_SERVICE_NAME
-from modelrunner.entry_server.open_inference import OpenInferenceServicer
-from modelrunner.entry_server.readiness import Readiness
 from modelrunner.entry_server.registry import ModelRegistry
-from modelrunner.entry_server.runtimes import RuntimeDirectory
-from modelrunner.entry_server.server_reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
-from modelrunner.entry_server.server_reflection import enable_server_reflection
-from modelrunner.entry_server.servicer import ControlServicer
+from modelrunner.entry_server.runtimes.directory import RuntimeDirectory
+from modelrunner.entry_server.runtimes.readiness import Readiness
 from modelrunner.entry_server.state_metrics import control_state
 from modelrunner.listen_failures import listen_failure
 from modelrunner.metrics import add_state_source

@@ -15,14 +15,14 @@ import pytest
 from modelrunner import errors
 from modelrunner.auth import Role
 from modelrunner.entry_server import ControlPlane, InferencePlane, ModelRegistry, RuntimeDirectory
-from modelrunner.entry_server.open_inference import OpenInferenceServicer
-from modelrunner.entry_server.servicer import ControlServicer
+from modelrunner.entry_server.edge.control_servicer import ControlServicer
+from modelrunner.entry_server.edge.open_inference import OpenInferenceServicer
 from tests.entry_server.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICERS = [
-    ROOT / "entry_server" / "servicer.py",
-    ROOT / "entry_server" / "open_inference.py",
+    ROOT / "entry_server" / "edge" / "control_servicer.py",
+    ROOT / "entry_server" / "edge" / "open_inference.py",
     ROOT / "cluster" / "ray_serving.py",
 ]
 PLANE_PARTS = {"registry", "runtimes", "authenticator", "_authenticator", "access", "cache"}

@@ -5,9 +5,9 @@ one silent for three intervals is dropped, and one registering for the first tim
 of another that missed a heartbeat replaces it (a runtime restarted on its port is routed to
 at once; runtimes sharing one address that beat in time are all kept). For a model, runtimes that
 report it loaded come first, then the least loaded; a model whose warm runtimes are all busy
-spreads to another (``entry_server/placement.py``). A call that finds no available runtime waits
+spreads to another (``entry_server/runtimes/placement.py``). A call that finds no available runtime waits
 up to ``runtime_wait_s`` for one (start-up, a restart). Listeners hear of every change in the
-number of available runtimes (readiness, ``entry_server/readiness.py``).
+number of available runtimes (readiness, ``entry_server/runtimes/readiness.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from modelrunner import errors, types
-from modelrunner.entry_server.placement import placement_order
+from modelrunner.entry_server.runtimes.placement import placement_order
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -21,15 +21,15 @@ import grpc
 
 from modelrunner import converters, errors, types
 from modelrunner.entry_server.authentication import current_identity
-from modelrunner.entry_server.call_context import (
+from modelrunner.entry_server.call_limits import cancelled_when
+from modelrunner.entry_server.control_plane import ControlPlane
+from modelrunner.entry_server.edge.call_context import (
     ClientIdentity,
     client_gone,
     token_or_host,
     with_idle_timeout,
 )
-from modelrunner.entry_server.call_limits import cancelled_when
-from modelrunner.entry_server.control_plane import ControlPlane
-from modelrunner.entry_server.uploads import UploadHeader
+from modelrunner.entry_server.packages.uploads import UploadHeader
 from modelrunner.v1 import control_pb2, control_pb2_grpc, models_pb2
 
 

@@ -22,9 +22,12 @@ import grpc
 from modelrunner import __version__, errors, types
 from modelrunner.auth import AUTHORIZATION_HEADER, token_from_header
 from modelrunner.entry_server.authentication import current_identity
-from modelrunner.entry_server.call_context import ClientIdentity, token_or_host, with_idle_timeout
-from modelrunner.entry_server.inference_plane import InferencePlane, unnamed_model
-from modelrunner.entry_server.open_inference_tensors import (
+from modelrunner.entry_server.edge.call_context import (
+    ClientIdentity,
+    token_or_host,
+    with_idle_timeout,
+)
+from modelrunner.entry_server.edge.open_inference_tensors import (
     declared_datatype,
     infer_response,
     input_arrays,
@@ -32,6 +35,7 @@ from modelrunner.entry_server.open_inference_tensors import (
     predict_request,
     requested_outputs,
 )
+from modelrunner.entry_server.inference_plane import InferencePlane, unnamed_model
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.transport_errors import bounded
@@ -65,7 +69,7 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def ServerReady(
         self, request: v2.ServerReadyRequest, context: grpc.ServicerContext
     ) -> v2.ServerReadyResponse:
-        # the same readiness as the health service's (entry_server/readiness.py)
+        # the same readiness as the health service's (entry_server/runtimes/readiness.py)
         return v2.ServerReadyResponse(ready=self._plane.ready())
 
     def ServerMetadata(

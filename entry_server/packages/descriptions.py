@@ -15,8 +15,8 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from modelrunner import errors
-from modelrunner.entry_server.content_hash import FileRecord
-from modelrunner.entry_server.fetch_policy import AddressNotAllowed, FetchPolicy
+from modelrunner.entry_server.packages.content_hash import FileRecord
+from modelrunner.entry_server.packages.fetch_policy import AddressNotAllowed, FetchPolicy
 
 if TYPE_CHECKING:
     from bioimageio.spec import ValidationSummary

@@ -2,7 +2,7 @@
 
 Bodies are streamed to the destination file chunk by chunk, never held in memory. Redirects are
 followed here, hop by hop (at most ``fetch_max_redirects``), and every URL, the first and each
-redirect target, goes through :mod:`modelrunner.entry_server.fetch_policy`: only http(s), and
+redirect target, goes through :mod:`modelrunner.entry_server.packages.fetch_policy`: only http(s), and
 only to allowed addresses. httpx exceptions are translated here, and only here, into modelrunner
 errors:
 
@@ -30,8 +30,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from modelrunner import errors
-from modelrunner.entry_server.fetch_policy import AddressNotAllowed, CheckedTransport, FetchPolicy
 from modelrunner.entry_server.limits import over_limit
+from modelrunner.entry_server.packages.fetch_policy import (
+    AddressNotAllowed,
+    CheckedTransport,
+    FetchPolicy,
+)
 from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.settings import Settings
 

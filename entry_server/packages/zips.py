@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelrunner import cache_layout
-from modelrunner.entry_server.content_hash import hash_file, package_files
+from modelrunner.entry_server.packages.content_hash import hash_file, package_files
 
 CHUNK_BYTES = 1024**2
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
