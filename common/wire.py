@@ -31,10 +31,14 @@ import numpy as np
 import pyarrow as pa
 
 from modelrunner.errors import InvalidArgumentError, InvalidTensorError, clip
+from modelrunner.units import MiB
 
-MiB = 1024**2
 DEFAULT_BATCH_BYTES = 16 * MiB
 """Samples up to this size travel whole (zero copy on both sides); larger ones in chunks."""
+SHUTDOWN_NOTICE_FRAME = -1
+"""``FrameResult.frame`` of a draining stream's shutdown notice (a metadata-only message whose
+error is ServerShuttingDownError): the client ends its side of the stream (DoneWriting);
+docs/wire-format.md, section 3."""
 CHUNK_BYTES = 4 * MiB
 """Larger samples travel in chunks of about this size (or ``batch_bytes``, when smaller). Flight
 moves 4-16 MiB batches fastest; the low end keeps the receiver's memory down: gRPC buffers a few
@@ -107,7 +111,7 @@ def arrow_value_type(dtype: np.dtype) -> pa.DataType:
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class ArraySpec:
     """A tensor's shape and dtype: what planning a layout needs of it."""
 
     shape: tuple[int, ...]
@@ -275,7 +279,7 @@ class SampleLayout:
         return _RECENT_LAYOUTS.get_or_make(
             key,
             lambda: cls.plan_shapes(
-                {n: TensorSpec(tuple(a.shape), a.dtype) for n, a in arrays.items()},
+                {n: ArraySpec(tuple(a.shape), a.dtype) for n, a in arrays.items()},
                 dim_names,
                 batch_bytes=batch_bytes,
             ),
@@ -284,7 +288,7 @@ class SampleLayout:
     @classmethod
     def plan_shapes(
         cls,
-        tensors: Mapping[str, TensorSpec],
+        tensors: Mapping[str, ArraySpec],
         dim_names: Mapping[str, Sequence[str]] | None = None,
         *,
         batch_bytes: int = DEFAULT_BATCH_BYTES,

@@ -57,7 +57,7 @@ In parts, one responsibility per module. The planes and what they own, here::
 from modelrunner.entry_server.control_plane import ControlPlane, Route
 from modelrunner.entry_server.inference_plane import InferencePlane
 from modelrunner.entry_server.registry import ModelPackage, ModelRegistry
-from modelrunner.entry_server.runtimes.directory import Registration, RuntimeDirectory
+from modelrunner.entry_server.runtimes.directory import RegistrationReply, RuntimeDirectory
 from modelrunner.entry_server.server import ControlServer, start_control_server
 
 __all__ = [
@@ -66,7 +66,7 @@ __all__ = [
     "InferencePlane",
     "ModelPackage",
     "ModelRegistry",
-    "Registration",
+    "RegistrationReply",
     "Route",
     "RuntimeDirectory",
     "start_control_server",

@@ -25,7 +25,7 @@ from modelrunner.entry_server.packages.zips import PackageZip
 from modelrunner.entry_server.progress import ProgressCallback, no_progress
 from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import actions as runtime_actions
-from modelrunner.entry_server.runtimes.directory import Registration, RuntimeDirectory
+from modelrunner.entry_server.runtimes.directory import RegistrationReply, RuntimeDirectory
 from modelrunner.entry_server.server_info import server_info
 from modelrunner.runtime_client import Route
 from modelrunner.settings import Settings
@@ -42,7 +42,7 @@ _REMOVAL_CALLS = 16
 
 
 @dataclass(frozen=True)
-class Removal:
+class ModelRemoval:
     model_id: str
     freed_bytes: int
     """0 when the model stays for other workspaces."""
@@ -216,7 +216,7 @@ class ControlPlane:
 
     def register_runtime(
         self, info: types.RuntimeInfo, cache_dir: str = "", identity: Identity = ANONYMOUS
-    ) -> Registration:
+    ) -> RegistrationReply:
         """A runtime's registration or heartbeat; with authentication on, a runtime id stays
         with the credential that registered it while it is alive."""
         return self.runtimes.register(info, cache_dir, owner=identity.token_id)
@@ -304,11 +304,11 @@ class ControlPlane:
             details={"model_id": package.model_id},
         )
 
-    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> Removal:
+    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> ModelRemoval:
         """Remove a model from the caller's workspace, and from the cache when no workspace
         holds it any more (an admin removes it from every workspace). Then nothing answers for
         it: every runtime unloads it, the exchanges open on it end with NOT_FOUND, and the
-        predictions running on it are waited for (``Removal.calls_in_flight``). Only an add of
+        predictions running on it are waited for (``ModelRemoval.calls_in_flight``). Only an add of
         the same package waits for it meanwhile."""
         with ExitStack() as removing:
             with self._models_lock:
@@ -324,7 +324,7 @@ class ControlPlane:
                     if len(held) > 1 or published:
                         # open calls of this workspace's callers lose it within auth_cache_s
                         self.access.leave(model_id, identity.workspace)
-                        return Removal(model_id, 0, 0)
+                        return ModelRemoval(model_id, 0, 0)
                 # The last workspace holding it, or an admin: the package goes. From here on
                 # no reference resolves to it (a second removal finds it NOT_FOUND), and an add
                 # of it waits until this one has ended.
@@ -339,7 +339,7 @@ class ControlPlane:
                 del self._removals[model_id]
         done.set()
 
-    def _remove_package(self, model_id: str) -> Removal:
+    def _remove_package(self, model_id: str) -> ModelRemoval:
         """Unload it from every runtime at once, then remove it from the cache. Its access
         record goes only once it is gone (a model test using it runs out first, or nothing
         changes)."""
@@ -363,7 +363,7 @@ class ControlPlane:
                 model_id[:12],
                 in_flight,
             )
-        return Removal(model_id, freed, in_flight)
+        return ModelRemoval(model_id, freed, in_flight)
 
     def _remove_from_runtime(self, runtime: types.RuntimeInfo, model_id: str) -> int:
         """The predictions the runtime was running on the model, which it waited for."""

@@ -165,7 +165,7 @@ class ModelRegistry:
                 rdf_path = cache_layout.find_rdf(folder)
                 if rdf_path is None:
                     raise errors.InvalidPackageError("it holds no bioimageio.yaml or rdf.yaml")
-                loaded = descriptions.load_model(rdf_path, manifest)
+                loaded = descriptions.read_checked(rdf_path, manifest)
                 info = metadata.model_info(
                     loaded.descr,
                     model_id=model_id,

@@ -28,8 +28,7 @@ from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.entry_server.edge.call_metrics import CallMetricsInterceptor
 from modelrunner.entry_server.edge.control_servicer import ControlServicer
 from modelrunner.entry_server.edge.error_interceptor import ErrorInterceptor
-from modelrunner.entry_server.edge.open_inference import SERVICE_NAME as V2_SERVICE_NAME
-from modelrunner.entry_server.edge.open_inference import OpenInferenceServicer
+from modelrunner.entry_server.edge.open_inference import V2_SERVICE_NAME, OpenInferenceServicer
 from modelrunner.entry_server.edge.server_reflection import (
     SERVICE_NAMES as REFLECTION_SERVICE_NAMES,
 )
@@ -49,7 +48,7 @@ from modelrunner.v1 import control_pb2, control_pb2_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024**2
+_MAX_MESSAGE_BYTES = 64 * 1024**2
 """Upload and package chunks are about 1 MiB; model lists and descriptions can be larger."""
 DEFAULT_MAX_WORKERS = 16
 
@@ -171,8 +170,8 @@ def start_control_server(
                 CallMetricsInterceptor(),
             ],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                 # grpc enables SO_REUSEPORT by default: a second server on a busy port would
                 # start silently and share its calls. Failing to bind is what users expect.
                 ("grpc.so_reuseport", 0),

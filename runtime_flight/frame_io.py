@@ -18,12 +18,13 @@ from modelrunner import converters, errors, types
 from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import bounded
 from modelrunner.v1 import runtime_pb2
+from modelrunner.wire import SHUTDOWN_NOTICE_FRAME as SHUTDOWN_NOTICE_FRAME  # the exchanges'
 from modelrunner.wire import (
     WRITE_OPTIONS,
+    ArraySpec,
     BandEncoder,
     SampleDecoder,
     SampleLayout,
-    TensorSpec,
     encode_sample,
 )
 
@@ -36,9 +37,6 @@ END = object()
 """In a stream's frame queue: the client finished writing (or the reading failed)."""
 DRAIN_POLL_S = 0.2
 """How often an idle stream looks whether the runtime is shutting down."""
-SHUTDOWN_NOTICE_FRAME = -1
-"""``FrameResult.frame`` of a draining stream's shutdown notice (a metadata-only message whose
-error is ServerShuttingDownError): the client ends its side of the stream (DoneWriting)."""
 
 Sample = dict[str, np.ndarray]
 DimNames = dict[str, tuple[str, ...]]
@@ -276,7 +274,7 @@ def write_streamed(
     """Send the outputs' schema, then each record batch as soon as its rows are predicted;
     a band is dropped once its batches are written, so no whole output is ever held."""
     layout = SampleLayout.plan_shapes(
-        {k: TensorSpec(shape, outputs.dtypes[k]) for k, shape in outputs.shapes.items()},
+        {k: ArraySpec(shape, outputs.dtypes[k]) for k, shape in outputs.shapes.items()},
         outputs.dim_names,
         batch_bytes=batch_bytes,
     )

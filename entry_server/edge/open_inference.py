@@ -42,8 +42,8 @@ from modelrunner.transport_errors import bounded
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-_STREAM_METHOD = f"/{SERVICE_NAME}/ModelStreamInfer"
+V2_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_STREAM_METHOD = f"/{V2_SERVICE_NAME}/ModelStreamInfer"
 EXTENSIONS = ("model_stream_infer", "parameters")
 """What the server metadata announces beyond the core protocol: Triton's streaming extension,
 and request parameters (weight format, device, blocksize, ...)."""

@@ -42,7 +42,7 @@ def read_model(
 ) -> ModelReading:
     """The registry's view of the package; InvalidPackageError when it is not a valid model."""
     yaml_limits.check_description(rdf_path)
-    loaded = descriptions.load_model(rdf_path, manifest)
+    loaded = descriptions.read_checked(rdf_path, manifest)
     info = metadata.model_info(
         loaded.descr,
         model_id=model_id,

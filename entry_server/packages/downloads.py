@@ -41,7 +41,7 @@ from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024**2
+_CHUNK_BYTES = 1024**2
 _RETRY_STATUS = frozenset({408, 429})
 
 
@@ -178,7 +178,7 @@ class Downloader:
         stage = StageProgress(progress, "download", total=declared)
         stage.start()
         with dest.open("wb") as out:
-            for chunk in response.iter_bytes(CHUNK_BYTES):
+            for chunk in response.iter_bytes(_CHUNK_BYTES):
                 if stage.done + len(chunk) > limit:
                     raise _too_large(url, limit, "the body exceeds it")
                 out.write(chunk)

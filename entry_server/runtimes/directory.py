@@ -33,7 +33,7 @@ MAX_WAITERS = 4
 
 
 @dataclass(frozen=True)
-class Registration:
+class RegistrationReply:
     """The answer to a registration."""
 
     heartbeat_interval_s: float
@@ -75,7 +75,7 @@ class RuntimeDirectory:
 
     def register(
         self, info: types.RuntimeInfo, cache_dir: str = "", *, owner: str = ""
-    ) -> Registration:
+    ) -> RegistrationReply:
         """Add or refresh a runtime. ``cache_dir``: the cache directory it reads, if any;
         ``owner``: the credential registering it. A live runtime's id cannot be taken over by
         another credential (PermissionDeniedError)."""
@@ -113,7 +113,7 @@ class RuntimeDirectory:
             self._count_changed()
         if not known:
             logger.info("runtime %s registered at %s", info.runtime_id, info.flight_uri)
-        return Registration(
+        return RegistrationReply(
             heartbeat_interval_s=self.heartbeat_interval_s,
             shared_cache_dir=self._shared_cache_dir(cache_dir),
         )
