@@ -8,7 +8,7 @@ In parts, one responsibility per module. The planes and what they own, here::
     inference_plane   InferencePlane: V2 readiness, models, limits; requests to the routed runtime
     registry          ModelRegistry: add, list, describe, validate, remove, package folders
     model_access      which workspaces hold and see which model
-    authentication    tokens and roles: the Authenticator, and the interceptor that asks it
+    authentication    tokens and roles: the Authenticator, and the roles each method needs
     token_store       the token file
     call_limits       how many long calls of each kind run at once; cancellation of their work
     limits            ResourceExhaustedError naming the setting (modelrunner.limits, shared)
@@ -47,6 +47,7 @@ In parts, one responsibility per module. The planes and what they own, here::
     control_servicer  the thin gRPC ControlService: proto <-> control_plane
     open_inference    the Open Inference Protocol (KServe V2) servicer: proto <-> inference_plane
     open_inference_tensors  V2 tensors, datatypes and parameters <-> numpy and a PredictRequest
+    auth_interceptor  identifies each call's caller (asking the Authenticator), current_identity()
     call_context      who a call comes from, whether it is gone, idle client streams
     error_interceptor ModelRunnerError -> gRPC status + ErrorDetail trailer
     call_metrics      the interceptor that counts and times calls

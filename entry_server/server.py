@@ -22,9 +22,10 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
+from modelrunner.entry_server.authentication import Authenticator
 from modelrunner.entry_server.call_limits import threads_for_limited_calls
 from modelrunner.entry_server.control_plane import ControlPlane
+from modelrunner.entry_server.edge.auth_interceptor import AuthInterceptor
 from modelrunner.entry_server.edge.call_metrics import CallMetricsInterceptor
 from modelrunner.entry_server.edge.control_servicer import ControlServicer
 from modelrunner.entry_server.edge.error_interceptor import ErrorInterceptor

@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 
 from modelrunner import errors
-from modelrunner.entry_server.authentication import current_identity
+from modelrunner.entry_server.edge.auth_interceptor import current_identity
 
 T = TypeVar("T")
 

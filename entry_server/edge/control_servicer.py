@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 
 from modelrunner import converters, errors, types
-from modelrunner.entry_server.authentication import current_identity
 from modelrunner.entry_server.call_limits import cancelled_when
 from modelrunner.entry_server.control_plane import ControlPlane
+from modelrunner.entry_server.edge.auth_interceptor import current_identity
 from modelrunner.entry_server.edge.call_context import (
     ClientIdentity,
     client_gone,

@@ -21,7 +21,7 @@ import grpc
 
 from modelrunner import __version__, errors, types
 from modelrunner.auth import AUTHORIZATION_HEADER, token_from_header
-from modelrunner.entry_server.authentication import current_identity
+from modelrunner.entry_server.edge.auth_interceptor import current_identity
 from modelrunner.entry_server.edge.call_context import (
     ClientIdentity,
     token_or_host,

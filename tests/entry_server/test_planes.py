@@ -95,3 +95,48 @@ def test_the_inference_plane_answers_without_grpc(control: ControlPlane) -> None
             rights.check()
     finally:
         inference.close()
+
+
+ENTRY_SERVER = ROOT / "entry_server"
+BELOW_THE_PARTS = {"progress", "limits", "call_limits", "safe_zip"}
+"""What the packages and runtimes parts may use of the service beside themselves."""
+
+
+def _entry_server_imports() -> dict[str, set[str]]:
+    """Module (relative to ``modelrunner.entry_server``) -> the entry_server modules it imports."""
+    prefix = "modelrunner.entry_server."
+    found: dict[str, set[str]] = {}
+    for path in sorted(ENTRY_SERVER.rglob("*.py")):
+        module = ".".join(path.relative_to(ENTRY_SERVER).with_suffix("").parts)
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(prefix):
+                imported.add(node.module.removeprefix(prefix))  # type: ignore[union-attr]
+        found[module] = imported
+    return found
+
+
+def test_only_the_wiring_reaches_the_grpc_edge() -> None:
+    """The planes are transport free: nothing below the edge imports it, and only the server
+    (which builds the parts and passes them to constructors) puts it together."""
+    reaching = {
+        (module, m)
+        for module, imported in _entry_server_imports().items()
+        if not module.startswith("edge.") and module != "server"
+        for m in imported
+        if m == "edge" or m.startswith("edge.")
+    }
+    assert reaching == set()
+
+
+@pytest.mark.parametrize("part", ["packages", "runtimes"])
+def test_the_parts_import_nothing_above_them(part: str) -> None:
+    """Packages and runtimes know nothing of the planes, the registry or the edge."""
+    reaching = {
+        (module, m)
+        for module, imported in _entry_server_imports().items()
+        if module.startswith(f"{part}.")
+        for m in imported
+        if m.split(".")[0] not in (part, *BELOW_THE_PARTS)
+    }
+    assert reaching == set()
