@@ -38,6 +38,9 @@ COPY runtime_flight runtime_flight
 COPY client client
 COPY runtime_client runtime_client
 COPY cluster cluster
+COPY images images
+COPY serving serving
+COPY app app
 RUN pip install --upgrade pip && pip install ".[all]"
 
 # Listen on every interface inside the container; keep models in a volume.

@@ -119,7 +119,7 @@ def measure(
     command = [
         sys.executable,
         "-m",
-        "modelrunner.cli",
+        "modelrunner.app.cli",
         "predict",
         model,
         str(image),

@@ -39,7 +39,7 @@ def _frames(count: int, pace_s: float) -> Iterator[np.ndarray]:
 def measure(python: str, *, frames: int, pace_s: float, signal_after: int, workdir: Path) -> dict:
     port, flight_port = free_port(), free_port()
     command = [
-        python, "-m", "modelrunner.cli", "serve", "--port", str(port),
+        python, "-m", "modelrunner.app.cli", "serve", "--port", str(port),
         "--flight-port", str(flight_port), "--cache-dir", str(workdir / "cache"),
     ]  # fmt: skip
     env = {**os.environ, "MODELRUNNER_DESCRIPTION_WORKERS": "0"}

@@ -108,7 +108,7 @@ def start_modelrunner(
     command = [
         sys.executable,
         "-m",
-        "modelrunner.cli",
+        "modelrunner.app.cli",
         "serve",
         "--host",
         "127.0.0.1",

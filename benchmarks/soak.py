@@ -139,7 +139,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict:
         "MODELRUNNER_HEARTBEAT_INTERVAL_S": str(args.heartbeat_s),
         "MODELRUNNER_DESCRIPTION_WORKERS": "0",
     }
-    py = [sys.executable, "-m", "modelrunner.cli"]
+    py = [sys.executable, "-m", "modelrunner.app.cli"]
     control = ServerProcess(
         "control", [*py, "serve", "--no-runtime", "--port", str(port)], workdir / "control.log",
         env=env,

@@ -163,14 +163,18 @@ class ControlClient:
             )
         return converters.from_pb_report(response.report)
 
-    def remove(self, model_id: str, *, timeout: float | None) -> str:
-        """Remove the model; returns its full id."""
+    def remove(self, model_id: str, *, timeout: float | None) -> types.RemovedModel:
+        """Remove the model."""
         with translated_errors():
             response = self._stub.RemoveModel(
                 control_pb2.RemoveModelRequest(model_id=model_id), timeout=timeout
             )
         self.forget_routes()
-        return response.model_id
+        return types.RemovedModel(
+            model_id=response.model_id,
+            freed_bytes=response.freed_bytes,
+            calls_in_flight=response.calls_in_flight,
+        )
 
     def server_info(self, *, timeout: float | None) -> types.ServerInfo:
         with translated_errors():

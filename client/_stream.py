@@ -13,9 +13,10 @@ answers HTTP/2 pings.
 A stream that loses its runtime (a restart, a shutdown: ServerShuttingDownError) raises an
 UnavailableError whose ``frames_answered`` is the number of frames answered before it, so the
 caller can send the rest on a new stream; the stream itself is never resent behind its back.
-A runtime that drains sends a shutdown notice first (docs/wire-format.md, section 3): a thread
-reading the runtime's answers ends the upload at once, so the stream ends even while the caller's
-frames are slow to come.
+A runtime that ends a stream with an error (it drains; the model was removed or unpublished, the
+caller's token revoked: NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED) sends an end notice first
+(docs/wire-format.md, section 3): a thread reading the runtime's answers ends the upload at once,
+so the stream ends with that error even while the caller's frames are slow to come.
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ from modelrunner import converters, errors
 from modelrunner.body_alignment import write_aligned
 from modelrunner.errors import FrameError
 from modelrunner.runtime_client.cancellation import CallRegistry
-from modelrunner.runtime_client.exchanges import call_options, parse_frame_result
+from modelrunner.runtime_client.exchanges import call_options, is_end_notice, parse_frame_result
 from modelrunner.transport_errors import translated_errors, typed_error
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import (
-    SHUTDOWN_NOTICE_FRAME,
     WRITE_OPTIONS,
     SampleDecoder,
     SampleLayout,
@@ -167,10 +167,11 @@ _ENDED = object()
 
 
 class _AnswerReader:
-    """Reads the runtime's messages on a thread of its own into ``chunks``, so that a shutdown
+    """Reads the runtime's messages on a thread of its own into ``chunks``, so that an end
     notice is acted on even while the caller waits for its own next frame (a microscope between
-    acquisitions): this side of the stream ends, and the runtime ends the call with
-    ServerShuttingDownError. It holds no reference to the :class:`FrameStream`."""
+    acquisitions): this side of the stream ends, and the runtime ends the call with the
+    notice's error (ServerShuttingDownError, ModelNotFoundError, ...), which the consumer
+    raises. It holds no reference to the :class:`FrameStream`."""
 
     def __init__(self, reader: flight.FlightStreamReader, upload: _FrameUpload) -> None:
         self.reader, self.upload = reader, upload
@@ -186,8 +187,8 @@ class _AnswerReader:
                 self.chunks.put(_typed_here(e))
                 self.upload.sent.put(_ENDED)  # wakes a consumer waiting for a frame to be sent
                 return
-            if chunk.data is None and _is_shutdown_notice(chunk.app_metadata):
-                logger.debug("the runtime drains: ending the stream's upload")
+            if chunk.data is None and is_end_notice(chunk.app_metadata):
+                logger.debug("the runtime ends the stream: ending its upload")
                 try:
                     self.upload.end_writing()
                 except Exception:  # noqa: BLE001 - the call already ended: its error follows
@@ -201,14 +202,6 @@ def _typed_here(error: BaseException) -> BaseException:
     (which tells ModelNotFoundError from NotFoundError) is kept per thread. A cancellation stays
     as it is, for the idle watchdog to tell apart."""
     return error if isinstance(error, flight.FlightCancelledError) else typed_error(error)
-
-
-def _is_shutdown_notice(metadata: Any) -> bool:
-    try:
-        result = parse_frame_result(metadata)
-    except Exception:  # noqa: BLE001 - not ours to judge here: the consumer reads it again
-        return False
-    return result.frame == SHUTDOWN_NOTICE_FRAME and result.HasField("error")
 
 
 class FrameStream(Iterator[dict[str, np.ndarray]]):

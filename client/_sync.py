@@ -28,6 +28,7 @@ from ._retries import DEFAULT_RETRY_S, with_retries
 from ._sources import SourceLike
 from ._stream import DEFAULT_IDLE_TIMEOUT_S, FrameStream, OnError
 from ._timeouts import USE_CLIENT_DEFAULT, Timeout, resolve_timeout
+from ._volume_calls import VolumeCalls
 
 if TYPE_CHECKING:
     from ._volume_result import VolumeResult
@@ -197,12 +198,17 @@ class ModelRunnerClient:
             "describe", lambda left: self._control.describe(model_id, timeout=left), timeout
         )
 
-    def remove_model(self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> None:
+    def remove_model(
+        self, model_id: str, *, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> types.RemovedModel:
         """Remove the model from your workspace (and from the server when no other workspace
-        holds it; an admin removes it everywhere)."""
+        holds it; an admin removes it everywhere). The result says how many predictions were
+        running on it (``calls_in_flight``: the removal waited for them) and the cache space
+        freed."""
         removed = self._control.remove(model_id, timeout=self._timeout(timeout))
         # its sessions, which the runtime ended: not the next prediction's to find
-        self._runtimes.sessions.drop_model(removed)
+        self._runtimes.sessions.drop_model(removed.model_id)
+        return removed
 
     def publish_model(
         self, model_id: str, published: bool = True, *, timeout: Timeout = USE_CLIENT_DEFAULT
@@ -376,33 +382,25 @@ class ModelRunnerClient:
         **options: Unpack[VolumeKeywords],
     ) -> VolumeResult:
         """Predict a volume of any size block by block, from ``source`` into the OME-Zarr image
-        ``destination``, on every runtime that serves the model; memory stays bounded by a few
-        blocks however large the volume.
+        ``destination``, on every runtime that serves the model, in memory bounded by a few
+        blocks. ``source``: OME-Zarr (NGFF 0.4/0.5, ``level`` of its pyramid), TIFF, ``.npy``,
+        or an array (zarr, dask, numpy) with ``axes``. Axes the model lacks run one index at a
+        time; blocks overlap by the model's halo, and the statistics its normalisation needs
+        are those of each whole sample: the result equals bioimageio.core's blockwise
+        prediction of the whole array.
 
-        ``source``: an OME-Zarr image (NGFF 0.4 or 0.5; ``level`` picks a pyramid level), a
-        TIFF, a ``.npy``, or an array (zarr, dask, numpy) with ``axes`` (``"zyx"``, ``"tcyx"``).
-        Axes the model lacks (time, z for a 2-D model) run one index at a time, as separate
-        samples; ``channel`` picks one channel. Blocks overlap by the model's halo as in
-        bioimageio.core's blockwise prediction (``blocksize`` is its block size parameter n;
-        by default about 4 million voxels a block), and statistics the model's normalisation
-        needs are computed over each whole sample first: the result equals bioimageio.core's
-        blockwise prediction of the whole array.
+        ``destination`` (a mapping by output id, or ``<name>_<output id>`` beside the path)
+        gets the source's scale and translation, a multiscale pyramid, and a record of the run
+        and its finished blocks: ``resume=True`` finishes a run that stopped (Ctrl-C, kill -9,
+        a runtime gone) with only the missing blocks, bit for bit the same. A destination of
+        anything else or another run is refused (FailedPreconditionError), never overwritten.
 
-        ``destination`` (one per output: a mapping by output id, or ``<name>_<output id>``
-        beside the path given) becomes a valid OME-Zarr image with the source's scale and
-        translation and a multiscale pyramid. It records the run and the blocks finished: a run
-        that stopped (Ctrl-C, a crash, kill -9, a runtime gone) is finished with
-        ``resume=True``, which predicts only the missing blocks, and the result is the same, bit
-        for bit. A destination holding anything else, or another run's output (other model,
-        options or source), is refused (FailedPreconditionError), never overwritten.
-
-        ``options``: :class:`VolumeKeywords`. ``timeout``: for each block's prediction. Ctrl-C
-        (in the main thread) or :meth:`close` stops it within a second, leaving a destination
-        to resume. Returns what was done (a :class:`VolumeResult`)."""
+        ``options``: :class:`VolumeKeywords`. ``timeout``: for each block. Ctrl-C or
+        :meth:`close` stops it within a second, leaving a destination to resume."""
         from ._volume_prediction import predict_volume
 
         return predict_volume(
-            self,
+            self._volume_calls(),
             model_id,
             source,
             destination,
@@ -413,14 +411,27 @@ class ModelRunnerClient:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _volume_calls(self) -> VolumeCalls:
+        return VolumeCalls(
+            self.describe, self._resolve, self._runtimes, self.address, self.batch_bytes
+        )
+
+    def _resolve(
+        self, model_id: str, weight_format: str, device: str, timeout: float | None
+    ) -> Route:
+        """Where the model runs, asked of the control service (retried)."""
+        return self._retried(
+            "route",
+            lambda left: self._control.route(model_id, weight_format, device, timeout=left),
+            timeout,
+        )
+
     def _route(
         self, model_id: str, weight_format: str, device: str, timeout: float | None
     ) -> tuple[Route, str]:
         """Where the model runs, and the URI of its best runtime as this client reaches it."""
-        route = self._control.kept_route(model_id, weight_format, device) or self._retried(
-            "route",
-            lambda left: self._control.route(model_id, weight_format, device, timeout=left),
-            timeout,
+        route = self._control.kept_route(model_id, weight_format, device) or self._resolve(
+            model_id, weight_format, device, timeout
         )
         if not route.flight_uris:
             raise errors.UnavailableError(f"no runtime serves model {model_id!r}")

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from modelrunner.errors import DestinationError
-from modelrunner.ome_zarr_io import check_ngff_axes, write_multiscales
+from modelrunner.images.ome_zarr import check_ngff_axes, write_multiscales
 
 RUN_FOLDER = ".modelrunner"
 RUN_FILE = "run.json"

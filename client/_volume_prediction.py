@@ -4,7 +4,7 @@ source to an OME-Zarr destination, over every runtime that serves the model, res
 The steps, each in its own module:
 
 1. the source (:mod:`._volume_sources`) and how its axes meet the model's
-   (:func:`modelrunner.image_axes.plan_input`: axes the model lacks run one index at a time,
+   (:func:`modelrunner.images.axes.plan_input`: axes the model lacks run one index at a time,
    as samples of their own);
 2. the block grid with the model's halo (:mod:`._volume_blocks`);
 3. the whole-sample statistics the model's processing needs (:mod:`._volume_statistics`), kept in
@@ -30,19 +30,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from modelrunner import errors
-from modelrunner.image_axes import plan_input
-from modelrunner.image_files import ImageFile
-from modelrunner.predict_request import PredictRequest
-from modelrunner.runtime_client import reachable_uri
+from modelrunner.images.axes import plan_input
+from modelrunner.images.files import ImageFile
 from modelrunner.types import ModelInfo, Progress
 
 from ._progress import ProgressOption, progress_callback
 from ._volume_blocks import Block, PadMode, choose_n, plan_grid
+from ._volume_calls import VolumeCalls
 from ._volume_destination import VolumeDestination
 from ._volume_pipeline import BlockPipeline, BlockRuntime
 from ._volume_result import VolumeResult
@@ -53,10 +50,8 @@ from ._volume_run import (
     read_block,
     write_block,
 )
+from ._volume_runtimes import predict_first, routes_for_the_weights
 from ._volume_sources import VolumeLike, fingerprint, open_volume
-
-if TYPE_CHECKING:
-    from ._sync import ModelRunnerClient
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +61,7 @@ input (16 MiB of float32: a 2048x2048 plane, a 160^3 cube)."""
 
 
 def predict_volume(
-    client: ModelRunnerClient,
+    client: VolumeCalls,
     model_id: str,
     source: VolumeLike,
     destination: str | Path | Mapping[str, str | Path],
@@ -121,7 +116,7 @@ def predict_volume(
 
 
 def _plan(
-    client: ModelRunnerClient,
+    client: VolumeCalls,
     model_id: str,
     image: ImageFile,
     destination: str | Path | Mapping[str, str | Path],
@@ -255,7 +250,7 @@ def _execute(
         done = _done(run)
         blocks = [b for b in run.grid.blocks() if not run.grid.is_empty(b)]
         todo = [b for b in blocks if b.index not in done]
-        routes = _routes_for_the_weights(run, timeout) if todo else []
+        routes = routes_for_the_weights(run, timeout) if todo else []
         compute_statistics(run, todo, report)
         nbytes = 0
         predicted = 0
@@ -265,7 +260,7 @@ def _execute(
             if len(run.opened) < len(run.destinations):
                 # the first block tells the outputs' channels and dtype: then the destinations
                 inputs = read_block(run, first)
-                outputs, routes = _predict_first(routes, first, inputs)
+                outputs, routes = predict_first(routes, first, inputs)
                 create_destinations(run, outputs, len(blocks))
                 write_block(run, first, outputs)
                 nbytes += inputs.nbytes
@@ -301,114 +296,6 @@ def _done(run: VolumeRun) -> set[int]:
         return set()
     sets = [d.done_blocks() for d in run.opened.values()]
     return set.intersection(*sets) if sets else set()
-
-
-def _routes_for_the_weights(run: VolumeRun, timeout: float | None) -> list[BlockRuntime]:
-    """The run's weight format and device, fixed in its identity and options (so that every
-    block, on every runtime, now and when resumed, is computed with them), and the runtimes
-    that serve the model with them."""
-    weights = next((d.record.identity.get("weights") for d in run.opened.values()), None)
-    if weights is None:  # a new run
-        weights = _weights_loaded(run, _routes(run, timeout), timeout)
-    run.identity["weights"] = dict(weights)
-    run.options.update(weights)
-    return _routes(run, timeout)
-
-
-def _weights_loaded(
-    run: VolumeRun, routes: list[BlockRuntime], timeout: float | None
-) -> dict[str, str]:
-    """The weight format and device the first runtime that answers loads the model with for
-    the options asked for (those a prediction there would use)."""
-    gone: list[str] = []
-    for route in routes:
-        try:
-            loaded = run.client._runtimes.load(
-                route.name,
-                run.info.id,
-                run.options["weight_format"],
-                run.options["device"],
-                timeout=timeout,
-            )
-        except errors.UnavailableError as e:
-            logger.warning("runtime %s is unavailable (%s): trying the next", route.name, e)
-            gone.append(route.name)
-            continue
-        return {"weight_format": loaded.model.weight_format, "device": loaded.model.device}
-    raise errors.UnavailableError(
-        f"no runtime serving model {run.info.id[:12]} answers ({', '.join(gone)})"
-    )
-
-
-def _predict_first(
-    routes: list[BlockRuntime], block: Block, inputs: np.ndarray
-) -> tuple[dict[str, np.ndarray], list[BlockRuntime]]:
-    """The first block's outputs from the first runtime that answers, and the runtimes left
-    (without those that went away)."""
-    left = list(routes)
-    while left:
-        try:
-            return left[0].predict(block, inputs), left
-        except errors.UnavailableError as e:
-            logger.warning("runtime %s went away (%s): trying the next", left[0].name, e)
-            left.pop(0)
-    raise errors.UnavailableError(
-        f"no runtime answered ({', '.join(r.name for r in routes)}); nothing was written"
-    )
-
-
-def _routes(run: VolumeRun, timeout: float | None) -> list[BlockRuntime]:
-    """One route per runtime serving the model (the control service lists them, best first)."""
-    client = run.client
-    route = client._retried(
-        "route",
-        lambda left: client._control.route(
-            run.info.id, run.options["weight_format"], run.options["device"], timeout=left
-        ),
-        timeout,
-    )
-    uris: list[str] = []
-    for uri in route.flight_uris:
-        reachable = reachable_uri(uri, client.address)
-        if reachable not in uris:
-            uris.append(reachable)
-    if not uris:
-        raise errors.UnavailableError(f"no runtime serves model {run.info.id[:12]}")
-    return [BlockRuntime(uri, _predictor(run, route.model_id, uri, timeout)) for uri in uris]
-
-
-def _predictor(
-    run: VolumeRun, model_id: str, uri: str, timeout: float | None
-) -> Callable[[Block, np.ndarray], dict[str, np.ndarray]]:
-    client = run.client
-    requests: dict[tuple[int, ...], PredictRequest] = {}
-    lock = threading.Lock()
-
-    def request_for(sample: tuple[int, ...]) -> PredictRequest:
-        """The block-mode request of a sample (its statistics), without inputs."""
-        with lock:
-            found = requests.get(sample)
-            if found is None:
-                found = PredictRequest(
-                    model_id=model_id,
-                    weight_format=run.options["weight_format"],
-                    device=run.options["device"],
-                    nan_policy=run.options["nan_policy"],
-                    block_statistics=tuple(run.statistics.get(sample, ())),
-                    timeout_s=timeout,
-                )
-                if len(requests) > 8:  # samples come in order: the last few are enough
-                    requests.clear()
-                requests[sample] = found
-            return found
-
-    dims = {run.spec.id: tuple(run.sent)}
-
-    def predict(block: Block, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        request = request_for(block.sample).with_inputs({run.spec.id: inputs}, dims)
-        return client._runtimes.predict(uri, request, batch_bytes=client.batch_bytes)
-
-    return predict
 
 
 def _pipeline(

@@ -10,21 +10,19 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from modelrunner.image_axes import InputPlan, canonical_id, output_axes
-from modelrunner.image_files import ImageFile
+from modelrunner.images.axes import InputPlan, canonical_id, output_axes
+from modelrunner.images.files import ImageFile
 from modelrunner.types import ModelInfo, Progress, SampleStatistic, TensorSpec
 
 from ._volume_blocks import Block, BlockGrid
+from ._volume_calls import VolumeCalls
 from ._volume_destination import OutputLayout, VolumeDestination
 from ._volume_sources import source_chunks, source_dtype
 from ._volume_statistics import SampleStatistics, required_measures
-
-if TYPE_CHECKING:
-    from ._sync import ModelRunnerClient
 
 CHUNK_SIDE = {"z": 64, "y": 256, "x": 256, "time": 1}
 """Output chunk sides (at most; and at most a block's inner size): what viewers read well."""
@@ -34,7 +32,7 @@ CHUNK_SIDE = {"z": 64, "y": 256, "x": 256, "time": 1}
 class VolumeRun:
     """Everything the steps share."""
 
-    client: ModelRunnerClient
+    client: VolumeCalls
     info: ModelInfo
     image: ImageFile
     plan: InputPlan

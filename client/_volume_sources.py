@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from modelrunner import errors
-from modelrunner.image_axes import LETTERS, letters, parse_axes
-from modelrunner.image_files import ImageFile, open_image
+from modelrunner.images.axes import LETTERS, letters, parse_axes
+from modelrunner.images.files import ImageFile, open_image
 
 VolumeLike = str | Path | Any
 """A path, or an array with ``shape``, ``dtype`` and slicing."""
@@ -36,7 +36,7 @@ def open_volume(
     level: int = 0,
     channel: int | None = None,
 ) -> ImageFile:
-    """The source as an :class:`~modelrunner.image_files.ImageFile` (shape, axes, pixel sizes,
+    """The source as an :class:`~modelrunner.images.files.ImageFile` (shape, axes, pixel sizes,
     regions read on demand). ``axes``: letters (``"zyx"``) or canonical names; required for an
     array, and overriding a file's metadata. ``level``: an OME-Zarr pyramid level.
     ``channel``: use only this channel of the channel axis."""
@@ -93,7 +93,7 @@ def _open_array(array: Any, axes: tuple[str, ...] | None, channel: int | None) -
     name = f"{type(array).__module__.split('.')[0]} array"
     image = ImageFile(Path(name), "array", tuple(int(s) for s in shape), axes, _source=array)
     if channel is not None:
-        from modelrunner.image_files import _choose_channel
+        from modelrunner.images.files import _choose_channel
 
         _choose_channel(image, channel)
     return image

@@ -13,8 +13,8 @@ from pathlib import Path
 import ray
 
 from modelrunner import errors
-from modelrunner.graceful_shutdown import ShutdownSignals, stop_within
 from modelrunner.serving import RunningServer, announce_ready, control_address_of, start_serving
+from modelrunner.serving.graceful_shutdown import ShutdownSignals, stop_within
 from modelrunner.settings import Settings
 
 from .ray_runtimes import DEFAULT_MAX_RESTARTS, RayRuntimes, start_ray_runtimes

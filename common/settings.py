@@ -5,6 +5,7 @@ import time of any other module.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -15,6 +16,15 @@ from modelrunner.units import GiB, MiB
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "modelrunner"
+
+
+def default_receiving_bytes() -> int:
+    """Half of this machine's memory (16 GiB where the system does not say)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 16 * GiB
+    return max(total // 2, 256 * MiB) if total > 0 else 16 * GiB
 
 
 class Settings(BaseSettings):
@@ -88,13 +98,20 @@ class Settings(BaseSettings):
     ``runtime_flight/streamed_tiling.py``) are always assembled whole."""
     max_exchanges_per_token: int = Field(32, gt=0)
     """Flight exchanges (predictions, frame streams, sessions) one token may have open at once
-    on a runtime, with authentication on; one more is refused with RESOURCE_EXHAUSTED. What an
-    exchange holds while its client is slow to send (a thread, a sample being received) is
-    bounded by this, since a Flight server cannot end a call whose client sends nothing."""
+    on a runtime, with authentication on; one more is refused with RESOURCE_EXHAUSTED. The
+    threads that exchanges hold while their clients are slow to send are bounded by this (a
+    Flight server cannot end a call whose client sends nothing); the memory, by
+    ``max_receiving_bytes``."""
     max_sample_bytes: int = Field(16 * GiB, gt=0)
     """Largest sample (all input tensors of one prediction or frame, as announced by the
     client's Arrow schema) the runtime accepts; larger ones are refused with INVALID_ARGUMENT
     before anything is allocated."""
+    max_receiving_bytes: int = Field(default_factory=default_receiving_bytes, gt=0)
+    """Bytes of samples a runtime receives at once, all clients together, with or without
+    authentication: each exchange reserves the sample its schema announces when it opens (a
+    session: while a sample arrives or is predicted) until it is answered; one more is refused
+    with RESOURCE_EXHAUSTED. Default: half of the machine's memory. This bounds what exchanges
+    that announce large samples and then send nothing can make the runtime hold."""
 
     # -- authentication and TLS (security) --
     auth: bool = False

@@ -276,6 +276,18 @@ class LoadInfo(_Frozen):
     load_seconds: float
 
 
+class RemovedModel(_Frozen):
+    """What ``remove_model`` reports."""
+
+    model_id: str
+    """The model's full id."""
+    freed_bytes: int = 0
+    """Cache space freed; 0 when the model stays for other workspaces."""
+    calls_in_flight: int = 0
+    """Predictions the runtimes were running on the model when it was removed: the removal
+    waited for them to finish (open sessions and streams on it end with NOT_FOUND)."""
+
+
 class ModelSourceSpec(_Frozen):
     """Where to add a model from, as the server sees it."""
 

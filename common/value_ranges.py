@@ -3,8 +3,12 @@
 
 :func:`check_fits` refuses such values with an InvalidTensorError naming the input, the first
 value that does not fit and its index (C order), and the range it had to fit. It costs nothing
-when every value of the source type fits the target (a safe cast, or integers into floats) and
-one pass over the array otherwise.
+when every value of the source type fits the target (a safe cast, or integers into floats);
+otherwise the array's minimum and maximum (two reductions, no temporary array) settle it for
+every array whose values fit, and only an array with a value that may not fit (or a NaN) pays for
+the masks that find the first one. A float64 frame to a float32 model costs 0.10 ms at 512x512
+and 2.4 ms at 2048x2048 (the masks alone: 0.35 and 11 ms; the cast itself: 0.10 and 1.8 ms;
+``python -m benchmarks.value_ranges``).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ def first_misfit(values: np.ndarray, target: np.dtype) -> tuple[int, object] | N
         return None
     if np.can_cast(source, target, "safe") or (source.kind in "iu" and target.kind == "f"):
         return None
+    if source.kind in "iuf" and target.kind in "iuf" and _extremes_fit(values, target):
+        return None
     if target.kind in "iu":
         info = np.iinfo(target)
         if source.kind == "f":
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore", over="ignore"):
                 bad = ~np.isfinite(values) | (values < info.min) | (values > info.max)
         else:
             bad = (values < info.min) | (values > info.max)
@@ -40,6 +46,18 @@ def first_misfit(values: np.ndarray, target: np.dtype) -> tuple[int, object] | N
         return None
     index = int(np.argmax(bad.reshape(-1)))
     return index, values.reshape(-1)[index].item()
+
+
+def _extremes_fit(values: np.ndarray, target: np.dtype) -> bool:
+    """Whether the smallest and the largest value fit ``target``: then every value does. False
+    also when a NaN hides them (a float minimum or maximum with a NaN is NaN) or an infinity
+    is among them: the masks decide then (infinities and NaN pass into a float type)."""
+    low, high = values.min().item(), values.max().item()  # exact Python numbers
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        return info.min <= low and high <= info.max
+    limit = float(np.finfo(target).max)
+    return -limit <= low and high <= limit
 
 
 def value_range(target: np.dtype) -> str:

@@ -35,10 +35,11 @@ from modelrunner.units import MiB
 
 DEFAULT_BATCH_BYTES = 16 * MiB
 """Samples up to this size travel whole (zero copy on both sides); larger ones in chunks."""
-SHUTDOWN_NOTICE_FRAME = -1
-"""``FrameResult.frame`` of a draining stream's shutdown notice (a metadata-only message whose
-error is ServerShuttingDownError): the client ends its side of the stream (DoneWriting);
-docs/wire-format.md, section 3."""
+END_NOTICE_FRAME = -1
+"""``FrameResult.frame`` of a stream's end notice: a metadata-only message carrying the error the
+call is about to end with (ServerShuttingDownError from a draining runtime, NOT_FOUND,
+UNAUTHENTICATED or PERMISSION_DENIED from a refusal, ...). The client ends its side of the stream
+(DoneWriting), and the runtime then ends the call with that error (docs/wire-format.md, 3)."""
 CHUNK_BYTES = 4 * MiB
 """Larger samples travel in chunks of about this size (or ``batch_bytes``, when smaller). Flight
 moves 4-16 MiB batches fastest; the low end keeps the receiver's memory down: gRPC buffers a few

@@ -22,11 +22,11 @@ from modelrunner.entry_server.call_limits import ControlCallLimits
 from modelrunner.entry_server.model_access import ModelAccess
 from modelrunner.entry_server.packages.uploads import StoredUpload, UploadHeader
 from modelrunner.entry_server.packages.zips import PackageZip
-from modelrunner.entry_server.progress import ProgressCallback, no_progress
 from modelrunner.entry_server.registry import ModelRegistry
 from modelrunner.entry_server.runtimes import actions as runtime_actions
 from modelrunner.entry_server.runtimes.directory import RegistrationReply, RuntimeDirectory
 from modelrunner.entry_server.server_info import server_info
+from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.runtime_client import Route
 from modelrunner.settings import Settings
 from modelrunner.tls import ClientTls

@@ -26,7 +26,7 @@ from modelrunner.entry_server.packages.downloads import Downloader
 from modelrunner.entry_server.packages.sources import SourceStager
 from modelrunner.entry_server.packages.uploads import StoredUpload, UploadHeader, UploadStore
 from modelrunner.entry_server.packages.zips import PackageZip, PackageZips
-from modelrunner.entry_server.progress import ProgressCallback, no_progress
+from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.settings import Settings
 from modelrunner.wire import check_model_ref
 

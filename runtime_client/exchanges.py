@@ -18,7 +18,13 @@ from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import translated_errors
 from modelrunner.types import ProgressCallback
 from modelrunner.v1 import runtime_pb2
-from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
+from modelrunner.wire import (
+    END_NOTICE_FRAME,
+    WRITE_OPTIONS,
+    SampleDecoder,
+    SampleLayout,
+    encode_sample,
+)
 
 from .cancellation import CallRegistry
 
@@ -37,6 +43,15 @@ def parse_frame_result(metadata: pa.Buffer | None) -> runtime_pb2.FrameResult:
     if metadata is not None and metadata.size:
         result.ParseFromString(metadata.to_pybytes())
     return result
+
+
+def is_end_notice(metadata: pa.Buffer | None) -> bool:
+    """Whether a metadata-only message is the runtime's end notice."""
+    try:
+        result = parse_frame_result(metadata)
+    except Exception:  # noqa: BLE001 - not ours to judge here: the reader reads it again
+        return False
+    return result.frame == END_NOTICE_FRAME and result.HasField("error")
 
 
 def exchange_predict(

@@ -18,6 +18,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
+from typing import NoReturn
 
 import numpy as np
 import pyarrow.flight as flight
@@ -30,7 +31,7 @@ from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
 from .cancellation import CallRegistry
-from .exchanges import call_options, parse_frame_result
+from .exchanges import END_NOTICE_FRAME, call_options, parse_frame_result
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class _Session:
                     f"the runtime ended the session in the middle of frame {frame}'s outputs"
                 ) from None
             meta = parse_frame_result(chunk.app_metadata)
+            if chunk.data is None and meta.frame == END_NOTICE_FRAME and meta.HasField("error"):
+                self._end_on_notice(converters.from_pb_error(meta.error))
             if meta.frame != frame:
                 raise errors.InternalError(
                     f"the runtime answered frame {meta.frame} of a session waiting for {frame}"
@@ -125,6 +128,20 @@ class _Session:
             if samples:
                 self.frames += 1
                 return samples[0]
+
+    def _end_on_notice(self, notice: errors.ModelRunnerError) -> NoReturn:
+        """The runtime's end notice (docs/wire-format.md, section 3): end this side of the
+        exchange, as the notice asks, and raise the call's error (its status, which the caller
+        types), or the notice's own when the call ends without one."""
+        try:
+            self.writer.done_writing()
+        except Exception:  # noqa: BLE001 - the call is over already: its status follows
+            pass
+        while True:
+            try:
+                self.reader.read_chunk()
+            except StopIteration:
+                raise notice from None
 
     def close(self) -> None:
         """End an idle session: the runtime sees the end of the input and ends the exchange."""

@@ -15,6 +15,8 @@ The Flight edge asks this one object, and nothing else, about rights and limits:
   sessions besides: see :class:`~modelrunner.call_slots.WorkingAndIdleLimit`).
 * :attr:`CallGate.tests`: model tests at once (``max_concurrent_tests``), as on the control
   service.
+* :attr:`CallGate.receiving`: the bytes of samples all exchanges receive at once
+  (``max_receiving_bytes``, :mod:`.receiving_budget`), every caller together.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from modelrunner.call_slots import CallLimit, HeldSlot, WorkingAndIdleLimit
 from modelrunner.settings import Settings
 
 from .caller_auth import Caller, CallerChecks
+from .receiving_budget import ReceivingBudget
 
 PREDICTION = "prediction"
 
@@ -47,6 +50,7 @@ class CallGate:
         self.open_calls = OpenCalls()
         """The exchanges open now, by model (a removed model's are ended)."""
         self.tests = CallLimit("max_concurrent_tests", settings.max_concurrent_tests, "model tests")
+        self.receiving = ReceivingBudget(settings.max_receiving_bytes)
         self._exchanges_per_token = WorkingAndIdleLimit(
             "max_exchanges_per_token", settings.max_exchanges_per_token, "open exchanges"
         )

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -23,6 +23,7 @@ from modelrunner.transport_errors import to_flight_error
 
 from .exchange_metrics import ExchangeObservation
 from .memory_release import release_free_memory
+from .receiving_budget import ReceivingBudget, Reservation
 from .service import RuntimeService
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,16 @@ class ExchangeCall:
     batch_bytes: int
     draining: threading.Event
     report_progress: bool = False
+    receiving: Reservation = field(default_factory=lambda: Reservation(None))
+    """The call's share of the runtime's ``max_receiving_bytes`` (:mod:`.receiving_budget`):
+    its announced sample, reserved when its schema is read (none counted outside
+    :meth:`receiving_in`)."""
+
+    @contextmanager
+    def receiving_in(self, budget: ReceivingBudget) -> Iterator[None]:
+        """Count the call's sample in ``budget`` while the block runs; given back after it."""
+        with budget.reserving() as self.receiving:
+            yield
 
     def check_rights_again(self) -> None:
         """Where a stream's or a session's next frame is admitted: the caller's rights, asked

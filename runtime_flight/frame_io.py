@@ -1,6 +1,6 @@
 """Frames in and out of a prediction exchange (docs/wire-format.md), shared by the exchange
-kinds: the announced input layout (refused over ``max_sample_bytes`` before anything is
-allocated), one whole sample read, a stream's frames read on a thread into a bounded queue, and
+kinds: the announced input layout (refused over ``max_sample_bytes``, or when the runtime's
+``max_receiving_bytes`` has no room for it, before anything is allocated), one whole sample read, a stream's frames read on a thread into a bounded queue, and
 outputs, streamed bands, progress and errors written with their ``FrameResult``.
 """
 
@@ -18,8 +18,8 @@ from modelrunner import converters, errors, types
 from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import bounded
 from modelrunner.v1 import runtime_pb2
-from modelrunner.wire import SHUTDOWN_NOTICE_FRAME as SHUTDOWN_NOTICE_FRAME  # the exchanges'
 from modelrunner.wire import (
+    END_NOTICE_FRAME,
     WRITE_OPTIONS,
     ArraySpec,
     BandEncoder,
@@ -32,6 +32,7 @@ from .exchange_calls import malformed_input
 from .limits import RuntimeLimits
 from .memory_release import release_free_memory
 from .outputs import Outputs, StreamedOutputs
+from .receiving_budget import Reservation
 
 END = object()
 """In a stream's frame queue: the client finished writing (or the reading failed)."""
@@ -55,12 +56,16 @@ def announced_layout(
     context: flight.ServerCallContext,
     reader: flight.MetadataRecordBatchReader,
     limits: RuntimeLimits,
+    receiving: Reservation,
 ) -> tuple[SampleLayout, DimNames]:
     """The layout the client's schema announces and its dim names, refused before anything is
-    allocated when its sample is larger than ``max_sample_bytes``."""
+    allocated when its sample is larger than ``max_sample_bytes`` or the runtime's budget for
+    samples being received has no room for it (``receiving`` holds its share then)."""
     with malformed_input(context):
         layout = SampleLayout.from_schema(reader.schema)
-    limits.check_sample_bytes(layout.nbytes, _describe(layout))
+    described = _describe(layout)
+    limits.check_sample_bytes(layout.nbytes, described)
+    receiving.hold(layout.nbytes, described)
     return layout, {t.name: t.dim_names for t in layout.tensors if t.dim_names}
 
 
@@ -72,10 +77,11 @@ def receive_sample(
     context: flight.ServerCallContext,
     reader: flight.MetadataRecordBatchReader,
     limits: RuntimeLimits,
+    receiving: Reservation,
 ) -> tuple[Sample, DimNames]:
     """Read one whole sample and its dim names. The decoder and the received batches are gone
     when this returns, so the sample's arrays are the only copy of the input left."""
-    layout, dims = announced_layout(context, reader, limits)
+    layout, dims = announced_layout(context, reader, limits, receiving)
     with malformed_input(context):
         sample = _read_one_sample(context, reader, SampleDecoder(layout))
     return aligned_sample(sample), dims
@@ -110,7 +116,12 @@ def _read_one_sample(
 
 
 class FrameReader(threading.Thread):
-    """Reads and decodes a stream's frames into a bounded queue as (index, sample)."""
+    """Reads and decodes a stream's frames into a bounded queue as (index, sample).
+
+    It reads the call's stream, so the call must not end while it runs: pyarrow aborts the
+    whole process when a handler returns while another thread is inside a read of its call
+    ("pure virtual method called"). :meth:`end` is the only way out: it waits, without a
+    timeout, for the client's next message (a frame, the end of its side) or its cancel."""
 
     def __init__(
         self,
@@ -157,9 +168,13 @@ class FrameReader(threading.Thread):
         """Queue no more frames (those queued stay)."""
         self._stopped.set()
 
-    def stop(self) -> None:
+    def end(self) -> None:
+        """Queue no more frames and wait until the reading has stopped: at once when the
+        client has ended its side or cancelled, else at its next message (which is dropped).
+        A client that may be waiting for an answer must have been told to end its side first
+        (:func:`write_end_notice`), or this waits for as long as the client does."""
         self._stopped.set()
-        self.join(timeout=5)
+        self.join()
 
 
 def take_batch(
@@ -298,6 +313,21 @@ def write_progress(writer: flight.MetadataRecordBatchWriter, progress: types.Pro
             frame=0, progress=converters.to_pb_progress(progress)
         ).SerializeToString()
     )
+
+
+def write_end_notice(writer: flight.MetadataRecordBatchWriter, error: BaseException) -> None:
+    """Tell a stream's client that the call ends with ``error`` (an error that is not a
+    :class:`~modelrunner.errors.ModelRunnerError` is sent as the INTERNAL error the edge makes
+    of it), so that it ends its side of the stream. A client that went away does not read it:
+    nothing to tell then."""
+    if not isinstance(error, errors.ModelRunnerError):
+        error = errors.InternalError(
+            f"prediction failed: {type(error).__name__}: {errors.clip(error)}"
+        )
+    try:
+        write_error(writer, END_NOTICE_FRAME, error)
+    except Exception:  # noqa: BLE001 - the call is broken or cancelled: its reader ends too
+        pass
 
 
 def write_error(

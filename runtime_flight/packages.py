@@ -124,7 +124,7 @@ class PackageLocator:
                 f"model {model_id!r} is not in this runtime's cache and no control service is "
                 "connected to fetch it from"
             )
-        from modelrunner.entry_server.safe_zip import unpack_zip
+        from modelrunner.safe_zip import unpack_zip
 
         staging_root = cache_layout.staging_dir(self.local_cache_dir)
         staging_root.mkdir(parents=True, exist_ok=True)

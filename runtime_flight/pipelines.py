@@ -25,11 +25,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from modelrunner.errors import (
-    FailedPreconditionError,
-    InternalError,
     ModelInUseError,
     ModelNotFoundError,
     ModelRunnerError,
@@ -40,6 +38,7 @@ from modelrunner.types import LoadedModel, LoadInfo
 from . import devices, weight_formats
 from .descriptions import load_description, weights_bytes
 from .limits import RuntimeLimits
+from .load_errors import load_error, load_error_again, mib
 from .warm_pipeline import Key, WarmPipeline, now
 
 if TYPE_CHECKING:
@@ -319,7 +318,7 @@ class PipelinePool:
                 continue  # look again: another request may have started the load meanwhile
             loading.done.wait()
             if loading.error is not None:
-                raise _again(loading.error)
+                raise load_error_again(loading.error)
         for victim in victims:
             self._close(victim)
         try:
@@ -361,8 +360,8 @@ class PipelinePool:
         budget = self.memory_budget_bytes
         if raise_when_full and needed > budget:
             raise ResourceExhaustedError(
-                f"model {key[0]} ({key[1]}) needs about {_mib(needed)}, more than the runtime's "
-                + f"memory budget of {_mib(budget)}",
+                f"model {key[0]} ({key[1]}) needs about {mib(needed)}, more than the runtime's "
+                + f"memory budget of {mib(budget)}",
                 details={"model_id": key[0], "needed_bytes": needed},
             )
         used = self._used()
@@ -376,8 +375,8 @@ class PipelinePool:
         if raise_when_full and used + needed > budget:
             busy = [k for k, w in self._warm.items() if w.users]
             raise ResourceExhaustedError(
-                f"model {key[0]} ({key[1]}) needs about {_mib(needed)}; the memory budget of "
-                + f"{_mib(budget)} is taken by pipelines in use: "
+                f"model {key[0]} ({key[1]}) needs about {mib(needed)}; the memory budget of "
+                + f"{mib(budget)} is taken by pipelines in use: "
                 + ", ".join(f"{m} ({f}, {d})" for m, f, d in busy),
                 details={"model_id": key[0], "needed_bytes": needed},
             )
@@ -403,7 +402,7 @@ class PipelinePool:
             except ModelRunnerError:
                 raise
             except Exception as e:
-                raise _load_error(e, key) from e
+                raise load_error(e, key) from e
             try:
                 warm = WarmPipeline(model_id, fmt, device, pipeline, limits=self.limits)
                 serving = warm.check_serving_path(enabled=self.fast_path)
@@ -422,7 +421,7 @@ class PipelinePool:
             fmt,
             device,
             seconds,
-            _mib(memory),
+            mib(memory),
             serving.name,
         )
         return warm
@@ -432,30 +431,3 @@ class PipelinePool:
             warm.close()
         except Exception:  # unloading is best effort; the references go anyway
             logger.exception("unloading %s failed", warm.key)
-
-
-def _load_error(error: Exception, key: Key) -> ModelRunnerError:
-    model_id, fmt, device = key
-    text = f"{type(error).__name__}: {error}"
-    causes = getattr(error, "exceptions", ())  # bioimageio.core raises groups, one per device
-    if causes:
-        text += " (" + "; ".join(f"{type(c).__name__}: {c}" for c in causes) + ")"
-    details: dict[str, Any] = {"model_id": model_id, "weight_format": fmt, "device": device}
-    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
-        return ResourceExhaustedError(
-            f"out of memory loading {model_id} ({fmt}) on {device}: {text}", details=details
-        )
-    return FailedPreconditionError(
-        f"cannot load {fmt} weights of {model_id} on {device}: {text}", details=details
-    )
-
-
-def _again(error: BaseException) -> BaseException:
-    """The error another thread's load failed with, for a thread that waited for that load."""
-    if isinstance(error, ModelRunnerError):
-        return type(error)(error.message, details=error.details)
-    return InternalError(f"loading failed in another request: {type(error).__name__}: {error}")
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.1f} MiB"

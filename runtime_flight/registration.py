@@ -14,8 +14,6 @@ from pathlib import Path
 import grpc
 
 from modelrunner import converters, types
-from modelrunner.channels import control_channel
-from modelrunner.tls import ClientTls
 from modelrunner.transport_errors import from_rpc_error
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 
@@ -30,21 +28,22 @@ class Registration:
         control_address: str,
         info: Callable[[], types.RuntimeInfo],
         *,
+        channel: grpc.Channel,
         cache_dir: Path | None,
         interval_s: float,
-        token: str | None = None,
-        tls: ClientTls | None = None,
+        wake: threading.Event | None = None,
     ) -> None:
-        """``token``: the runtime's credential (authentication on); ``tls``: how to reach a
-        control service that speaks TLS. Every call on :attr:`channel` presents both."""
+        """``channel``: to the control service at ``control_address``, presenting the runtime's
+        credential (``modelrunner.channels.control_channel``); the registration closes it when
+        it stops. ``wake``: set to send the next heartbeat at once (:meth:`poke`)."""
         self.control_address = control_address
         self._info = info
         self._cache_dir = cache_dir
         self.interval_s = interval_s
-        self.channel = control_channel(control_address, token=token, tls=tls)
+        self.channel = channel
         self._stub = control_pb2_grpc.ControlServiceStub(self.channel)
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = wake if wake is not None else threading.Event()
         self._thread: threading.Thread | None = None
         self.shared_cache_dir: Path | None = None
 

@@ -67,7 +67,7 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         """Set by :meth:`begin_drain`: streams answer the frames they hold and end."""
 
     def begin_drain(self) -> None:
-        """The start of a graceful shutdown (``modelrunner.graceful_shutdown``): open streams
+        """The start of a graceful shutdown (``modelrunner.serving.graceful_shutdown``): open streams
         answer the frames already received, then end with ServerShuttingDownError; single
         predictions run on; sessions end before their next sample once :meth:`shutdown` runs."""
         self.draining.set()
@@ -113,13 +113,14 @@ class RuntimeFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 with flight_errors("prediction", context):
                     command = _parse_command(descriptor)
                     with self.gate.exchange(context, command.model_id) as rights:
-                        # the model as the caller resolved it: nothing resolves it again
-                        command.model_id = rights.model_id
+                        command.model_id = rights.model_id  # resolved as the caller: final
                         kind = exchange_kind(command)
                         with observing(kind, rights.model_id) as seen:
-                            _SERVE[kind](
-                                self.exchange_call(context, command, reader, writer, seen, rights)
+                            call = self.exchange_call(
+                                context, command, reader, writer, seen, rights
                             )
+                            with call.receiving_in(self.gate.receiving):
+                                _SERVE[kind](call)
             finally:
                 # counted before the exchange stops counting as active
                 if context.is_cancelled():

@@ -52,27 +52,32 @@ def _never() -> bool:
 
 
 class RuntimeService:
-    def __init__(self, settings: Settings, package_dir: Callable[[str], Path]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        package_dir: Callable[[str], Path],
+        *,
+        resolve: Callable[[str], str] = lambda model_id: model_id,
+        forget: Callable[[str, bool], None] = lambda model_id, delete_copy: None,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``package_dir``: a full model id's unpacked package folder; ``resolve``: how to turn a
+        prefix or bioimage.io id into a full model id (the control service); ``forget``: how to
+        forget a removed model's package (``PackageLocator.forget``); ``on_change``: called
+        after a model is loaded or unloaded (the registration sends a heartbeat)."""
         self.settings = settings
         self._package_dir = package_dir
         self.pool = PipelinePool.from_settings(settings, package_dir)
-        self._resolve: Callable[[str], str] = lambda model_id: model_id
-        self._forget: Callable[[str, bool], None] = lambda model_id, delete_copy: None
-        self._on_change: Callable[[], None] = lambda: None
+        self._resolve = resolve
+        self._forget = forget
+        self._on_change = on_change
         self.runtime_id = ""
         self.flight_uri = ""
 
     def set_identity(self, *, runtime_id: str, flight_uri: str) -> None:
+        """Name this runtime once its Flight server listens: the name and the address hold the
+        port, which the server has only once it is built around this service."""
         self.runtime_id, self.flight_uri = runtime_id, flight_uri
-
-    def set_resolver(
-        self, resolve: Callable[[str], str], forget: Callable[[str, bool], None] | None = None
-    ) -> None:
-        """How to turn a prefix or bioimage.io id into a full model id (the control service),
-        and how to forget a removed model's package (``PackageLocator.forget``)."""
-        self._resolve = resolve
-        if forget is not None:
-            self._forget = forget
 
     def resolve(self, model_ref: str) -> str:
         """The full id of a model reference, as the runtime resolves it (a warm full id needs no
@@ -87,10 +92,6 @@ class RuntimeService:
     def changed(self) -> None:
         """Tell the control service at once what is loaded now (a heartbeat)."""
         self._on_change()
-
-    def set_on_change(self, callback: Callable[[], None]) -> None:
-        """Called after a model is loaded or unloaded (the registration sends a heartbeat)."""
-        self._on_change = callback
 
     def close(self) -> None:
         self.pool.close()

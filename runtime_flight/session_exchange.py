@@ -2,7 +2,9 @@
 answer it, read the next, until the client finishes writing or cancels. A sample that fails is
 answered with its error and the session goes on; a sample whose caller lost its rights ends the
 session with that error. While it waits for its client's next sample a session holds an idle
-slot of its token's ``max_exchanges_per_token``, not a working one. Sessions opened before the
+slot of its token's ``max_exchanges_per_token``, not a working one, and no share of the runtime's
+``max_receiving_bytes`` (it takes its sample's again when the next arrives: a runtime with no
+room for it ends the session with RESOURCE_EXHAUSTED). Sessions opened before the
 runtime retired them end before their next sample (the client sends it again on a new
 exchange)."""
 
@@ -33,17 +35,19 @@ logger = logging.getLogger(__name__)
 def serve_session(call: ExchangeCall) -> None:
     context, reader, counters = call.context, call.reader, call.counters
     epoch = counters.session_epoch
-    layout, dims = announced_layout(context, reader, call.service.limits)
+    layout, dims = announced_layout(context, reader, call.service.limits, call.receiving)
     decoder = SampleDecoder(layout)
     out_layout: SampleLayout | None = None
     frame = 0
     rights, seen = call.rights, call.seen
     with counters.session():
         while True:
-            if frame and not decoder.in_progress and not rights.idle():
-                # its token keeps as many idle sessions as it may: the client sends its next
-                # sample on a new exchange (max_exchanges_per_token)
-                return
+            if frame and not decoder.in_progress:
+                call.receiving.release()  # between samples a session holds none
+                if not rights.idle():
+                    # its token keeps as many idle sessions as it may: the client sends its
+                    # next sample on a new exchange (max_exchanges_per_token)
+                    return
             try:
                 with malformed_input(context):
                     chunk = reader.read_chunk()
@@ -58,6 +62,7 @@ def serve_session(call: ExchangeCall) -> None:
             if chunk.data is None:
                 continue
             rights.at_work()
+            call.receiving.hold_again()  # RESOURCE_EXHAUSTED, as for a new exchange
             with malformed_input(context):
                 samples = decoder.feed(chunk.data)
             if layout.chunked:

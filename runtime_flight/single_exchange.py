@@ -14,7 +14,7 @@ from .outputs import StreamedOutputs
 
 
 def serve_single(call: ExchangeCall) -> None:
-    inputs, dims = receive_sample(call.context, call.reader, call.service.limits)
+    inputs, dims = receive_sample(call.context, call.reader, call.service.limits, call.receiving)
     cancelled = CancelPolling(call.context)
     writer = call.writer
 

@@ -1,6 +1,8 @@
-"""The shape of the code, checked from its source: no import cycles anywhere, no protobuf in
-the runtime's data plane (only at its Flight edge), the control service importing nothing
-private of the Python client, and modules of a size a reader can hold.
+"""The shape of the code, checked from its source: no import cycles anywhere, each layer of
+pyproject's import-linter contract importing only the layers below it (``.ci/layers`` checks the
+same contracts with import-linter; these tests read the contract, so the two cannot drift
+apart), no protobuf in the runtime's data plane (only at its Flight edge), the control service
+importing nothing private of the Python client, and modules of a size a reader can hold.
 
 Imports are read from every module's syntax tree, those inside functions and ``TYPE_CHECKING``
 blocks included: a lazy import still ties two modules together.
@@ -9,6 +11,7 @@ blocks included: a lazy import still ties two modules together.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +33,7 @@ FLIGHT_EDGE = {
     "flight_actions",
     "exchange_metrics",
     "caller_auth",
+    "call_gate",
     "packages",
     "registration",
 }
@@ -39,10 +43,12 @@ PROTOBUF = ("modelrunner.v1", "modelrunner.open_inference", "modelrunner.convert
             "modelrunner.predict_command", "google.protobuf", "pyarrow.flight", "grpc")  # fmt: skip
 
 
+CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 def _folders() -> dict[Path, str]:
     """Folder -> package, from pyproject's package-dir (so a new folder is walked too)."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    package_dir = config["tool"]["setuptools"]["package-dir"]
+    package_dir = CONFIG["tool"]["setuptools"]["package-dir"]
     return {ROOT / folder: package for package, folder in package_dir.items()}
 
 
@@ -151,6 +157,56 @@ def test_the_cycle_finder_finds_a_cycle(monkeypatch: pytest.MonkeyPatch) -> None
     (cycle,) = _cycles()
     assert "modelrunner.runtime_flight.warm_pipeline" in cycle
     assert "modelrunner.runtime_flight.inference" in cycle
+
+
+def _layers() -> list[tuple[list[str], bool]]:
+    """The layers contract, top layer first: each layer's modules (absolute names) and whether
+    they are independent of each other (``a | b``; ``a : b`` may import each other)."""
+    (contract,) = [c for c in CONFIG["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    (container,) = contract["containers"]
+    return [
+        ([f"{container}.{name.strip()}" for name in re.split(r"[|:]", layer)], "|" in layer)
+        for layer in contract["layers"]
+    ]
+
+
+LAYERS = _layers()
+
+
+def _place(module: str) -> tuple[int, str] | None:
+    """The layer of ``module`` (0: the top) and the layer's module that holds it."""
+    for index, (tops, _) in enumerate(LAYERS):
+        for top in tops:
+            if module == top or module.startswith(f"{top}."):
+                return index, top
+    return None
+
+
+def test_the_layers_contract_places_every_module() -> None:
+    assert sorted(m for m in MODULES if m != "modelrunner" and _place(m) is None) == []
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    wrong = []
+    for module, imported in GRAPH.items():
+        if (here := _place(module)) is None:
+            continue
+        for other in imported:
+            there = _place(other)
+            if there is None or there[1] == here[1]:
+                continue
+            if there[0] < here[0] or (there[0] == here[0] and LAYERS[here[0]][1]):
+                wrong.append((module, other))
+    assert sorted(wrong) == []
+
+
+def test_the_layer_check_finds_an_upward_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken on purpose: the bottom layer importing the command line."""
+    upward = {k: set(v) for k, v in GRAPH.items()}
+    upward["modelrunner.errors"].add("modelrunner.app.cli")
+    monkeypatch.setitem(globals(), "GRAPH", upward)
+    with pytest.raises(AssertionError, match=r"modelrunner\.app\.cli"):
+        test_each_layer_imports_only_the_layers_below_it()
 
 
 @pytest.mark.parametrize(

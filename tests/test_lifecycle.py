@@ -84,7 +84,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         stderr = tmp_path / f"stderr-{len(started)}.txt"
         with stderr.open("wb") as err:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "modelrunner.cli", *args],
+                [sys.executable, "-m", "modelrunner.app.cli", *args],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 env=env,

@@ -44,6 +44,7 @@ CLIENT_ALL = [
     "ParameterizedSize",
     "PredictRequest",
     "Progress",
+    "RemovedModel",
     "ResourceExhaustedError",
     "RuntimeInfo",
     "ServerInfo",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelrunner import errors
-from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
+from modelrunner.progress import ProgressCallback, StageProgress, no_progress
 
 _CHUNK_BYTES = 1024**2
 

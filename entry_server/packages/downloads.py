@@ -36,7 +36,7 @@ from modelrunner.entry_server.packages.fetch_policy import (
     CheckedTransport,
     FetchPolicy,
 )
-from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
+from modelrunner.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)

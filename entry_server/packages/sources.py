@@ -33,7 +33,7 @@ from modelrunner.entry_server.packages import descriptions, staging, yaml_limits
 from modelrunner.entry_server.packages.downloads import Downloader
 from modelrunner.entry_server.packages.staging import StagedPackage
 from modelrunner.entry_server.packages.uploads import UploadStore
-from modelrunner.entry_server.progress import ProgressCallback, no_progress
+from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from pathlib import Path
 from modelrunner import cache_layout, errors, types
 from modelrunner.entry_server.limits import over_limit
 from modelrunner.entry_server.packages import descriptions, yaml_limits
-from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
-from modelrunner.entry_server.safe_zip import safe_entry_path, unpack_zip
+from modelrunner.progress import ProgressCallback, StageProgress, no_progress
+from modelrunner.safe_zip import safe_entry_path, unpack_zip
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -267,7 +267,7 @@ def test_ctrl_c_in_modelrunner_predict_stops_the_server_work(
     output = tmp_path / "out.tif"
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "modelrunner.cli", "predict", halo.id, str(image_file)),
+            *(sys.executable, "-m", "modelrunner.app.cli", "predict", halo.id, str(image_file)),
             *("-o", str(output), "--blocksize", "2", "--server", server.address),
         ],
         env=_env(),
@@ -292,7 +292,7 @@ def test_ctrl_c_in_modelrunner_predict_stops_the_server_work(
 # loaded the model (and the prediction runs)
 _LOGGING_CLI = (
     "import logging, sys; logging.basicConfig(level=logging.INFO); "
-    "from modelrunner.cli import main; sys.exit(main(sys.argv[1:]))"
+    "from modelrunner.app.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
 

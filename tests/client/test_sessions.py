@@ -368,7 +368,7 @@ def test_a_session_on_a_killed_runtime_is_replaced_transparently(
             [
                 sys.executable,
                 "-m",
-                "modelrunner.cli",
+                "modelrunner.app.cli",
                 "runtime",
                 "--host=127.0.0.1",
                 f"--flight-port={settings.flight_port}",

@@ -514,7 +514,7 @@ def test_a_block_inside_the_volume_is_sent_as_read(
     source = _ome_zarr(tmp_path / "in.ome.zarr", data, "yx", chunks=(64, 64))
     image = open_volume(source, axes=None, level=0, channel=None)
     run = _plan(
-        client, halo.id, image, tmp_path / "out.ome.zarr", level=0, channel=None,
+        client._volume_calls(), halo.id, image, tmp_path / "out.ome.zarr", level=0, channel=None,
         per_plane=False, keep_singletons=False, blocksize=1, weight_format=None, device=None,
         nan_policy="reject", source=source,
     )  # fmt: skip
@@ -668,7 +668,7 @@ def test_ctrl_c_stops_at_once_and_resume_finishes_the_same(
     source = _stack_zarr(tmp_path / "in.ome.zarr")
     destination = tmp_path / "out.ome.zarr"
     argv = [
-        sys.executable, "-m", "modelrunner.cli", "predict", halo.id, str(source),
+        sys.executable, "-m", "modelrunner.app.cli", "predict", halo.id, str(source),
         "-o", str(destination), "--blocksize", "0", "--server", server.address, "--resume",
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -704,7 +704,7 @@ def test_ctrl_c_stops_at_once_and_resume_finishes_the_same(
 def test_the_command_line_predicts_a_zarr_volume_and_refuses_to_overwrite(
     server: RunningServer, halo: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from modelrunner.cli import main
+    from modelrunner.app.cli import main
 
     source = _stack_zarr(tmp_path / "in.ome.zarr", seed=9)
     destination = tmp_path / "out.ome.zarr"

@@ -39,7 +39,7 @@ def serving(
     checked for Ray's retries); SIGTERM on exit, whose status :attr:`Serving.code` holds."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelrunner.cli", "serve", *args, "--port", str(port)],
+        [sys.executable, "-m", "modelrunner.app.cli", "serve", *args, "--port", str(port)],
         env=env if env is not None else os.environ.copy(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

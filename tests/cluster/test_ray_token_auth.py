@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from modelrunner import errors
-from modelrunner.cli import main
+from modelrunner.app.cli import main
 from modelrunner.cluster.ray_token_auth import (
     HOW_TO_PASS,
     NAMED_FILE,
@@ -281,7 +281,7 @@ def test_serve_refuses_a_wrong_token_at_once_without_rays_retries(
     wrong = _token_file(tmp_path, STALE)
     argv = ["serve", "--ray", head.address, "--ray-auth-token-file", str(wrong)]
     proc = subprocess.run(
-        [sys.executable, "-m", "modelrunner.cli", *argv, "--port", str(free_port())],
+        [sys.executable, "-m", "modelrunner.app.cli", *argv, "--port", str(free_port())],
         capture_output=True,
         text=True,
         timeout=120,

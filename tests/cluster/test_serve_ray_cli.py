@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelrunner.cli import main
+from modelrunner.app.cli import main
 from tests.cluster.serve_process import serving
 
 pytest.importorskip(

@@ -9,15 +9,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from modelrunner.cli import main
+from modelrunner.app.cli import main
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.serving import RunningServer
 from tests.common.test_listen_failures import GRPC_CORE_LINE
+from tests.runtime_flight.test_model_removal import prediction_in_flight
+from tests.tiny_models import build_onnx_identity
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -75,6 +78,23 @@ def test_errors_print_their_code_not_a_traceback(
     code, _, err = _run(capsys, "describe", "0123456789abcdef", "--server", server.address)
     assert code == 1
     assert err.startswith("error (NOT_FOUND): no model '0123456789abcdef'")
+
+
+def test_remove_says_when_it_waited_for_predictions_in_flight(
+    server: RunningServer,
+    client: ModelRunnerClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for waiting in (True, False):
+        name = f"cli-removed-{waiting}"
+        info = client.add_model(build_onnx_identity(tmp_path / name, name=name))
+        client.load(info.id)
+        with prediction_in_flight(server, info.id) if waiting else nullcontext():
+            code, out, _ = _run(capsys, "remove", info.id, "--server", server.address)
+        assert code == 0
+        note = "; waited for 1 prediction(s) in flight" if waiting else ""
+        assert out == f"removed {info.id}{note}\n"
 
 
 def test_info_and_test(
@@ -182,7 +202,7 @@ def test_serve_starts_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "modelrunner.cli",
+            "modelrunner.app.cli",
             "serve",
             "--port",
             str(port),
@@ -225,9 +245,9 @@ def _free_port() -> int:
 
 def test_the_single_machine_default_never_imports_ray() -> None:
     code = (
-        "import sys, modelrunner.cli, modelrunner.serving, modelrunner.entry_server.server, "
+        "import sys, modelrunner.app.cli, modelrunner.serving, modelrunner.entry_server.server, "
         "modelrunner.runtime_flight.server; "
-        "modelrunner.cli.build_parser().parse_args(['serve']); "
+        "modelrunner.app.cli.build_parser().parse_args(['serve']); "
         "assert 'ray' not in sys.modules, 'ray imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelrunner.cli import build_parser
+from modelrunner.app.cli import build_parser
 
 
 def _options(

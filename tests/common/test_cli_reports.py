@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelrunner.cli import main
+from modelrunner.app.cli import main
 from modelrunner.client import ModelInfo
 from modelrunner.serving import RunningServer
 
@@ -118,7 +118,7 @@ def test_output_piped_into_head_ends_quietly(
     command = [
         sys.executable,
         "-c",
-        "import sys; from modelrunner.cli import main; sys.exit(main())",
+        "import sys; from modelrunner.app.cli import main; sys.exit(main())",
     ]
     shell = " ".join(
         [

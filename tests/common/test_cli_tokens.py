@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from modelrunner import errors
+from modelrunner.app.cli import main
 from modelrunner.auth import Role
-from modelrunner.cli import main
 from modelrunner.entry_server.token_store import TokenStore
 
 

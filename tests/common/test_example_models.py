@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelrunner import cli, errors
+from modelrunner import errors
+from modelrunner.app import cli
 from modelrunner.client import ModelRunnerClient
 from modelrunner.example_kinds import KINDS
 from modelrunner.example_models import write_example_model

@@ -88,7 +88,7 @@ def test_serve_on_a_held_port_prints_one_error_and_no_grpc_core_lines(
     held_port: int, tmp_path: Path
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "modelrunner.cli", "serve", "--port", str(held_port)],
+        [sys.executable, "-m", "modelrunner.app.cli", "serve", "--port", str(held_port)],
         env={"MODELRUNNER_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelrunner import cli, errors
-from modelrunner.cli_status import _quantile
+from modelrunner import errors
+from modelrunner.app import cli
+from modelrunner.app.cli_status import _quantile
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.converters import from_pb_server_info, to_pb_server_info
 from modelrunner.metrics import REGISTRY, MetricsEndpoint, serve_metrics

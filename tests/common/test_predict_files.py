@@ -16,7 +16,7 @@ import zarr
 from PIL import Image
 
 from modelrunner import errors
-from modelrunner.cli import build_parser, main
+from modelrunner.app.cli import build_parser, main
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.serving import RunningServer
 from tests.tiny_models import build_onnx_identity
@@ -121,7 +121,7 @@ def test_ome_tiff_keeps_axes_and_pixel_sizes(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import modelrunner.predict_files as predict_files
+    import modelrunner.app.predict_files as predict_files
 
     # gathered in the file-backed buffer large outputs take, which is gone afterwards
     monkeypatch.setattr(predict_files, "IN_MEMORY_BYTES", 0)
@@ -364,7 +364,7 @@ def test_predict_without_a_server_runs_the_model_in_process(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Slow (an embedded runner starts): the one test of the fallback."""
-    import modelrunner.predict_files as predict_files
+    import modelrunner.app.predict_files as predict_files
 
     address = _closed_port()
     monkeypatch.setattr(predict_files, "DEFAULT_ADDRESS", address)

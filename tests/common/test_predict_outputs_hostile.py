@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from modelrunner import errors
-from modelrunner.image_outputs import atomic_path
-from modelrunner.predict_files import _targets
+from modelrunner.app.predict_files import _targets
+from modelrunner.images.outputs import atomic_path
 
 
 @pytest.mark.parametrize("oid", ["../escape", "x/../../y", "/abs", ".hidden", "a\\b", "", "a b"])

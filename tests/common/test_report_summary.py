@@ -3,7 +3,7 @@ line shortened at a word boundary."""
 
 from __future__ import annotations
 
-from modelrunner.report_summary import WIDTH, report_summary
+from modelrunner.app.report_summary import WIDTH, report_summary
 from modelrunner.types import ValidationDetail, ValidationEntry, ValidationReport
 
 # bioimageio.spec's warning about the zoo's nuclei model, as `validate` printed it cut at

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from modelrunner import cli
-from modelrunner.cli_status import Samples, _quantile, frame_times, rates, render, scrape
+from modelrunner.app import cli
+from modelrunner.app.cli_status import Samples, _quantile, frame_times, rates, render, scrape
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.metrics import LATENCY_BUCKETS, MetricsEndpoint, serve_metrics
 from modelrunner.serving import RunningServer

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from modelrunner import cli, errors
+from modelrunner import errors
+from modelrunner.app import cli
 from modelrunner.auth import Role
 from modelrunner.entry_server.token_store import TokenStore
 from modelrunner.serving import RunningServer, start_embedded, start_serving

@@ -21,7 +21,7 @@ from modelrunner.entry_server.call_limits import cancelled_when
 from modelrunner.entry_server.packages import description_jobs, yaml_limits
 from modelrunner.entry_server.packages.description_workers import DescriptionWorkers
 from modelrunner.entry_server.packages.yaml_limits import YamlLimits, count_nodes
-from modelrunner.entry_server.safe_zip import unpack_zip
+from modelrunner.safe_zip import unpack_zip
 from modelrunner.settings import Settings
 from modelrunner.transport_errors import from_rpc_error
 from modelrunner.v1 import control_pb2, models_pb2

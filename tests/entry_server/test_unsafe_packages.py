@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from modelrunner import errors
-from modelrunner.entry_server.safe_zip import unpack_zip
+from modelrunner.safe_zip import unpack_zip
 from modelrunner.v1 import control_pb2
 from tests.entry_server.conftest import Running, ServerFactory
 from tests.entry_server.helpers import (

@@ -156,7 +156,7 @@ def test_the_command_line_takes_it(
         [
             sys.executable,
             "-m",
-            "modelrunner.cli",
+            "modelrunner.app.cli",
             "predict",
             nuclei.id,
             str(image),

@@ -7,10 +7,12 @@ for a busy runtime holds up no other workspace's adds, only an add of the same p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -20,7 +22,12 @@ import pyarrow.flight as flight
 import pytest
 
 from modelrunner import errors
-from modelrunner.client import ModelInfo, ModelRunnerClient
+from modelrunner.client import (
+    AsyncModelRunnerClient,
+    ModelInfo,
+    ModelRunnerClient,
+    RemovedModel,
+)
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.serving import RunningServer, control_address_of, start_runtime
@@ -159,6 +166,28 @@ def test_nothing_answers_for_a_removed_id_afterwards(
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@contextmanager
+def prediction_in_flight(server: RunningServer, model_id: str) -> Iterator[None]:
+    """What a long prediction holds on the runtime, its pipeline, for half a second from
+    when the block starts."""
+    assert server.runtime is not None
+    pool = server.runtime.server.service.pool
+    lent = threading.Event()
+
+    def predicting() -> None:
+        with pool.use(model_id):
+            lent.set()
+            time.sleep(0.5)
+
+    worker = threading.Thread(target=predicting)
+    worker.start()
+    try:
+        assert lent.wait(10)
+        yield
+    finally:
+        worker.join()
+
+
 def test_a_removal_waits_for_a_prediction_in_flight_and_says_so(
     server: RunningServer, model: ModelInfo, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -166,32 +195,47 @@ def test_a_removal_waits_for_a_prediction_in_flight_and_says_so(
     its response and log say so."""
     assert server.runtime is not None
     pool = server.runtime.server.service.pool
-    lent = threading.Event()
-
-    def predicting() -> None:  # what a long prediction holds: its pipeline
-        with pool.use(model.id):
-            lent.set()
-            time.sleep(0.5)
-
-    worker = threading.Thread(target=predicting)
-    worker.start()
-    assert lent.wait(10)
-    started = time.monotonic()
     with (
+        prediction_in_flight(server, model.id),
         caplog.at_level(logging.INFO, logger="modelrunner.entry_server.control_plane"),
         grpc.insecure_channel(server.address) as channel,
     ):
+        started = time.monotonic()
         response = control_pb2_grpc.ControlServiceStub(channel).RemoveModel(
             control_pb2.RemoveModelRequest(model_id=model.id), timeout=60
         )
-    waited = time.monotonic() - started
-    worker.join()
+        waited = time.monotonic() - started
     assert response.model_id == model.id and response.calls_in_flight == 1
     assert waited >= 0.3
     assert f"model {model.id[:12]} removed after waiting for 1 prediction(s) in flight" in (
         caplog.text
     )
     assert not pool.has_warm(model.id)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_remove_model_says_how_many_predictions_it_waited_for(
+    server: RunningServer, client: ModelRunnerClient, model: ModelInfo, kind: str
+) -> None:
+    async def remove_async() -> RemovedModel:
+        async with AsyncModelRunnerClient(server.address, timeout=60) as other:
+            return await other.remove_model(model.id[:12])
+
+    with prediction_in_flight(server, model.id):
+        if kind == "sync":
+            removed = client.remove_model(model.id[:12])
+        else:
+            removed = asyncio.run(remove_async())
+    assert isinstance(removed, RemovedModel)
+    assert (removed.model_id, removed.calls_in_flight) == (model.id, 1)
+    assert removed.freed_bytes > 0  # no other workspace holds it
+
+
+def test_remove_model_without_predictions_in_flight_says_none(
+    client: ModelRunnerClient, model: ModelInfo
+) -> None:
+    removed = client.remove_model(model.id)
+    assert (removed.model_id, removed.calls_in_flight) == (model.id, 0)
 
 
 def test_a_model_is_unloaded_from_a_runtime_that_has_not_reported_it_yet(

@@ -1,7 +1,7 @@
 """Writing ``modelrunner predict``'s outputs: the format an output path asks for, checked
 before any work, and OME-TIFF (axes, physical pixel sizes), PNG and ``.npy`` files written under
 a temporary name in their folder and renamed when complete (OME-Zarr outputs are written plane
-by plane through :mod:`modelrunner.ome_zarr_io` inside the same :func:`atomic_path`), so a
+by plane through :mod:`modelrunner.images.ome_zarr` inside the same :func:`atomic_path`), so a
 failed or cancelled run never leaves a file that looks finished.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from modelrunner.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
-from modelrunner.ome_zarr_io import UNIT_NAMES
+from modelrunner.images.ome_zarr import UNIT_NAMES
 
 Format = Literal["npy", "tiff", "png", "zarr"]
 OUTPUT_SUFFIXES: dict[str, Format] = {

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelrunner.image_axes import letters, parse_axes
+from modelrunner import errors
+from modelrunner.images.axes import letters, parse_axes
+from modelrunner.images.ome_zarr import read_ome_zarr
 
 if TYPE_CHECKING:
     from modelrunner.client import ModelRunnerClient
@@ -35,11 +37,8 @@ def predict_volume_file(
         progress=not args.no_progress,
         timeout=None,
     )
-    from modelrunner.client._volume_destination import read_record
-
     for oid, path in result.destinations.items():
-        record = read_record(path)
-        layout = record.layout if record is not None else {}
+        shape, axes = _written(path)
         if result.blocks_predicted:
             work = (
                 f"{result.blocks_predicted} of {result.blocks} blocks predicted on "
@@ -49,7 +48,15 @@ def predict_volume_file(
         else:
             work = f"all {result.blocks} blocks were done already"
         print(
-            f"{source.name} -> {path} ({oid}: {list(layout.get('shape', []))}, axes "
-            f"{letters(layout.get('axes', []))}; {work})",
+            f"{source.name} -> {path} ({oid}: {shape}, axes {letters(axes)}; {work})",
             file=sys.stderr,
         )
+
+
+def _written(path: Path) -> tuple[list[int], tuple[str, ...]]:
+    """The shape and axes of the OME-Zarr image written at ``path`` (its full resolution)."""
+    try:
+        image = read_ome_zarr(path)
+    except errors.ModelRunnerError:
+        return [], ()
+    return list(image.array.shape), image.axes

@@ -22,8 +22,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from modelrunner import errors
-from modelrunner.entry_server.limits import over_limit
-from modelrunner.entry_server.progress import ProgressCallback, StageProgress, no_progress
+from modelrunner.limits import over_limit
+from modelrunner.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.settings import Settings
 
 _CHUNK_BYTES = 1024**2

@@ -1,4 +1,4 @@
-"""``modelrunner predict``'s command line; the work is in :mod:`modelrunner.predict_files`,
+"""``modelrunner predict``'s command line; the work is in :mod:`modelrunner.app.predict_files`,
 imported when the command runs (it brings numpy and the image libraries)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import argparse
 import os
 from typing import Any
 
-from modelrunner.cli_help import DEVICE_HELP, WEIGHT_FORMAT_HELP
+from modelrunner.app.cli_help import DEVICE_HELP, WEIGHT_FORMAT_HELP
+from modelrunner.app.server_address import DEFAULT_ADDRESS
 from modelrunner.predict_request import INPUT_PADDINGS
-from modelrunner.server_address import DEFAULT_ADDRESS
 
 
 def add_predict_command(sub: Any) -> None:
@@ -128,6 +128,6 @@ def add_predict_command(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from modelrunner.predict_files import run_predict
+    from modelrunner.app.predict_files import run_predict
 
     return run_predict(args)

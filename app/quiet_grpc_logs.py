@@ -1,4 +1,4 @@
-"""Imported first by the command line (``modelrunner.cli``), for its side effect: gRPC's C core,
+"""Imported first by the command line (``modelrunner.app.cli``), for its side effect: gRPC's C core,
 and the gRPC inside Arrow Flight, read ``GRPC_VERBOSITY`` once, when they load, and otherwise
 print log lines of their own to the terminal (``add_port.cc:83] Failed to add port to server``,
 absl's "All log messages before absl::InitializeLog() is called", TLS handshake failures)

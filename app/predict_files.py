@@ -4,7 +4,7 @@ It uses the server at ``--server`` (or ``$MODELRUNNER_SERVER``/``$MODELRUNNER_AD
 fails when that does not answer; without one, the server at ``localhost:50051`` when one answers
 there, and otherwise an embedded runner started for this command alone (``--embedded`` forces
 it). Which one is said on stderr. Output paths and formats are checked before any work starts;
-each file is read plane by plane where planes run one by one (:mod:`modelrunner.image_axes`),
+each file is read plane by plane where planes run one by one (:mod:`modelrunner.images.axes`),
 under one progress bar.
 """
 
@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelrunner.app.server_address import (
+    COMMAND_RETRY_S,
+    DEFAULT_ADDRESS,
+    address_from_environment,
+    start_hint,
+)
 from modelrunner.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -30,7 +36,7 @@ from modelrunner.errors import (
     ModelRunnerError,
     UnavailableError,
 )
-from modelrunner.image_axes import (
+from modelrunner.images.axes import (
     InputPlan,
     canonical_id,
     letters,
@@ -38,8 +44,8 @@ from modelrunner.image_axes import (
     parse_axes,
     plan_input,
 )
-from modelrunner.image_files import DEFAULT_OUTPUT_SUFFIX, ImageFile, find_inputs, open_image, stem
-from modelrunner.image_outputs import (
+from modelrunner.images.files import DEFAULT_OUTPUT_SUFFIX, ImageFile, find_inputs, open_image, stem
+from modelrunner.images.outputs import (
     OUTPUT_SUFFIXES,
     Format,
     atomic_path,
@@ -47,12 +53,6 @@ from modelrunner.image_outputs import (
     full_suffix,
     output_format,
     write_image,
-)
-from modelrunner.server_address import (
-    COMMAND_RETRY_S,
-    DEFAULT_ADDRESS,
-    address_from_environment,
-    start_hint,
 )
 from modelrunner.tls_hints import untrusted_certificate
 
@@ -110,7 +110,7 @@ def run_predict(args: argparse.Namespace) -> int:
             progress = not (args.no_progress or embedded)
             model_id = client.add_model(model_id, progress=progress).id
         if blockwise:
-            from modelrunner.predict_volume_files import predict_volume_file
+            from modelrunner.app.predict_volume_files import predict_volume_file
 
             predict_volume_file(client, model_id, files[0], output, args)
             return 0
@@ -185,7 +185,7 @@ def _answers(client: ModelRunnerClient) -> bool:
         client.health("liveness", timeout=HEALTH_TIMEOUT_S)
     except UnavailableError as e:
         # one that closed the connection (it speaks TLS) or whose certificate this client
-        # refused is there: the real call fails, with modelrunner.cli's hint
+        # refused is there: the real call fails, with modelrunner.app.cli's hint
         return "Socket closed" in e.message or untrusted_certificate(e.message)
     except DeadlineExceededError:
         return False
@@ -398,7 +398,7 @@ class _Output:
         self._order = [plane_axes.index(a) for a in self.axes if a in plane_axes]
         self._loop_positions = [self.axes.index(a) for a in loop_axes]
         if self.fmt == "zarr":
-            from modelrunner.ome_zarr_io import create_ome_zarr
+            from modelrunner.images.ome_zarr import create_ome_zarr
 
             self._data = create_ome_zarr(
                 self.temporary,

@@ -1,6 +1,6 @@
 """Image files in for ``modelrunner predict``: OME-TIFF, ImageJ and plain TIFF (tifffile),
-PNG and JPEG (pillow), ``.npy`` and OME-Zarr (:mod:`modelrunner.ome_zarr_io`); outputs are
-:mod:`modelrunner.image_outputs`'s.
+PNG and JPEG (pillow), ``.npy`` and OME-Zarr (:mod:`modelrunner.images.ome_zarr`); outputs are
+:mod:`modelrunner.images.outputs`'s.
 
 An :class:`ImageFile` knows its shape, axes (from the file's metadata or ``--axes``), physical
 pixel sizes and whether it is RGB before any pixel is read; planes are read on demand (TIFF and
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from modelrunner.errors import InvalidArgumentError, ModelRunnerError, SourceNotFoundError
-from modelrunner.image_axes import axes_from_tiff
-from modelrunner.image_outputs import full_suffix
-from modelrunner.ome_zarr_io import is_zarr, read_ome_zarr
+from modelrunner.images.axes import axes_from_tiff
+from modelrunner.images.ome_zarr import is_zarr, read_ome_zarr
+from modelrunner.images.outputs import full_suffix
 
 INPUT_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
 DEFAULT_OUTPUT_SUFFIX = {"npy": ".npy", "zarr": ".ome.zarr"}

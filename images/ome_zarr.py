@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrunner.errors import InvalidArgumentError
-from modelrunner.image_axes import UNKNOWN
+from modelrunner.images.axes import UNKNOWN
 
 _NAMES = {"t": "time", "c": "channel"}
 _NGFF_NAME = {"time": "t", "channel": "c"}

@@ -17,14 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import modelrunner.quiet_grpc_logs  # noqa: F401 - first: before anything loads gRPC
+import modelrunner.app.quiet_grpc_logs  # noqa: F401 - first: before anything loads gRPC
 from modelrunner import __version__, errors
-from modelrunner.cli_example_model import add_example_model_command
-from modelrunner.cli_help import DEVICE_HELP, SOURCE_HELP, WEIGHT_FORMAT_HELP
-from modelrunner.cli_predict import add_predict_command
-from modelrunner.cli_status import add_status_command
-from modelrunner.cli_tokens import add_token_commands
-from modelrunner.server_address import (
+from modelrunner.app.cli_example_model import add_example_model_command
+from modelrunner.app.cli_help import DEVICE_HELP, SOURCE_HELP, WEIGHT_FORMAT_HELP
+from modelrunner.app.cli_predict import add_predict_command
+from modelrunner.app.cli_status import add_status_command
+from modelrunner.app.cli_tokens import add_token_commands
+from modelrunner.app.server_address import (
     COMMAND_RETRY_S,
     DEFAULT_ADDRESS,
     address_from_environment,
@@ -481,7 +481,7 @@ def _print_json(data: Any) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from modelrunner.cli_output import model_table
+    from modelrunner.app.cli_output import model_table
 
     with _client(args) as client:
         models = client.list_models()
@@ -493,7 +493,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from modelrunner.cli_output import model_summary
+    from modelrunner.app.cli_output import model_summary
 
     with _client(args) as client:
         info = client.add_model(args.source, upload=args.upload or None, progress=not args.json)
@@ -505,7 +505,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from modelrunner.cli_output import model_details
+    from modelrunner.app.cli_output import model_details
 
     with _client(args) as client:
         info = client.describe(_model_id(client, args.model))
@@ -526,7 +526,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _print_report(args: argparse.Namespace, report: ValidationReport, title: str) -> None:
-    from modelrunner.report_summary import report_summary
+    from modelrunner.app.report_summary import report_summary
 
     if args.json:
         _print_json(report.model_dump(mode="json"))
@@ -538,8 +538,10 @@ def _print_report(args: argparse.Namespace, report: ValidationReport, title: str
 
 def _remove(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        client.remove_model(args.model)
-    print(f"removed {args.model}")
+        removed = client.remove_model(args.model)
+    waited = removed.calls_in_flight
+    note = f"; waited for {waited} prediction(s) in flight" if waited else ""
+    print(f"removed {args.model}{note}")
     return 0
 
 
@@ -551,7 +553,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from modelrunner.cli_output import server_info_text
+    from modelrunner.app.cli_output import server_info_text
 
     with _client(args) as client:
         info = client.server_info()
