@@ -27,6 +27,7 @@ from modelrunner.errors import (
     DeadlineExceededError,
     DeviceNotAvailableError,
     FailedPreconditionError,
+    FrameError,
     InternalError,
     InvalidArgumentError,
     InvalidPackageError,
@@ -58,7 +59,7 @@ from modelrunner.types import (
 )
 
 from ._async import AsyncFrameStream, AsyncModelRunnerClient
-from ._stream import FrameError, FrameStream
+from ._stream import FrameStream
 from ._sync import ModelRunnerClient
 from ._timeouts import USE_CLIENT_DEFAULT
 from ._volume_result import VolumeResult

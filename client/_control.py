@@ -13,12 +13,12 @@ from modelrunner.channels import control_channel
 from modelrunner.runtime_client import Route, RouteCache
 from modelrunner.tls import ClientTls
 from modelrunner.transport_errors import translated_errors
+from modelrunner.types import ProgressCallback
 from modelrunner.v1 import control_pb2, control_pb2_grpc
 
 from ._progress import ProgressOption, progress_callback
 from ._sources import SourceLike, Upload, interpret_source, is_local_address
 
-ProgressCallback = Callable[[types.Progress], None]
 _T = TypeVar("_T")
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -29,7 +29,7 @@ from modelrunner.errors import InvalidArgumentError
 
 from ._sync import ModelRunnerClient
 
-Processing = Literal["remote", "local"]
+ProcessingPlace = Literal["remote", "local"]
 """Where the pre- and postprocessing run: on the server, or here (see :mod:`.core_pipeline`)."""
 
 
@@ -147,9 +147,9 @@ class ModelRunnerPipeline(PredictionPipeline):
     """A bioimageio.core ``PredictionPipeline`` on a modelrunner server (see
     :mod:`modelrunner.client.core_pipeline`)."""
 
-    def __init__(self, *, processing: Processing, link: ServerLink, **kwargs: Any) -> None:
+    def __init__(self, *, processing: ProcessingPlace, link: ServerLink, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.processing: Processing = processing
+        self.processing: ProcessingPlace = processing
         self._link = link
         self._remote_adapter: ModelRunnerModelAdapter = kwargs["model_adapter"]
 
@@ -244,7 +244,7 @@ def build_pipeline(
     model: str | Path | AnyModelDescr,
     *,
     server: str | ModelRunnerClient,
-    processing: Processing,
+    processing: ProcessingPlace,
     weight_format: str | None,
     device: str | None,
     token: str | None,

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from modelrunner.types import Progress
+from modelrunner.types import Progress, ProgressCallback
 
-ProgressCallback = Callable[[Progress], None]
 ProgressOption = bool | ProgressCallback
 
 LINE_INTERVAL_S = 5.0

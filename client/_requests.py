@@ -9,12 +9,11 @@ from typing import Any, Literal, TypedDict
 
 from typing_extensions import Unpack
 
-from modelrunner.predict_request import InputPadding, PredictRequest
+from modelrunner.predict_request import InputPadding, NanPolicy, PredictRequest
 
 from ._inputs import Inputs, normalise_inputs
 
-NanPolicy = Literal["reject", "allow"]
-Precision = Literal["float16", "bfloat16"]
+LowPrecision = Literal["float16", "bfloat16"]
 
 
 class StreamKeywords(TypedDict, total=False):
@@ -32,7 +31,7 @@ class StreamKeywords(TypedDict, total=False):
     reference_path: bool
     """Run bioimageio.core's own pipeline even where the runtime's checked fast path serves the
     model."""
-    precision: Precision | None
+    precision: LowPrecision | None
     """"float16" or "bfloat16": the network in reduced precision on the fast path (PyTorch and
     TorchScript weights; the error it costs is in ``describe(model_id).loaded``)."""
 
@@ -49,7 +48,7 @@ class PredictKeywords(TypedDict, total=False):
     skip_preprocessing: bool
     skip_postprocessing: bool
     reference_path: bool
-    precision: Precision | None
+    precision: LowPrecision | None
     keep_shape: bool
     """bioimageio.core's own call on the sample exactly as sent: no padding or tiling to the
     model's sizes (what :func:`create_prediction_pipeline` sends)."""

@@ -15,7 +15,7 @@ from modelrunner.types import ModelSourceSpec
 
 SourceLike = str | os.PathLike[str] | bytes
 _BIOIMAGEIO_ID = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*(?:/[0-9.]+|/draft)?$")
-CHUNK_BYTES = 1024 * 1024
+_CHUNK_BYTES = 1024 * 1024
 MAX_FOLDER_UPLOAD_BYTES = 2 * 1024**3
 """The most a folder may hold to travel as one package (it is zipped in memory; the server's
 default ``max_upload_bytes`` is the same)."""
@@ -37,12 +37,12 @@ class Upload:
     def chunks(self) -> Iterator[bytes]:
         if self.data is not None:
             view = memoryview(self.data)
-            for start in range(0, len(view), CHUNK_BYTES):
-                yield bytes(view[start : start + CHUNK_BYTES])
+            for start in range(0, len(view), _CHUNK_BYTES):
+                yield bytes(view[start : start + _CHUNK_BYTES])
             return
         assert self.path is not None
         with self.path.open("rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
+            while chunk := f.read(_CHUNK_BYTES):
                 yield chunk
 
 

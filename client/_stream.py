@@ -33,11 +33,17 @@ import pyarrow.flight as flight
 
 from modelrunner import converters, errors
 from modelrunner.body_alignment import write_aligned
+from modelrunner.errors import FrameError
 from modelrunner.runtime_client.cancellation import CallRegistry
 from modelrunner.runtime_client.exchanges import call_options, is_end_notice, parse_frame_result
 from modelrunner.transport_errors import translated_errors, typed_error
 from modelrunner.v1 import runtime_pb2
-from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
+from modelrunner.wire import (
+    WRITE_OPTIONS,
+    SampleDecoder,
+    SampleLayout,
+    encode_sample,
+)
 
 from ._inputs import Inputs, normalise_inputs
 from ._stream_watchdog import IdleWatchdog
@@ -48,20 +54,6 @@ OnError = Literal["raise", "yield"]
 DEFAULT_IDLE_TIMEOUT_S = 120.0
 """How long a stream waits for the runtime's next answer before giving up (its first answer
 may follow a model load: minutes for a large model on a slow disk)."""
-
-
-class FrameError(errors.ModelRunnerError):
-    """One frame of a stream failed; ``frame`` is its 0-based index, ``cause`` the error.
-
-    The stream goes on: with ``on_error="raise"`` calling ``next()`` again gives the next frame's
-    result; with ``on_error="yield"`` the error is yielded in the failed frame's place.
-    """
-
-    def __init__(self, frame: int, cause: errors.ModelRunnerError) -> None:
-        super().__init__(f"frame {frame} failed: {cause.message}", details=cause.details)
-        self.frame = frame
-        self.cause = cause
-        self.code = cause.code  # type: ignore[misc]
 
 
 _DONE = object()

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from modelrunner import errors
+from modelrunner.errors import DestinationError
 from modelrunner.images.ome_zarr import check_ngff_axes, write_multiscales
 
 RUN_FOLDER = ".modelrunner"
@@ -99,10 +99,6 @@ class RunRecord:
     pyramid_levels_done: int = 0
     complete: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class DestinationError(errors.FailedPreconditionError):
-    """The destination holds something this run must not overwrite."""
 
 
 class VolumeDestination:

@@ -41,7 +41,7 @@ ReadRegion = Callable[[tuple[int, ...], Region], np.ndarray]
 
 
 @dataclass(frozen=True)
-class Measure:
+class RequiredMeasure:
     """A statistic the model's processing needs of the input (bioimageio.core's sample
     measures); ``axes`` are reduced, ``()`` meaning all of them."""
 
@@ -51,11 +51,11 @@ class Measure:
     method: str = "linear"
 
 
-def required_measures(info: ModelInfo, input_id: str) -> list[Measure]:
+def required_measures(info: ModelInfo, input_id: str) -> list[RequiredMeasure]:
     """The sample statistics of input ``input_id`` that the model's processing steps need,
     as bioimageio.core's processing operators define them. Statistics it cannot give (of
     outputs, of datasets) are left to the runtime, which refuses the model with a reason."""
-    found: list[Measure] = []
+    found: list[RequiredMeasure] = []
     for spec in (*info.inputs, *info.outputs):
         steps = spec.preprocessing if spec in info.inputs else spec.postprocessing
         for step in steps:
@@ -67,7 +67,7 @@ def required_measures(info: ModelInfo, input_id: str) -> list[Measure]:
 
 def _step_measures(
     step: str, kwargs: Mapping[str, Any], tensor_id: str
-) -> Iterable[tuple[str, Measure]]:
+) -> Iterable[tuple[str, RequiredMeasure]]:
     axes = kwargs.get("axes")
     if (
         not isinstance(axes, list)
@@ -77,19 +77,25 @@ def _step_measures(
         return  # dataset statistics (no axes, or over the batch), fixed values, or v0.4 letters
     reduced = tuple(str(a) for a in axes)
     if step == "zero_mean_unit_variance":
-        yield tensor_id, Measure("mean", reduced)
-        yield tensor_id, Measure("std", reduced)
+        yield tensor_id, RequiredMeasure("mean", reduced)
+        yield tensor_id, RequiredMeasure("std", reduced)
     elif step == "scale_range":
         member = str(kwargs.get("reference_tensor") or tensor_id)
-        yield member, Measure("quantile", reduced, float(kwargs.get("min_percentile", 0.0)) / 100)
-        yield member, Measure("quantile", reduced, float(kwargs.get("max_percentile", 100)) / 100)
+        yield (
+            member,
+            RequiredMeasure("quantile", reduced, float(kwargs.get("min_percentile", 0.0)) / 100),
+        )
+        yield (
+            member,
+            RequiredMeasure("quantile", reduced, float(kwargs.get("max_percentile", 100)) / 100),
+        )
     elif step == "clip":
         for bound in ("min", "max"):
             percentile = kwargs.get(f"{bound}_percentile")
             if kwargs.get(bound) is None and percentile is not None:
                 yield (
                     tensor_id,
-                    Measure("quantile", reduced, float(percentile) / 100, "inverted_cdf"),
+                    RequiredMeasure("quantile", reduced, float(percentile) / 100, "inverted_cdf"),
                 )
 
 
@@ -98,7 +104,7 @@ class _Group:
     """The statistics that reduce the same axes, and what the passes gather for them."""
 
     reduced: tuple[str, ...]
-    measures: list[Measure]
+    measures: list[RequiredMeasure]
     kept: tuple[str, ...] = ()
     kept_shape: tuple[int, ...] = ()
     count: int = 0
@@ -152,7 +158,7 @@ class SampleStatistics:
     def __init__(
         self,
         tensor_id: str,
-        measures: Sequence[Measure],
+        measures: Sequence[RequiredMeasure],
         dims: Sequence[str],
         shape: Sequence[int],
         dtype: Any,
@@ -165,7 +171,7 @@ class SampleStatistics:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self._offset = _integer_offset(self.dtype)
-        self._groups: dict[tuple[str, ...], list[Measure]] = {}
+        self._groups: dict[tuple[str, ...], list[RequiredMeasure]] = {}
         for m in measures:
             key = tuple(a for a in self.dims if a in m.axes) if m.axes else self.dims
             self._groups.setdefault(key, []).append(m)
@@ -200,7 +206,7 @@ class SampleStatistics:
                 results[sample] = tuple(s for g in groups[sample] for s in self._finish(g))
         return results
 
-    def _group(self, reduced: tuple[str, ...], measures: list[Measure]) -> _Group:
+    def _group(self, reduced: tuple[str, ...], measures: list[RequiredMeasure]) -> _Group:
         kept = tuple(a for a in self.dims if a not in reduced)
         shape = tuple(self.shape[self.dims.index(a)] for a in kept)
         count = math.prod(self.shape[self.dims.index(a)] for a in reduced)
@@ -310,7 +316,7 @@ class SampleStatistics:
             )
         return out
 
-    def _quantile(self, g: _Group, m: Measure) -> np.ndarray:
+    def _quantile(self, g: _Group, m: RequiredMeasure) -> np.ndarray:
         """numpy's quantile from the values at its ranks (its ``_lerp`` for ``linear``)."""
         values = [self._value_at(g, r) for r in _quantile_ranks(m, g.count)]
         if len(values) == 1:
@@ -332,7 +338,7 @@ class SampleStatistics:
         return g.search.value(rank)
 
 
-def _quantile_ranks(m: Measure, n: int) -> list[int]:
+def _quantile_ranks(m: RequiredMeasure, n: int) -> list[int]:
     if m.method == "inverted_cdf":
         return [min(max(math.ceil(n * m.q) - 1, 0), n - 1)]
     h = (n - 1) * m.q

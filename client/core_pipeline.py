@@ -44,14 +44,14 @@ if TYPE_CHECKING:
     from bioimageio.core.stat_measures import Measure, MeasureValue
     from bioimageio.spec.model import AnyModelDescr
 
-    from ._core_backend import ModelRunnerPipeline, Processing
+    from ._core_backend import ModelRunnerPipeline, ProcessingPlace
 
 
 def create_prediction_pipeline(
     model: str | Path | AnyModelDescr,
     *,
     server: str | ModelRunnerClient,
-    processing: Processing = "remote",
+    processing: ProcessingPlace = "remote",
     weight_format: str | None = None,
     device: str | None = None,
     token: str | None = None,

@@ -10,7 +10,7 @@ control service's process pings every actor each half heartbeat and drops one th
 answer from routing at once, so no client is routed to a dead runtime for longer than that.
 
 Placement by model affinity and the spreading of a busy model are the control service's
-(``entry_server/placement.py``); actors only report their queue depth in their heartbeats.
+(``entry_server/runtimes/placement.py``); actors only report their queue depth in their heartbeats.
 
 Ray is imported by this module only: ``modelrunner serve`` without ``--ray`` never loads it.
 """

@@ -13,7 +13,6 @@ from pathlib import Path
 import ray
 
 from modelrunner import errors
-from modelrunner.auth import Role
 from modelrunner.serving import RunningServer, announce_ready, control_address_of, start_serving
 from modelrunner.serving.graceful_shutdown import ShutdownSignals, stop_within
 from modelrunner.settings import Settings
@@ -125,9 +124,9 @@ def _serving_on_joined_cluster(
     try:
         plane = running.control.control
         token = settings.runtime_token.get_secret_value() if settings.runtime_token else None
-        if settings.auth and token is None:
-            # the actors' credential, valid while this control service runs
-            token = plane.authenticator.issue_internal("ray-runtimes", Role.RUNTIME)
+        if token is None:
+            # the actors' credential, valid while this control service runs (None without auth)
+            token = plane.issue_runtime_token("ray-runtimes")
         group = start_ray_runtimes(
             settings,
             control_address_of(running),

@@ -46,7 +46,7 @@ TOKEN = "RAY_AUTH_TOKEN"
 TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
 DEFAULT_TOKEN_FILE = Path(".ray") / "auth_token"
 """Ray's default token file, under the home directory."""
-PROBE_TIMEOUT_S = 5.0
+_PROBE_TIMEOUT_S = 5.0
 
 HOW_TO_PASS = (
     "pass the cluster's token with --ray-auth-token-file FILE (or "
@@ -221,7 +221,7 @@ def choose_ray_auth(
     address: str,
     token_file: Path | None = None,
     environ: Mapping[str, str] = os.environ,
-    timeout: float = PROBE_TIMEOUT_S,
+    timeout: float = _PROBE_TIMEOUT_S,
 ) -> RayAuthChoice | None:
     """The mode to join the cluster at ``address`` in, after asking it; None when it gave no
     answer about tokens (Ray's own rules apply). UnauthenticatedError when it wants a token and

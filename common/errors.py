@@ -17,7 +17,8 @@ and the client turns both back into these types, so callers never see ``grpc.Rpc
     ├── FailedPreconditionError         FAILED_PRECONDITION
     │   ├── ModelInUseError
     │   ├── CorruptModelError
-    │   └── DeviceNotAvailableError
+    │   ├── DeviceNotAvailableError
+    │   └── DestinationError            (the client's: an output image it must not overwrite)
     ├── UnauthenticatedError            UNAUTHENTICATED (no token, or one not known)
     ├── PermissionDeniedError           PERMISSION_DENIED (the token's role or workspace)
     ├── ResourceExhaustedError          RESOURCE_EXHAUSTED
@@ -25,7 +26,12 @@ and the client turns both back into these types, so callers never see ``grpc.Rpc
     │   └── ServerShuttingDownError     (the server is draining: try again after its restart)
     ├── DeadlineExceededError           DEADLINE_EXCEEDED
     ├── CancelledError                  CANCELLED
-    └── InternalError                   INTERNAL
+    ├── InternalError                   INTERNAL
+    └── FrameError                      the failed frame's own code (the client's: one failed
+                                        frame of a stream; carries .frame and .cause)
+
+``DestinationError`` and ``FrameError`` are raised by the client and never cross the wire (no
+server sends them), so they are not among the classes a status is mapped back to.
 
 Validation and test outcomes are reports (data), never exceptions.
 """
@@ -147,6 +153,24 @@ class InternalError(ModelRunnerError):
     """A bug or an unexpected failure on the server; the message says what failed."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class DestinationError(FailedPreconditionError):
+    """The destination holds something this run must not overwrite."""
+
+
+class FrameError(ModelRunnerError):
+    """One frame of a stream failed; ``frame`` is its 0-based index, ``cause`` the error.
+
+    The stream goes on: with ``on_error="raise"`` calling ``next()`` again gives the next frame's
+    result; with ``on_error="yield"`` the error is yielded in the failed frame's place.
+    """
+
+    def __init__(self, frame: int, cause: ModelRunnerError) -> None:
+        super().__init__(f"frame {frame} failed: {cause.message}", details=cause.details)
+        self.frame = frame
+        self.cause = cause
+        self.code = cause.code  # type: ignore[misc]
 
 
 _ALL_ERRORS: tuple[type[ModelRunnerError], ...] = (

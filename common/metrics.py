@@ -2,7 +2,7 @@
 
 One registry per process (:data:`REGISTRY`): ``modelrunner serve`` publishes its control
 service and its embedded runtime on one endpoint, a runtime process its own. Counters and
-histograms are updated where the work happens (``entry_server/call_metrics.py``,
+histograms are updated where the work happens (``entry_server/edge/call_metrics.py``,
 ``runtime_flight/exchange_metrics.py``); what is state, not events (queue depths, warm models,
 the cache, GPUs), is read when Prometheus scrapes, from the sources the servers add
 (:func:`add_state_source`), so the hot path pays for nothing it does not count.

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from modelrunner import types
+from modelrunner.types import ProgressCallback
+from modelrunner.units import MiB
 
-ProgressCallback = Callable[[types.Progress], None]
 """Receives progress events. It may raise (e.g. ``CancelledError``) to stop the work."""
-
-MiB = 1024**2
 
 
 def no_progress(_: types.Progress) -> None:

@@ -26,7 +26,7 @@ from modelrunner.limits import over_limit
 from modelrunner.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.settings import Settings
 
-CHUNK_BYTES = 1024**2
+_CHUNK_BYTES = 1024**2
 DEFAULT_MAX_RATIO: float = Settings.model_fields["max_compression_ratio"].default
 DEFAULT_RATIO_MIN_BYTES: int = Settings.model_fields["compression_ratio_min_bytes"].default
 _ALLOWED_MODES = (0, stat.S_IFREG, stat.S_IFDIR)
@@ -163,7 +163,7 @@ def _extract_entry(
         raise _unsafe(info.filename, "collides with another entry") from exc
     written = 0
     with out, zf.open(info) as src:
-        while chunk := src.read(CHUNK_BYTES):
+        while chunk := src.read(_CHUNK_BYTES):
             if stage.done + len(chunk) > max_bytes:
                 raise over_limit(
                     "max_unpacked_bytes",

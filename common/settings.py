@@ -11,8 +11,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-GiB = 1024**3
-MiB = 1024**2
+from modelrunner.units import GiB, MiB
 
 
 def default_cache_dir() -> Path:

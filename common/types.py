@@ -5,6 +5,7 @@ Protobuf messages stay at the edges: :mod:`modelrunner.converters` turns them in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -242,6 +243,10 @@ class Progress(_Frozen):
     unit: str = "bytes"
     bytes_done: int = 0
     """Where ``unit`` is not bytes: the bytes the units done so far held (for a rate in MB/s)."""
+
+
+ProgressCallback = Callable[[Progress], None]
+"""What long work calls with each progress event (adds, uploads, predictions)."""
 
 
 class SampleStatistic(_Frozen):

@@ -31,10 +31,15 @@ import numpy as np
 import pyarrow as pa
 
 from modelrunner.errors import InvalidArgumentError, InvalidTensorError, clip
+from modelrunner.units import MiB
 
-MiB = 1024**2
 DEFAULT_BATCH_BYTES = 16 * MiB
 """Samples up to this size travel whole (zero copy on both sides); larger ones in chunks."""
+END_NOTICE_FRAME = -1
+"""``FrameResult.frame`` of a stream's end notice: a metadata-only message carrying the error the
+call is about to end with (ServerShuttingDownError from a draining runtime, NOT_FOUND,
+UNAUTHENTICATED or PERMISSION_DENIED from a refusal, ...). The client ends its side of the stream
+(DoneWriting), and the runtime then ends the call with that error (docs/wire-format.md, 3)."""
 CHUNK_BYTES = 4 * MiB
 """Larger samples travel in chunks of about this size (or ``batch_bytes``, when smaller). Flight
 moves 4-16 MiB batches fastest; the low end keeps the receiver's memory down: gRPC buffers a few
@@ -107,7 +112,7 @@ def arrow_value_type(dtype: np.dtype) -> pa.DataType:
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class ArraySpec:
     """A tensor's shape and dtype: what planning a layout needs of it."""
 
     shape: tuple[int, ...]
@@ -275,7 +280,7 @@ class SampleLayout:
         return _RECENT_LAYOUTS.get_or_make(
             key,
             lambda: cls.plan_shapes(
-                {n: TensorSpec(tuple(a.shape), a.dtype) for n, a in arrays.items()},
+                {n: ArraySpec(tuple(a.shape), a.dtype) for n, a in arrays.items()},
                 dim_names,
                 batch_bytes=batch_bytes,
             ),
@@ -284,7 +289,7 @@ class SampleLayout:
     @classmethod
     def plan_shapes(
         cls,
-        tensors: Mapping[str, TensorSpec],
+        tensors: Mapping[str, ArraySpec],
         dim_names: Mapping[str, Sequence[str]] | None = None,
         *,
         batch_bytes: int = DEFAULT_BATCH_BYTES,

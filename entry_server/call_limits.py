@@ -9,33 +9,20 @@ with RESOURCE_EXHAUSTED naming the setting, never queued. The server's thread po
 than the sum of these limits (:func:`threads_for_limited_calls`), so health checks, listings,
 routing and runtime heartbeats always find a thread.
 
-Also here: the caller's host for per-client limits (:func:`peer_host`; the servicer keys them by
-the caller's token when calls are authenticated), cancellation of work when the client goes away
-(:func:`cancelled_when`, :func:`raise_if_cancelled`), and an idle timeout for client streams
-(:func:`with_idle_timeout`).
+The planes hold these limits (``ControlPlane.limits``, ``InferencePlane.limits``) and the gRPC
+servicers take a slot of them per call. Also here: cancellation of work when the client goes away
+(:func:`cancelled_when`, :func:`is_cancelled`). What a call's gRPC context tells (who it comes
+from, whether it is gone, an idle client stream) is in :mod:`.call_context`.
 """
 
 from __future__ import annotations
 
 import contextvars
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
-import grpc
-
-from modelrunner import errors
-from modelrunner.call_slots import CallLimit as CallLimit  # the servicers take both from here
-from modelrunner.call_slots import PerClientLimit as PerClientLimit
-from modelrunner.entry_server.authentication import current_identity
+from modelrunner.call_slots import CallLimit, PerClientLimit
 from modelrunner.settings import Settings
-
-T = TypeVar("T")
-
-ClientIdentity = Callable[[grpc.ServicerContext], str]
-"""Who a call comes from, for per-client limits."""
 
 
 def threads_for_limited_calls(settings: Settings) -> int:
@@ -49,26 +36,6 @@ def threads_for_limited_calls(settings: Settings) -> int:
         + settings.max_concurrent_infers
         + settings.max_concurrent_infer_streams
     )
-
-
-def token_or_host(context: grpc.ServicerContext) -> str:
-    """Who a call comes from, for per-client limits: the caller's token when calls are
-    authenticated, else its host."""
-    token_id = current_identity().token_id
-    return f"token:{token_id}" if token_id else peer_host(context)
-
-
-def peer_host(context: grpc.ServicerContext) -> str:
-    """The caller's host from ``context.peer()`` (``ipv4:10.0.0.5:51234`` -> ``10.0.0.5``,
-    ``ipv6:[::1]:51234`` -> ``::1``); the whole peer string for other transports."""
-    peer = context.peer() or ""
-    kind, _, address = peer.partition(":")
-    if kind == "ipv4":
-        return address.rsplit(":", 1)[0]
-    if kind == "ipv6":
-        host = address.rsplit(":", 1)[0]
-        return host.removeprefix("[").removesuffix("]")
-    return peer
 
 
 class ControlCallLimits:
@@ -95,6 +62,25 @@ class ControlCallLimits:
         )
 
 
+class InferenceCallLimits:
+    """The limits of the Open Inference Protocol's calls and streams, from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.infers = CallLimit(
+            "max_concurrent_infers", settings.max_concurrent_infers, "V2 inference calls"
+        )
+        self.streams = CallLimit(
+            "max_concurrent_infer_streams",
+            settings.max_concurrent_infer_streams,
+            "V2 inference streams",
+        )
+        self.streams_per_client = PerClientLimit(
+            "max_concurrent_infer_streams_per_client",
+            settings.max_concurrent_infer_streams_per_client,
+            "V2 inference streams",
+        )
+
+
 # -- cancellation ---------------------------------------------------------------------------------
 
 _cancelled: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
@@ -116,62 +102,3 @@ def cancelled_when(check: Callable[[], bool]) -> Iterator[None]:
 def is_cancelled() -> bool:
     check = _cancelled.get()
     return check is not None and check()
-
-
-def client_gone(context: grpc.ServicerContext) -> Callable[[], bool]:
-    """A check for :func:`cancelled_when`: the call was cancelled or its deadline passed."""
-    return lambda: not context.is_active()
-
-
-# -- idle client streams --------------------------------------------------------------------------
-
-_END = object()
-
-
-def with_idle_timeout(
-    messages: Iterator[T], *, timeout_s: float, setting: str, what: str
-) -> Iterator[T]:
-    """The messages of a client stream, failing with DeadlineExceededError when the client
-    sends nothing for ``timeout_s``.
-
-    gRPC's request iterator blocks without a timeout, so a helper thread reads it into a small
-    queue; once the call ends (the error ends it), the iterator fails and that thread ends too.
-    """
-    received: queue.Queue[object] = queue.Queue(maxsize=2)
-    stopped = threading.Event()
-
-    def hand_over(item: object) -> None:
-        while not stopped.is_set():
-            try:
-                received.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def read() -> None:
-        try:
-            for message in messages:
-                hand_over(message)
-                if stopped.is_set():
-                    return
-            hand_over(_END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading call
-            hand_over(exc)
-
-    threading.Thread(target=read, name="stream-reader", daemon=True).start()
-    try:
-        while True:
-            try:
-                item = received.get(timeout=timeout_s)
-            except queue.Empty:
-                raise errors.DeadlineExceededError(
-                    f"{what}: nothing arrived for {timeout_s:g} s (setting {setting})",
-                    details={"limit": setting, "limit_value": timeout_s},
-                ) from None
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        stopped.set()

@@ -1,24 +1,30 @@
 """The control service's logic layer: the registry plus the runtimes, transport free.
 
-The gRPC servicer is a thin shell around this object; an embedded runtime or a test may call it
-directly.
+The gRPC servicer is a thin shell around this object (proto in, a call here, proto out) and
+holds nothing else; the Open Inference Protocol's plane (:mod:`.inference_plane`) asks it for
+routes and models. An embedded runtime or a test may call it directly.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from modelrunner import errors, types
 from modelrunner.auth import ANONYMOUS, Identity, Role
-from modelrunner.entry_server import runtime_actions
+from modelrunner.call_rights import Recheck
 from modelrunner.entry_server.authentication import Authenticator
+from modelrunner.entry_server.call_limits import ControlCallLimits
 from modelrunner.entry_server.model_access import ModelAccess
+from modelrunner.entry_server.packages.uploads import StoredUpload, UploadHeader
+from modelrunner.entry_server.packages.zips import PackageZip
 from modelrunner.entry_server.registry import ModelRegistry
-from modelrunner.entry_server.runtimes import Registration, RuntimeDirectory
+from modelrunner.entry_server.runtimes import actions as runtime_actions
+from modelrunner.entry_server.runtimes.directory import RegistrationReply, RuntimeDirectory
 from modelrunner.entry_server.server_info import server_info
 from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.runtime_client import Route
@@ -36,7 +42,7 @@ _REMOVAL_CALLS = 16
 
 
 @dataclass(frozen=True)
-class Removal:
+class ModelRemoval:
     model_id: str
     freed_bytes: int
     """0 when the model stays for other workspaces."""
@@ -59,8 +65,11 @@ class ControlPlane:
         self.settings = settings
         self.registry = registry
         self.runtimes = runtimes
-        self.authenticator = authenticator or Authenticator(settings)
+        self._authenticator = authenticator or Authenticator(settings)
         self.access = access or ModelAccess(settings.cache_dir / "model_access.json")
+        self.limits = ControlCallLimits(settings)
+        """How many long calls of each kind may run at once (a servicer holds a slot per
+        call)."""
         self._runtime_tls = runtime_tls
         self.metrics_uri = ""
         """Where this process's Prometheus metrics are scraped (set by whoever publishes them)."""
@@ -110,8 +119,20 @@ class ControlPlane:
     def check_caller(self, token: str, model_ref: str = "") -> tuple[Identity, str]:
         """For a runtime: who holds ``token``, and the full id of ``model_ref`` when the holder
         may use it (UnauthenticatedError, ModelNotFoundError otherwise)."""
-        identity = self.authenticator.identify(token)
+        identity = self._authenticator.identify(token)
         return identity, self.visible_id(model_ref, identity) if model_ref else ""
+
+    def recheck(self, token: str | None, method: str) -> Recheck | None:
+        """How to ask again whether ``token`` may still call ``method`` (None when calls are
+        not authenticated): a long call's rights follow the token (``CallRights``)."""
+        return self._authenticator.recheck(token, method)
+
+    def issue_runtime_token(self, name: str) -> str | None:
+        """A credential for runtimes this process starts (the embedded runtime, Ray actors),
+        valid while this control service runs; None when calls are not authenticated."""
+        if not self._authenticator.enabled:
+            return None
+        return self._authenticator.issue_internal(name, Role.RUNTIME)
 
     def _caller_for(self, runtime_id: str) -> runtime_actions.RuntimeCaller:
         """How to call one runtime: with authentication on, a ``control`` token issued for it
@@ -120,10 +141,10 @@ class ControlPlane:
             caller = self._runtime_callers.get(runtime_id)
             if caller is None:
                 token = (
-                    self.authenticator.issue_internal(
+                    self._authenticator.issue_internal(
                         "control-service", Role.CONTROL, audience=runtime_id
                     )
-                    if self.authenticator.enabled
+                    if self._authenticator.enabled
                     else None
                 )
                 caller = runtime_actions.RuntimeCaller(token=token, tls=self._runtime_tls)
@@ -159,6 +180,26 @@ class ControlPlane:
             details={"model_id": info.id},
         )
 
+    def receive_upload(
+        self, header: UploadHeader, chunks: Iterable[bytes], *, client: str = ""
+    ) -> StoredUpload:
+        """Store an upload of ``client`` (whose pending uploads are counted) for a later add
+        that names its ``upload_id``."""
+        return self.registry.receive_upload(header, chunks, client=client)
+
+    def validate(
+        self, source: types.ModelSourceSpec, *, perform_io_checks: bool = False
+    ) -> types.ValidationReport:
+        """Validate a description without adding it; an invalid one gives a failed report."""
+        return self.registry.validate(source, perform_io_checks=perform_io_checks)
+
+    @contextmanager
+    def package_zip(self, model_id: str) -> Iterator[PackageZip]:
+        """A model's package as a zip for a runtime (which sees every workspace's models),
+        pinned while the block runs."""
+        with self.registry.package_zip(model_id) as package:
+            yield package
+
     def list_models(self, identity: Identity = ANONYMOUS) -> list[types.ModelInfo]:
         return [
             self._with_access(m, identity)
@@ -175,7 +216,7 @@ class ControlPlane:
 
     def register_runtime(
         self, info: types.RuntimeInfo, cache_dir: str = "", identity: Identity = ANONYMOUS
-    ) -> Registration:
+    ) -> RegistrationReply:
         """A runtime's registration or heartbeat; with authentication on, a runtime id stays
         with the credential that registered it while it is alive."""
         return self.runtimes.register(info, cache_dir, owner=identity.token_id)
@@ -194,7 +235,16 @@ class ControlPlane:
     def model_info(self, model_ref: str, identity: Identity = ANONYMOUS) -> types.ModelInfo:
         """The model's tensors and weight formats from the cache's index, without its
         description: what a prediction needs to know, cheap enough for every call."""
-        return self.registry.cache.get(self.visible_id(model_ref, identity)).info
+        return self.stored_model_info(self.visible_id(model_ref, identity))
+
+    def stored_model_info(self, model_id: str) -> types.ModelInfo:
+        """A model's tensors and weight formats by full id, for a caller whose right to it was
+        checked already (by a route)."""
+        return self.registry.cache.get(model_id).info
+
+    def available_runtimes(self) -> int:
+        """Registered runtimes that can take a prediction now (readiness)."""
+        return self.runtimes.available_count()
 
     def route(
         self,
@@ -254,11 +304,11 @@ class ControlPlane:
             details={"model_id": package.model_id},
         )
 
-    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> Removal:
+    def remove_model(self, model_ref: str, identity: Identity = ANONYMOUS) -> ModelRemoval:
         """Remove a model from the caller's workspace, and from the cache when no workspace
         holds it any more (an admin removes it from every workspace). Then nothing answers for
         it: every runtime unloads it, the exchanges open on it end with NOT_FOUND, and the
-        predictions running on it are waited for (``Removal.calls_in_flight``). Only an add of
+        predictions running on it are waited for (``ModelRemoval.calls_in_flight``). Only an add of
         the same package waits for it meanwhile."""
         with ExitStack() as removing:
             with self._models_lock:
@@ -274,7 +324,7 @@ class ControlPlane:
                     if len(held) > 1 or published:
                         # open calls of this workspace's callers lose it within auth_cache_s
                         self.access.leave(model_id, identity.workspace)
-                        return Removal(model_id, 0, 0)
+                        return ModelRemoval(model_id, 0, 0)
                 # The last workspace holding it, or an admin: the package goes. From here on
                 # no reference resolves to it (a second removal finds it NOT_FOUND), and an add
                 # of it waits until this one has ended.
@@ -289,7 +339,7 @@ class ControlPlane:
                 del self._removals[model_id]
         done.set()
 
-    def _remove_package(self, model_id: str) -> Removal:
+    def _remove_package(self, model_id: str) -> ModelRemoval:
         """Unload it from every runtime at once, then remove it from the cache. Its access
         record goes only once it is gone (a model test using it runs out first, or nothing
         changes)."""
@@ -313,7 +363,7 @@ class ControlPlane:
                 model_id[:12],
                 in_flight,
             )
-        return Removal(model_id, freed, in_flight)
+        return ModelRemoval(model_id, freed, in_flight)
 
     def _remove_from_runtime(self, runtime: types.RuntimeInfo, model_id: str) -> int:
         """The predictions the runtime was running on the model, which it waited for."""

@@ -18,14 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from modelrunner import cache_layout, errors, types
-from modelrunner.entry_server import description_jobs, descriptions, metadata
-from modelrunner.entry_server.cache import ModelCache, short_id
-from modelrunner.entry_server.content_hash import hash_package
-from modelrunner.entry_server.description_workers import DescriptionWorkers
-from modelrunner.entry_server.downloads import Downloader
-from modelrunner.entry_server.package_zips import PackageZip, PackageZips
-from modelrunner.entry_server.sources import SourceStager
-from modelrunner.entry_server.uploads import StoredUpload, UploadHeader, UploadStore
+from modelrunner.entry_server.packages import description_jobs, descriptions, metadata
+from modelrunner.entry_server.packages.cache import ModelCache, short_id
+from modelrunner.entry_server.packages.content_hash import hash_package
+from modelrunner.entry_server.packages.description_workers import DescriptionWorkers
+from modelrunner.entry_server.packages.downloads import Downloader
+from modelrunner.entry_server.packages.sources import SourceStager
+from modelrunner.entry_server.packages.uploads import StoredUpload, UploadHeader, UploadStore
+from modelrunner.entry_server.packages.zips import PackageZip, PackageZips
 from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.settings import Settings
 from modelrunner.wire import check_model_ref
@@ -165,7 +165,7 @@ class ModelRegistry:
                 rdf_path = cache_layout.find_rdf(folder)
                 if rdf_path is None:
                     raise errors.InvalidPackageError("it holds no bioimageio.yaml or rdf.yaml")
-                loaded = descriptions.load_model(rdf_path, manifest)
+                loaded = descriptions.read_checked(rdf_path, manifest)
                 info = metadata.model_info(
                     loaded.descr,
                     model_id=model_id,

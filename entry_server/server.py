@@ -1,7 +1,7 @@
 """Start and stop the control service: gRPC ``ControlService`` with standard health checking and
 server reflection, so ``grpcurl`` and clients in any language work from the ``.proto`` files.
 Its health statuses say whether a runtime can predict (readiness) and whether the process lives
-(``liveness``): see ``entry_server/readiness.py``.
+(``liveness``): see ``entry_server/runtimes/readiness.py``.
 
 ``start_control_server(settings)`` returns a running :class:`ControlServer`. An embedded runtime
 in the same process registers through ``server.control.register_runtime(...)`` (or over gRPC like
@@ -22,20 +22,22 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from modelrunner.entry_server.authentication import Authenticator, AuthInterceptor
+from modelrunner.entry_server.authentication import Authenticator
 from modelrunner.entry_server.call_limits import threads_for_limited_calls
-from modelrunner.entry_server.call_metrics import CallMetricsInterceptor
 from modelrunner.entry_server.control_plane import ControlPlane
-from modelrunner.entry_server.error_interceptor import ErrorInterceptor
-from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
-from modelrunner.entry_server.open_inference import SERVICE_NAME as V2_SERVICE_NAME
-from modelrunner.entry_server.open_inference import OpenInferenceServicer
-from modelrunner.entry_server.readiness import Readiness
+from modelrunner.entry_server.edge.auth_interceptor import AuthInterceptor
+from modelrunner.entry_server.edge.call_metrics import CallMetricsInterceptor
+from modelrunner.entry_server.edge.control_servicer import ControlServicer
+from modelrunner.entry_server.edge.error_interceptor import ErrorInterceptor
+from modelrunner.entry_server.edge.open_inference import V2_SERVICE_NAME, OpenInferenceServicer
+from modelrunner.entry_server.edge.server_reflection import (
+    SERVICE_NAMES as REFLECTION_SERVICE_NAMES,
+)
+from modelrunner.entry_server.edge.server_reflection import enable_server_reflection
+from modelrunner.entry_server.inference_plane import InferencePlane
 from modelrunner.entry_server.registry import ModelRegistry
-from modelrunner.entry_server.runtimes import RuntimeDirectory
-from modelrunner.entry_server.server_reflection import SERVICE_NAMES as REFLECTION_SERVICE_NAMES
-from modelrunner.entry_server.server_reflection import enable_server_reflection
-from modelrunner.entry_server.servicer import ControlServicer
+from modelrunner.entry_server.runtimes.directory import RuntimeDirectory
+from modelrunner.entry_server.runtimes.readiness import Readiness
 from modelrunner.entry_server.state_metrics import control_state
 from modelrunner.listen_failures import listen_failure
 from modelrunner.metrics import add_state_source
@@ -47,7 +49,7 @@ from modelrunner.v1 import control_pb2, control_pb2_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024**2
+_MAX_MESSAGE_BYTES = 64 * 1024**2
 """Upload and package chunks are about 1 MiB; model lists and descriptions can be larger."""
 DEFAULT_MAX_WORKERS = 16
 
@@ -62,8 +64,8 @@ class ControlServer:
     """The bound port (the chosen one when ``settings.port`` is 0)."""
     control: ControlPlane
     health: health.HealthServicer
-    forwarding: RuntimeForwarding
-    """The Open Inference Protocol's connections to runtimes."""
+    inference: InferencePlane
+    """The Open Inference Protocol's plane (its limits and connections to runtimes)."""
     readiness: Readiness
     """SERVING once a runtime that can predict is registered (``readiness.wait()``)."""
     _stopped: bool = field(default=False, repr=False)
@@ -99,7 +101,7 @@ class ControlServer:
         self.begin_shutdown(grace).wait()
         self._unpublish()
         self.readiness.stop()
-        self.forwarding.close()
+        self.inference.close()
         self.registry.close()
         logger.info("control service on port %d stopped", self.port)
 
@@ -169,18 +171,16 @@ def start_control_server(
                 CallMetricsInterceptor(),
             ],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                 # grpc enables SO_REUSEPORT by default: a second server on a busy port would
                 # start silently and share its calls. Failing to bind is what users expect.
                 ("grpc.so_reuseport", 0),
             ],
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(control), server)
-        forwarding = RuntimeForwarding(control)
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            OpenInferenceServicer(control, forwarding), server
-        )
+        inference = InferencePlane(control)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(inference), server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         # NOT_SERVING until a runtime that can predict registers (readiness); "liveness" at once
@@ -222,7 +222,7 @@ def start_control_server(
         port=port,
         control=control,
         health=health_servicer,
-        forwarding=forwarding,
+        inference=inference,
         readiness=readiness,
         _unpublish=add_state_source(control_state(registry, runtimes)),
     )

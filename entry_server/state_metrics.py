@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from modelrunner.entry_server.registry import ModelRegistry
-from modelrunner.entry_server.runtimes import RuntimeDirectory
+from modelrunner.entry_server.runtimes.directory import RuntimeDirectory
 from modelrunner.metrics import Gauge, StateSource, model_label
 
 

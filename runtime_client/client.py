@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -18,6 +18,7 @@ from modelrunner.predict_command import command_bytes
 from modelrunner.predict_request import PredictRequest
 from modelrunner.tls import ClientTls
 from modelrunner.transport_errors import ErrorTrailers
+from modelrunner.types import ProgressCallback
 from modelrunner.wire import DEFAULT_BATCH_BYTES
 
 from . import actions
@@ -27,7 +28,6 @@ from .sessions import SessionPool, fits_session
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[types.Progress], None]
 CLOSE_WAIT_S = 5.0
 """How long ``close()`` waits for cancelled calls to let go of their connections."""
 

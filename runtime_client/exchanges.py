@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,18 +16,22 @@ import pyarrow.flight as flight
 from modelrunner import converters, errors, types
 from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import translated_errors
+from modelrunner.types import ProgressCallback
 from modelrunner.v1 import runtime_pb2
-from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
+from modelrunner.wire import (
+    END_NOTICE_FRAME,
+    WRITE_OPTIONS,
+    SampleDecoder,
+    SampleLayout,
+    encode_sample,
+)
 
 from .cancellation import CallRegistry
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[types.Progress], None]
 READ_OPTIONS = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.DataTypeSpecific)
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
-CLOSE_WAIT_S = 5.0
-"""How long ``close()`` waits for cancelled calls to let go of their connections."""
 
 
 def call_options(timeout: float | None) -> flight.FlightCallOptions:
@@ -39,11 +43,6 @@ def parse_frame_result(metadata: pa.Buffer | None) -> runtime_pb2.FrameResult:
     if metadata is not None and metadata.size:
         result.ParseFromString(metadata.to_pybytes())
     return result
-
-
-END_NOTICE_FRAME = -1
-"""``FrameResult.frame`` of the runtime's end notice (docs/wire-format.md, section 3): the call
-ends with the notice's error once the client has ended its side of the exchange."""
 
 
 def is_end_notice(metadata: pa.Buffer | None) -> bool:

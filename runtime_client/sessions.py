@@ -26,6 +26,7 @@ import pyarrow.flight as flight
 from modelrunner import converters, errors
 from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import translated_errors
+from modelrunner.units import MiB
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import WRITE_OPTIONS, SampleDecoder, SampleLayout, encode_sample
 
@@ -34,7 +35,6 @@ from .exchanges import END_NOTICE_FRAME, call_options, parse_frame_result
 
 logger = logging.getLogger(__name__)
 
-MiB = 1024**2
 SESSION_MAX_BYTES = 64 * MiB
 """Larger samples take an exchange of their own: they may be tiled and streamed back, and the
 cost of opening an exchange is nothing next to moving them."""

@@ -9,17 +9,15 @@ from dataclasses import replace
 from typing import Any, Literal, overload
 
 import numpy as np
-from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from modelrunner.errors import ModelRunnerError
 
+from .batch_split import Mapped
 from .inference import mapped_inputs, predict_mapped
 from .prediction import Predicted, Prediction, check_cancelled
 
 logger = logging.getLogger(__name__)
-Mapped = dict[MemberId, np.ndarray]
-"""A sample's input arrays as :func:`~.input_mapping.map_inputs` gives them."""
 Frame = Mapping[str, np.ndarray]
 """A sample's arrays by input id ("": the only input); their dim names are the request's."""
 

@@ -33,7 +33,7 @@ from modelrunner.errors import FailedPreconditionError
 
 from .core_blocks import follow_implied_references
 
-Progress = Callable[[int, int], None]
+BlockProgress = Callable[[int, int], None]
 """Called with (blocks done, blocks in total) during a blockwise prediction; it may raise (e.g.
 CancelledError) to stop it."""
 
@@ -80,7 +80,7 @@ def core_predict(
     ns: Any = None,
     batch_size: int | None = None,
     pad_halo: bool = False,
-    progress: Progress | None = None,
+    progress: BlockProgress | None = None,
 ) -> Sample:
     """bioimageio.core's prediction of ``sample``: whole (``ns`` None) or blockwise with its
     blocksize parameter ``ns``. ``network_dtypes``: what to cast the inputs to when

@@ -51,7 +51,7 @@ from .serving_paths import ServingPath
 logger = logging.getLogger(__name__)
 
 
-PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+_AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class FastPath:
@@ -120,7 +120,7 @@ class FastPath:
         """The reduced precisions the network can run in (torch autocast)."""
         if not isinstance(self.network, TorchNetwork):
             return ()
-        return tuple(p for p in PRECISIONS if p not in self.precision_failures)
+        return tuple(p for p in _AUTOCAST_DTYPES if p not in self.precision_failures)
 
     def predict(
         self,
@@ -144,7 +144,7 @@ class FastPath:
             network_inputs = [inputs[k] for k in self.input_ids]
             del inputs
             if precision:
-                with torch.autocast(self.device.type, dtype=PRECISIONS[precision]):
+                with torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[precision]):
                     results = self.network(network_inputs)
                 results = [
                     r if r is None or want is None else r.to(want)

@@ -19,11 +19,12 @@ from modelrunner.body_alignment import write_aligned
 from modelrunner.transport_errors import bounded
 from modelrunner.v1 import runtime_pb2
 from modelrunner.wire import (
+    END_NOTICE_FRAME,
     WRITE_OPTIONS,
+    ArraySpec,
     BandEncoder,
     SampleDecoder,
     SampleLayout,
-    TensorSpec,
     encode_sample,
 )
 
@@ -37,11 +38,6 @@ END = object()
 """In a stream's frame queue: the client finished writing (or the reading failed)."""
 DRAIN_POLL_S = 0.2
 """How often an idle stream looks whether the runtime is shutting down."""
-END_NOTICE_FRAME = -1
-"""``FrameResult.frame`` of a stream's end notice: a metadata-only message carrying the error the
-call is about to end with (ServerShuttingDownError from a draining runtime, NOT_FOUND,
-UNAUTHENTICATED or PERMISSION_DENIED from a refusal, ...). The client ends its side of the stream
-(DoneWriting), and the runtime then ends the call with that error (docs/wire-format.md, 3)."""
 
 Sample = dict[str, np.ndarray]
 DimNames = dict[str, tuple[str, ...]]
@@ -293,7 +289,7 @@ def write_streamed(
     """Send the outputs' schema, then each record batch as soon as its rows are predicted;
     a band is dropped once its batches are written, so no whole output is ever held."""
     layout = SampleLayout.plan_shapes(
-        {k: TensorSpec(shape, outputs.dtypes[k]) for k, shape in outputs.shapes.items()},
+        {k: ArraySpec(shape, outputs.dtypes[k]) for k, shape in outputs.shapes.items()},
         outputs.dim_names,
         batch_bytes=batch_bytes,
     )

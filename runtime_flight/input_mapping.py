@@ -47,9 +47,9 @@ from modelrunner.value_ranges import check_fits
 
 from .finite_values import check_finite, tensor_error
 
-Inputs = Mapping[str, Any] | np.ndarray
+SampleInputs = Mapping[str, Any] | np.ndarray
 """Arrays by input id, or one array for a single-input model."""
-DimNames = Mapping[str, Sequence[str]]
+DimNamesLike = Mapping[str, Sequence[str]]
 
 _ALIASES = {"b": "batch", "c": "channel", "t": "time", "i": "index"}
 _ACCEPTED_KINDS = frozenset("biuf")
@@ -57,8 +57,8 @@ _ACCEPTED_KINDS = frozenset("biuf")
 
 def build_sample(
     descr: v0_5.ModelDescr,
-    inputs: Inputs,
-    dim_names: DimNames | None = None,
+    inputs: SampleInputs,
+    dim_names: DimNamesLike | None = None,
     *,
     nan_policy: NanPolicy = "reject",
 ) -> Sample:
@@ -113,8 +113,8 @@ class AxisRecipe:
 
 def map_inputs(
     descr: v0_5.ModelDescr,
-    inputs: Inputs,
-    dim_names: DimNames | None = None,
+    inputs: SampleInputs,
+    dim_names: DimNamesLike | None = None,
     *,
     nan_policy: NanPolicy = "reject",
     recipes: dict[str, AxisRecipe] | None = None,
@@ -156,7 +156,7 @@ def map_inputs(
     return members
 
 
-def _arrays_by_id(descr: v0_5.ModelDescr, inputs: Inputs) -> dict[str, Any]:
+def _arrays_by_id(descr: v0_5.ModelDescr, inputs: SampleInputs) -> dict[str, Any]:
     ids = [str(t.id) for t in descr.inputs]
     if not isinstance(inputs, Mapping):
         if len(ids) != 1:

@@ -35,7 +35,7 @@ from bioimageio.spec.model import v0_5
 from modelrunner.errors import ResourceExhaustedError
 from modelrunner.predict_request import PredictRequest
 
-from .core_calls import Progress, core_predict
+from .core_calls import BlockProgress, core_predict
 from .input_mapping import as_sample
 from .sample_blocks import predict_block_of_sample
 
@@ -47,7 +47,7 @@ def predict_kept_shape(
     request: PredictRequest,
     network_dtypes: Mapping[MemberId, str],
     max_tile_input_bytes: int,
-    progress: Progress | None = None,
+    progress: BlockProgress | None = None,
 ) -> Sample:
     """The predicted sample (outputs in bioimageio.core's layout; the caller converts them).
 

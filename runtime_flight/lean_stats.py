@@ -4,7 +4,7 @@ bioimageio.core computes sample statistics with full-size temporaries: its
 ``MeanVarStdCalculator`` subtracts the mean from the whole tensor (``c = (tensor - mean).data``, a
 float64 copy for integer images: 4x a uint16 input), and xarray's NaN-skipping mean allocates more.
 For a large image that is more memory than the rest of a tiled prediction needs. This module
-computes the same measures chunk by chunk (at most :data:`CHUNK_BYTES` of float64 temporaries),
+computes the same measures chunk by chunk (at most :data:`_CHUNK_BYTES` of float64 temporaries),
 in two passes like bioimageio.core (the mean, then the squared deviations from it), accumulating
 in float64; the values are cast to the dtype bioimageio.core gives them (the input's float type,
 float64 for integers), so the blockwise operators that use them compute the same way.
@@ -40,8 +40,9 @@ from bioimageio.core.stat_measures import (
 )
 from bioimageio.spec.model import v0_5
 
-MiB = 1024**2
-CHUNK_BYTES = 4 * MiB
+from modelrunner.units import MiB
+
+_CHUNK_BYTES = 4 * MiB
 """Largest float64 temporary of one chunk."""
 
 LeanMeasure = SampleMean | SampleVar | SampleStd
@@ -53,7 +54,7 @@ def lean_sample_stats(
     descr: v0_5.ModelDescr,
     sample: Sample,
     *,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int = _CHUNK_BYTES,
 ) -> dict[Measure, MeasureValue] | None:
     """The sample statistics the pipeline's sample-wise preprocessing would put into
     ``sample.stat``, or None when this module cannot compute them (see the module docstring).
@@ -107,7 +108,7 @@ def mean_var_std(
     tensor: Tensor,
     axes: Sequence[v0_5.AxisId] | None,
     *,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int = _CHUNK_BYTES,
 ) -> dict[str, Tensor] | None:
     """Mean, (population) variance and standard deviation of ``tensor`` over ``axes`` (None:
     all), keyed ``mean``/``var``/``std``, with the dims and dtype bioimageio.core gives them.

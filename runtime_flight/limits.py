@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from modelrunner import errors
+from modelrunner.units import GiB, MiB
 
 if TYPE_CHECKING:
     from modelrunner.settings import Settings
-
-MiB = 1024**2
-GiB = 1024**3
 
 
 @dataclass(frozen=True)

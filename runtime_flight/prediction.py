@@ -16,7 +16,8 @@ from bioimageio.spec.model import v0_5
 from modelrunner.errors import CancelledError
 from modelrunner.predict_request import PredictRequest
 
-from .core_calls import Progress
+from .batch_split import Mapped
+from .core_calls import BlockProgress
 from .input_mapping import input_shapes
 from .limits import RuntimeLimits
 from .repeated_inputs import PreparedInputs
@@ -27,7 +28,6 @@ from .streamed_tiling import Cancelled
 if TYPE_CHECKING:
     from .fast_path import FastPath
 
-Mapped = Mapping[MemberId, np.ndarray]
 """A sample's input arrays as :func:`~.input_mapping.map_inputs` gives them."""
 
 
@@ -58,7 +58,7 @@ class Prediction:
     prepared: PreparedInputs
     request: PredictRequest
     limits: RuntimeLimits
-    progress: Progress | None = None
+    progress: BlockProgress | None = None
     """Called after each block of a tiled prediction (after asking ``cancelled``)."""
     cancelled: Cancelled | None = None
     """Asked before the prediction, after each block and between samples: True stops it with
@@ -77,7 +77,7 @@ def check_cancelled(cancelled: Cancelled | None) -> None:
         raise CancelledError("the prediction was cancelled")
 
 
-def polling(call: Prediction) -> Progress | None:
+def polling(call: Prediction) -> BlockProgress | None:
     """The call's progress, checking ``cancelled`` first (called after each block)."""
     progress, cancelled = call.progress, call.cancelled
     if cancelled is None:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from .model_tests import run_model_test
 from .outputs import Outputs, StreamedOutputs, whole_outputs
 from .pipelines import PipelinePool, WarmPipeline
 
+if TYPE_CHECKING:
+    from .streamed_tiling import Cancelled
+
 logger = logging.getLogger(__name__)
 
 GPU_STREAM_BATCH = 8
@@ -39,7 +43,6 @@ _FRAMEWORKS = (
     "careamics",
     "cellpose",
 )
-Cancelled = Callable[[], bool]
 _LOOKUP_HITS = WARM_LOOKUPS.labels("hit")
 _LOOKUP_MISSES = WARM_LOOKUPS.labels("miss")
 

@@ -43,7 +43,7 @@ from modelrunner.errors import CancelledError, InternalError
 from modelrunner.predict_request import PredictRequest
 
 from .core_blocks import block_transform, follow_implied_references
-from .core_calls import Progress, core_predict_block
+from .core_calls import BlockProgress, core_predict_block
 from .lean_stats import lean_sample_stats
 from .size_fitting import FitPlan
 
@@ -92,7 +92,7 @@ def stream_tiles(
     sample: Sample,
     plan: FitPlan,
     request: PredictRequest,
-    progress: Progress | None,
+    progress: BlockProgress | None,
     *,
     network_dtypes: Mapping[MemberId, str],
     stream_tiles_min_bytes: int,
@@ -249,7 +249,7 @@ def _bands(
     assemblers: dict[MemberId, _RowBands],
     request: PredictRequest,
     network_dtypes: Mapping[MemberId, str],
-    progress: Progress | None,
+    progress: BlockProgress | None,
     total: int,
 ) -> Generator[Bands, None, None]:
     predicted: SampleBlock | None = first

@@ -10,7 +10,7 @@ never call back into it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal, overload
@@ -28,13 +28,13 @@ if TYPE_CHECKING:
 
     from modelrunner.predict_request import PredictRequest
 
+    from .core_calls import BlockProgress
     from .fast_path import FastPath
     from .prediction import Predicted, Prediction
+    from .streamed_tiling import Cancelled
 
 Key = tuple[str, str, str]
 """(model id, weight format, device)"""
-Progress = Callable[[int, int], None]
-Cancelled = Callable[[], bool]
 
 
 def now() -> datetime:
@@ -131,7 +131,7 @@ class WarmPipeline:
         self,
         request: PredictRequest,
         *,
-        progress: Progress | None = None,
+        progress: BlockProgress | None = None,
         cancelled: Cancelled | None = None,
         limits: RuntimeLimits | None = None,
     ) -> Outputs:
@@ -149,7 +149,7 @@ class WarmPipeline:
         self,
         request: PredictRequest,
         *,
-        progress: Progress | None = None,
+        progress: BlockProgress | None = None,
         cancelled: Cancelled | None = None,
         limits: RuntimeLimits | None = None,
     ) -> Outputs | StreamedOutputs:
@@ -237,7 +237,7 @@ class WarmPipeline:
     def _call(
         self,
         request: PredictRequest,
-        progress: Progress | None,
+        progress: BlockProgress | None,
         cancelled: Cancelled | None,
         limits: RuntimeLimits | None,
     ) -> Prediction:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelrunner.auth import Role
 from modelrunner.settings import Settings
 
 from .graceful_shutdown import ShutdownSignals, stop_within
@@ -77,9 +76,9 @@ def start_serving(settings: Settings, *, with_runtime: bool = True) -> RunningSe
             control.control.metrics_uri = metrics.uri
         if with_runtime:
             runtime = _embedded_runtime(settings, control)
-            # Open Inference requests for it skip the Flight hop (entry_server.inference_forwarding)
+            # Open Inference requests for it skip the Flight hop (entry_server.inference_plane)
             service = runtime.server.service
-            control.forwarding.attach_local(service.runtime_id, service)
+            control.inference.attach_local(service.runtime_id, service)
             # it registered before start_runtime returned; ready means a runtime can predict
             control.readiness.wait(settings.runtime_wait_s)
     except BaseException:
@@ -92,11 +91,7 @@ def _embedded_runtime(settings: Settings, control: ControlServer) -> RunningRunt
     """The runtime in the control service's process: it holds an in-memory credential and asks
     its control service about its callers in process."""
     plane = control.control
-    token = (
-        plane.authenticator.issue_internal("embedded-runtime", Role.RUNTIME)
-        if settings.auth
-        else None
-    )
+    token = plane.issue_runtime_token("embedded-runtime")
     return start_runtime(
         settings,
         _local_address(control.port, settings.host),

@@ -53,12 +53,19 @@ def _folders() -> dict[Path, str]:
 
 
 def _modules() -> dict[str, Path]:
+    """Module -> file, subpackages included (``entry_server/packages/...``)."""
     found = {}
-    for folder, package in _folders().items():
-        for path in folder.glob("*.py"):
-            if path.name.endswith(GENERATED):
+    folders = _folders()
+    for folder, package in folders.items():
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            # a folder mapped as a package of its own is walked on its own
+            if path.name.endswith(GENERATED) or any(
+                folder / Path(*parts[:i]) in folders for i in range(1, len(parts))
+            ):
                 continue
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+            names = parts[:-1] if parts[-1] == "__init__" else parts
+            found[".".join((package, *names))] = path
     return found
 
 
@@ -131,6 +138,8 @@ def test_the_walk_sees_every_part_of_the_package() -> None:
         "modelrunner.runtime_client.client",
         "modelrunner.client._sync",
         "modelrunner.entry_server.control_plane",
+        "modelrunner.entry_server.packages.cache",
+        "modelrunner.entry_server.edge",
     ):
         assert module in MODULES
     assert "modelrunner.runtime_flight.inference" in GRAPH["modelrunner.runtime_flight.batching"]

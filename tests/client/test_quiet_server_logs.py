@@ -16,7 +16,7 @@ import pytest
 from modelrunner.client import ModelInfo, ModelRunnerClient
 from modelrunner.serving import RunningServer
 
-REFUSALS = "modelrunner.entry_server.error_interceptor"
+REFUSALS = "modelrunner.entry_server.edge.error_interceptor"
 RUNTIME = "modelrunner.runtime_flight.server"
 
 

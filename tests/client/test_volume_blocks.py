@@ -16,7 +16,7 @@ from bioimageio.spec.model.v0_5 import AxisId
 
 from modelrunner import errors
 from modelrunner.client._volume_blocks import AxisGrid, BlockGrid, PadMode
-from modelrunner.client._volume_statistics import Measure, SampleStatistics, _slabs
+from modelrunner.client._volume_statistics import RequiredMeasure, SampleStatistics, _slabs
 
 RAW = MemberId("raw")
 
@@ -109,12 +109,12 @@ def test_statistics_slab_by_slab_are_bioimageio_cores(dtype: str) -> None:
     sample = Sample(members={RAW: tensor}, stat={}, id=None)
     yx = (AxisId("y"), AxisId("x"))
     measures = [
-        Measure("mean", ("y", "x")),
-        Measure("std", ("y", "x")),
-        Measure("quantile", ("y", "x"), 0.01),
-        Measure("quantile", ("y", "x"), 0.998),
-        Measure("quantile", ("y", "x"), 0.3, "inverted_cdf"),
-        Measure("mean", ()),
+        RequiredMeasure("mean", ("y", "x")),
+        RequiredMeasure("std", ("y", "x")),
+        RequiredMeasure("quantile", ("y", "x"), 0.01),
+        RequiredMeasure("quantile", ("y", "x"), 0.998),
+        RequiredMeasure("quantile", ("y", "x"), 0.3, "inverted_cdf"),
+        RequiredMeasure("mean", ()),
     ]
     stats = SampleStatistics(
         "raw", measures, ("channel", "y", "x"), data.shape, data.dtype, chunks=(1, 16, 16),
@@ -158,7 +158,9 @@ def test_statistics_slab_by_slab_are_bioimageio_cores(dtype: str) -> None:
 def test_nan_in_a_float_volume_is_refused_before_any_prediction() -> None:
     data = np.zeros((40, 40), np.float32)
     data[30, 30] = np.nan
-    stats = SampleStatistics("raw", [Measure("mean", ("y", "x"))], ("y", "x"), data.shape, "f4")
+    stats = SampleStatistics(
+        "raw", [RequiredMeasure("mean", ("y", "x"))], ("y", "x"), data.shape, "f4"
+    )
     with pytest.raises(errors.InvalidTensorError) as raised:
         stats.compute(lambda _, region: data[region], [()])
     assert raised.value.message == (

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelrunner.client import ModelRunnerClient
-from modelrunner.entry_server.open_inference_tensors import predict_request
+from modelrunner.entry_server.edge.open_inference_tensors import predict_request
 from modelrunner.errors import InvalidArgumentError
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.predict_command import NAN_POLICY_TO_PB, exchange_kind, from_command, to_command

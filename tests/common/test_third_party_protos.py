@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from modelrunner.client import ModelInfo
-from modelrunner.entry_server.server_reflection import V1_FILE_NAME
+from modelrunner.entry_server.edge.server_reflection import V1_FILE_NAME
 from modelrunner.runtime_flight.server import RuntimeFlightServer
 from modelrunner.serving import RunningServer
 from modelrunner.v1 import models_pb2, runtime_pb2

@@ -15,10 +15,10 @@ from modelrunner.wire import (
     DEFAULT_BATCH_BYTES,
     DIM_NAMES_KEY,
     SHAPE_KEY,
+    ArraySpec,
     BandEncoder,
     SampleDecoder,
     SampleLayout,
-    TensorSpec,
     encode_rows,
     encode_sample,
 )
@@ -160,8 +160,8 @@ def test_non_tensor_column_is_refused() -> None:
 # -- planning from shapes, encoding bands --------------------------------------------------------
 
 
-def _specs(arrays: dict[str, np.ndarray]) -> dict[str, TensorSpec]:
-    return {n: TensorSpec(a.shape, a.dtype) for n, a in arrays.items()}
+def _specs(arrays: dict[str, np.ndarray]) -> dict[str, ArraySpec]:
+    return {n: ArraySpec(a.shape, a.dtype) for n, a in arrays.items()}
 
 
 @pytest.mark.parametrize("batch_bytes", [1 << 30, 32 * 1024, 4096, 100])
@@ -179,10 +179,10 @@ def test_planning_from_shapes_equals_planning_from_arrays(batch_bytes: int) -> N
 
 def test_samples_up_to_the_batch_size_travel_whole_larger_ones_in_small_chunks() -> None:
     side = 2048  # 16 MiB of float32
-    whole = SampleLayout.plan_shapes({"raw": TensorSpec((1, 1, side, side), np.dtype("float32"))})
+    whole = SampleLayout.plan_shapes({"raw": ArraySpec((1, 1, side, side), np.dtype("float32"))})
     assert whole.nbytes == DEFAULT_BATCH_BYTES and not whole.chunked
     large = SampleLayout.plan_shapes(
-        {"raw": TensorSpec((1, 1, 2 * side, 2 * side), np.dtype("float32"))}
+        {"raw": ArraySpec((1, 1, 2 * side, 2 * side), np.dtype("float32"))}
     )
     assert large.chunks == large.nbytes // CHUNK_BYTES == 16
     (t,) = large.tensors
@@ -191,9 +191,9 @@ def test_samples_up_to_the_batch_size_travel_whole_larger_ones_in_small_chunks()
 
 def test_planning_from_shapes_refuses_what_planning_arrays_refuses() -> None:
     with pytest.raises(InvalidTensorError, match="is a scalar"):
-        SampleLayout.plan_shapes({"x": TensorSpec((), np.dtype("float32"))})
+        SampleLayout.plan_shapes({"x": ArraySpec((), np.dtype("float32"))})
     with pytest.raises(InvalidTensorError, match="complex128 cannot be sent"):
-        SampleLayout.plan_shapes({"x": TensorSpec((3,), np.dtype("complex128"))})
+        SampleLayout.plan_shapes({"x": ArraySpec((3,), np.dtype("complex128"))})
     with pytest.raises(InvalidTensorError, match="no tensors given"):
         SampleLayout.plan_shapes({})
 

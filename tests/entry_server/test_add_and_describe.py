@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from modelrunner import converters
-from modelrunner.entry_server.content_hash import hash_package
+from modelrunner.entry_server.packages.content_hash import hash_package
 from modelrunner.v1 import control_pb2
 from tests.entry_server.conftest import Running
 from tests.entry_server.helpers import (

@@ -15,7 +15,7 @@ import pytest
 
 from modelrunner import converters, errors, types
 from modelrunner.entry_server import ModelRegistry, control_plane
-from modelrunner.entry_server.content_hash import hash_package
+from modelrunner.entry_server.packages.content_hash import hash_package
 from modelrunner.v1 import control_pb2, models_pb2
 from tests.entry_server.conftest import Running, ServerFactory, make_settings
 from tests.entry_server.helpers import (

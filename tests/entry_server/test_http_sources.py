@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from modelrunner.entry_server.content_hash import hash_package
+from modelrunner.entry_server.packages.content_hash import hash_package
 from modelrunner.v1 import control_pb2
 from tests.entry_server.conftest import FakeWeb, Reply, ServerFactory, wait_for
 from tests.entry_server.helpers import CAREAMICS_ZIP, NUCLEI, add_model, expect_rpc_error, source

@@ -12,7 +12,7 @@ import pyarrow.flight as flight
 import pytest
 
 from modelrunner import errors
-from modelrunner.entry_server.runtime_actions import run_model_test_on_runtime
+from modelrunner.entry_server.runtimes.actions import run_model_test_on_runtime
 from modelrunner.transport_errors import ERROR_TRAILER_KEY, from_rpc_error, to_flight_error
 from modelrunner.v1 import control_pb2
 from modelrunner.wire import MAX_MODEL_REF_CHARS

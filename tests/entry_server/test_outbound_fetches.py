@@ -16,7 +16,7 @@ import httpcore
 import httpx
 import pytest
 
-from modelrunner.entry_server import fetch_policy
+from modelrunner.entry_server.packages import fetch_policy
 from modelrunner.errors import PermissionDeniedError
 from tests.entry_server.conftest import FakeWeb, Reply, Running, ServerFactory
 from tests.entry_server.helpers import (

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from modelrunner.client import ModelRunnerClient
-from modelrunner.entry_server import package_staging
-from modelrunner.entry_server.content_hash import hash_package
+from modelrunner.entry_server.packages import staging
+from modelrunner.entry_server.packages.content_hash import hash_package
 from modelrunner.v1 import control_pb2
 from tests.entry_server.conftest import Running, ServerFactory
 from tests.entry_server.helpers import (
@@ -140,7 +140,7 @@ def test_format_0_4_architecture_and_dependency_files_count_as_declared(tmp_path
         "    dependencies: conda:environment.yaml\n",
     )
     (tmp_path / "rdf.yaml").write_text(rdf)
-    declared = package_staging.checked_references(tmp_path, tmp_path / "rdf.yaml")
+    declared = staging.checked_references(tmp_path, tmp_path / "rdf.yaml")
     assert "unet.py" in declared and "environment.yaml" in declared
     assert "private.key" not in declared
 

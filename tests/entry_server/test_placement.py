@@ -1,12 +1,12 @@
-"""Placement by model affinity (``entry_server/placement.py``): warm runtimes first, the least
+"""Placement by model affinity (``entry_server/runtimes/placement.py``): warm runtimes first, the least
 busy of them first; a model whose warm runtimes are all saturated goes to an idle one next."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from modelrunner.entry_server.placement import placement_order
-from modelrunner.entry_server.runtimes import RuntimeDirectory
+from modelrunner.entry_server.runtimes.directory import RuntimeDirectory
+from modelrunner.entry_server.runtimes.placement import placement_order
 from modelrunner.settings import Settings
 from modelrunner.types import LoadedModel, RuntimeInfo
 

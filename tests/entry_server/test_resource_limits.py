@@ -17,10 +17,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelrunner import errors
-from modelrunner.entry_server import description_jobs, yaml_limits
 from modelrunner.entry_server.call_limits import cancelled_when
-from modelrunner.entry_server.description_workers import DescriptionWorkers
-from modelrunner.entry_server.yaml_limits import YamlLimits, count_nodes
+from modelrunner.entry_server.packages import description_jobs, yaml_limits
+from modelrunner.entry_server.packages.description_workers import DescriptionWorkers
+from modelrunner.entry_server.packages.yaml_limits import YamlLimits, count_nodes
 from modelrunner.safe_zip import unpack_zip
 from modelrunner.settings import Settings
 from modelrunner.transport_errors import from_rpc_error

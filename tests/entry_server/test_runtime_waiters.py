@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelrunner import errors
 from modelrunner.entry_server import RuntimeDirectory
-from modelrunner.entry_server.runtimes import MAX_WAITERS
+from modelrunner.entry_server.runtimes.directory import MAX_WAITERS
 from modelrunner.v1 import control_pb2, models_pb2
 from tests.entry_server.conftest import ServerFactory, make_settings
 from tests.entry_server.helpers import NUCLEI, add_model

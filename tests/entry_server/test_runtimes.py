@@ -17,7 +17,7 @@ import pytest
 
 from modelrunner import errors, types
 from modelrunner.entry_server import RuntimeDirectory
-from modelrunner.entry_server.content_hash import hash_package
+from modelrunner.entry_server.packages.content_hash import hash_package
 from modelrunner.transport_errors import to_flight_error
 from modelrunner.v1 import control_pb2, models_pb2, runtime_pb2
 from tests.entry_server.conftest import Running, ServerFactory, make_settings

@@ -145,7 +145,7 @@ def test_an_unexpected_exception_is_internal_and_names_what_failed(
         raise KeyError("boom")
 
     monkeypatch.setattr(control.server.registry, "list_models", broken)
-    with caplog.at_level(logging.ERROR, logger="modelrunner.entry_server.error_interceptor"):
+    with caplog.at_level(logging.ERROR, logger="modelrunner.entry_server.edge.error_interceptor"):
         message = expect_rpc_error(
             lambda: control.stub.ListModels(control_pb2.ListModelsRequest(), timeout=5),
             grpc.StatusCode.INTERNAL,

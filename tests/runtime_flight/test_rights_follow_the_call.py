@@ -320,4 +320,4 @@ def test_an_open_inference_stream_without_authentication_is_not_rechecked(
     server: RunningServer,
 ) -> None:
     """Without --auth there is nobody to ask: the stream costs nothing more."""
-    assert server.control.control.authenticator.recheck(None, "/x/y") is None
+    assert server.control.control.recheck(None, "/x/y") is None

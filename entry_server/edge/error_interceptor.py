@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from modelrunner import errors
-from modelrunner.entry_server.handler_wrapping import Behavior, rewrapped
+from modelrunner.entry_server.edge.handler_wrapping import Behavior, rewrapped
 from modelrunner.transport_errors import bounded, error_trailer
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
-"""What the description workers (:mod:`~modelrunner.entry_server.description_workers`) run: the
+"""What the description workers (:mod:`~modelrunner.entry_server.packages.description_workers`) run: the
 parts of validating and adding that parse an untrusted description with bioimageio.spec.
 
 Plain data in (paths, file records), plain data out (reports, ``ModelInfo``): results cross a
 process boundary. Each job first checks the file against the YAML limits
-(:mod:`~modelrunner.entry_server.yaml_limits`).
+(:mod:`~modelrunner.entry_server.packages.yaml_limits`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from modelrunner import types
-from modelrunner.entry_server import descriptions, metadata, yaml_limits
-from modelrunner.entry_server.content_hash import FileRecord
-from modelrunner.entry_server.validation import validate_description
+from modelrunner.entry_server.packages import descriptions, metadata, yaml_limits
+from modelrunner.entry_server.packages.content_hash import FileRecord
+from modelrunner.entry_server.packages.validation import validate_description
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def read_model(
 ) -> ModelReading:
     """The registry's view of the package; InvalidPackageError when it is not a valid model."""
     yaml_limits.check_description(rdf_path)
-    loaded = descriptions.load_model(rdf_path, manifest)
+    loaded = descriptions.read_checked(rdf_path, manifest)
     info = metadata.model_info(
         loaded.descr,
         model_id=model_id,

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from modelrunner import errors
-from modelrunner.entry_server.handler_wrapping import Behavior, rewrapped
+from modelrunner.entry_server.edge.handler_wrapping import Behavior, rewrapped
 from modelrunner.metrics import LATENCY, REQUESTS, model_label
 
 _UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")

@@ -1,10 +1,13 @@
 """The gRPC ``ControlService``: proto in, the logic layer (:class:`ControlPlane`), proto out.
+The servicer holds the plane and nothing else of the service: every RPC converts its request,
+calls the plane and converts the answer back.
 
 Errors are raised as ``ModelRunnerError`` and mapped by the error interceptor.
 
-Uploads, validations and adds are long calls with their own limits (:mod:`.call_limits`): over
-them a call is refused with RESOURCE_EXHAUSTED, so they never take every thread of the server.
-Validations and adds stop (their description worker is killed) when the client goes away.
+Uploads, validations and adds are long calls with their own limits (the plane's
+:mod:`.call_limits`): over them a call is refused with RESOURCE_EXHAUSTED, so they never take
+every thread of the server. Validations and adds stop (their description worker is killed) when
+the client goes away.
 """
 
 from __future__ import annotations
@@ -17,17 +20,16 @@ from typing import Any
 import grpc
 
 from modelrunner import converters, errors, types
-from modelrunner.entry_server.authentication import current_identity
-from modelrunner.entry_server.call_limits import (
+from modelrunner.entry_server.call_limits import cancelled_when
+from modelrunner.entry_server.control_plane import ControlPlane
+from modelrunner.entry_server.edge.auth_interceptor import current_identity
+from modelrunner.entry_server.edge.call_context import (
     ClientIdentity,
-    ControlCallLimits,
-    cancelled_when,
     client_gone,
     token_or_host,
     with_idle_timeout,
 )
-from modelrunner.entry_server.control_plane import ControlPlane
-from modelrunner.entry_server.uploads import UploadHeader
+from modelrunner.entry_server.packages.uploads import UploadHeader
 from modelrunner.v1 import control_pb2, control_pb2_grpc, models_pb2
 
 
@@ -38,8 +40,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         """``client_identity`` says who a call comes from, for per-client upload limits:
         by default the caller's token when calls are authenticated, else its host."""
         self._control = control
-        self._registry = control.registry
-        self._limits = ControlCallLimits(control.settings)
+        self._limits = control.limits
         self._client_identity = client_identity or token_or_host
 
     def AddModel(
@@ -129,7 +130,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             if not context.is_active():  # a cancelled stream ends like a finished one
                 raise errors.CancelledError("UploadPackage was cancelled by the client")
 
-        stored = self._registry.receive_upload(header, chunks(), client=client)
+        stored = self._control.receive_upload(header, chunks(), client=client)
         return control_pb2.UploadPackageResponse(
             upload_id=stored.upload_id, size_bytes=stored.size_bytes, sha256=stored.sha256
         )
@@ -153,7 +154,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.ValidateModelResponse:
         source = converters.from_pb_source(request.source)
         with self._limits.validations.slot(), cancelled_when(client_gone(context)):
-            report = self._registry.validate(source, perform_io_checks=request.perform_io_checks)
+            report = self._control.validate(source, perform_io_checks=request.perform_io_checks)
         return control_pb2.ValidateModelResponse(report=converters.to_pb_report(report))
 
     def RemoveModel(
@@ -217,7 +218,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> Iterator[control_pb2.FetchModelPackageResponse]:
         with (
             self._limits.package_fetches.slot(),
-            self._registry.package_zip(request.model_id) as package,
+            self._control.package_zip(request.model_id) as package,
         ):
             yield control_pb2.FetchModelPackageResponse(
                 size_bytes=package.size_bytes, sha256=package.sha256

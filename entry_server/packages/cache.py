@@ -29,8 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from modelrunner import cache_layout, errors, types
-from modelrunner.entry_server.cache_index import CacheIndex, IndexEntry, IndexUnreadableError
-from modelrunner.entry_server.content_hash import (
+from modelrunner.entry_server.packages.cache_index import (
+    CacheIndex,
+    IndexEntry,
+    IndexUnreadableError,
+)
+from modelrunner.entry_server.packages.content_hash import (
     FileRecord,
     find_content_mismatch,
     find_size_mismatch,

@@ -28,7 +28,8 @@ from typing import Protocol
 
 from modelrunner import cache_layout, errors
 from modelrunner.entry_server.limits import over_limit
-from modelrunner.settings import MiB, Settings
+from modelrunner.settings import Settings
+from modelrunner.units import MiB
 
 logger = logging.getLogger(__name__)
 

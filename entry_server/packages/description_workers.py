@@ -34,18 +34,18 @@ from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from modelrunner import errors
-from modelrunner.entry_server import fetch_policy, yaml_limits
 from modelrunner.entry_server.call_limits import is_cancelled
 from modelrunner.entry_server.limits import over_limit
+from modelrunner.entry_server.packages import fetch_policy, yaml_limits
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-POLL_S = 0.05
+_POLL_S = 0.05
 """How often a waiting caller checks the time limit and whether its client is still there."""
-_PRELOAD = ["__main__", "bioimageio.spec", "modelrunner.entry_server.description_jobs"]
+_PRELOAD = ["__main__", "bioimageio.spec", "modelrunner.entry_server.packages.description_jobs"]
 """Imported once by the fork server, so workers start without importing them again."""
 
 _context: BaseContext | None = None
@@ -151,7 +151,7 @@ class DescriptionWorkers:
 
     def _wait(self, worker: _Worker, what: str) -> tuple[str, Any]:
         deadline = time.monotonic() + self.timeout_s
-        while not worker.conn.poll(POLL_S):
+        while not worker.conn.poll(_POLL_S):
             if is_cancelled():
                 raise errors.CancelledError(f"{what} was cancelled: the client went away")
             if time.monotonic() > deadline:

@@ -5,9 +5,9 @@ one silent for three intervals is dropped, and one registering for the first tim
 of another that missed a heartbeat replaces it (a runtime restarted on its port is routed to
 at once; runtimes sharing one address that beat in time are all kept). For a model, runtimes that
 report it loaded come first, then the least loaded; a model whose warm runtimes are all busy
-spreads to another (``entry_server/placement.py``). A call that finds no available runtime waits
+spreads to another (``entry_server/runtimes/placement.py``). A call that finds no available runtime waits
 up to ``runtime_wait_s`` for one (start-up, a restart). Listeners hear of every change in the
-number of available runtimes (readiness, ``entry_server/readiness.py``).
+number of available runtimes (readiness, ``entry_server/runtimes/readiness.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from modelrunner import errors, types
-from modelrunner.entry_server.placement import placement_order
+from modelrunner.entry_server.runtimes.placement import placement_order
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ MAX_WAITERS = 4
 
 
 @dataclass(frozen=True)
-class Registration:
+class RegistrationReply:
     """The answer to a registration."""
 
     heartbeat_interval_s: float
@@ -75,7 +75,7 @@ class RuntimeDirectory:
 
     def register(
         self, info: types.RuntimeInfo, cache_dir: str = "", *, owner: str = ""
-    ) -> Registration:
+    ) -> RegistrationReply:
         """Add or refresh a runtime. ``cache_dir``: the cache directory it reads, if any;
         ``owner``: the credential registering it. A live runtime's id cannot be taken over by
         another credential (PermissionDeniedError)."""
@@ -113,7 +113,7 @@ class RuntimeDirectory:
             self._count_changed()
         if not known:
             logger.info("runtime %s registered at %s", info.runtime_id, info.flight_uri)
-        return Registration(
+        return RegistrationReply(
             heartbeat_interval_s=self.heartbeat_interval_s,
             shared_cache_dir=self._shared_cache_dir(cache_dir),
         )

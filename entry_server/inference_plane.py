@@ -1,7 +1,9 @@
-"""Predictions the control service makes for a caller: the Open Inference Protocol endpoint
-(:mod:`.open_inference`) hands each request here, and it goes to the runtime the control service
-routes the model to as the same ``PredictRequest``, and so the same runtime logic and errors, as
-the Python client's ``predict``.
+"""The Open Inference Protocol's plane: what the V2 servicer (:mod:`.open_inference`) calls,
+transport free, as the control servicer calls :class:`.ControlPlane`. It answers readiness and
+model metadata (from the control plane, as the caller may see them), holds the limits of V2 calls
+and streams, and makes predictions for a caller: each request goes to the runtime the control
+service routes the model to as the same ``PredictRequest``, and so the same runtime logic and
+errors, as the Python client's ``predict``.
 
 * The runtime embedded in this process (``modelrunner serve``) is called in process
   (:class:`LocalRuntime`, the runtime's data plane): it predicts on the request's arrays, views
@@ -36,14 +38,18 @@ from typing import Protocol
 
 import numpy as np
 
-from modelrunner import errors
-from modelrunner.auth import Identity, token_hash
+from modelrunner import errors, types
+from modelrunner.auth import ANONYMOUS, Identity, token_hash
+from modelrunner.call_rights import CallRights
+from modelrunner.entry_server.call_limits import InferenceCallLimits
 from modelrunner.entry_server.control_plane import ControlPlane
 from modelrunner.predict_request import PredictRequest
 from modelrunner.runtime_client import Route, RouteCache, RuntimeClient, reachable_uri
 
 MAX_CALLERS = 32
 """Tokens whose connections stay open at once."""
+_MAX_INFOS = 256
+"""Models whose tensors are kept by id."""
 _LOCAL = "127.0.0.1:0"
 """A runtime announcing a wildcard host listens on loopback too: the control service's view."""
 
@@ -61,6 +67,14 @@ class LocalRuntime(Protocol):
     ) -> PredictedOutputs: ...
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a request's model runs, and the model's tensors."""
+
+    route: Route
+    model: types.ModelInfo
+
+
 @dataclass
 class _Caller:
     client: RuntimeClient
@@ -68,12 +82,16 @@ class _Caller:
     """Calls using the client now: it is closed only when none is."""
 
 
-class RuntimeForwarding:
+class InferencePlane:
     def __init__(self, control: ControlPlane) -> None:
-        self.control = control
+        self._control = control
+        self.settings = control.settings
+        self.limits = InferenceCallLimits(control.settings)
+        """How many V2 calls and streams may run at once (the servicer holds a slot per call)."""
         self._local: dict[str, LocalRuntime] = {}
         # the bound of rights that follow a call, not the client's ROUTE_TTL_S
         self._routes = RouteCache(ttl_s=control.settings.auth_cache_s)
+        self._infos: dict[str, types.ModelInfo] = {}
         self._callers: OrderedDict[str, _Caller] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
@@ -81,6 +99,53 @@ class RuntimeForwarding:
     def attach_local(self, runtime_id: str, runtime: LocalRuntime) -> None:
         """Call runtime ``runtime_id`` in process (the embedded runtime)."""
         self._local[runtime_id] = runtime
+
+    # -- health and metadata -----------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Whether a runtime can predict (the health service's readiness)."""
+        return self._control.available_runtimes() > 0
+
+    def model(
+        self, name: str, version: str = "", identity: Identity = ANONYMOUS
+    ) -> types.ModelInfo:
+        """The model's tensors, as the caller may see it (NOT_FOUND otherwise, and for a
+        ``version`` it does not have)."""
+        if not name:
+            raise unnamed_model()
+        model = self._control.model_info(name, identity)
+        _check_version(name, version, model)
+        return model
+
+    def model_ready(self, name: str, version: str = "", identity: Identity = ANONYMOUS) -> bool:
+        """Ready when the caller may use the model and a runtime can serve it; a model the
+        caller may not see is as unready as one that does not exist."""
+        if not self._control.available_runtimes():
+            return False  # a probe answers now, without waiting
+        try:
+            self.model(name, version, identity)
+            self._control.route(name, identity=identity)
+        except (errors.NotFoundError, errors.UnavailableError):
+            return False
+        return True
+
+    def stream_rights(self, token: str | None, method: str) -> CallRights:
+        """The caller's right to go on streaming, asked again at most every ``auth_cache_s``: a
+        revoked token (or a role changed) ends the stream with UNAUTHENTICATED
+        (PERMISSION_DENIED)."""
+        return CallRights(
+            "", self._control.recheck(token, method), every_s=self.settings.auth_cache_s
+        )
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def target(self, request: PredictRequest, version: str, identity: Identity) -> Target:
+        """Where the caller's model runs, and its tensors (NOT_FOUND for a model it may not see
+        or a ``version`` it does not have)."""
+        route = self.route(request, identity)
+        model = self._by_id(route.model_id)
+        _check_version(request.model_id, version, model)
+        return Target(route, model)
 
     def route(self, request: PredictRequest, identity: Identity) -> Route:
         """Where the caller's model runs (NOT_FOUND for a model it may not see)."""
@@ -93,10 +158,20 @@ class RuntimeForwarding:
         )
         return self._routes.get(
             key,
-            lambda: self.control.route(
+            lambda: self._control.route(
                 request.model_id, request.weight_format, request.device, identity
             ),
         )
+
+    def _by_id(self, model_id: str) -> types.ModelInfo:
+        """A model's tensors by full id (a package's content never changes under its id)."""
+        model = self._infos.get(model_id)
+        if model is None:
+            model = self._control.stored_model_info(model_id)
+            if len(self._infos) >= _MAX_INFOS:
+                self._infos.clear()
+            self._infos[model_id] = model
+        return model
 
     def predict(
         self,
@@ -131,7 +206,7 @@ class RuntimeForwarding:
                 raise errors.UnavailableError("the control service is stopping")
             caller = self._callers.get(key)
             if caller is None:
-                caller = _Caller(RuntimeClient(token=token, tls=self.control.runtime_tls))
+                caller = _Caller(RuntimeClient(token=token, tls=self._control.runtime_tls))
                 self._callers[key] = caller
             self._callers.move_to_end(key)
             caller.users += 1
@@ -162,3 +237,18 @@ class RuntimeForwarding:
             self._callers = OrderedDict()
         for client in idle:
             client.close()
+
+
+def unnamed_model() -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(
+        "name the model: its modelrunner id (or a unique prefix) or bioimage.io id"
+    )
+
+
+def _check_version(name: str, version: str, model: types.ModelInfo) -> None:
+    if version and version != model.version:
+        raise errors.ModelNotFoundError(
+            f"model {name!r} has no version {version!r}"
+            + (f"; it has {model.version!r}" if model.version else ""),
+            details={"model_id": model.id, "version": version},
+        )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrunner import types
-from modelrunner.entry_server.content_hash import FileRecord
+from modelrunner.entry_server.packages.content_hash import FileRecord
 
 SCHEMA_VERSION = "1"
 

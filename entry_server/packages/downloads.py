@@ -2,7 +2,7 @@
 
 Bodies are streamed to the destination file chunk by chunk, never held in memory. Redirects are
 followed here, hop by hop (at most ``fetch_max_redirects``), and every URL, the first and each
-redirect target, goes through :mod:`modelrunner.entry_server.fetch_policy`: only http(s), and
+redirect target, goes through :mod:`modelrunner.entry_server.packages.fetch_policy`: only http(s), and
 only to allowed addresses. httpx exceptions are translated here, and only here, into modelrunner
 errors:
 
@@ -30,14 +30,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from modelrunner import errors
-from modelrunner.entry_server.fetch_policy import AddressNotAllowed, CheckedTransport, FetchPolicy
 from modelrunner.entry_server.limits import over_limit
+from modelrunner.entry_server.packages.fetch_policy import (
+    AddressNotAllowed,
+    CheckedTransport,
+    FetchPolicy,
+)
 from modelrunner.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024**2
+_CHUNK_BYTES = 1024**2
 _RETRY_STATUS = frozenset({408, 429})
 
 
@@ -174,7 +178,7 @@ class Downloader:
         stage = StageProgress(progress, "download", total=declared)
         stage.start()
         with dest.open("wb") as out:
-            for chunk in response.iter_bytes(CHUNK_BYTES):
+            for chunk in response.iter_bytes(_CHUNK_BYTES):
                 if stage.done + len(chunk) > limit:
                     raise _too_large(url, limit, "the body exceeds it")
                 out.write(chunk)

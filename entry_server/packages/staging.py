@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelrunner import cache_layout, errors, types
-from modelrunner.entry_server import descriptions, yaml_limits
 from modelrunner.entry_server.limits import over_limit
+from modelrunner.entry_server.packages import descriptions, yaml_limits
 from modelrunner.progress import ProgressCallback, StageProgress, no_progress
 from modelrunner.safe_zip import safe_entry_path, unpack_zip
 from modelrunner.settings import Settings

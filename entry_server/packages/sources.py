@@ -12,11 +12,11 @@ Kinds of source:
 * ``upload_id``: a file received by ``UploadPackage`` (a zip or a yaml).
 
 Every kind of source gives a package holding only its description and the files it names (see
-:mod:`modelrunner.entry_server.package_staging`).
+:mod:`modelrunner.entry_server.packages.staging`).
 
 Errors: a missing path, URL (HTTP 404), id or upload is ``SourceNotFoundError``; unsafe or
 malformed packages are ``InvalidPackageError``; size limits ``ResourceExhaustedError``; see
-:mod:`modelrunner.entry_server.downloads` for network failures.
+:mod:`modelrunner.entry_server.packages.downloads` for network failures.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urljoin, urlsplit
 
 from modelrunner import errors, types
-from modelrunner.entry_server import descriptions, yaml_limits
-from modelrunner.entry_server import package_staging as staging
-from modelrunner.entry_server.downloads import Downloader
-from modelrunner.entry_server.package_staging import StagedPackage
-from modelrunner.entry_server.uploads import UploadStore
+from modelrunner.entry_server.packages import descriptions, staging, yaml_limits
+from modelrunner.entry_server.packages.downloads import Downloader
+from modelrunner.entry_server.packages.staging import StagedPackage
+from modelrunner.entry_server.packages.uploads import UploadStore
 from modelrunner.progress import ProgressCallback, no_progress
 from modelrunner.settings import Settings
 

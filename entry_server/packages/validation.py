@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelrunner import types
-from modelrunner.entry_server.descriptions import SPEC_LOCK, UnreadableYamlError, read_rdf
-from modelrunner.entry_server.fetch_policy import guard_worker_process
+from modelrunner.entry_server.packages.descriptions import SPEC_LOCK, UnreadableYamlError, read_rdf
+from modelrunner.entry_server.packages.fetch_policy import guard_worker_process
 
 
 def validate_description(

@@ -15,7 +15,7 @@ from pathlib import Path
 from modelrunner import errors
 from modelrunner.progress import ProgressCallback, StageProgress, no_progress
 
-CHUNK_BYTES = 1024**2
+_CHUNK_BYTES = 1024**2
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def package_files(root: Path) -> list[str]:
 def hash_file(path: Path, progress: StageProgress | None = None) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
+        while chunk := f.read(_CHUNK_BYTES):
             digest.update(chunk)
             if progress is not None:
                 progress.advance(len(chunk))

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelrunner import cache_layout
-from modelrunner.entry_server.content_hash import hash_file, package_files
+from modelrunner.entry_server.packages.content_hash import hash_file, package_files
 
-CHUNK_BYTES = 1024**2
+_CHUNK_BYTES = 1024**2
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -27,7 +27,7 @@ class PackageZip:
     size_bytes: int
     sha256: str
 
-    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    def chunks(self, chunk_bytes: int = _CHUNK_BYTES) -> Iterator[bytes]:
         with self.path.open("rb") as f:
             while chunk := f.read(chunk_bytes):
                 yield chunk
@@ -68,7 +68,7 @@ class PackageZips:
                     # Known sizes let zipfile choose zip64 records for files over 2 GiB.
                     info.file_size = (package_dir / rel).stat().st_size
                     with (package_dir / rel).open("rb") as src, zf.open(info, "w") as out:
-                        while chunk := src.read(CHUNK_BYTES):
+                        while chunk := src.read(_CHUNK_BYTES):
                             out.write(chunk)
             partial.replace(dest)
         finally:

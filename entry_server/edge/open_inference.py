@@ -1,7 +1,8 @@
 """The Open Inference Protocol (KServe V2, ``inference.GRPCInferenceService``) on the control
 service's address, so tritonclient, KServe tooling and plain gRPC clients that know no Arrow can
-run modelrunner's models: proto in, :class:`.RuntimeForwarding` (the runtime that holds the
-model, over Flight), proto out.
+run modelrunner's models: proto in, the inference plane (:class:`.InferencePlane`: readiness,
+models, limits, and the runtime that holds the model), proto out. The servicer holds that plane
+and nothing else.
 
 Models are named by modelrunner id (or a unique prefix, or their bioimage.io id); the caller's
 workspaces and the control service's routing apply as for Flight clients. Errors are
@@ -20,18 +21,13 @@ import grpc
 
 from modelrunner import __version__, errors, types
 from modelrunner.auth import AUTHORIZATION_HEADER, token_from_header
-from modelrunner.call_rights import CallRights
-from modelrunner.entry_server.authentication import current_identity
-from modelrunner.entry_server.call_limits import (
-    CallLimit,
+from modelrunner.entry_server.edge.auth_interceptor import current_identity
+from modelrunner.entry_server.edge.call_context import (
     ClientIdentity,
-    PerClientLimit,
     token_or_host,
     with_idle_timeout,
 )
-from modelrunner.entry_server.control_plane import ControlPlane
-from modelrunner.entry_server.inference_forwarding import RuntimeForwarding
-from modelrunner.entry_server.open_inference_tensors import (
+from modelrunner.entry_server.edge.open_inference_tensors import (
     declared_datatype,
     infer_response,
     input_arrays,
@@ -39,15 +35,15 @@ from modelrunner.entry_server.open_inference_tensors import (
     predict_request,
     requested_outputs,
 )
+from modelrunner.entry_server.inference_plane import InferencePlane, unnamed_model
 from modelrunner.open_inference import grpc_predict_v2_pb2 as v2
 from modelrunner.open_inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from modelrunner.transport_errors import bounded
 
 logger = logging.getLogger(__name__)
 
-_MAX_INFOS = 256
-SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-_STREAM_METHOD = f"/{SERVICE_NAME}/ModelStreamInfer"
+V2_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_STREAM_METHOD = f"/{V2_SERVICE_NAME}/ModelStreamInfer"
 EXTENSIONS = ("model_stream_infer", "parameters")
 """What the server metadata announces beyond the core protocol: Triton's streaming extension,
 and request parameters (weight format, device, blocksize, ...)."""
@@ -55,32 +51,13 @@ and request parameters (weight format, device, blocksize, ...)."""
 
 class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self,
-        control: ControlPlane,
-        forwarding: RuntimeForwarding,
-        *,
-        client_identity: ClientIdentity | None = None,
+        self, plane: InferencePlane, *, client_identity: ClientIdentity | None = None
     ) -> None:
         """``client_identity`` says who a call comes from, for the per-client stream limit:
         by default the caller's token when calls are authenticated, else its host."""
-        settings = control.settings
-        self._control = control
-        self._forwarding = forwarding
+        self._plane = plane
+        self._limits = plane.limits
         self._client_identity = client_identity or token_or_host
-        self._infers = CallLimit(
-            "max_concurrent_infers", settings.max_concurrent_infers, "V2 inference calls"
-        )
-        self._streams = CallLimit(
-            "max_concurrent_infer_streams",
-            settings.max_concurrent_infer_streams,
-            "V2 inference streams",
-        )
-        self._streams_per_client = PerClientLimit(
-            "max_concurrent_infer_streams_per_client",
-            settings.max_concurrent_infer_streams_per_client,
-            "V2 inference streams",
-        )
-        self._infos: dict[str, types.ModelInfo] = {}
 
     # -- health and metadata -----------------------------------------------------------------
 
@@ -92,8 +69,8 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def ServerReady(
         self, request: v2.ServerReadyRequest, context: grpc.ServicerContext
     ) -> v2.ServerReadyResponse:
-        # the same readiness as the health service's (entry_server/readiness.py)
-        return v2.ServerReadyResponse(ready=self._control.runtimes.available_count() > 0)
+        # the same readiness as the health service's (entry_server/runtimes/readiness.py)
+        return v2.ServerReadyResponse(ready=self._plane.ready())
 
     def ServerMetadata(
         self, request: v2.ServerMetadataRequest, context: grpc.ServicerContext
@@ -105,21 +82,13 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def ModelReady(
         self, request: v2.ModelReadyRequest, context: grpc.ServicerContext
     ) -> v2.ModelReadyResponse:
-        """Ready when the caller may use the model and a runtime can serve it; a model the
-        caller may not see is as unready as one that does not exist."""
-        if not self._control.runtimes.available_count():
-            return v2.ModelReadyResponse(ready=False)  # a probe answers now, without waiting
-        try:
-            self._model(request.name, request.version)
-            self._control.route(request.name, identity=current_identity())
-        except (errors.NotFoundError, errors.UnavailableError):
-            return v2.ModelReadyResponse(ready=False)
-        return v2.ModelReadyResponse(ready=True)
+        ready = self._plane.model_ready(request.name, request.version, current_identity())
+        return v2.ModelReadyResponse(ready=ready)
 
     def ModelMetadata(
         self, request: v2.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> v2.ModelMetadataResponse:
-        model = self._model(request.name, request.version)
+        model = self._plane.model(request.name, request.version, current_identity())
         return v2.ModelMetadataResponse(
             name=model.id,
             versions=[model.version] if model.version else [],
@@ -133,23 +102,18 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(
         self, request: v2.ModelInferRequest, context: grpc.ServicerContext
     ) -> v2.ModelInferResponse:
-        with self._infers.slot():
+        with self._limits.infers.slot():
             return self._infer(request, context)
 
     def ModelStreamInfer(
         self, requests: Iterator[v2.ModelInferRequest], context: grpc.ServicerContext
     ) -> Iterator[v2.ModelStreamInferResponse]:
         client = self._client_identity(context)
-        settings = self._control.settings
         # the caller's right to stream is asked again at most every auth_cache_s: a revoked
         # token (or a role changed) ends the stream with UNAUTHENTICATED (PERMISSION_DENIED)
-        rights = CallRights(
-            "",
-            self._control.authenticator.recheck(_caller_token(context), _STREAM_METHOD),
-            every_s=settings.auth_cache_s,
-        )
-        with self._streams.slot(), self._streams_per_client.slot(client):
-            timeout_s = settings.infer_stream_idle_timeout_s
+        rights = self._plane.stream_rights(_caller_token(context), _STREAM_METHOD)
+        with self._limits.streams.slot(), self._limits.streams_per_client.slot(client):
+            timeout_s = self._plane.settings.infer_stream_idle_timeout_s
             received = with_idle_timeout(
                 requests,
                 timeout_s=timeout_s,
@@ -177,52 +141,18 @@ class OpenInferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelInferRequest, context: grpc.ServicerContext
     ) -> v2.ModelInferResponse:
         if not request.model_name:
-            raise _unnamed()
+            raise unnamed_model()
         wanted = predict_request(request.model_name, request.parameters, context.time_remaining())
-        route = self._forwarding.route(wanted, current_identity())
-        model = self._by_id(route.model_id)
-        _check_version(request.model_name, request.model_version, model)
-        names = requested_outputs(request, model)
+        target = self._plane.target(wanted, request.model_version, current_identity())
+        names = requested_outputs(request, target.model)
         arrays, dims = input_arrays(request)
-        outputs = self._forwarding.predict(
-            route,
+        outputs = self._plane.predict(
+            target.route,
             wanted.with_inputs(arrays, dims),
             token=_caller_token(context),
             cancelled=_cancelled_or_late(context, wanted.timeout_s),
         )
-        return infer_response(request, model, outputs, names)
-
-    def _by_id(self, model_id: str) -> types.ModelInfo:
-        """A model's tensors by full id (a package's content never changes under its id)."""
-        model = self._infos.get(model_id)
-        if model is None:
-            model = self._control.registry.cache.get(model_id).info
-            if len(self._infos) >= _MAX_INFOS:
-                self._infos.clear()
-            self._infos[model_id] = model
-        return model
-
-    def _model(self, name: str, version: str) -> types.ModelInfo:
-        if not name:
-            raise _unnamed()
-        model = self._control.model_info(name, current_identity())
-        _check_version(name, version, model)
-        return model
-
-
-def _unnamed() -> errors.InvalidArgumentError:
-    return errors.InvalidArgumentError(
-        "name the model: its modelrunner id (or a unique prefix) or bioimage.io id"
-    )
-
-
-def _check_version(name: str, version: str, model: types.ModelInfo) -> None:
-    if version and version != model.version:
-        raise errors.ModelNotFoundError(
-            f"model {name!r} has no version {version!r}"
-            + (f"; it has {model.version!r}" if model.version else ""),
-            details={"model_id": model.id, "version": version},
-        )
+        return infer_response(request, target.model, outputs, names)
 
 
 def _tensor_metadata(tensor: types.TensorSpec) -> v2.ModelMetadataResponse.TensorMetadata:

@@ -19,7 +19,7 @@ import threading
 
 from grpc_health.v1 import health, health_pb2
 
-from modelrunner.entry_server.runtimes import RuntimeDirectory
+from modelrunner.entry_server.runtimes.directory import RuntimeDirectory
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from modelrunner import errors
-from modelrunner.entry_server.content_hash import FileRecord
-from modelrunner.entry_server.fetch_policy import AddressNotAllowed, FetchPolicy
+from modelrunner.entry_server.packages.content_hash import FileRecord
+from modelrunner.entry_server.packages.fetch_policy import AddressNotAllowed, FetchPolicy
 
 if TYPE_CHECKING:
     from bioimageio.spec import ValidationSummary
@@ -32,7 +32,7 @@ parser, which breaks (``IndexError: pop from empty list``) when two threads load
 
 
 @dataclass(frozen=True)
-class LoadedModel:
+class CheckedDescription:
     """A model description checked against the package's files."""
 
     descr: ModelDescr05
@@ -251,7 +251,7 @@ def _collect_file_paths(value: object, found: set[str]) -> None:
             _collect_file_paths(item, found)
 
 
-def load_model(rdf_path: Path, manifest: list[FileRecord]) -> LoadedModel:
+def read_checked(rdf_path: Path, manifest: list[FileRecord]) -> CheckedDescription:
     """Load and check a package's model description; InvalidPackageError when it is invalid.
 
     The package's files are given as ``known_files`` with the hashes just computed, so
@@ -284,7 +284,7 @@ def load_model(rdf_path: Path, manifest: list[FileRecord]) -> LoadedModel:
     format_version = str(rdf.get("format_version") or descr.format_version)
     if isinstance(descr, v0_4.ModelDescr):
         descr = _convert_to_v0_5(rdf_path, known)
-    return LoadedModel(descr=descr, format_version=format_version, rdf=rdf)
+    return CheckedDescription(descr=descr, format_version=format_version, rdf=rdf)
 
 
 def _convert_to_v0_5(rdf_path: Path, known: dict[str, Any]) -> ModelDescr05:
