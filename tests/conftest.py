@@ -1,8 +1,14 @@
 """Shared fixtures: a real ``modelrunner serve`` (control service + embedded runtime) on free
 ports for the whole session, a client connected to it, the zoo's nuclei model added, tiny model
-packages built on first use, and in-process bioimageio.core pipelines to compare with."""
+packages built on first use, and in-process bioimageio.core pipelines to compare with.
+
+In parallel runs (``pytest -n 4``) each worker has its own servers and caches, and the workers
+share the packages built once per run (``tests/parallel.py``)."""
 
 from __future__ import annotations
+
+# first: it gives this process a cache of its own before bioimageio.spec reads its settings
+from tests import parallel  # isort: skip
 
 import shutil
 import zipfile
@@ -23,8 +29,10 @@ from tests.tiny_models import BUILDERS
 from tests.zoo import CAREAMICS_ZIP, NUCLEI, SKIP_REASON, ZOO_PRESENT, uses_zoo
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Without ``../shared/zoo`` (a fresh clone), the tests that read it are skipped."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ``../shared/zoo`` (a fresh clone), the tests that read it are skipped. In an xdist
+    worker, the tests are grouped by file and the longest handed out first."""
+    parallel.group_and_order(config, items)
     if ZOO_PRESENT:
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
@@ -46,6 +54,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     with start_embedded(settings) as running:
         yield running
+        with parallel.one_gc_collection():  # it unloads every model the session loaded
+            running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -76,13 +86,15 @@ def runtime(server: RunningServer) -> RuntimeFlightServer:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Tiny model package by name (see ``tests.tiny_models.BUILDERS``), built on first use."""
-    root = tmp_path_factory.mktemp("tiny-models")
+    """Tiny model package by name (see ``tests.tiny_models.BUILDERS``), built on first use (once
+    for all workers of a parallel run; read only)."""
+    root = parallel.shared_folder(tmp_path_factory) / "tiny-models"
+    root.mkdir(exist_ok=True)
     built: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in built:
-            built[name] = BUILDERS[name](root / name)
+            built[name] = parallel.built_once(root / name, BUILDERS[name])
         return built[name]
 
     return get
@@ -91,16 +103,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def example_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """An example model package by kind (``modelrunner.example_kinds.KINDS``: ``nuclei``,
-    ``nuclei3d``), trained and written on first use (seconds each): the realistic packages a
-    fresh clone has."""
+    ``nuclei3d``), trained and written on first use (seconds each; once for all workers of a
+    parallel run; read only): the realistic packages a fresh clone has."""
     from modelrunner.example_models import write_example_model
 
-    root = tmp_path_factory.mktemp("example-models")
+    root = parallel.shared_folder(tmp_path_factory) / "example-models"
+    root.mkdir(exist_ok=True)
     made: dict[str, Path] = {}
 
     def get(kind: str) -> Path:
         if kind not in made:
-            made[kind] = write_example_model(kind, root / kind).directory
+            made[kind] = parallel.built_once(
+                root / kind, lambda folder: write_example_model(kind, folder)
+            )
         return made[kind]
 
     return get
@@ -202,3 +217,5 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     }
     with start_embedded(settings) as running:
         yield Secured(running, tokens, store)
+        with parallel.one_gc_collection():
+            running.stop()
