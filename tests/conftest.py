@@ -2,7 +2,7 @@
 ports for the whole session, a client connected to it, the zoo's nuclei model added, tiny model
 packages built on first use, and in-process bioimageio.core pipelines to compare with.
 
-In parallel runs (``pytest -n 4``) each worker has its own servers and caches, and the workers
+In parallel runs (``pytest -n 3``) each worker has its own servers and caches, and the workers
 share the packages built once per run (``tests/parallel.py``)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,16 +30,22 @@ from tests.tiny_models import BUILDERS
 from tests.zoo import CAREAMICS_ZIP, NUCLEI, SKIP_REASON, ZOO_PRESENT, uses_zoo
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Without ``../shared/zoo`` (a fresh clone), the tests that read it are skipped. In an xdist
-    worker, the tests are grouped by file and the longest handed out first."""
-    parallel.group_and_order(config, items)
+    worker, the longest files come first."""
+    parallel.longest_first(items)
     if ZOO_PRESENT:
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
         if uses_zoo(item):
             item.add_marker(skip)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``pytest -n N``: by file, the Ray tests together (``tests/parallel.py``)."""
+    return parallel.make_scheduler(config, log) if config.getoption("dist") == "loadfile" else None
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The suite in parallel workers (pytest-xdist; README "Tests": ``pytest -n 4``), and alone.
+"""The suite in parallel workers (pytest-xdist; README "Tests": ``pytest -n 3``), and alone.
 
 - **What each worker keeps to itself.** Its servers listen on port 0 and keep their caches under
   its own ``tmp_path_factory`` folder (xdist gives each worker one). bioimage.io's download cache,
@@ -11,12 +11,12 @@
   the tiny models (built with their frameworks) are only read once written: the first worker that
   needs one builds it, under a file lock, in the folder all workers of the run share; the others
   wait for it and read it (:func:`built_once`).
-- **Which tests run together** (``--dist loadgroup``, :func:`group_and_order`). The tests of one
+- **Which tests run together** (``--dist loadfile``, :func:`make_scheduler`). The tests of one
   file run on one worker, so that module fixtures (servers with TLS, in token mode, with their
   own limits) start once. The Ray tests (``tests/cluster``) run on one worker, one after the
   other: each starts a local Ray cluster, and Ray's state lives in one home per package
-  (``tests/cluster/conftest.py``). The files that take longest are handed out first, so that no
-  worker is left running one of them alone at the end.
+  (``tests/cluster/conftest.py``). The files that take longest are handed out first
+  (:func:`longest_first`), so that no worker is left running one of them alone at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
@@ -47,8 +48,8 @@ _OWN_CACHE = Path(tempfile.mkdtemp(prefix=f"modelrunner-tests-{WORKER or 'main'}
 os.environ["BIOIMAGEIO_CACHE_PATH"] = str(_OWN_CACHE / "bioimageio")
 atexit.register(shutil.rmtree, _OWN_CACHE, ignore_errors=True)
 
-RAY_GROUP = "ray"
 RAY_TESTS = "tests/cluster/"
+"""Run on one worker, one test after the other."""
 
 LONGEST_FIRST = (
     RAY_TESTS,
@@ -88,16 +89,30 @@ def built_once(folder: Path, build: Callable[[Path], object]) -> Path:
     return folder
 
 
-def group_and_order(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup``: each test in the xdist group of its file (the Ray tests in
-    one group), the groups of :data:`LONGEST_FIRST` first. Without xdist, nothing changes."""
-    if not WORKER or not config.getoption("loadgroup", False):  # xdist's worker option
+def scope_of(nodeid: str) -> str:
+    """The unit of work a worker takes: the test's file, or all of :data:`RAY_TESTS`."""
+    path = nodeid.split("::", 1)[0]
+    return RAY_TESTS if path.startswith(RAY_TESTS) else path
+
+
+def make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's ``loadfile`` scheduling with :func:`scope_of` as the file. (xdist's own
+    ``xdist_group`` marks do nothing under pytest 9, whose node ids xdist cannot rename.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByFileRayTogether(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return ByFileRayTogether(config, log)
+
+
+def longest_first(items: list[pytest.Item]) -> None:
+    """In an xdist worker, the files of :data:`LONGEST_FIRST` first (the scheduler hands the files
+    out in the order the workers collected them; ``--no-loadscope-reorder``). Without xdist,
+    nothing changes."""
+    if not WORKER:
         return
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            path = item.nodeid.split("::", 1)[0]
-            group = RAY_GROUP if path.startswith(RAY_TESTS) else path
-            item.add_marker(pytest.mark.xdist_group(group))
 
     def rank(item: pytest.Item) -> int:
         path = item.nodeid.split("::", 1)[0]
