@@ -1,14 +1,21 @@
 """Shared fixtures: a real ``modelrunner serve`` (control service + embedded runtime) on free
 ports for the whole session, a client connected to it, the zoo's nuclei model added, tiny model
-packages built on first use, and in-process bioimageio.core pipelines to compare with."""
+packages built on first use, and in-process bioimageio.core pipelines to compare with.
+
+In parallel runs (``pytest -n 3``) each worker has its own servers and caches, and the workers
+share the packages built once per run (``tests/parallel.py``)."""
 
 from __future__ import annotations
+
+# first: it gives this process a cache of its own before bioimageio.spec reads its settings
+from tests import parallel  # isort: skip
 
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,13 +31,21 @@ from tests.zoo import CAREAMICS_ZIP, NUCLEI, SKIP_REASON, ZOO_PRESENT, uses_zoo
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Without ``../shared/zoo`` (a fresh clone), the tests that read it are skipped."""
+    """Without ``../shared/zoo`` (a fresh clone), the tests that read it are skipped. In an xdist
+    worker, the longest files come first."""
+    parallel.longest_first(items)
     if ZOO_PRESENT:
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
         if uses_zoo(item):
             item.add_marker(skip)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``pytest -n N``: by file, the Ray tests together (``tests/parallel.py``)."""
+    return parallel.make_scheduler(config, log) if config.getoption("dist") == "loadfile" else None
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +61,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     with start_embedded(settings) as running:
         yield running
+        with parallel.one_gc_collection():  # it unloads every model the session loaded
+            running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -76,13 +93,15 @@ def runtime(server: RunningServer) -> RuntimeFlightServer:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Tiny model package by name (see ``tests.tiny_models.BUILDERS``), built on first use."""
-    root = tmp_path_factory.mktemp("tiny-models")
+    """Tiny model package by name (see ``tests.tiny_models.BUILDERS``), built on first use (once
+    for all workers of a parallel run; read only)."""
+    root = parallel.shared_folder(tmp_path_factory) / "tiny-models"
+    root.mkdir(exist_ok=True)
     built: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in built:
-            built[name] = BUILDERS[name](root / name)
+            built[name] = parallel.built_once(root / name, BUILDERS[name])
         return built[name]
 
     return get
@@ -91,16 +110,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def example_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """An example model package by kind (``modelrunner.example_kinds.KINDS``: ``nuclei``,
-    ``nuclei3d``), trained and written on first use (seconds each): the realistic packages a
-    fresh clone has."""
+    ``nuclei3d``), trained and written on first use (seconds each; once for all workers of a
+    parallel run; read only): the realistic packages a fresh clone has."""
     from modelrunner.example_models import write_example_model
 
-    root = tmp_path_factory.mktemp("example-models")
+    root = parallel.shared_folder(tmp_path_factory) / "example-models"
+    root.mkdir(exist_ok=True)
     made: dict[str, Path] = {}
 
     def get(kind: str) -> Path:
         if kind not in made:
-            made[kind] = write_example_model(kind, root / kind).directory
+            made[kind] = parallel.built_once(
+                root / kind, lambda folder: write_example_model(kind, folder)
+            )
         return made[kind]
 
     return get
@@ -202,3 +224,5 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     }
     with start_embedded(settings) as running:
         yield Secured(running, tokens, store)
+        with parallel.one_gc_collection():
+            running.stop()
