@@ -25,7 +25,7 @@ from modelrunner.serving import RunningServer, start_embedded
 from modelrunner.settings import Settings, default_receiving_bytes
 from modelrunner.transport_errors import ErrorTrailers, from_flight_error
 from modelrunner.v1 import runtime_pb2
-from modelrunner.wire import SampleLayout, TensorSpec, encode_sample
+from modelrunner.wire import ArraySpec, SampleLayout, encode_sample
 from tests.tiny_models import build_onnx_identity
 
 MiB = 1024**2
@@ -83,7 +83,7 @@ def _wait_reserved(running: RunningServer, expected: int) -> None:
 
 def _layout(nbytes: int) -> SampleLayout:
     """A float32 sample of ``nbytes`` (a multiple of 4 KiB), planned from its shape alone."""
-    spec = TensorSpec((1, 1, nbytes // 4096, 1024), np.dtype("float32"))
+    spec = ArraySpec((1, 1, nbytes // 4096, 1024), np.dtype("float32"))
     return SampleLayout.plan_shapes({"input": spec}, {})
 
 
