@@ -195,11 +195,24 @@ def test_load_spreads_to_an_idle_runtime_when_the_warm_one_is_busy(
         try:
             _wait_until(lambda: _route(running, model) != first, timeout=10 * HEARTBEAT_S)
             second = _route(running, model)
+            # the second client's stream stays open while the heartbeats tell where the model is
+            # warm: a spread copy idle for idle_unload_s goes again, and on a busy machine a
+            # heartbeat may come later than that
+            done = threading.Event()
+
+            def two_then_held() -> Iterator[np.ndarray]:
+                yield FRAME
+                yield FRAME
+                done.wait(60)
+
             with ModelRunnerClient(running.address, timeout=60) as other:
-                outputs = list(other.predict_stream(model.id, [FRAME, FRAME]))
+                answers = iter(other.predict_stream(model.id, two_then_held()))
+                outputs = [next(answers), next(answers)]
+                try:
+                    _wait_until(lambda: _warm_on(ray_client, model.id) >= {first, second}, 60)
+                finally:
+                    done.set()
             assert len(outputs) == 2
-            # a spread copy loads on a runtime sharing two cores with the others: generous
-            _wait_until(lambda: _warm_on(ray_client, model.id) >= {first, second}, timeout=120)
         finally:
             release.set()
             stream.close()
