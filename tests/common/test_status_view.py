@@ -42,8 +42,14 @@ def test_frames_mean_and_p95_agree_with_the_clients_own_timings(
         started = time.perf_counter()
         client.predict(example_nuclei.id, image)
         timings.append(time.perf_counter() - started)
-    after = scrape([endpoint.uri])
-    times = frame_times(example_nuclei.id[:12], before, after)
+    # the runtime counts a frame just after answering it: the last one may come a moment later
+    deadline = time.monotonic() + 5
+    while True:
+        after = scrape([endpoint.uri])
+        times = frame_times(example_nuclei.id[:12], before, after)
+        if (times is not None and times.frames >= 8) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert times is not None and times.frames == 8 and not times.whole_run
     assert times.mean_s <= float(np.mean(timings))
     assert times.mean_s >= 0.5 * float(np.mean(timings))  # a round trip is mostly the frame
