@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 import modelrunner.app.quiet_grpc_logs  # noqa: F401 - first: before anything loads gRPC
 from modelrunner import __version__, errors
 from modelrunner.app.cli_example_model import add_example_model_command
-from modelrunner.app.cli_help import DEVICE_HELP, SOURCE_HELP, WEIGHT_FORMAT_HELP
+from modelrunner.app.cli_help import (
+    DEVICE_HELP,
+    SOURCE_HELP,
+    WEIGHT_FORMAT_HELP,
+    add_connection_flags,
+)
 from modelrunner.app.cli_predict import add_predict_command
 from modelrunner.app.cli_status import add_status_command
 from modelrunner.app.cli_tokens import add_token_commands
@@ -378,24 +383,7 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
         help=f"the server's control service (default $MODELRUNNER_SERVER, $MODELRUNNER_ADDRESS "
         f"or {DEFAULT_ADDRESS})",
     )
-    p.add_argument(
-        "--token",
-        metavar="TOKEN",
-        default=os.environ.get("MODELRUNNER_TOKEN"),
-        help="access token of a server with --auth (default $MODELRUNNER_TOKEN)",
-    )
-    p.add_argument(
-        "--tls-ca",
-        metavar="PEM",
-        default=os.environ.get("MODELRUNNER_TLS_CA"),
-        help="connect with TLS, trusting the CA certificate in this file (default "
-        "$MODELRUNNER_TLS_CA; without it and --tls: plaintext)",
-    )
-    p.add_argument(
-        "--tls",
-        action="store_true",
-        help="connect with TLS, trusting the system's roots (default: plaintext)",
-    )
+    add_connection_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 

@@ -4,10 +4,9 @@ imported when the command runs (it brings numpy and the image libraries)."""
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from modelrunner.app.cli_help import DEVICE_HELP, WEIGHT_FORMAT_HELP
+from modelrunner.app.cli_help import DEVICE_HELP, WEIGHT_FORMAT_HELP, add_connection_flags
 from modelrunner.app.server_address import DEFAULT_ADDRESS
 from modelrunner.predict_request import INPUT_PADDINGS
 
@@ -67,20 +66,7 @@ def add_predict_command(sub: Any) -> None:
     where.add_argument(
         "--embedded", action="store_true", help="run the model in this process, not on a server"
     )
-    predict.add_argument(
-        "--token",
-        metavar="TOKEN",
-        default=os.environ.get("MODELRUNNER_TOKEN"),
-        help="access token of a server with --auth (default $MODELRUNNER_TOKEN)",
-    )
-    predict.add_argument(
-        "--tls-ca",
-        metavar="PEM",
-        default=os.environ.get("MODELRUNNER_TLS_CA"),
-        help="connect to the server with TLS, trusting the CA certificate in this file "
-        "(default $MODELRUNNER_TLS_CA)",
-    )
-    predict.add_argument("--tls", action="store_true", help="connect with TLS (a server)")
+    add_connection_flags(predict)
     predict.add_argument("--weight-format", metavar="FORMAT", help=WEIGHT_FORMAT_HELP)
     predict.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
     predict.add_argument(
