@@ -30,10 +30,14 @@ from tests.tiny_models import BUILDERS
 from tests.zoo import CAREAMICS_ZIP, NUCLEI, SKIP_REASON, ZOO_PRESENT, uses_zoo
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects by the marks given here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Without ``../shared/zoo`` (a fresh clone), the tests that read it are skipped. In an xdist
-    worker, the longest files come first."""
+    worker, the longest files come first. The Ray tests are marked ``alone``."""
     parallel.longest_first(items)
+    for item in items:
+        if item.nodeid.startswith(parallel.RAY_TESTS):
+            item.add_marker(pytest.mark.alone)
     if ZOO_PRESENT:
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)

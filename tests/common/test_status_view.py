@@ -28,6 +28,9 @@ def endpoint() -> Iterator[MetricsEndpoint]:
     published.close()
 
 
+pytestmark = pytest.mark.alone  # compares the server's frame times with the client's own
+
+
 def test_frames_mean_and_p95_agree_with_the_clients_own_timings(
     client: ModelRunnerClient, example_nuclei: ModelInfo, endpoint: MetricsEndpoint
 ) -> None:
