@@ -294,12 +294,17 @@ def test_a_saturated_service_adds_a_runtime_and_stops_it_when_idle(
         return {r.runtime_id for r in ray_client.server_info().runtimes if r.available}
 
     clients = [ModelRunnerClient(running.address, timeout=60) for _ in range(3)]
-    streams = [c.predict_stream(model.id, held()) for c in clients]
+    streams = []
     try:
-        for stream in streams:
-            next(iter(stream))
-        # one stream on each runtime (routes spread them), each runtime saturated: the
-        # scaling starts a fourth, a "GPU" one like the service's first
+        # one stream on each runtime, each runtime saturated: the scaling starts a fourth, a
+        # "GPU" one like the service's first. Each stream opens once the heartbeats show the
+        # one before on its runtime (else two may go where the route pointed before)
+        for i, c in enumerate(clients):
+            target = _route(running, model)
+            streams.append(c.predict_stream(model.id, held()))
+            next(iter(streams[-1]))
+            if i < len(clients) - 1:
+                _wait_until(lambda t=target: _route(running, model) != t, 10 * HEARTBEAT_S)
         # a new actor imports the frameworks on a busy machine before it registers: generous
         _wait_until(lambda: "ray-gpu-1" in registered(), timeout=180)
         assert group.added == ["ray-gpu-1"]
