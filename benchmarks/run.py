@@ -168,10 +168,11 @@ def _guarded(
     what: str, errors: list[str], build: Callable[[], list[Case]], notes: list[str]
 ) -> list[Case]:
     from .systems.triton import TritonSkipped
+    from .systems.unet2d import ZooMissing
 
     try:
         return build()
-    except TritonSkipped as e:
+    except (TritonSkipped, ZooMissing) as e:
         logger.warning("%s skipped: %s", what, e)
         notes.append(f"{what} skipped: {e}")
     except Exception as e:

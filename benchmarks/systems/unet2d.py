@@ -32,11 +32,15 @@ def weights_for(device: str) -> str:
     return "torchscript" if device.startswith("cuda") else WEIGHTS
 
 
+class ZooMissing(FileNotFoundError):
+    """No ``../shared/zoo`` beside the repository (a fresh clone): the system is skipped."""
+
+
 def find_model() -> Path:
     """The package in ``../shared/zoo`` (relative to the repository)."""
     path = ZOO_MODEL / "bioimageio.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found (the shared zoo sits beside the repository)")
+        raise ZooMissing(f"{path} not found (the shared zoo sits beside the repository)")
     return path
 
 
